@@ -1,0 +1,1 @@
+"""Icons and the .desktop file, read with importlib.resources."""

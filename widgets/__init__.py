@@ -1,0 +1,1 @@
+"""Qt views: gauge, plots, tables, what-if panel."""
