@@ -1,0 +1,289 @@
+"""Context tracking and forecasts: when each slot (or the unified pool) hits the wall.
+
+Pure and clock-free: every sample carries the snapshot's monotonic timestamp. A
+:class:`ContextTracker` follows the KV cells each slot holds, poll after poll, detects the
+end of each request (a "turn" of an agent), and turns the growth per turn and per minute
+into :class:`~kvwall.budget.report.Forecast` objects.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from kvwall.budget.report import Forecast
+from kvwall.monitors.snapshot import SlotState
+
+# Per-turn growth figures kept per slot; the forecast uses the most recent ones.
+MAX_TURNS = 64
+# Figures the growth rate is computed from (the most recent turns of one conversation).
+RATE_WINDOW = 8
+# A slot or server not seen for this long (seconds) is forgotten.
+FORGET_AFTER_S = 1800.0
+# A drop below this fraction of the previous fill is a new conversation, not noise.
+RESET_FRACTION = 0.9
+
+
+def forecast_fill(
+    capacity: int,
+    tokens: int | None,
+    per_turn: Sequence[float],
+    turn_points: Sequence[tuple[float, int]],
+) -> Forecast:
+    """Forecast when ``tokens`` reaches ``capacity``.
+
+    Args:
+        capacity: KV cells available (the slot's ``n_ctx``, or the pool's cells).
+        tokens: cells held now; None when unknown.
+        per_turn: cells added by each finished request of the current conversation,
+            oldest first (the last :data:`RATE_WINDOW` are used).
+        turn_points: ``(timestamp_s, cells)`` after each finished request, oldest first,
+            for the growth per minute.
+
+    Returns:
+        The forecast. ``turns_left`` is the number of requests until the slot is full
+        (the last of them hits the wall), 0 when already full, None when the growth is
+        unknown or zero. ``confidence`` grows with the turns seen (full from 4 on) and
+        drops with the coefficient of variation of the growth.
+    """
+    recent = [float(d) for d in per_turn[-RATE_WINDOW:]]
+    turns_seen = len(per_turn)
+    tokens_per_turn = None
+    if recent:
+        # The mean is what the wall sees; with enough figures the extremes are trimmed so
+        # one odd request (a pasted file, an empty reply) does not swing the forecast.
+        kept = sorted(recent)[1:-1] if len(recent) >= 5 else recent
+        tokens_per_turn = statistics.fmean(kept)
+
+    tokens_per_minute = None
+    points = list(turn_points[-(RATE_WINDOW + 1):])
+    if len(points) >= 2:
+        (t0, v0), (t1, v1) = points[0], points[-1]
+        if t1 > t0 and v1 >= v0:
+            tokens_per_minute = (v1 - v0) / (t1 - t0) * 60.0
+
+    turns_left = None
+    seconds_left = None
+    if tokens is not None and capacity > 0:
+        remaining = capacity - tokens
+        if remaining <= 0:
+            turns_left = 0
+            seconds_left = 0.0
+        else:
+            if tokens_per_turn is not None and tokens_per_turn > 0:
+                turns_left = math.ceil(remaining / tokens_per_turn)
+            if tokens_per_minute is not None and tokens_per_minute > 0:
+                seconds_left = remaining / tokens_per_minute * 60.0
+
+    confidence = 0.0
+    if recent and tokens_per_turn is not None and tokens_per_turn > 0:
+        amount = min(1.0, turns_seen / 4.0)
+        if len(recent) >= 2:
+            mean = statistics.fmean(recent)
+            cv = statistics.pstdev(recent) / mean if mean > 0 else 1.0
+        else:
+            cv = 0.5  # one figure says nothing about its spread
+        confidence = round(max(0.0, amount * (1.0 - min(1.0, cv))), 3)
+    return Forecast(
+        tokens_per_turn=tokens_per_turn,
+        tokens_per_minute=tokens_per_minute,
+        turns_left=turns_left,
+        seconds_left=seconds_left,
+        confidence=confidence,
+        turns_seen=turns_seen,
+    )
+
+
+@dataclass
+class _Series:
+    """Mutable history of one slot (or pool); private to the tracker."""
+
+    reset_on_drop: bool
+    last_seen: float = 0.0
+    id_task: int | None = None
+    is_processing: bool = False
+    tokens: int | None = None
+    # Cells after the last finished request we saw a value for (None: no baseline yet).
+    base: int | None = None
+    # Requests that finished since ``base`` without a readable value (missed ends).
+    pending: int = 0
+    per_turn: deque = field(default_factory=lambda: deque(maxlen=MAX_TURNS))
+    turn_points: deque = field(default_factory=lambda: deque(maxlen=RATE_WINDOW + 1))
+
+    def restart(self, value: int, timestamp: float) -> None:
+        """A new conversation: forget the growth figures, keep ``value`` as baseline."""
+        self.per_turn.clear()
+        self.turn_points.clear()
+        self.base = value
+        self.pending = 0
+        self.turn_points.append((timestamp, value))
+
+    def turn_ended(self, value: int | None, timestamp: float, turns: int = 1) -> None:
+        """``turns`` requests finished; ``value`` cells held after the last (None: unknown)."""
+        if value is None:
+            self.pending += turns
+            return
+        if self.base is None or self.base <= 0:
+            self.restart(value, timestamp)
+            return
+        if value < self.base:
+            if self.reset_on_drop and value < self.base * RESET_FRACTION:
+                self.restart(value, timestamp)
+                return
+            # The pool shrinks when a slot is cleared: a new baseline, same workload.
+            self.base = value
+            self.pending = 0
+            self.turn_points.clear()
+            self.turn_points.append((timestamp, value))
+            return
+        n = self.pending + turns
+        step = (value - self.base) / n
+        for _ in range(min(n, MAX_TURNS)):
+            self.per_turn.append(step)
+        self.base = value
+        self.pending = 0
+        self.turn_points.append((timestamp, value))
+
+
+def _slot_turn_end(prev: _Series, slot: SlotState) -> tuple[bool, bool]:
+    """(a request finished, its end value is readable now) between two polls of a slot."""
+    task_changed = slot.id_task is not None and slot.id_task != prev.id_task
+    if prev.is_processing and not slot.is_processing:
+        return True, True
+    if not prev.is_processing and not slot.is_processing and task_changed:
+        return True, True  # a whole request ran between two polls
+    if prev.is_processing and slot.is_processing and task_changed:
+        return True, False  # one ended, the next started: its end value is gone
+    return False, False
+
+
+class ContextTracker:
+    """Follows every slot's KV fill across polls and forecasts when it is full.
+
+    Keyed by (server key, slot id); a unified server's shared pool is tracked as well.
+    Memory is bounded: at most :data:`MAX_TURNS` figures per slot, and slots or servers
+    not seen for ``forget_after_s`` seconds are dropped.
+
+    Args:
+        forget_after_s: seconds after which an unseen slot is forgotten.
+    """
+
+    def __init__(self, *, forget_after_s: float = FORGET_AFTER_S) -> None:
+        self._forget_after_s = forget_after_s
+        self._slots: dict[tuple[str, int], _Series] = {}
+        self._pools: dict[str, _Series] = {}
+
+    def observe(
+        self,
+        server_key: str,
+        slots: Iterable[SlotState],
+        timestamp: float,
+        *,
+        unified: bool = False,
+    ) -> None:
+        """Feed one poll of one server's ``/slots``.
+
+        Args:
+            server_key: stable identity of the server (``pid:1234`` or its URL).
+            slots: the slots as parsed from ``GET /slots``.
+            timestamp: the poll's monotonic time (seconds).
+            unified: the server has one shared KV pool; its fill (the sum of the slots'
+                cells) is tracked too.
+        """
+        slots = list(slots)
+        ended_now = 0
+        for slot in slots:
+            key = (server_key, slot.id)
+            series = self._slots.get(key)
+            if series is None:
+                series = _Series(reset_on_drop=True, last_seen=timestamp)
+                self._slots[key] = series
+                if not slot.is_processing and slot.id_task is not None and slot.n_tokens:
+                    series.restart(slot.n_tokens, timestamp)
+                series.id_task = slot.id_task
+                series.is_processing = slot.is_processing
+                series.tokens = slot.n_tokens
+                continue
+            cleared = (
+                not slot.is_processing
+                and slot.id_task == series.id_task
+                and slot.n_tokens == 0
+            )
+            ended, readable = _slot_turn_end(series, slot)
+            if ended:
+                ended_now += 1
+                value = slot.n_tokens if readable and slot.n_tokens else None
+                series.turn_ended(value, timestamp)
+            elif cleared:
+                # Unified KV parks idle slots in the RAM prompt cache and clears them;
+                # the conversation goes on from there: keep its history.
+                pass
+            series.id_task = slot.id_task
+            series.is_processing = slot.is_processing
+            series.tokens = slot.n_tokens
+            series.last_seen = timestamp
+        if unified and slots:
+            pool = self._pools.get(server_key)
+            used = sum(s.n_tokens or 0 for s in slots)
+            if pool is None:
+                pool = _Series(reset_on_drop=False)
+                self._pools[server_key] = pool
+                if not any(s.is_processing for s in slots) and used:
+                    pool.restart(used, timestamp)
+            elif ended_now and not any(s.is_processing for s in slots):
+                pool.turn_ended(used, timestamp, ended_now)
+            elif ended_now:
+                pool.turn_ended(None, timestamp, ended_now)
+            pool.tokens = used
+            pool.last_seen = timestamp
+        self._forget(timestamp)
+
+    def slot_forecast(self, server_key: str, slot: SlotState) -> Forecast:
+        """The forecast for one slot, from what was observed so far.
+
+        Args:
+            server_key: as given to :meth:`observe`.
+            slot: the slot's latest state (its ``n_ctx`` is the capacity).
+        """
+        series = self._slots.get((server_key, slot.id))
+        if series is None:
+            return forecast_fill(slot.n_ctx, slot.n_tokens, (), ())
+        return forecast_fill(
+            slot.n_ctx, slot.n_tokens, tuple(series.per_turn), tuple(series.turn_points)
+        )
+
+    def pool_forecast(self, server_key: str, n_cells: int) -> Forecast | None:
+        """The forecast for a unified server's shared pool of ``n_cells`` KV cells.
+
+        Returns:
+            None when the server was never observed as unified.
+        """
+        pool = self._pools.get(server_key)
+        if pool is None:
+            return None
+        return forecast_fill(n_cells, pool.tokens, tuple(pool.per_turn), tuple(pool.turn_points))
+
+    def pool_tokens(self, server_key: str) -> int | None:
+        """Cells the unified pool holds now (sum over its slots), None if unknown."""
+        pool = self._pools.get(server_key)
+        return None if pool is None else pool.tokens
+
+    def forget(self, server_key: str) -> None:
+        """Drop everything known about one server."""
+        for key in [k for k in self._slots if k[0] == server_key]:
+            del self._slots[key]
+        self._pools.pop(server_key, None)
+
+    def __len__(self) -> int:
+        """Number of slots tracked (pools excluded)."""
+        return len(self._slots)
+
+    def _forget(self, now: float) -> None:
+        limit = now - self._forget_after_s
+        for key in [k for k, s in self._slots.items() if s.last_seen < limit]:
+            del self._slots[key]
+        for key in [k for k, s in self._pools.items() if s.last_seen < limit]:
+            del self._pools[key]
