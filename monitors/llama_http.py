@@ -1,0 +1,537 @@
+"""Talk to one llama-server over HTTP (stdlib only): pure parsers and a one-at-a-time client."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from kvwall.monitors.snapshot import (
+    HEALTH_ERROR,
+    HEALTH_LOADING,
+    HEALTH_OK,
+    HEALTH_ROUTER,
+    HEALTH_SLEEPING,
+    HEALTH_TIMEOUT,
+    HEALTH_UNAUTHORIZED,
+    HEALTH_UNREACHABLE,
+    ServerProcess,
+    ServerState,
+    SlotState,
+)
+
+CONNECT_TIMEOUT_S = 0.5
+READ_TIMEOUT_S = 1.5
+MAX_BODY_BYTES = 8 << 20
+BUSY_MESSAGE = "previous request still running"
+
+
+class ResponseError(ValueError):
+    """A server answered something that is not what that endpoint returns."""
+
+
+# ---------------------------------------------------------------------------- parsers
+
+
+def _snippet(body: bytes | str, n: int = 60) -> str:
+    if isinstance(body, bytes):
+        body = body.decode("utf-8", errors="replace")
+    text = " ".join(body.split())
+    return repr(text[:n] + ("..." if len(text) > n else ""))
+
+
+def _json(body: bytes | str, what: str) -> Any:
+    if isinstance(body, bytes):
+        try:
+            body = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ResponseError(f"{what}: not UTF-8 text ({e.reason})") from None
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, RecursionError):
+        raise ResponseError(f"{what}: not JSON: {_snippet(body)}") from None
+
+
+def _int_or_none(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def parse_health(body: bytes | str) -> str:
+    """``GET /health`` body -> its ``status`` ("ok").
+
+    Raises:
+        ResponseError: not a JSON object.
+    """
+    data = _json(body, "/health")
+    if not isinstance(data, dict):
+        raise ResponseError(f"/health: expected a JSON object, got {type(data).__name__}")
+    status = data.get("status", "ok")
+    return str(status)
+
+
+def parse_props(body: bytes | str) -> Mapping[str, Any]:
+    """``GET /props`` body -> a read-only mapping of its fields (missing keys simply absent).
+
+    Useful keys: ``total_slots``, ``default_generation_settings.n_ctx`` (per slot),
+    ``model_path``, ``model_alias``, ``is_sleeping``, ``endpoint_slots``,
+    ``endpoint_metrics``, ``build_info``, ``role`` (``"router"`` in router mode).
+
+    Raises:
+        ResponseError: not a JSON object.
+    """
+    data = _json(body, "/props")
+    if not isinstance(data, dict):
+        raise ResponseError(f"/props: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def props_n_ctx_slot(props: Mapping[str, Any]) -> int | None:
+    """Per-slot context from ``/props`` (``default_generation_settings.n_ctx``), or None."""
+    dgs = props.get("default_generation_settings")
+    if isinstance(dgs, Mapping):
+        return _int_or_none(dgs.get("n_ctx"))
+    return None
+
+
+def parse_slots(body: bytes | str) -> tuple[SlotState, ...]:
+    """``GET /slots`` body -> one :class:`SlotState` per slot.
+
+    ``n_tokens`` is ``n_prompt_tokens`` (the slot's token cache, generated tokens included):
+    None for a slot that has never run a task.
+
+    Raises:
+        ResponseError: not a JSON array of objects with an integer ``id``.
+    """
+    data = _json(body, "/slots")
+    if not isinstance(data, list):
+        raise ResponseError(f"/slots: expected a JSON array, got {type(data).__name__}")
+    out = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise ResponseError(f"/slots: item {i} is not an object")
+        sid = _int_or_none(item.get("id"))
+        if sid is None:
+            raise ResponseError(f"/slots: item {i} has no integer id")
+        n_decoded = None
+        nxt = item.get("next_token")
+        if isinstance(nxt, list) and nxt and isinstance(nxt[0], dict):
+            n_decoded = _int_or_none(nxt[0].get("n_decoded"))
+        elif isinstance(nxt, dict):
+            n_decoded = _int_or_none(nxt.get("n_decoded"))
+        id_task = _int_or_none(item.get("id_task"))
+        out.append(SlotState(
+            id=sid,
+            n_ctx=_int_or_none(item.get("n_ctx")) or 0,
+            n_tokens=_int_or_none(item.get("n_prompt_tokens")),
+            is_processing=bool(item.get("is_processing", False)),
+            id_task=id_task if id_task is None or id_task >= 0 else None,
+            n_decoded=n_decoded,
+        ))
+    return tuple(out)
+
+
+def parse_metrics(text: bytes | str) -> Mapping[str, float]:
+    """Prometheus text exposition -> name -> value (``llamacpp:`` prefix dropped).
+
+    Labelled samples keep their labels in the name (``x{position="0"}``). Comment and
+    blank lines are skipped.
+
+    Raises:
+        ResponseError: a line is neither a comment nor ``name [labels] value``, or the
+            body has no samples at all.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    out: dict[str, float] = {}
+    saw_comment = False
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line:
+            continue
+        if line.startswith("#"):
+            saw_comment = True
+            continue
+        if "}" in line:
+            name, _, rest = line.rpartition("}")
+            name += "}"
+        else:
+            name, _, rest = line.partition(" ")
+        fields = rest.split()
+        if not name or not fields:
+            raise ResponseError(f"/metrics: line {n} is not a sample: {_snippet(raw)}")
+        try:
+            value = float(fields[0])
+        except ValueError:
+            raise ResponseError(f"/metrics: line {n} has no number: {_snippet(raw)}") from None
+        if name.startswith("llamacpp:"):
+            name = name[len("llamacpp:"):]
+        out[name] = value
+    if not out and not saw_comment:
+        raise ResponseError(f"/metrics: no samples in {_snippet(text)}")
+    return out
+
+
+def parse_models(body: bytes | str) -> tuple[Mapping[str, Any], ...]:
+    """``GET /v1/models`` or router ``GET /models`` body -> its ``data`` items.
+
+    Raises:
+        ResponseError: not a JSON object with a ``data`` list of objects.
+    """
+    data = _json(body, "/models")
+    if not isinstance(data, dict):
+        raise ResponseError(f"/models: expected a JSON object, got {type(data).__name__}")
+    items = data.get("data", [])
+    if not isinstance(items, list):
+        raise ResponseError("/models: 'data' is not a list")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ResponseError(f"/models: data[{i}] is not an object")
+    return tuple(items)
+
+
+def model_meta(items: tuple[Mapping[str, Any], ...]) -> Mapping[str, Any] | None:
+    """``data[0].meta`` of a ``/v1/models`` answer (n_ctx_train, n_vocab, size...), or None."""
+    if items and isinstance(items[0].get("meta"), Mapping):
+        return dict(items[0]["meta"])
+    return None
+
+
+def error_message(body: bytes | str) -> str | None:
+    """The ``error.message`` of a llama-server error body, if it is one."""
+    try:
+        data = _json(body, "error")
+    except ResponseError:
+        return None
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        msg = data["error"].get("message")
+        return str(msg) if msg is not None else None
+    return None
+
+
+# ---------------------------------------------------------------------------- transport
+
+
+@dataclass(frozen=True)
+class HttpResponse:
+    """A complete HTTP answer."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+
+
+class TransportError(Exception):
+    """The request did not get an HTTP answer.
+
+    Attributes:
+        kind: ``timeout`` | ``refused`` | ``closed`` | ``garbage`` | ``other``.
+    """
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+class Transport(Protocol):
+    """Sends one GET and returns the whole answer, or raises :class:`TransportError`."""
+
+    def __call__(self, url: str, headers: Mapping[str, str], connect_timeout: float,
+                 read_timeout: float) -> HttpResponse: ...
+
+
+def http_get(url: str, headers: Mapping[str, str], connect_timeout: float,
+             read_timeout: float) -> HttpResponse:
+    """GET ``url`` with the stdlib: connect timeout, a read deadline for the whole body.
+
+    Raises:
+        TransportError: refused, timed out, closed mid-answer, or not HTTP.
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    path = parts.path or "/"
+    if parts.query:
+        path += "?" + parts.query
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(host, parts.port, timeout=connect_timeout)
+    deadline = time.monotonic() + read_timeout
+    try:
+        try:
+            conn.connect()
+        except TimeoutError:
+            raise TransportError("timeout", f"no connection within {connect_timeout:g} s") from None
+        except ConnectionRefusedError:
+            raise TransportError("refused", "connection refused") from None
+        except OSError as e:
+            raise TransportError("refused", f"cannot connect ({e.strerror or e})") from None
+        conn.sock.settimeout(read_timeout)
+        try:
+            conn.request("GET", path, headers=dict(headers))
+            resp = conn.getresponse()
+            chunks = []
+            size = 0
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError
+                if conn.sock is not None:
+                    conn.sock.settimeout(left)
+                chunk = resp.read1(65536)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise TransportError("garbage", f"answer larger than {MAX_BODY_BYTES} bytes")
+                chunks.append(chunk)
+            return HttpResponse(resp.status, b"".join(chunks),
+                                {k.lower(): v for k, v in resp.getheaders()})
+        except TimeoutError:
+            raise TransportError("timeout", f"no answer within {read_timeout:g} s") from None
+        except http.client.RemoteDisconnected:
+            raise TransportError("closed", "connection closed without an answer") from None
+        except (ConnectionError, http.client.IncompleteRead):
+            raise TransportError("closed", "connection closed mid-answer") from None
+        except http.client.HTTPException as e:
+            raise TransportError("garbage", f"not an HTTP answer ({type(e).__name__})") from None
+        except OSError as e:
+            raise TransportError("other", f"network error ({e.strerror or e})") from None
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------- client
+
+
+_HEALTH_BY_KIND = {
+    "timeout": HEALTH_TIMEOUT,
+    "refused": HEALTH_UNREACHABLE,
+    "closed": HEALTH_UNREACHABLE,
+    "garbage": HEALTH_ERROR,
+    "other": HEALTH_UNREACHABLE,
+}
+
+
+class _Stop(Exception):
+    """Ends a poll early with a final health."""
+
+    def __init__(self, health: str, message: str | None):
+        super().__init__(message)
+        self.health = health
+        self.message = message
+
+
+class LlamaClient:
+    """Polls one llama-server; never more than one request in flight.
+
+    Args:
+        process: the server (its ``url`` and ``api_key``).
+        transport: sends one GET (default :func:`http_get`).
+        clock: monotonic seconds for timestamps.
+        connect_timeout: seconds to wait for a TCP connection.
+        read_timeout: seconds to wait for a whole answer.
+    """
+
+    def __init__(
+        self,
+        process: ServerProcess,
+        *,
+        transport: Transport = http_get,
+        clock: Callable[[], float] = time.monotonic,
+        connect_timeout: float = CONNECT_TIMEOUT_S,
+        read_timeout: float = READ_TIMEOUT_S,
+    ) -> None:
+        self.process = process
+        self._transport = transport
+        self._clock = clock
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._lock = threading.Lock()
+        self._meta_cache: tuple[str, Mapping[str, Any] | None] | None = None
+
+    def __repr__(self) -> str:
+        return f"LlamaClient({self.process.url!r}, busy={self.busy})"
+
+    @property
+    def busy(self) -> bool:
+        """True while a poll of this server is still waiting for an answer."""
+        return self._lock.locked()
+
+    def busy_state(self) -> ServerState:
+        """The state to report while a previous poll is still waiting."""
+        return ServerState(process=self.process, timestamp=self._clock(),
+                           health=HEALTH_TIMEOUT, errors=(f"Not responding: {BUSY_MESSAGE}.",))
+
+    def update_process(self, process: ServerProcess) -> None:
+        """Take a fresher description of the same server (same URL: rss, argv...)."""
+        self.process = process
+
+    def _get(self, path: str) -> HttpResponse:
+        headers = {"Accept": "application/json", "Connection": "close"}
+        if self.process.api_key:
+            # The key goes only to this server's own URL: paths are appended to it.
+            headers["Authorization"] = f"Bearer {self.process.api_key}"
+        return self._transport(self.process.url + path, headers, self.connect_timeout,
+                               self.read_timeout)
+
+    def poll(self) -> ServerState:
+        """One round of ``/health``, ``/props``, ``/slots``, ``/metrics``, ``/v1/models``.
+
+        Returns:
+            A :class:`ServerState`; a busy client answers at once with ``HEALTH_TIMEOUT``.
+            Never raises.
+        """
+        if not self._lock.acquire(blocking=False):
+            return self.busy_state()
+        try:
+            return self._poll()
+        except Exception as e:  # noqa: BLE001 - a poll never raises
+            return ServerState(process=self.process, timestamp=self._clock(),
+                               health=HEALTH_ERROR,
+                               errors=(f"Internal error while polling: {type(e).__name__}: {e}",))
+        finally:
+            self._lock.release()
+
+    def _poll(self) -> ServerState:
+        ts = self._clock()
+        errors: list[str] = []
+        state = ServerState(process=self.process, timestamp=ts, health=HEALTH_OK)
+        try:
+            self._check_health()
+            props = self._read_props()
+            state = replace(state, props=props)
+            if props.get("role") == "router":
+                models = self._read_json("/models", parse_models, errors)
+                return replace(state, health=HEALTH_ROUTER, router_models=models,
+                               errors=tuple(errors))
+            sleeping = bool(props.get("is_sleeping", False))
+            if sleeping:
+                state = replace(state, health=HEALTH_SLEEPING)
+            elif props.get("endpoint_slots", True) is not False:
+                slots = self._read_json("/slots", parse_slots, errors)
+                state = replace(state, slots=slots)
+            if props.get("endpoint_metrics") is True:
+                metrics = self._read_json("/metrics", parse_metrics, errors)
+                state = replace(state, metrics=metrics)
+            state = replace(state, model_meta=self._read_meta(props, errors))
+        except _Stop as stop:
+            if stop.message:
+                errors.append(stop.message)
+            state = replace(state, health=stop.health)
+        return replace(state, errors=tuple(errors))
+
+    def _request(self, path: str) -> HttpResponse:
+        try:
+            return self._get(path)
+        except TransportError as e:
+            health = _HEALTH_BY_KIND.get(e.kind, HEALTH_ERROR)
+            if health == HEALTH_UNREACHABLE:
+                msg = f"Unreachable at {self.process.url}: {e}."
+            elif health == HEALTH_TIMEOUT:
+                msg = f"Not responding on {path}: {e}."
+            else:
+                msg = f"{path}: {e}."
+            raise _Stop(health, msg) from None
+
+    def _check_health(self) -> None:
+        resp = self._request("/health")
+        if resp.status == 503:
+            raise _Stop(HEALTH_LOADING, None)
+        if resp.status == 401:
+            raise _Stop(HEALTH_UNAUTHORIZED, self._unauthorized_msg())
+        if resp.status != 200:
+            raise _Stop(HEALTH_ERROR, f"/health answered HTTP {resp.status}: "
+                                      f"{error_message(resp.body) or _snippet(resp.body)}.")
+        try:
+            parse_health(resp.body)
+        except ResponseError as e:
+            raise _Stop(HEALTH_ERROR, f"Garbage answer: {e}.") from None
+
+    def _unauthorized_msg(self) -> str:
+        if self.process.api_key:
+            return "The server rejected the API key kvwall found for it (HTTP 401)."
+        return ("The server needs an API key (HTTP 401): add it in kvwall's settings "
+                "for this URL.")
+
+    def _read_props(self) -> Mapping[str, Any]:
+        resp = self._request("/props")
+        if resp.status == 503:
+            raise _Stop(HEALTH_LOADING, None)
+        if resp.status == 401:
+            raise _Stop(HEALTH_UNAUTHORIZED, self._unauthorized_msg())
+        if resp.status != 200:
+            raise _Stop(HEALTH_ERROR, f"/props answered HTTP {resp.status}: "
+                                      f"{error_message(resp.body) or _snippet(resp.body)}.")
+        try:
+            return parse_props(resp.body)
+        except ResponseError as e:
+            raise _Stop(HEALTH_ERROR, f"Garbage answer: {e}.") from None
+
+    def _read_json(self, path: str, parser: Callable[[bytes], Any], errors: list[str]) -> Any:
+        """A secondary endpoint: failures become notes, the poll goes on."""
+        try:
+            resp = self._get(path)
+        except TransportError as e:
+            if e.kind in ("refused", "closed"):
+                raise _Stop(HEALTH_UNREACHABLE,
+                            f"Unreachable at {self.process.url} during {path}: {e}.") from None
+            errors.append(f"{path}: {e}.")
+            return None
+        if resp.status == 501:
+            errors.append(f"{path} is disabled on this server "
+                          f"({error_message(resp.body) or 'HTTP 501'}).")
+            return None
+        if resp.status == 503:
+            raise _Stop(HEALTH_LOADING, None)
+        if resp.status == 401:
+            raise _Stop(HEALTH_UNAUTHORIZED, self._unauthorized_msg())
+        if resp.status != 200:
+            errors.append(f"{path} answered HTTP {resp.status}: "
+                          f"{error_message(resp.body) or _snippet(resp.body)}.")
+            return None
+        try:
+            return parser(resp.body)
+        except ResponseError as e:
+            errors.append(f"Garbage answer: {e}.")
+            return None
+
+    def _read_meta(self, props: Mapping[str, Any], errors: list[str]) -> Mapping[str, Any] | None:
+        # /v1/models is static for a loaded model: read it once per model path.
+        ident = f"{props.get('model_path')}|{props.get('build_info')}"
+        if self._meta_cache is not None and self._meta_cache[0] == ident:
+            return self._meta_cache[1]
+        items = self._read_json("/v1/models", parse_models, errors)
+        if items is None:
+            return None
+        meta = model_meta(items)
+        self._meta_cache = (ident, meta)
+        return meta
+
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "HttpResponse",
+    "LlamaClient",
+    "READ_TIMEOUT_S",
+    "ResponseError",
+    "Transport",
+    "TransportError",
+    "error_message",
+    "http_get",
+    "model_meta",
+    "parse_health",
+    "parse_metrics",
+    "parse_models",
+    "parse_props",
+    "parse_slots",
+    "props_n_ctx_slot",
+]
