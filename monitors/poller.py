@@ -1,0 +1,229 @@
+"""One poll cycle: memory + server discovery + every server queried concurrently, on a deadline."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import replace
+from typing import Protocol
+
+from kvwall.monitors.discovery import Discovery, scan, server_key
+from kvwall.monitors.llama_http import LlamaClient
+from kvwall.monitors.snapshot import (
+    HEALTH_ERROR,
+    HEALTH_TIMEOUT,
+    MemorySnapshot,
+    ServerProcess,
+    ServerState,
+    Snapshot,
+)
+
+log = logging.getLogger(__name__)
+
+POLL_DEADLINE_S = 2.0
+MAX_WORKERS = 16
+
+
+class MemorySource(Protocol):
+    """Anything with ``poll() -> MemorySnapshot`` (``kvwall.monitors.devices.MemorySources``)."""
+
+    def poll(self) -> MemorySnapshot: ...
+
+
+class ClientPool:
+    """One :class:`LlamaClient` per server, kept across polls (keyed by pid and URL).
+
+    Args:
+        factory: builds a client for a server (default :class:`LlamaClient` with its
+            default transport and timeouts).
+    """
+
+    def __init__(self, factory: Callable[[ServerProcess], LlamaClient] | None = None) -> None:
+        self._factory = factory or (lambda p: LlamaClient(p))
+        self._clients: dict[tuple[int | None, str], LlamaClient] = {}
+        self._lock = threading.Lock()
+
+    def get(self, process: ServerProcess) -> LlamaClient:
+        """The client for ``process`` (created on first sight, refreshed afterwards)."""
+        key = server_key(process)
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None or client.process.api_key != process.api_key:
+                if client is not None and client.busy:
+                    client.update_process(process)
+                else:
+                    client = self._factory(process)
+                    self._clients[key] = client
+            else:
+                client.update_process(process)
+            return client
+
+    def retain(self, processes: Iterable[ServerProcess]) -> None:
+        """Forget clients of servers that are gone (a busy one finishes in the background)."""
+        keep = {server_key(p) for p in processes}
+        with self._lock:
+            for key in list(self._clients):
+                if key not in keep:
+                    del self._clients[key]
+
+    def __len__(self) -> int:
+        return len(self._clients)
+
+
+class Poller:
+    """Composes one full :class:`Snapshot` per :meth:`poll`.
+
+    Args:
+        memory_sources: object with ``poll() -> MemorySnapshot``; None: no memory figures.
+        discover_fn: ``(extra_urls=..., api_keys=...) -> Discovery`` or a list of
+            :class:`ServerProcess` (default :func:`kvwall.monitors.discovery.scan`).
+        clients: the per-server clients (default a fresh :class:`ClientPool`).
+        clock: monotonic seconds, for timestamps.
+        extra_urls: user-configured server URLs.
+        api_keys: user-configured URL -> API key.
+        deadline_s: a whole poll returns within about this many seconds; servers that have
+            not answered by then are reported "not responding" while their request
+            finishes in the background.
+        max_workers: threads for concurrent requests.
+    """
+
+    def __init__(
+        self,
+        memory_sources: MemorySource | None = None,
+        discover_fn: Callable[..., Discovery | Iterable[ServerProcess]] = scan,
+        clients: ClientPool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        extra_urls: Iterable[str] = (),
+        api_keys: Mapping[str, str] | None = None,
+        *,
+        deadline_s: float = POLL_DEADLINE_S,
+        max_workers: int = MAX_WORKERS,
+    ) -> None:
+        self.memory_sources = memory_sources
+        self.discover_fn = discover_fn
+        self.clients = clients if clients is not None else ClientPool()
+        self.clock = clock
+        self.extra_urls = tuple(extra_urls)
+        self.api_keys = dict(api_keys or {})
+        self.deadline_s = deadline_s
+        self._pool = ThreadPoolExecutor(max_workers=max(2, max_workers),
+                                        thread_name_prefix="kvwall-poll")
+        self._last_discovery = Discovery()
+        self._mem_future: Future[MemorySnapshot] | None = None
+        self._disc_future: Future[Discovery] | None = None
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop the worker threads (requests still running finish on their own timeouts)."""
+        self._closed = True
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def __enter__(self) -> Poller:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ parts
+
+    def _poll_memory(self) -> MemorySnapshot:
+        if self.memory_sources is None:
+            return MemorySnapshot(timestamp=self.clock(), devices=())
+        return self.memory_sources.poll()
+
+    def _discover(self) -> Discovery:
+        found = self.discover_fn(extra_urls=self.extra_urls, api_keys=self.api_keys)
+        if isinstance(found, Discovery):
+            return found
+        return Discovery(servers=tuple(found))
+
+    # ------------------------------------------------------------------ poll
+
+    def poll(self) -> Snapshot:
+        """Poll memory and every server once, within ``deadline_s``.
+
+        Returns:
+            A :class:`Snapshot`; what failed is described in its ``errors`` and in each
+            server's state. Never raises.
+        """
+        ts = self.clock()
+        try:
+            return self._poll(ts)
+        except Exception as e:  # noqa: BLE001 - a poll never raises
+            log.exception("poll failed")
+            return Snapshot(timestamp=ts, memory=MemorySnapshot(timestamp=ts, devices=()),
+                            servers=(), errors=(f"Poll failed: {type(e).__name__}: {e}",))
+
+    def _poll(self, ts: float) -> Snapshot:
+        if self._closed:
+            raise RuntimeError("poller is closed")
+        start = time.monotonic()
+        deadline = start + self.deadline_s
+        errors: list[str] = []
+        # A source still stuck from a previous poll is not asked again (no pile-up).
+        if self._mem_future is None or self._mem_future.done():
+            self._mem_future = self._pool.submit(self._poll_memory)
+        if self._disc_future is None or self._disc_future.done():
+            self._disc_future = self._pool.submit(self._discover)
+        mem_future, disc_future = self._mem_future, self._disc_future
+
+        wait_futures([disc_future], timeout=max(0.0, deadline - time.monotonic()))
+        if disc_future.done() and disc_future.exception() is None:
+            discovery = disc_future.result()
+            self._last_discovery = discovery
+        else:
+            discovery = self._last_discovery
+            if disc_future.done():
+                errors.append(f"Server discovery failed: {disc_future.exception()}; "
+                              "showing the servers found last time.")
+            else:
+                errors.append("Server discovery did not finish in time; "
+                              "showing the servers found last time.")
+        errors.extend(discovery.errors)
+        servers = discovery.servers
+        self.clients.retain(servers)
+
+        futures: list[tuple[ServerProcess, LlamaClient, Future[ServerState] | None]] = []
+        for proc in servers:
+            client = self.clients.get(proc)
+            if client.busy:
+                futures.append((proc, client, None))  # do not pile up requests
+            else:
+                futures.append((proc, client, self._pool.submit(client.poll)))
+
+        pending = [f for _, _, f in futures if f is not None] + [mem_future]
+        wait_futures(pending, timeout=max(0.0, deadline - time.monotonic()))
+
+        states: list[ServerState] = []
+        for proc, client, fut in futures:
+            notes = discovery.notes_for(proc)
+            if fut is None:
+                state = client.busy_state()
+            elif not fut.done():
+                state = ServerState(
+                    process=proc, timestamp=self.clock(), health=HEALTH_TIMEOUT,
+                    errors=(f"Not responding: no answer within {self.deadline_s:g} s.",))
+            elif fut.exception() is not None:
+                state = ServerState(process=proc, timestamp=self.clock(), health=HEALTH_ERROR,
+                                    errors=(f"Poll failed: {fut.exception()}",))
+            else:
+                state = fut.result()
+            if state.process is not proc:
+                state = replace(state, process=proc)
+            if notes:
+                state = replace(state, errors=tuple(state.errors) + notes)
+            states.append(state)
+
+        if mem_future.done() and mem_future.exception() is None:
+            memory = mem_future.result()
+        else:
+            reason = (f"failed: {mem_future.exception()}" if mem_future.done()
+                      else f"did not answer within {self.deadline_s:g} s")
+            memory = MemorySnapshot(timestamp=ts, devices=(),
+                                    errors=(f"Memory sources {reason}.",))
+        return Snapshot(timestamp=ts, memory=memory, servers=tuple(states),
+                        errors=tuple(errors))
