@@ -1,0 +1,1 @@
+"""Fakes of the outside world that are exactly as strict as the real thing (NVML...)."""
