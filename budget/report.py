@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvwall.budget.config import ServerConfig
 from kvwall.budget.memory import MemoryPlan
 from kvwall.monitors.snapshot import DeviceMemory
 
@@ -50,7 +51,10 @@ class Attribution:
 
     ``overhead_bytes = measured - (weights + kv + compute)`` when positive and plausible;
     ``unattributed_bytes`` is what overhead cannot explain (measured far above or
-    below the model), with ``note`` saying so.
+    below the model), with ``note`` saying so. It is negative when the process holds
+    less than modeled; whenever ``measured_bytes`` is known, weights + kv + recurrent +
+    compute + overhead + unattributed == measured. ``compute_bytes`` includes the host
+    output (logits) buffer.
     """
 
     device_id: str
@@ -104,6 +108,10 @@ class ServerReport:
     more_servers_fit: int | None
     advice: tuple[Advice, ...]
     errors: tuple[str, ...]
+    # Added by the engine (issue 3); defaults keep older constructors valid.
+    config: ServerConfig | None = None  # the configuration the plan used (corrected from /slots)
+    notes: tuple[str, ...] = ()  # assumptions and corrections, in the user's words
+    more_slots_fit: int | None = None  # slots of the same per-slot context free memory holds
 
 
 @dataclass(frozen=True)

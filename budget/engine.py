@@ -1,0 +1,448 @@
+"""The analysis engine: one Snapshot in, one StatusReport out (attribution, forecasts, advice).
+
+Stateful across polls: GGUF headers are read once per file version, slot histories feed
+the forecasts, and the expensive what-ifs are recomputed only when their inputs move.
+Never raises: whatever goes wrong for one server becomes that server's ``errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from kvwall.budget.advice import POOL_GPU, POOL_TOTAL, advise, largest_context, pool_bytes
+from kvwall.budget.attribution import attribute, server_devices
+from kvwall.budget.attribution import gpu_names as server_gpu_names
+from kvwall.budget.config import ConfigError, ServerConfig, parse_command_line
+from kvwall.budget.forecast import ContextTracker
+from kvwall.budget.memory import MemoryPlan, plan_memory
+from kvwall.budget.report import (
+    Advice,
+    Attribution,
+    Forecast,
+    ServerReport,
+    SlotReport,
+    StatusReport,
+)
+from kvwall.monitors.gguf import ModelInfo
+from kvwall.monitors.snapshot import DeviceMemory, ServerState, Snapshot
+
+log = logging.getLogger(__name__)
+
+# Cache types whose largest context is reported for a restart.
+RESTART_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+# What-ifs are recomputed when the memory budget moves by more than this fraction.
+BUDGET_TOLERANCE = 0.02
+MODEL_CACHE_SIZE = 32
+POOL_SLOT_ID = -1  # SlotReport.id of a unified server's shared pool
+
+ReadModel = Callable[[str], ModelInfo]
+
+
+def _default_read_model(path: str) -> ModelInfo:
+    from kvwall.monitors.gguf import read_model
+
+    return read_model(path)
+
+
+def server_report_key(state: ServerState) -> str:
+    """Stable identity of a server across polls: ``pid:1234`` or its URL."""
+    pid = state.process.pid
+    return f"pid:{pid}" if pid is not None else state.process.url
+
+
+def _props_slot_ctx(props: Mapping[str, Any] | None) -> int | None:
+    if not props:
+        return None
+    dgs = props.get("default_generation_settings")
+    if isinstance(dgs, Mapping):
+        n = dgs.get("n_ctx")
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
+            return n
+    return None
+
+
+def _props_int(props: Mapping[str, Any] | None, name: str) -> int | None:
+    if not props:
+        return None
+    n = props.get(name)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else None
+
+
+def _unified_guess(config: ServerConfig) -> bool:
+    if config.kv_unified is not None:
+        return config.kv_unified
+    return config.n_parallel == -1
+
+
+class _Cached:
+    """Budget-dependent results of one server (max_ctx, advice...), with their inputs."""
+
+    __slots__ = ("inputs", "budget", "max_ctx", "advice")
+
+    def __init__(self, inputs: tuple, budget: int, max_ctx: dict, advice: tuple[Advice, ...]):
+        self.inputs = inputs
+        self.budget = budget
+        self.max_ctx = max_ctx
+        self.advice = advice
+
+
+class Engine:
+    """Turns snapshots into reports; keep one alive across polls so forecasts build up.
+
+    Args:
+        read_model: reads a GGUF header (default :func:`kvwall.monitors.gguf.read_model`).
+        clock: wall-clock seconds since the epoch, for ``StatusReport.wall_time``.
+        tracker: the slot-history tracker (default a fresh :class:`ContextTracker`).
+        proc_root: where ``/proc`` is, to resolve a relative ``-m`` against the server's
+            working directory.
+        plan_fn: the memory model (default :func:`kvwall.budget.memory.plan_memory`).
+    """
+
+    def __init__(
+        self,
+        *,
+        read_model: ReadModel | None = None,
+        clock: Callable[[], float] = time.time,
+        tracker: ContextTracker | None = None,
+        proc_root: str = "/proc",
+        plan_fn: Callable[..., MemoryPlan] = plan_memory,
+    ) -> None:
+        self._read_model = read_model or _default_read_model
+        self._clock = clock
+        self.tracker = tracker or ContextTracker()
+        self._proc_root = proc_root
+        self._plan_fn = plan_fn
+        self._models: OrderedDict[str, tuple[tuple, ModelInfo | None, str | None]] = OrderedDict()
+        self._plans: dict[str, tuple[tuple, MemoryPlan | None, ServerConfig, tuple[str, ...]]] = {}
+        self._cached: dict[str, _Cached] = {}
+
+    # ------------------------------------------------------------------ public
+
+    def analyse(self, snapshot: Snapshot) -> StatusReport:
+        """Analyse one poll.
+
+        Args:
+            snapshot: what the poller saw.
+
+        Returns:
+            The report; never raises (a failure for one server becomes its ``errors``,
+            a failure of the whole analysis the report's ``errors``).
+        """
+        try:
+            wall = self._clock()
+        except Exception:  # noqa: BLE001 - a broken clock must not stop the report
+            wall = 0.0
+        try:
+            devices = tuple(snapshot.memory.devices)
+            errors = tuple(snapshot.errors) + tuple(
+                e for e in snapshot.memory.errors if e not in snapshot.errors
+            )
+        except Exception as e:  # noqa: BLE001
+            return StatusReport(snapshot_ts(snapshot), wall, (), (),
+                                (f"kvwall could not read this poll: {type(e).__name__}: {e}",))
+        reports = []
+        for state in snapshot.servers:
+            try:
+                reports.append(self._analyse_server(state, devices))
+            except Exception as e:  # noqa: BLE001 - one server never breaks the report
+                log.exception("analysis failed for %s", state.process.url)
+                reports.append(_failed_report(state, e))
+        self._retain({r.key for r in reports})
+        return StatusReport(snapshot.timestamp, wall, devices, tuple(reports), errors)
+
+    # ------------------------------------------------------------------ parts
+
+    def _retain(self, keys: set[str]) -> None:
+        for cache in (self._plans, self._cached):
+            for key in [k for k in cache if k not in keys]:
+                del cache[key]
+
+    def model(self, path: str) -> tuple[ModelInfo | None, str | None]:
+        """The GGUF header at ``path`` (read once per file version), or an error sentence."""
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            return None, f"model file {path} cannot be read: {e.strerror or e}"
+        version = (st.st_mtime_ns, st.st_size)
+        hit = self._models.get(path)
+        if hit is not None and hit[0] == version:
+            self._models.move_to_end(path)
+            return hit[1], hit[2]
+        try:
+            model, error = self._read_model(path), None
+        except Exception as e:  # noqa: BLE001 - GGUFError and anything else a file throws
+            model, error = None, f"model file {path} cannot be read: {e}"
+        self._models[path] = (version, model, error)
+        while len(self._models) > MODEL_CACHE_SIZE:
+            self._models.popitem(last=False)
+        return model, error
+
+    def _model_path(self, state: ServerState, config: ServerConfig | None) -> str | None:
+        path = config.model_path if config is not None else None
+        if not path and state.props:
+            p = state.props.get("model_path")
+            if isinstance(p, str) and p and p != "none":
+                path = p
+        if not path:
+            return None
+        path = os.path.expanduser(path)
+        pid = state.process.pid
+        if not os.path.isabs(path) and pid is not None:
+            try:
+                cwd = os.readlink(os.path.join(self._proc_root, str(pid), "cwd"))
+                path = os.path.join(cwd, path)
+            except OSError:
+                pass
+        return path
+
+    def _plan(
+        self,
+        key: str,
+        state: ServerState,
+        model: ModelInfo,
+        model_version: tuple,
+        config: ServerConfig,
+        gpus: tuple[str, ...],
+    ) -> tuple[MemoryPlan | None, ServerConfig, tuple[str, ...]]:
+        """The plan with the server's real context: /slots corrects what --fit chose."""
+        slots = state.slots or ()
+        slot_ctx = slots[0].n_ctx if slots else _props_slot_ctx(state.props)
+        n_slots = _props_int(state.props, "total_slots") or (len(slots) or None)
+        inputs = (model_version, config.argv, tuple(sorted(config.env.items())), gpus,
+                  slot_ctx, n_slots)
+        hit = self._plans.get(key)
+        if hit is not None and hit[0] == inputs:
+            return hit[1], hit[2], hit[3]
+        notes: list[str] = []
+        plan = self._plan_fn(model, config, gpu_names=gpus)
+        if plan.ok and (slot_ctx or n_slots):
+            seq = n_slots or plan.n_seq
+            ctx = slot_ctx or plan.n_ctx_slot
+            if (ctx, seq) != (plan.n_ctx_slot, plan.n_seq):
+                capped = slot_ctx is not None and slot_ctx >= model.n_ctx_train
+                if capped and seq == plan.n_seq:
+                    pass  # the slot context is capped to n_ctx_train: the pool size is unknown
+                else:
+                    n_ctx = ctx if plan.kv_unified else ctx * seq
+                    fixed = config.replace(n_ctx=n_ctx, n_parallel=seq,
+                                           kv_unified=plan.kv_unified)
+                    replan = self._plan_fn(model, fixed, gpu_names=gpus)
+                    if replan.ok:
+                        why = ("--fit chose it" if config.n_ctx is None
+                               else "the server differs from its command line")
+                        notes.append(
+                            f"context read from the server: {seq} slot(s) of {ctx} cells "
+                            f"(the command line gives {plan.n_seq} of {plan.n_ctx_slot}; {why})"
+                        )
+                        plan, config = replan, fixed
+        if plan.ok and slot_ctx and plan.n_ctx_slot != slot_ctx:
+            notes.append(f"kvwall's model gives {plan.n_ctx_slot} cells per slot, "
+                         f"the server reports {slot_ctx}")
+        self._plans[key] = (inputs, plan, config, tuple(notes))
+        return plan, config, tuple(notes)
+
+    def _analyse_server(self, state: ServerState, devices: tuple[DeviceMemory, ...]) -> ServerReport:
+        key = server_report_key(state)
+        proc = state.process
+        errors = list(state.errors)
+        notes: list[str] = []
+        config: ServerConfig | None
+        if proc.argv:
+            try:
+                config = parse_command_line(tuple(proc.argv), dict(proc.env))
+            except ConfigError as e:
+                config = None
+                errors.append(f"command line: {e}")
+        else:
+            config = ServerConfig()
+            notes.append("no command line (a server given by URL): llama-server's defaults "
+                         "assumed for what /props and /slots do not tell (cache type, flash "
+                         "attention, batch sizes)")
+
+        path = self._model_path(state, config)
+        model: ModelInfo | None = None
+        model_version: tuple = ()
+        if path is not None:
+            model, error = self.model(path)
+            if error:
+                errors.append(error)
+            else:
+                model_version = (path,) + self._models[path][0]
+        elif proc.pid is not None and (config is None or config.model_path is None):
+            if state.props and state.props.get("role") == "router" or (
+                state.router_models is not None
+            ):
+                notes.append("router: each model runs in its own child llama-server")
+
+        gpus = server_gpu_names(state, devices)
+        plan: MemoryPlan | None = None
+        if model is not None and config is not None:
+            plan, config, plan_notes = self._plan(key, state, model, model_version, config, gpus)
+            notes.extend(plan_notes)
+            if plan is not None and plan.errors:
+                errors.extend(f"llama.cpp would refuse this configuration: {e}"
+                              for e in plan.errors)
+                plan = None
+            elif plan is not None:
+                notes.extend(plan.assumptions)
+        elif model is None and state.model_meta:
+            notes.append("the model file is not readable here: weights from /v1/models; KV "
+                         "cache and compute buffers unknown")
+
+        meta_size = None
+        if state.model_meta:
+            size = state.model_meta.get("size")
+            if isinstance(size, int) and size > 0:
+                meta_size = size
+        memory = attribute(state, plan, devices, weights_hint_bytes=meta_size)
+
+        unified = plan.kv_unified if plan is not None else (
+            _unified_guess(config) if config is not None else False)
+        slots = state.slots
+        slot_reports: tuple[SlotReport, ...] = ()
+        pool_report: SlotReport | None = None
+        if slots is not None:
+            self.tracker.observe(key, slots, state.timestamp, unified=unified)
+            slot_reports = tuple(
+                SlotReport(s.id, s.n_ctx, s.n_tokens, s.is_processing,
+                           self.tracker.slot_forecast(key, s))
+                for s in slots
+            )
+            if unified and slots:
+                cells = plan.n_ctx if plan is not None else max(s.n_ctx for s in slots)
+                fc = self.tracker.pool_forecast(key, cells) or Forecast()
+                pool_report = SlotReport(POOL_SLOT_ID, cells, self.tracker.pool_tokens(key),
+                                         any(s.is_processing for s in slots), fc)
+
+        max_ctx: dict = {}
+        more_servers: int | None = None
+        more_slots: int | None = None
+        advice: tuple[Advice, ...] = ()
+        if plan is not None and model is not None and config is not None:
+            pool, free, host_total, host_free = _pool_of(state, devices)
+            modeled = pool_bytes(plan, pool)
+            if free is not None:
+                budget = free + modeled
+                cached = self._budgeted(key, model, model_version, config, plan, gpus, pool,
+                                        budget, slots, host_total, host_free)
+                max_ctx, advice = cached.max_ctx, cached.advice
+                used = _measured_on_pool(memory, state, devices, pool)
+                per_server = used if used else modeled
+                if per_server > 0:
+                    more_servers = max(0, free // per_server)
+                per_slot = plan.kv_bytes * plan.n_ctx_slot / max(1, plan.n_ctx) + (
+                    plan.recurrent_bytes / max(1, plan.n_seq))
+                if per_slot > 0:
+                    more_slots = max(0, int(free // per_slot))
+
+        name = ""
+        if state.props:
+            alias = state.props.get("model_alias")
+            if isinstance(alias, str) and alias and alias != "llama-server":
+                name = alias
+        if not name and config is not None and config.alias:
+            name = config.alias
+        if not name and path:
+            name = os.path.basename(path).removesuffix(".gguf")
+        if not name:
+            name = proc.name or proc.url
+
+        return ServerReport(
+            key=key, pid=proc.pid, url=proc.url, name=name, model_path=path,
+            health=state.health, plan=plan, memory=memory, slots=slot_reports,
+            pool=pool_report, max_ctx=max_ctx, more_servers_fit=more_servers,
+            advice=advice, errors=tuple(dict.fromkeys(errors)), config=config,
+            notes=tuple(dict.fromkeys(notes)), more_slots_fit=more_slots,
+        )
+
+    def _budgeted(self, key, model, model_version, config, plan, gpus, pool, budget, slots,
+                  host_total, host_free) -> _Cached:
+        """max_ctx per cache type and advice, recomputed only when their inputs move."""
+        active = None
+        if slots is not None:
+            active = sum(1 for s in slots if s.is_processing or (s.n_tokens or 0) > 0)
+        ram_short = host_free is not None and config.cache_ram_mib != 0 and (
+            host_free < (config.cache_ram_mib * 1024**2 if config.cache_ram_mib > 0
+                         else (host_total or 0)))
+        inputs = (model_version, config.argv, tuple(sorted(config.env.items())), config.n_ctx,
+                  config.n_parallel, gpus, pool, active, ram_short)
+        hit = self._cached.get(key)
+        if hit is not None and hit.inputs == inputs and (
+            abs(hit.budget - budget) <= BUDGET_TOLERANCE * max(hit.budget, 1)
+        ):
+            return hit
+        max_ctx = {}
+        for ctype in RESTART_CACHE_TYPES:
+            changes: dict = {"cache_type_k": ctype, "cache_type_v": ctype}
+            if ctype != "f16" and config.flash_attn == "off":
+                changes["flash_attn"] = "on"
+            try:
+                max_ctx[ctype] = largest_context(model, config.replace(**changes), budget,
+                                                 gpu_names=gpus, pool=pool,
+                                                 plan_fn=self._plan_fn)
+            except Exception:  # noqa: BLE001 - one odd what-if must not hide the rest
+                log.exception("max_ctx failed for %s", ctype)
+        advice = advise(model, config, plan, budget_bytes=budget, gpu_names=gpus, pool=pool,
+                        slots=slots, host_total_bytes=host_total, host_free_bytes=host_free,
+                        plan_fn=self._plan_fn)
+        cached = _Cached(inputs, budget, max_ctx, advice)
+        self._cached[key] = cached
+        return cached
+
+
+def snapshot_ts(snapshot: Any) -> float:
+    try:
+        return float(snapshot.timestamp)
+    except Exception:  # noqa: BLE001
+        return 0.0
+
+
+def _failed_report(state: ServerState, error: Exception) -> ServerReport:
+    proc = state.process
+    return ServerReport(
+        key=server_report_key(state), pid=proc.pid, url=proc.url, name=proc.name or proc.url,
+        model_path=None, health=state.health, plan=None, memory=(), slots=(), pool=None,
+        max_ctx={}, more_servers_fit=None, advice=(),
+        errors=tuple(state.errors) + (
+            f"kvwall could not analyse this server ({type(error).__name__}: {error})",),
+    )
+
+
+def _pool_of(
+    state: ServerState, devices: Sequence[DeviceMemory]
+) -> tuple[str, int | None, int | None, int | None]:
+    """(pool kind, free bytes on it, host total, host free) for one server."""
+    host = next((d for d in devices if d.kind == "host"), None)
+    host_total = host.total_bytes if host else None
+    host_free = host.free_bytes if host else None
+    on = server_devices(state, devices)
+    discrete = [d for d in on if not d.unified]
+    if discrete:
+        frees = [d.free_bytes for d in discrete]
+        free = None if any(f is None for f in frees) else sum(frees)
+        return POOL_GPU, free, host_total, host_free
+    if on:
+        return POOL_TOTAL, on[0].free_bytes, host_total, host_free
+    return POOL_TOTAL, host_free, host_total, host_free
+
+
+def _measured_on_pool(
+    memory: Sequence[Attribution], state: ServerState, devices: Sequence[DeviceMemory], pool: str
+) -> int:
+    ids = {d.id for d in server_devices(state, devices) if not d.unified} if pool == POOL_GPU \
+        else None
+    total = 0
+    for a in memory:
+        if a.measured_bytes is None:
+            continue
+        if ids is None or a.device_id in ids:
+            total += a.measured_bytes
+    return total
+
+
+__all__ = ["Engine", "POOL_SLOT_ID", "RESTART_CACHE_TYPES", "server_report_key"]
