@@ -149,8 +149,17 @@ def _read_int(path: Path) -> int | None:
         raise AmdReadError(f"{path}: not a number: {text[:40]!r}") from exc
 
 
+def _read_optional(path: Path) -> str | None:
+    """A descriptive file (``product_name``, ``uevent``...): any failure means "absent"
+    (some boards answer EINVAL/ENODEV for FRU data); it never costs the card."""
+    try:
+        return _read_text(path)
+    except AmdReadError:
+        return None
+
+
 def _pci_address(device_dir: Path) -> str:
-    uevent = _read_text(device_dir / "uevent") or ""
+    uevent = _read_optional(device_dir / "uevent") or ""
     for line in uevent.splitlines():
         if line.startswith("PCI_SLOT_NAME="):
             return line.split("=", 1)[1].strip().lower()
@@ -158,6 +167,14 @@ def _pci_address(device_dir: Path) -> str:
         return device_dir.resolve().name.lower() if device_dir.is_symlink() else ""
     except OSError:
         return ""
+
+
+def _device_id(device_dir: Path) -> int | None:
+    text = _read_optional(device_dir / "device")
+    try:
+        return int(text, 0) if text else None
+    except ValueError:
+        return None
 
 
 def scan_cards(root: str | os.PathLike[str] = "/") -> tuple[list[AmdCard], list[str]]:
@@ -193,13 +210,13 @@ def scan_cards(root: str | os.PathLike[str] = "/") -> tuple[list[AmdCard], list[
                 AmdCard(
                     card=entry.name,
                     pci_address=_pci_address(device),
-                    device_id=_read_int(device / "device"),
+                    device_id=_device_id(device),
                     vram_total_bytes=vram_total,
                     vram_used_bytes=_read_int(device / "mem_info_vram_used"),
                     gtt_total_bytes=gtt_total,
                     gtt_used_bytes=_read_int(device / "mem_info_gtt_used"),
-                    vram_vendor=_read_text(device / "mem_info_vram_vendor"),
-                    product_name=_read_text(device / "product_name") or None,
+                    vram_vendor=_read_optional(device / "mem_info_vram_vendor"),
+                    product_name=_read_optional(device / "product_name") or None,
                 )
             )
         except AmdReadError as exc:

@@ -141,3 +141,15 @@ def test_parse_fdinfo_units_and_other_drivers():
     assert parse_fdinfo(text + "drm-memory-gtt:\tlots\n").gtt_bytes == 0
     assert parse_fdinfo("drm-driver:\ti915\ndrm-total-system0:\t1 MiB\n") is None
     assert parse_fdinfo("pos:\t0\nflags:\t02\n") is None
+
+
+def test_unreadable_descriptive_file_does_not_cost_the_card(tmp_path):
+    import shutil
+
+    root = tmp_path / "root"
+    shutil.copytree(XTX, root)
+    # reading FRU data fails on some boards (EINVAL/ENODEV); here: EISDIR
+    (root / "sys/class/drm/card0/device/product_name").mkdir()
+    (dev,), errors = AmdMonitor(root, proc_root=XTX_PROC).read(BIG_HOST)
+    assert errors == ()
+    assert dev.total_bytes == 24 * GiB and "7900 XTX" in dev.name
