@@ -386,10 +386,10 @@ def _llama_env(environ: Mapping[str, str]) -> dict[str, str]:
     return keep
 
 
-@dataclass
-class _Found:
-    pid: int
-    ppid: int | None
+@dataclass(frozen=True)
+class _Static:
+    """What a running process is: never changes while it runs."""
+
     kind: str
     name: str
     cmdline: list[str]
@@ -397,8 +397,210 @@ class _Found:
     env: dict[str, str]
     secret_env: dict[str, str]
     env_readable: bool
+
+
+@dataclass
+class _Found:
+    pid: int
+    ppid: int | None
+    static: _Static
     rss_bytes: int | None
     proc: Any
+    key: tuple
+
+
+class Scanner:
+    """Repeated scans with a per-process cache (what a process runs never changes).
+
+    A process's command line, executable, environment and listening address are read
+    once per (pid, start time, name) and reused by later scans; only its resident memory
+    and parent are read each time. The name is part of the key so a process caught between
+    fork and exec is looked at again once it runs the real program.
+
+    Args:
+        psutil_mod: the psutil module (injectable for tests); default the real one.
+        read_text: reads an ``--api-key-file`` (injectable).
+    """
+
+    def __init__(self, psutil_mod: Any = None, *,
+                 read_text: Callable[[str], str] = _read_text) -> None:
+        if psutil_mod is None:
+            import psutil as psutil_mod  # noqa: PLC0415
+        self.psutil = psutil_mod
+        self.read_text = read_text
+        self._static: dict[tuple, _Static | None] = {}
+        self._listen: dict[tuple, list[tuple[str, int]]] = {}
+
+    def __call__(self, extra_urls: Iterable[str] = (),
+                 api_keys: Mapping[str, str] | None = None) -> Discovery:
+        """One scan; see :func:`scan`."""
+        return self.scan(extra_urls=extra_urls, api_keys=api_keys)
+
+    def _key(self, proc: Any, name: str) -> tuple:
+        try:
+            started = proc.create_time()
+        except (AttributeError, OSError):
+            started = None
+        return (proc.pid, started, name)
+
+    def _read_static(self, proc: Any, name: str) -> _Static | None:
+        gone = (self.psutil.NoSuchProcess, self.psutil.ZombieProcess, self.psutil.AccessDenied)
+        cmdline = list(proc.cmdline())
+        try:
+            exe = proc.exe() or ""
+        except (*gone, OSError):
+            exe = ""
+        what = classify(cmdline, name, exe)
+        if what is None or what[0] == "wrapper":
+            return None  # a wrapper's child llama-server is found on its own
+        kind, args = what
+        try:
+            environ = dict(proc.environ())
+            env_readable = True
+        except self.psutil.AccessDenied:
+            environ, env_readable = {}, False
+        return _Static(
+            kind=kind, name=_basename(cmdline[0]) if cmdline else name, cmdline=cmdline,
+            args=args, env=_llama_env(environ),
+            secret_env={k: environ[k] for k in SECRET_ENV if k in environ},
+            env_readable=env_readable,
+        )
+
+    def _listening(self, key: tuple, proc: Any) -> list[tuple[str, int]] | None:
+        cached = self._listen.get(key)
+        if cached:
+            return cached
+        ports = _listening_ports(proc, self.psutil)
+        if ports:
+            self._listen[key] = ports
+        return ports
+
+    def scan(self, *, extra_urls: Iterable[str] = (),
+             api_keys: Mapping[str, str] | None = None) -> Discovery:
+        """Scan processes for llama.cpp servers and add the configured URLs.
+
+        Args:
+            extra_urls: URLs the user configured (remote or container servers).
+            api_keys: the user's settings, URL -> API key (used when the process's own
+                configuration does not tell).
+
+        Returns:
+            A :class:`Discovery`. Never raises for a process that vanishes or is not ours.
+        """
+        psutil_mod = self.psutil
+        configured_keys = {}
+        for url, key in (api_keys or {}).items():
+            try:
+                configured_keys[normalize_url(url)] = key
+            except ValueError:
+                continue
+        errors: list[str] = []
+        found: list[_Found] = []
+        gone = (psutil_mod.NoSuchProcess, psutil_mod.ZombieProcess, psutil_mod.AccessDenied)
+        try:
+            procs = list(psutil_mod.process_iter(["pid", "name"]))
+        except Exception as e:  # noqa: BLE001 - the scan must not stop the poll
+            return Discovery(errors=(f"Could not list processes: {e}.",))
+        seen: set[tuple] = set()
+        for proc in procs:
+            try:
+                info = getattr(proc, "info", None) or {}
+                name = info.get("name") or proc.name() or ""
+                # Cheap pre-filter on the process name before reading the command line.
+                if "llama" not in name.lower() and not _is_python(name):
+                    continue
+                key = self._key(proc, name)
+                seen.add(key)
+                if key in self._static:
+                    static = self._static[key]
+                else:
+                    static = self._read_static(proc, name)
+                    self._static[key] = static
+                if static is None:
+                    continue
+                try:
+                    rss = int(proc.memory_info().rss)
+                except gone:
+                    rss = None
+                try:
+                    ppid = proc.ppid()
+                except gone:
+                    ppid = None
+                found.append(_Found(pid=proc.pid, ppid=ppid, static=static, rss_bytes=rss,
+                                    proc=proc, key=key))
+            except gone:
+                continue
+            except Exception as e:  # noqa: BLE001
+                log.debug("skipping process %s: %s", getattr(proc, "pid", "?"), e)
+                continue
+        for cache in (self._static, self._listen):
+            for key in [k for k in cache if k not in seen]:
+                del cache[key]
+
+        routers = {f.pid for f in found
+                   if f.static.kind == "server" and ROUTER_CHILD_ENV not in f.static.env
+                   and is_router(f.static.args, f.static.env)}
+        servers: list[ServerProcess] = []
+        notes: dict[tuple[int | None, str], tuple[str, ...]] = {}
+        for f in found:
+            st = f.static
+            own_notes: list[str] = []
+            if not st.env_readable:
+                own_notes.append(
+                    "Its environment is not readable (another user's process): "
+                    "configuration read from the command line only.")
+            try:
+                ep = endpoint_from_config(st.args, st.env)
+            except ValueError:
+                errors.append(f"llama.cpp process {f.pid} has an unreadable --port; skipped.")
+                continue
+            listen: tuple[str, int] | None = None
+            # The process's own listening sockets (cached) win over its configuration:
+            # llama-cli picks a random port, ``--port 0`` too.
+            ports = self._listening(f.key, f.proc)
+            if st.kind == "cli" or ep.port == 0 or ep.host is None:
+                listen = _pick_listen(ports or [], None)
+                if ports is None:
+                    own_notes.append("Its listening port is not visible (not permitted).")
+            elif ports and all(p != ep.port for _, p in ports):
+                listen = _pick_listen(ports, None)
+            if ep.host is None and listen is None:
+                errors.append(
+                    f"llama.cpp server {f.pid} listens only on a unix socket "
+                    f"({', '.join(ep.unix_sockets)}); kvwall talks TCP only, skipped.")
+                continue
+            if st.kind == "cli" and listen is None:
+                continue  # an embedded server we cannot reach: nothing to poll
+            if listen is not None:
+                host = listen[0] if ep.host is None or ep.host in _LOOPBACK_ALIASES else ep.host
+                url = make_url(host, listen[1], ep.api_prefix)
+            else:
+                url = make_url(ep.host or DEFAULT_HOST, ep.port, ep.api_prefix)
+            key = resolve_api_key(st.args, {**st.env, **st.secret_env}, configured_keys.get(url),
+                                  self.read_text, own_notes)
+            is_child = ROUTER_CHILD_ENV in st.env or (f.ppid in routers and f.pid not in routers)
+            server = ServerProcess(
+                url=url, pid=f.pid, argv=RedactedArgv(st.cmdline),
+                env={k: v for k, v in st.env.items() if k.startswith("LLAMA_ARG_")},
+                api_key=key, source="router-child" if is_child else "process",
+                parent_pid=f.ppid if is_child else None, rss_bytes=f.rss_bytes, name=st.name,
+            )
+            servers.append(server)
+            if own_notes:
+                notes[server_key(server)] = tuple(own_notes)
+
+        seen_urls = {s.url for s in servers}
+        for raw in extra_urls:
+            try:
+                url = normalize_url(raw)
+            except ValueError as e:
+                errors.append(f"Configured server URL ignored: {e}.")
+                continue
+            if url in seen_urls:
+                continue
+            seen_urls.add(url)
+            servers.append(ServerProcess(url=url, api_key=configured_keys.get(url), source="url"))
+        return Discovery(servers=tuple(servers), notes=notes, errors=tuple(errors))
 
 
 def scan(
@@ -408,7 +610,7 @@ def scan(
     api_keys: Mapping[str, str] | None = None,
     read_text: Callable[[str], str] = _read_text,
 ) -> Discovery:
-    """Scan processes for llama.cpp servers and add the configured URLs.
+    """Scan processes for llama.cpp servers once (no cache kept; see :class:`Scanner`).
 
     Args:
         psutil_mod: the psutil module (injectable for tests); default the real one.
@@ -420,128 +622,8 @@ def scan(
     Returns:
         A :class:`Discovery`. Never raises for a process that vanishes or is not ours.
     """
-    if psutil_mod is None:
-        import psutil as psutil_mod  # noqa: PLC0415
-    configured_keys = {}
-    for url, key in (api_keys or {}).items():
-        try:
-            configured_keys[normalize_url(url)] = key
-        except ValueError:
-            continue
-    errors: list[str] = []
-    found: list[_Found] = []
-    gone = (psutil_mod.NoSuchProcess, psutil_mod.ZombieProcess, psutil_mod.AccessDenied)
-    try:
-        procs = list(psutil_mod.process_iter(["pid", "name"]))
-    except Exception as e:  # noqa: BLE001 - the scan must not stop the poll
-        return Discovery(errors=(f"Could not list processes: {e}.",))
-    for proc in procs:
-        try:
-            info = getattr(proc, "info", None) or {}
-            name = info.get("name") or proc.name() or ""
-            # Cheap pre-filter on the process name before reading the command line.
-            if "llama" not in name.lower() and not _is_python(name):
-                continue
-            cmdline = list(proc.cmdline())
-            try:
-                exe = proc.exe() or ""
-            except gone:
-                exe = ""
-            except OSError:
-                exe = ""
-            what = classify(cmdline, name, exe)
-            if what is None:
-                continue
-            kind, args = what
-            if kind == "wrapper":
-                continue  # its child llama-server is found on its own
-            try:
-                environ = dict(proc.environ())
-                env_readable = True
-            except psutil_mod.AccessDenied:
-                environ, env_readable = {}, False
-            try:
-                rss = int(proc.memory_info().rss)
-            except gone:
-                rss = None
-            try:
-                ppid = proc.ppid()
-            except gone:
-                ppid = None
-            found.append(_Found(
-                pid=proc.pid, ppid=ppid, kind=kind, name=_basename(cmdline[0]) if cmdline else name,
-                cmdline=cmdline, args=args, env=_llama_env(environ),
-                secret_env={k: environ[k] for k in SECRET_ENV if k in environ},
-                env_readable=env_readable, rss_bytes=rss, proc=proc,
-            ))
-        except gone:
-            continue
-        except Exception as e:  # noqa: BLE001
-            log.debug("skipping process %s: %s", getattr(proc, "pid", "?"), e)
-            continue
-
-    routers = {f.pid for f in found
-               if f.kind == "server" and ROUTER_CHILD_ENV not in f.env
-               and is_router(f.args, f.env)}
-    servers: list[ServerProcess] = []
-    notes: dict[tuple[int | None, str], tuple[str, ...]] = {}
-    for f in found:
-        own_notes: list[str] = []
-        if not f.env_readable:
-            own_notes.append(
-                "Its environment is not readable (another user's process): "
-                "configuration read from the command line only.")
-        try:
-            ep = endpoint_from_config(f.args, f.env)
-        except ValueError:
-            errors.append(f"llama.cpp process {f.pid} has an unreadable --port; skipped.")
-            continue
-        listen: tuple[str, int] | None = None
-        if f.kind == "cli" or ep.port == 0 or ep.host is not None:
-            ports = _listening_ports(f.proc, psutil_mod)
-            if f.kind == "cli" or ep.port == 0:
-                listen = _pick_listen(ports or [], None)
-            elif ports and all(p != ep.port for _, p in ports):
-                listen = _pick_listen(ports, None)
-            if ports is None and (f.kind == "cli" or ep.port == 0):
-                own_notes.append("Its listening port is not visible (not permitted).")
-        if ep.host is None and listen is None:
-            errors.append(
-                f"llama.cpp server {f.pid} listens only on a unix socket "
-                f"({', '.join(ep.unix_sockets)}); kvwall talks TCP only, skipped.")
-            continue
-        if f.kind == "cli" and listen is None:
-            continue  # an embedded server we cannot reach: nothing to poll
-        if listen is not None:
-            host = listen[0] if ep.host is None or ep.host in _LOOPBACK_ALIASES else ep.host
-            url = make_url(host, listen[1], ep.api_prefix)
-        else:
-            url = make_url(ep.host or DEFAULT_HOST, ep.port, ep.api_prefix)
-        key = resolve_api_key(
-            f.args, {**f.env, **f.secret_env}, configured_keys.get(url), read_text, own_notes)
-        is_child = ROUTER_CHILD_ENV in f.env or (f.ppid in routers and f.pid not in routers)
-        server = ServerProcess(
-            url=url, pid=f.pid, argv=RedactedArgv(f.cmdline),
-            env={k: v for k, v in f.env.items() if k.startswith("LLAMA_ARG_")},
-            api_key=key, source="router-child" if is_child else "process",
-            parent_pid=f.ppid if is_child else None, rss_bytes=f.rss_bytes, name=f.name,
-        )
-        servers.append(server)
-        if own_notes:
-            notes[server_key(server)] = tuple(own_notes)
-
-    seen_urls = {s.url for s in servers}
-    for raw in extra_urls:
-        try:
-            url = normalize_url(raw)
-        except ValueError as e:
-            errors.append(f"Configured server URL ignored: {e}.")
-            continue
-        if url in seen_urls:
-            continue
-        seen_urls.add(url)
-        servers.append(ServerProcess(url=url, api_key=configured_keys.get(url), source="url"))
-    return Discovery(servers=tuple(servers), notes=notes, errors=tuple(errors))
+    return Scanner(psutil_mod, read_text=read_text).scan(extra_urls=extra_urls,
+                                                         api_keys=api_keys)
 
 
 def discover(
@@ -559,6 +641,7 @@ def discover(
 __all__ = [
     "Discovery",
     "RedactedArgv",
+    "Scanner",
     "argv_value",
     "classify",
     "discover",

@@ -384,7 +384,12 @@ class LlamaClient:
                                self.read_timeout)
 
     def poll(self) -> ServerState:
-        """One round of ``/health``, ``/props``, ``/slots``, ``/metrics``, ``/v1/models``.
+        """One round of ``/props``, ``/slots``, ``/metrics`` and ``/v1/models``.
+
+        ``/health`` is not asked: ``/props`` answers 503 while loading and 401 without a
+        key just as it does, and one request fewer per server keeps the poll cheap
+        (``/v1/models`` is read once per loaded model). Use :meth:`check_health` for a
+        key-less liveness probe.
 
         Returns:
             A :class:`ServerState`; a busy client answers at once with ``HEALTH_TIMEOUT``.
@@ -406,7 +411,6 @@ class LlamaClient:
         errors: list[str] = []
         state = ServerState(process=self.process, timestamp=ts, health=HEALTH_OK)
         try:
-            self._check_health()
             props = self._read_props()
             state = replace(state, props=props)
             if props.get("role") == "router":
@@ -441,6 +445,23 @@ class LlamaClient:
             else:
                 msg = f"{path}: {e}."
             raise _Stop(health, msg) from None
+
+    def check_health(self) -> str:
+        """``GET /health`` only (public even with an API key): one of the HEALTH_* values.
+
+        Never raises.
+        """
+        if not self._lock.acquire(blocking=False):
+            return HEALTH_TIMEOUT
+        try:
+            self._check_health()
+        except _Stop as stop:
+            return stop.health
+        except Exception:  # noqa: BLE001
+            return HEALTH_ERROR
+        finally:
+            self._lock.release()
+        return HEALTH_OK
 
     def _check_health(self) -> None:
         resp = self._request("/health")

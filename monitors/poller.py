@@ -11,7 +11,7 @@ from concurrent.futures import wait as wait_futures
 from dataclasses import replace
 from typing import Protocol
 
-from kvwall.monitors.discovery import Discovery, scan, server_key
+from kvwall.monitors.discovery import Discovery, Scanner, server_key
 from kvwall.monitors.llama_http import LlamaClient
 from kvwall.monitors.snapshot import (
     HEALTH_ERROR,
@@ -80,7 +80,8 @@ class Poller:
     Args:
         memory_sources: object with ``poll() -> MemorySnapshot``; None: no memory figures.
         discover_fn: ``(extra_urls=..., api_keys=...) -> Discovery`` or a list of
-            :class:`ServerProcess` (default :func:`kvwall.monitors.discovery.scan`).
+            :class:`ServerProcess` (default a :class:`kvwall.monitors.discovery.Scanner`,
+            which caches what each process runs between polls).
         clients: the per-server clients (default a fresh :class:`ClientPool`).
         clock: monotonic seconds, for timestamps.
         extra_urls: user-configured server URLs.
@@ -94,7 +95,7 @@ class Poller:
     def __init__(
         self,
         memory_sources: MemorySource | None = None,
-        discover_fn: Callable[..., Discovery | Iterable[ServerProcess]] = scan,
+        discover_fn: Callable[..., Discovery | Iterable[ServerProcess]] | None = None,
         clients: ClientPool | None = None,
         clock: Callable[[], float] = time.monotonic,
         extra_urls: Iterable[str] = (),
@@ -104,7 +105,7 @@ class Poller:
         max_workers: int = MAX_WORKERS,
     ) -> None:
         self.memory_sources = memory_sources
-        self.discover_fn = discover_fn
+        self.discover_fn = discover_fn if discover_fn is not None else Scanner()
         self.clients = clients if clients is not None else ClientPool()
         self.clock = clock
         self.extra_urls = tuple(extra_urls)

@@ -7,7 +7,6 @@ latest, and the server stops itself after ``limit_s`` even if a test forgets to.
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
 import threading
@@ -114,19 +113,23 @@ class GarbageServer(FakeServer):
 
 
 class DyingServer(FakeServer):
-    """A llama-server that answers ``/health`` and dies on the next request.
+    """A llama-server that answers its first request (``/props``, as recorded from the real
+    server) and dies on the next one.
 
     The next request's connection is reset without an answer and the listening socket is
     closed, so any later connection is refused: the process was killed mid-poll.
     """
 
-    def __init__(self, limit_s: float = DEFAULT_LIMIT_S) -> None:
+    def __init__(self, props: bytes, limit_s: float = DEFAULT_LIMIT_S) -> None:
         super().__init__(limit_s)
+        self.props = props
+        self.answered = threading.Event()
         self.died = threading.Event()
 
     def handle(self, h: BaseHTTPRequestHandler) -> None:
-        if h.path.endswith("/health") and not self.died.is_set():
-            self.send(h, 200, json.dumps({"status": "ok"}).encode())
+        if not self.answered.is_set():
+            self.answered.set()
+            self.send(h, 200, self.props)
             return
         self.died.set()
         # Reset the connection (RST, no answer), then stop listening.

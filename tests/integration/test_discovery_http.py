@@ -29,6 +29,7 @@ from kvwall.monitors.snapshot import (
 )
 
 DEADLINE_S = 60.0
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "http"
 
 
 def free_port() -> int:
@@ -245,7 +246,8 @@ def test_server_killed_mid_poll(llama_server, tiny_model):
 
 def test_poll_finishes_on_deadline_and_reports_each_state(llama_server, tiny_model):
     good = llama_server(tiny_model("llama"), "-np", "1", "-c", "256")
-    with HangingServer() as hang, GarbageServer() as garbage, DyingServer() as dying:
+    props = json.loads((FIXTURES / "props.json").read_text())["body"].encode()
+    with HangingServer() as hang, GarbageServer() as garbage, DyingServer(props) as dying:
         urls = (hang.url, garbage.url, dying.url)
         # A read timeout longer than the hang server holds requests: only the poll's own
         # deadline can end the wait.
@@ -262,6 +264,7 @@ def test_poll_finishes_on_deadline_and_reports_each_state(llama_server, tiny_mod
             assert by_url[garbage.url].health == HEALTH_ERROR
             assert any("not JSON" in e for e in by_url[garbage.url].errors)
             assert by_url[dying.url].health == HEALTH_UNREACHABLE
+            assert dying.answered.is_set() and dying.died.is_set()  # it died mid-poll
             assert snap.memory.devices[0].used_bytes == 40
 
             # The poll returned while the hung request is still waiting in the background.

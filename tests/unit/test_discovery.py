@@ -9,6 +9,7 @@ import psutil
 import pytest
 from kvwall.monitors.discovery import (
     RedactedArgv,
+    Scanner,
     argv_value,
     classify,
     discover,
@@ -349,3 +350,33 @@ def test_bad_port_is_a_clear_error():
 ])
 def test_normalize_url(raw, url):
     assert normalize_url(raw) == url
+
+
+def test_scanner_reads_each_process_once_and_forgets_dead_ones():
+    class Counting(FakeProcess):
+        reads = 0
+
+        def cmdline(self):
+            Counting.reads += 1
+            return super().cmdline()
+
+        def create_time(self):
+            return 1000.0 + self.pid
+
+    procs = [Counting(1, [SERVER, "-m", "m", "--port", "9001"]),
+             Counting(2, ["/usr/bin/python3", "-m", "pytest"])]
+    mod = fake_psutil()
+    mod.process_iter = lambda attrs=None: iter(list(procs))
+    scanner = Scanner(mod)
+    first = scanner()
+    assert Counting.reads == 2
+    procs[0]._rss = 5 << 20
+    second = scanner()
+    assert Counting.reads == 2  # nothing re-read
+    assert [s.rss_bytes for s in second.servers] == [5 << 20]  # but memory is fresh
+    assert first.servers[0].url == second.servers[0].url
+    # Same pid, new program (exec after fork changes the name): looked at again.
+    procs[1] = Counting(2, [SERVER, "-m", "m", "--port", "9002"])
+    third = scanner()
+    assert Counting.reads == 3
+    assert [s.url for s in third.servers] == ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]

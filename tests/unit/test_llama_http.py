@@ -229,10 +229,22 @@ def test_sleeping_server_is_not_woken_by_slots():
 
 
 def test_loading_server():
-    t = Replay({"/health": rec("health_503_loading")})
-    st = client(t).poll()
+    # While loading, every route answers what /health answers (recorded at startup).
+    t = Replay({"/props": rec("health_503_loading"), "/health": rec("health_503_loading")})
+    c = client(t)
+    st = c.poll()
     assert st.health == HEALTH_LOADING
-    assert t.paths() == ["/health"]
+    assert t.paths() == ["/props"]
+    assert c.check_health() == HEALTH_LOADING
+
+
+def test_health_probe_needs_no_key():
+    t = Replay({"/health": rec("apikey_health")})
+    assert client(t).check_health() == HEALTH_OK
+    t = Replay({"/health": TransportError("refused", "connection refused")})
+    assert client(t).check_health() == HEALTH_UNREACHABLE
+    t = Replay({"/health": HttpResponse(200, b"<html>")})
+    assert client(t).check_health() == HEALTH_ERROR
 
 
 def test_missing_api_key_is_unauthorized():
@@ -266,7 +278,7 @@ def test_router_reports_its_models_and_skips_slots():
     ("garbage", HEALTH_ERROR),
 ])
 def test_transport_failures_are_states(kind, health):
-    t = Replay({"/health": TransportError(kind, f"{kind} happened")})
+    t = Replay({"/props": TransportError(kind, f"{kind} happened")})
     st = client(t).poll()
     assert st.health == health
     assert any(f"{kind} happened" in e for e in st.errors)
