@@ -91,6 +91,16 @@ _KIND_DEFAULTS: dict[str, dict[str, Any]] = {
         "shortconv_l_cache": 3,
         "tied_output": True,
     },
+    "granitehybrid": {
+        "n_layer": 4,
+        "n_head_kv": [0, 2, 0, 0],  # 0 = Mamba-2 layer; attention where non-zero
+        "ssm_d_conv": 4,
+        "ssm_d_inner": None,  # 2 * n_embd
+        "ssm_d_state": 16,
+        "ssm_dt_rank": 8,  # Mamba-2 heads
+        "ssm_n_group": 1,
+        "tied_output": True,
+    },
     "qwen3moe": {
         "head_k": 64,
         "head_v": 64,
@@ -430,6 +440,51 @@ def _lfm2(p: dict[str, Any]) -> _Spec:
     return s
 
 
+def _granitehybrid(p: dict[str, Any]) -> _Spec:
+    s = _Spec("granitehybrid")
+    a = s.arch
+    e, n_layer = p["n_embd"], p["n_layer"]
+    if not isinstance(p["n_head_kv"], (list, tuple)):
+        p["n_head_kv"] = [0] * (n_layer - 1) + [int(p["n_head_kv"])]
+    d_inner = p["ssm_d_inner"] if p["ssm_d_inner"] is not None else 2 * e
+    if d_inner != 2 * e:
+        raise TinyModelError(
+            f"granitehybrid needs ssm_d_inner == 2 * n_embd ({2 * e}), got {d_inner}"
+        )
+    d_conv, d_state = p["ssm_d_conv"], p["ssm_d_state"]
+    n_ssm_head, n_group = p["ssm_dt_rank"], p["ssm_n_group"]
+    if d_inner % n_ssm_head or d_inner % n_group:
+        raise TinyModelError(
+            "granitehybrid needs ssm_d_inner divisible by ssm_dt_rank and ssm_n_group"
+        )
+    _common(s, p)
+    s.kv[f"{a}.ssm.conv_kernel"] = ("u32", d_conv)
+    s.kv[f"{a}.ssm.inner_size"] = ("u32", d_inner)
+    s.kv[f"{a}.ssm.state_size"] = ("u32", d_state)
+    s.kv[f"{a}.ssm.time_step_rank"] = ("u32", n_ssm_head)
+    s.kv[f"{a}.ssm.group_count"] = ("u32", n_group)
+    s.kv[f"{a}.rope.dimension_count"] = ("u32", _head_sizes(p)[0])
+    d_in_proj = 2 * d_inner + 2 * n_group * d_state + n_ssm_head
+    d_conv_ch = d_inner + 2 * n_group * d_state
+    _embd_out(s, p, tied_default=True)
+    for il in range(n_layer):
+        b = f"blk.{il}"
+        if _head_kv(p, il) > 0:
+            _attn(s, p, il, qk_norm=False)
+        else:
+            s.t(f"{b}.attn_norm.weight", e)
+            s.t(f"{b}.ssm_in.weight", e, d_in_proj)
+            s.t(f"{b}.ssm_conv1d.weight", d_conv, d_conv_ch)
+            s.t(f"{b}.ssm_conv1d.bias", d_conv_ch)
+            s.t(f"{b}.ssm_dt.bias", n_ssm_head)
+            s.t(f"{b}.ssm_a", 1, n_ssm_head)
+            s.t(f"{b}.ssm_d", 1, n_ssm_head)
+            s.t(f"{b}.ssm_norm.weight", d_inner // n_group, n_group)
+            s.t(f"{b}.ssm_out.weight", d_inner, e)
+        _ffn(s, p, il)
+    return s
+
+
 _BUILDERS: dict[str, Callable[[dict[str, Any]], _Spec]] = {
     "llama": _llama,
     "qwen3": _qwen3,
@@ -437,6 +492,7 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], _Spec]] = {
     "deepseek2": _deepseek2,
     "mamba": _mamba,
     "lfm2": _lfm2,
+    "granitehybrid": _granitehybrid,
     "qwen3moe": _qwen3moe,
 }
 
@@ -521,16 +577,24 @@ def write_model(kind: str, path: str | pathlib.Path, **overrides: Any) -> pathli
         raise TinyModelError(
             f"n_embd ({params['n_embd']}) must be a multiple of n_head ({params['n_head']})"
         )
+    if isinstance(DEFAULTS[kind]["n_head_kv"], list) and "n_layer" in overrides:
+        if "n_head_kv" not in overrides:
+            # keep the kind's hybrid layout at the new depth: attention every `every` layers
+            every = 2 if kind == "lfm2" else 4
+            params["n_head_kv"] = [2 if il % every == 1 else 0 for il in range(params["n_layer"])]
     if (
         isinstance(params["n_head_kv"], (list, tuple))
         and len(params["n_head_kv"]) != params["n_layer"]
     ):
-        if kind != "lfm2" or "n_layer" in overrides:
-            raise TinyModelError(
-                f"n_head_kv list needs n_layer ({params['n_layer']}) entries, got {len(params['n_head_kv'])}"
-            )
-    if kind == "lfm2" and "n_layer" in overrides and "n_head_kv" not in overrides:
-        params["n_head_kv"] = [0 if il % 2 == 0 else 2 for il in range(params["n_layer"])]
+        raise TinyModelError(
+            f"n_head_kv list needs n_layer ({params['n_layer']}) entries, "
+            f"got {len(params['n_head_kv'])}"
+        )
+    params["n_head_kv"] = (
+        list(params["n_head_kv"])
+        if isinstance(params["n_head_kv"], (list, tuple))
+        else params["n_head_kv"]
+    )
 
     spec = _BUILDERS[kind](params)
     tokens, scores, types = _vocab(int(params["n_vocab"]))

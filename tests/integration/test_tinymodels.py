@@ -123,6 +123,29 @@ def test_lfm2_is_hybrid_kv_and_recurrent(tiny_model, llama_server):
     assert (rs.cells, rs.n_seq) == (1, 1)
 
 
+def test_lfm2_per_layer_kv_heads_size_each_layer(tiny_model, llama_server):
+    heads = (0, 1, 0, 4)
+    server = llama_server(tiny_model("lfm2", n_head_kv=heads), "-c", "512", "-np", "1")
+    (kv,) = parse_load_log(server.log_text()).kv_caches
+    head = DEFAULTS["lfm2"]["n_embd"] // DEFAULTS["lfm2"]["n_head"]
+    assert kv.layers == 2
+    assert kv.k_mib == _mib(512 * sum(heads) * head * 2)
+
+
+def test_granitehybrid_has_attention_kv_and_mamba2_state(tiny_model, llama_server):
+    p = DEFAULTS["granitehybrid"]
+    server = llama_server(tiny_model("granitehybrid"), "-c", "512", "-np", "2")
+    log = parse_load_log(server.log_text())
+    (kv,) = log.kv_caches
+    (rs,) = log.recurrent
+    assert kv.layers == sum(1 for h in p["n_head_kv"] if h > 0)
+    assert (rs.cells, rs.n_seq) == (2, 2)
+    n_recurrent = sum(1 for h in p["n_head_kv"] if h == 0)
+    d_inner = 2 * p["n_embd"]
+    # S: one d_state x d_inner f32 state per recurrent layer and sequence
+    assert rs.s_mib == _mib(n_recurrent * 2 * p["ssm_d_state"] * d_inner * 4)
+
+
 def test_qwen3moe_loads_with_experts_on_cpu(tiny_model, llama_server):
     server = llama_server(tiny_model("qwen3moe"), "-c", "512", "-np", "1", "--cpu-moe")
     out = server.post_json("/completion", {"prompt": "hello", "n_predict": 4, "ignore_eos": True})
@@ -147,6 +170,14 @@ def test_split_model_loads_from_its_first_shard(tmp_path, llama_server):
     assert split_log.model_total_mib == whole_log.model_total_mib
 
 
+def test_hybrid_kinds_keep_their_layout_at_another_depth(tmp_path, llama_server):
+    model = write_model("granitehybrid", tmp_path / "g8.gguf", n_layer=8)
+    server = llama_server(model, "-c", "256", "-np", "1")
+    log = parse_load_log(server.log_text())
+    assert log.kv_caches[0].layers == 2  # attention at layers 1 and 5
+    assert log.recurrent[0].layers == 8
+
+
 def test_same_seed_same_file_other_seed_other_weights(tmp_path):
     a = write_model("qwen3", tmp_path / "a.gguf").read_bytes()
     b = write_model("qwen3", tmp_path / "b.gguf", name="tiny-qwen3").read_bytes()
@@ -165,6 +196,8 @@ def test_same_seed_same_file_other_seed_other_weights(tmp_path):
         ("llama", {"n_head_kv": [1, 2, 3]}, "n_head_kv list needs n_layer (2)"),
         ("mamba", {"ssm_d_inner": 100}, "ssm_d_inner == 2 * n_embd"),
         ("llama", {"n_vocab": 10}, "n_vocab must be at least"),
+        ("granitehybrid", {"ssm_dt_rank": 7}, "divisible by ssm_dt_rank"),
+        ("llama", {"split": 99}, "split must be in 1.."),
     ],
 )
 def test_bad_requests_name_what_is_wrong(tmp_path, kind, overrides, message):
