@@ -29,7 +29,7 @@ from kvwall.budget.report import (
     StatusReport,
 )
 from kvwall.monitors.gguf import ModelInfo
-from kvwall.monitors.snapshot import DeviceMemory, ServerState, Snapshot
+from kvwall.monitors.snapshot import DeviceMemory, ServerState, SlotState, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -309,7 +309,7 @@ class Engine:
         if slots is not None:
             self.tracker.observe(key, slots, state.timestamp, unified=unified)
             slot_reports = tuple(
-                SlotReport(s.id, s.n_ctx, s.n_tokens, s.is_processing,
+                SlotReport(s.id, s.n_ctx, _slot_tokens(s), s.is_processing,
                            self.tracker.slot_forecast(key, s))
                 for s in slots
             )
@@ -324,7 +324,7 @@ class Engine:
         more_slots: int | None = None
         advice: tuple[Advice, ...] = ()
         if plan is not None and model is not None and config is not None:
-            pool, free, host_total, host_free = _pool_of(state, devices)
+            pool, free, host_total, host_free = pool_of(state, devices)
             modeled = pool_bytes(plan, pool)
             if free is not None:
                 budget = free + modeled
@@ -344,7 +344,10 @@ class Engine:
         if state.props:
             alias = state.props.get("model_alias")
             if isinstance(alias, str) and alias and alias != "llama-server":
+                # llama-server's default alias is the -m path: show the file's stem.
                 name = alias
+                if "/" in alias or "\\" in alias or alias.endswith(".gguf"):
+                    name = os.path.basename(alias.replace("\\", "/")).removesuffix(".gguf")
         if not name and config is not None and config.alias:
             name = config.alias
         if not name and path:
@@ -382,7 +385,10 @@ class Engine:
             if ctype != "f16" and config.flash_attn == "off":
                 changes["flash_attn"] = "on"
             try:
-                max_ctx[ctype] = largest_context(model, config.replace(**changes), budget,
+                variant = config.replace(**changes)
+                if self._plan_fn(model, variant.replace(n_ctx=256), gpu_names=gpus).errors:
+                    continue  # llama.cpp would refuse this cache type for this model
+                max_ctx[ctype] = largest_context(model, variant, budget,
                                                  gpu_names=gpus, pool=pool,
                                                  plan_fn=self._plan_fn)
             except Exception:  # noqa: BLE001 - one odd what-if must not hide the rest
@@ -393,6 +399,14 @@ class Engine:
         cached = _Cached(inputs, budget, max_ctx, advice)
         self._cached[key] = cached
         return cached
+
+
+def _slot_tokens(slot: SlotState) -> int | None:
+    """KV cells a slot holds: a slot that never ran a task holds none (the server omits
+    ``n_prompt_tokens`` then)."""
+    if slot.n_tokens is None and slot.id_task is None and not slot.is_processing:
+        return 0
+    return slot.n_tokens
 
 
 def snapshot_ts(snapshot: Any) -> float:
@@ -413,10 +427,15 @@ def _failed_report(state: ServerState, error: Exception) -> ServerReport:
     )
 
 
-def _pool_of(
+def pool_of(
     state: ServerState, devices: Sequence[DeviceMemory]
 ) -> tuple[str, int | None, int | None, int | None]:
-    """(pool kind, free bytes on it, host total, host free) for one server."""
+    """Where a server lives and what is free there.
+
+    Returns:
+        (pool kind: ``POOL_GPU`` for discrete accelerators else ``POOL_TOTAL``, free bytes
+        on that pool (None if unknown), host RAM total, host RAM free).
+    """
     host = next((d for d in devices if d.kind == "host"), None)
     host_total = host.total_bytes if host else None
     host_free = host.free_bytes if host else None
@@ -429,6 +448,9 @@ def _pool_of(
     if on:
         return POOL_TOTAL, on[0].free_bytes, host_total, host_free
     return POOL_TOTAL, host_free, host_total, host_free
+
+
+_pool_of = pool_of  # the name app/live.py first used
 
 
 def _measured_on_pool(
@@ -445,4 +467,4 @@ def _measured_on_pool(
     return total
 
 
-__all__ = ["Engine", "POOL_SLOT_ID", "RESTART_CACHE_TYPES", "server_report_key"]
+__all__ = ["Engine", "POOL_SLOT_ID", "RESTART_CACHE_TYPES", "pool_of", "server_report_key"]

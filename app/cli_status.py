@@ -1,0 +1,517 @@
+"""``kvwall status``: devices, servers, attribution, slots, forecasts and advice, headless.
+
+Qt-free and quick to start: the memory model (and numpy behind the GGUF reader) is only
+imported when a server is found. ``--json`` prints the documented object of
+``docs/json-schema.md`` (``status`` section); ``--watch N`` keeps one poller and one engine
+alive so the forecasts build up, and prints a fresh view (or one JSON line) every N seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+EXIT_OK = 0
+EXIT_USAGE = 2
+
+DESCRIPTION = """\
+Find the running llama.cpp servers (process scan plus --url), measure the memory of every
+device, split each server's memory into weights, KV cache, compute and overhead, follow
+each slot's context and forecast when it fills, and advise what to change."""
+
+
+class UsageError(ValueError):
+    """A bad command-line value (one line, exit code 2)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kvwall status", description=DESCRIPTION)
+    p.add_argument("--json", action="store_true",
+                   help="print the documented JSON object instead of text "
+                        "(with --watch: one object per line)")
+    p.add_argument("--watch", metavar="SECONDS", type=str, default=None,
+                   help="poll again every SECONDS until interrupted (Ctrl-C)")
+    p.add_argument("--url", metavar="URL", action="append", default=[],
+                   help="also poll this server (remote or in a container); repeatable")
+    p.add_argument("--api-key", metavar="URL=KEY", action="append", default=[],
+                   help="API key to send to the server at URL only; repeatable. Never printed")
+    p.add_argument("--deadline", metavar="SECONDS", type=str, default=None,
+                   help="a poll reports servers that have not answered by then as "
+                        "'not responding' (default 2)")
+    p.add_argument("--count", metavar="N", type=int, default=None, help=argparse.SUPPRESS)
+    return p
+
+
+def _positive_float(text: str, flag: str, minimum: float) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{flag}: expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value < minimum:
+        raise UsageError(f"{flag}: must be at least {minimum:g} seconds, got {text!r}")
+    return value
+
+
+def _parse_keys(items: Sequence[str]) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    for item in items:
+        url, eq, key = item.partition("=")
+        # The URL itself may hold '=' in a query; split at the last '=' after the host.
+        if not eq or not url or not key:
+            raise UsageError("--api-key: expected URL=KEY (e.g. http://127.0.0.1:8080=$KEY)")
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--api-key: {url!r} is not an http:// or https:// URL")
+        keys[url.rstrip("/")] = key
+    return keys
+
+
+def _check_urls(urls: Sequence[str]) -> list[str]:
+    out = []
+    for url in urls:
+        if not url.startswith(("http://", "https://")):
+            raise UsageError(f"--url: {url!r} is not an http:// or https:// URL")
+        out.append(url.rstrip("/"))
+    return out
+
+
+# ---------------------------------------------------------------------------- JSON
+
+
+def _device_json(d: Any) -> dict:
+    return {
+        "id": d.id,
+        "kind": d.kind,
+        "name": d.name,
+        "unified": bool(d.unified),
+        "total_bytes": d.total_bytes,
+        "used_bytes": d.used_bytes,
+        "free_bytes": d.free_bytes,
+        "llama_device": d.llama_device,
+        "processes": [{"pid": p.pid, "used_bytes": p.used_bytes, "name": p.name}
+                      for p in d.processes],
+        "error": d.error,
+        "hint": d.hint,
+    }
+
+
+def _num(x: float | None, digits: int = 3) -> float | None:
+    if x is None:
+        return None
+    return round(float(x), digits)
+
+
+def _forecast_json(f: Any) -> dict:
+    return {
+        "tokens_per_turn": _num(f.tokens_per_turn, 1),
+        "tokens_per_minute": _num(f.tokens_per_minute, 1),
+        "turns_left": f.turns_left,
+        "seconds_left": _num(f.seconds_left, 1),
+        "confidence": _num(f.confidence),
+        "turns_seen": f.turns_seen,
+    }
+
+
+def _slot_json(s: Any) -> dict:
+    return {
+        "id": s.id,
+        "n_ctx": s.n_ctx,
+        "tokens": s.tokens,
+        "is_processing": bool(s.is_processing),
+        "forecast": _forecast_json(s.forecast),
+    }
+
+
+def _config_json(server: Any) -> dict | None:
+    plan, config = server.plan, getattr(server, "config", None)
+    if plan is not None:
+        return {
+            "n_ctx": plan.n_ctx, "n_ctx_seq": plan.n_ctx_seq, "n_ctx_slot": plan.n_ctx_slot,
+            "n_seq": plan.n_seq, "kv_unified": plan.kv_unified,
+            "cache_type_k": plan.cache_type_k, "cache_type_v": plan.cache_type_v,
+            "flash_attn": plan.flash_attn, "n_ubatch": plan.n_ubatch,
+        }
+    slots = server.slots
+    if config is None and not slots:
+        return None
+    unified = None
+    if config is not None:
+        unified = config.kv_unified if config.kv_unified is not None else config.n_parallel == -1
+    n_seq = len(slots) if slots else None
+    slot_ctx = max((s.n_ctx for s in slots), default=None) if slots else None
+    n_ctx = None
+    if slot_ctx is not None and unified is not None:
+        n_ctx = slot_ctx if unified else slot_ctx * (n_seq or 1)
+    return {
+        "n_ctx": n_ctx, "n_ctx_seq": slot_ctx, "n_ctx_slot": slot_ctx, "n_seq": n_seq,
+        "kv_unified": unified,
+        "cache_type_k": config.cache_type_k if config is not None else None,
+        "cache_type_v": config.cache_type_v if config is not None else None,
+        "flash_attn": config.flash_attn if config is not None else None,
+        "n_ubatch": config.n_ubatch if config is not None else None,
+    }
+
+
+def _memory_json(server: Any) -> dict:
+    attrs = server.memory
+    measured = [a.measured_bytes for a in attrs if a.measured_bytes is not None]
+    return {
+        "measured_bytes": sum(measured) if measured else None,
+        "weights_bytes": sum(a.weights_bytes for a in attrs),
+        "kv_bytes": sum(a.kv_bytes for a in attrs),
+        "recurrent_bytes": sum(a.recurrent_bytes for a in attrs),
+        "compute_bytes": sum(a.compute_bytes for a in attrs),
+        "overhead_bytes": sum(a.overhead_bytes for a in attrs),
+        "unattributed_bytes": sum(a.unattributed_bytes for a in attrs),
+        "devices": [
+            {"device_id": a.device_id, "measured_bytes": a.measured_bytes,
+             "weights_bytes": a.weights_bytes, "kv_bytes": a.kv_bytes,
+             "recurrent_bytes": a.recurrent_bytes, "compute_bytes": a.compute_bytes,
+             "overhead_bytes": a.overhead_bytes, "unattributed_bytes": a.unattributed_bytes,
+             "note": a.note}
+            for a in attrs
+        ],
+    }
+
+
+def _plan_json(plan: Any) -> dict | None:
+    if plan is None:
+        return None
+    return {
+        "weights_bytes": plan.weights_bytes, "kv_bytes": plan.kv_bytes,
+        "recurrent_bytes": plan.recurrent_bytes, "compute_bytes": plan.compute_bytes,
+        "output_bytes": plan.output_bytes, "total_bytes": plan.total_bytes,
+        "cache_ram_bytes": plan.cache_ram_bytes,
+        "devices": [{"name": d.name, "weights_bytes": d.weights_bytes, "kv_bytes": d.kv_bytes,
+                     "recurrent_bytes": d.recurrent_bytes, "compute_bytes": d.compute_bytes,
+                     "total_bytes": d.total_bytes} for d in plan.devices],
+    }
+
+
+def _server_json(s: Any) -> dict:
+    return {
+        "key": s.key,
+        "pid": s.pid,
+        "url": s.url,
+        "name": s.name,
+        "model_path": s.model_path,
+        "health": s.health,
+        "config": _config_json(s),
+        "memory": _memory_json(s),
+        "plan": _plan_json(s.plan),
+        "slots": [_slot_json(x) for x in s.slots],
+        "pool": _slot_json(s.pool) if s.pool is not None else None,
+        "max_ctx": {k: int(v) for k, v in s.max_ctx.items()},
+        "more_servers_fit": s.more_servers_fit,
+        "more_slots_fit": getattr(s, "more_slots_fit", None),
+        "advice": [{"action": a.action, "title": a.title, "saves_bytes": int(a.saves_bytes),
+                    "max_ctx": int(a.max_ctx), "command": a.command, "caveat": a.caveat}
+                   for a in s.advice],
+        "notes": list(getattr(s, "notes", ())),
+        "errors": list(s.errors),
+    }
+
+
+def report_json(report: Any) -> dict:
+    """The documented ``status`` object for a StatusReport (``docs/json-schema.md``)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "time": _num(report.wall_time),
+        "devices": [_device_json(d) for d in report.devices],
+        "servers": [_server_json(s) for s in report.servers],
+        "errors": list(report.errors),
+    }
+
+
+def snapshot_json(snapshot: Any, wall_time: float) -> dict:
+    """The same object for a poll that found no server (no engine needed)."""
+    errors = list(snapshot.errors) + [e for e in snapshot.memory.errors
+                                      if e not in snapshot.errors]
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "time": _num(wall_time),
+        "devices": [_device_json(d) for d in snapshot.memory.devices],
+        "servers": [],
+        "errors": errors,
+    }
+
+
+# ---------------------------------------------------------------------------- text
+
+
+def fmt_bytes(n: int | float | None) -> str:
+    """Bytes for people: ``1.5 GiB``, ``820 MiB``, ``12 KiB``; ``?`` when unknown."""
+    if n is None:
+        return "?"
+    sign = "-" if n < 0 else ""
+    n = abs(n)
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size:
+            value = n / size
+            return f"{sign}{value:.1f} {unit}" if value < 100 else f"{sign}{value:.0f} {unit}"
+    return f"{sign}{int(n)} B"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def bar(fraction: float | None, width: int = 20) -> str:
+    if fraction is None:
+        return "[" + "?" * width + "]"
+    fraction = min(1.0, max(0.0, fraction))
+    full = round(fraction * width)
+    return "[" + "#" * full + "." * (width - full) + "]"
+
+
+def _device_lines(devices: Iterable[Any]) -> list[str]:
+    lines = ["Memory"]
+    for d in devices:
+        label = f"{d.name} ({d.id})"
+        if d.total_bytes and d.used_bytes is not None:
+            frac = d.used_bytes / d.total_bytes
+            lines.append(f"  {label:<34} {bar(frac)} {fmt_bytes(d.used_bytes)} / "
+                         f"{fmt_bytes(d.total_bytes)} used, {fmt_bytes(d.free_bytes)} free"
+                         + ("  (unified)" if d.unified and d.kind != "host" else ""))
+        else:
+            lines.append(f"  {label:<34} {bar(None)} unknown")
+        if d.error:
+            lines.append(f"    ! {d.error}")
+        if d.hint:
+            lines.append(f"    hint: {d.hint}")
+    if len(lines) == 1:
+        lines.append("  (no memory source could be read)")
+    return lines
+
+
+def _forecast_text(f: Any) -> str:
+    if f.turns_left == 0:
+        return "FULL"
+    if f.turns_left is None:
+        if f.turns_seen == 0:
+            return "forecast after the first finished request"
+        return "not growing"
+    parts = [f"~{f.turns_left} turn{'s' * (f.turns_left != 1)} left"]
+    if f.seconds_left is not None:
+        parts.append(f"~{fmt_duration(f.seconds_left)}")
+    parts.append(f"+{f.tokens_per_turn:.0f}/turn, confidence {f.confidence:.0%}")
+    return ", ".join(parts)
+
+
+def _slot_line(label: str, s: Any) -> str:
+    frac = (s.tokens / s.n_ctx) if (s.tokens is not None and s.n_ctx) else None
+    tokens = "?" if s.tokens is None else str(s.tokens)
+    state = "busy" if s.is_processing else "idle"
+    pct = f"{frac:4.0%}" if frac is not None else "   ?"
+    return (f"    {label:<6} {bar(frac, 16)} {tokens:>7}/{s.n_ctx:<7} {pct} {state}  "
+            f"{_forecast_text(s.forecast)}")
+
+
+def _server_lines(s: Any, footnotes: list[str]) -> list[str]:
+    head = f"  {s.name}"
+    if s.pid is not None:
+        head += f"  pid {s.pid}"
+    head += f"  {s.url}  [{s.health}]"
+    lines = [head]
+    cfg = _config_json(s)
+    if cfg is not None and cfg.get("n_ctx") is not None:
+        layout = ("unified pool" if cfg["kv_unified"]
+                  else f"{cfg['n_seq']} x {cfg['n_ctx_seq']} cells")
+        lines.append(f"    config   -c {cfg['n_ctx']}  {cfg['n_seq']} slot(s), {layout}  "
+                     f"cache K {cfg['cache_type_k']} / V {cfg['cache_type_v']}  "
+                     f"FA {cfg['flash_attn']}")
+    for a in s.memory:
+        parts = [f"weights {fmt_bytes(a.weights_bytes)}", f"KV {fmt_bytes(a.kv_bytes)}"]
+        if a.recurrent_bytes:
+            parts.append(f"recurrent {fmt_bytes(a.recurrent_bytes)}")
+        parts.append(f"compute {fmt_bytes(a.compute_bytes)}")
+        if a.measured_bytes is not None:
+            parts.append(f"overhead {fmt_bytes(a.overhead_bytes)}")
+            if a.unattributed_bytes:
+                parts.append(f"unattributed {fmt_bytes(a.unattributed_bytes)}")
+            head = f"{a.device_id}: {fmt_bytes(a.measured_bytes)} ="
+        else:
+            head = f"{a.device_id}: modeled"
+        lines.append(f"    memory   {head} " + " + ".join(parts))
+        note = a.note
+        if note:
+            for common in footnotes:
+                if common in note:
+                    note = note.replace("; " + common, "").replace(common, "")
+                    head = head.replace(":", "*:", 1)
+                    lines[-1] = f"    memory   {head} " + " + ".join(parts)
+        if note:
+            lines.append(f"             note: {note}")
+    if s.pool is not None:
+        lines.append(_slot_line("pool", s.pool))
+    for slot in s.slots:
+        lines.append(_slot_line(f"#{slot.id}", slot))
+    if s.max_ctx:
+        ctx = ", ".join(f"{k} {v}" for k, v in s.max_ctx.items())
+        more = ""
+        if s.more_servers_fit is not None:
+            more = f"; {s.more_servers_fit} more server(s) like this fit"
+        slots_fit = getattr(s, "more_slots_fit", None)
+        if slots_fit is not None:
+            more += f", or {slots_fit} more slot(s)"
+        lines.append(f"    restart  largest -c that fits: {ctx}{more}")
+    for i, a in enumerate(s.advice, 1):
+        lines.append(f"    advice {i}. {a.title}: saves {fmt_bytes(a.saves_bytes)}, "
+                     f"largest -c {a.max_ctx}")
+        lines.append(f"             $ {a.command}")
+        lines.append(f"             {a.caveat}")
+    for n in getattr(s, "notes", ()):
+        lines.append(f"    note: {n}")
+    for e in s.errors:
+        lines.append(f"    ! {e}")
+    return lines
+
+
+def render_text(devices: Sequence[Any], servers: Sequence[Any], errors: Sequence[str],
+                wall_time: float) -> str:
+    """The readable status screen."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall_time))
+    lines = [f"kvwall status  {stamp}", ""]
+    lines += _device_lines(devices)
+    lines.append("")
+    if servers:
+        from kvwall.budget.attribution import RSS_NOTE
+
+        footnotes = [RSS_NOTE]
+        lines.append(f"Servers ({len(servers)})")
+        for s in servers:
+            lines += _server_lines(s, footnotes)
+            lines.append("")
+        if any("*:" in line for line in lines):
+            lines.append(f"* {RSS_NOTE}.")
+    else:
+        lines.append("No llama.cpp server found (running llama-server processes, or --url).")
+    for e in errors:
+        lines.append(f"! {e}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------------------- loop
+
+
+class StatusSession:
+    """One poller and (once a server shows up) one engine, kept across polls.
+
+    Args:
+        poller: object with ``poll() -> Snapshot`` and ``close()``.
+        engine_factory: builds the engine on first need (importing the memory model
+            lazily keeps ``kvwall status`` fast when no server runs).
+        clock: wall-clock seconds for the report time.
+    """
+
+    def __init__(self, poller: Any, engine_factory: Callable[[], Any] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.poller = poller
+        self._engine_factory = engine_factory
+        self.engine = None
+        self._clock = clock
+
+    def poll(self) -> tuple[dict, str, set[str]]:
+        """One poll: (json object, text screen, API keys to keep out of the output)."""
+        snapshot = self.poller.poll()
+        secrets = {s.process.api_key for s in snapshot.servers if s.process.api_key}
+        if not snapshot.servers and self.engine is None:
+            wall = self._clock()
+            obj = snapshot_json(snapshot, wall)
+            text = render_text(snapshot.memory.devices, (), obj["errors"], wall)
+            return obj, text, secrets
+        if self.engine is None:
+            if self._engine_factory is None:
+                from kvwall.budget.engine import Engine
+
+                self.engine = Engine(clock=self._clock)
+            else:
+                self.engine = self._engine_factory()
+        report = self.engine.analyse(snapshot)
+        text = render_text(report.devices, report.servers, report.errors, report.wall_time)
+        return report_json(report), text, secrets
+
+    def close(self) -> None:
+        self.poller.close()
+
+
+def _redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "<redacted>")
+    return text
+
+
+def _default_poller(urls: Sequence[str], keys: Mapping[str, str], deadline: float | None):
+    from kvwall.monitors.devices import MemorySources
+    from kvwall.monitors.poller import Poller
+
+    kwargs = {} if deadline is None else {"deadline_s": deadline}
+    return Poller(memory_sources=MemorySources(), extra_urls=urls, api_keys=dict(keys), **kwargs)
+
+
+def main(argv: Sequence[str] | None = None, *, poller: Any = None,
+         out: Any = None, sleep: Callable[[float], None] = time.sleep,
+         monotonic: Callable[[], float] = time.monotonic) -> int:
+    """Run ``kvwall status``; returns the exit code (0, or 2 for a bad argument)."""
+    out = out or sys.stdout
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        urls = _check_urls(args.url)
+        keys = _parse_keys(args.api_key)
+        watch = _positive_float(args.watch, "--watch", 0.2) if args.watch is not None else None
+        deadline = (_positive_float(args.deadline, "--deadline", 0.05)
+                    if args.deadline is not None else None)
+        for url in keys:
+            if url not in urls:
+                urls.append(url)  # a key for a URL means: poll that URL
+    except UsageError as e:
+        sys.stderr.write(f"kvwall status: {e}\n")
+        return EXIT_USAGE
+    secrets = set(keys.values())
+    session = StatusSession(poller if poller is not None else _default_poller(urls, keys, deadline))
+    interactive = watch is not None and not args.json and hasattr(out, "isatty") and out.isatty()
+    count = 0
+    try:
+        next_at = monotonic()
+        while True:
+            obj, text, found = session.poll()
+            secrets |= found
+            if args.json:
+                payload = json.dumps(obj, separators=(",", ":") if watch else None,
+                                     indent=None if watch else 2)
+                out.write(_redact(payload, secrets) + "\n")
+            else:
+                if interactive:
+                    out.write("\x1b[H\x1b[2J")
+                elif watch is not None and count:
+                    out.write("\n")
+                out.write(_redact(text, secrets))
+            out.flush()
+            count += 1
+            if watch is None or (args.count is not None and count >= args.count):
+                return EXIT_OK
+            next_at += watch
+            delay = next_at - monotonic()
+            if delay < 0:  # a slow poll: do not try to catch up
+                next_at = monotonic()
+                delay = 0
+            sleep(delay)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:
+        return EXIT_OK
+    finally:
+        session.close()
