@@ -308,3 +308,32 @@ def test_stuck_memory_source_does_not_stop_the_poll():
         finally:
             release.set()
             poller.close()
+
+
+def test_llama_cli_embedded_server_is_found_on_its_random_port(tmp_path, tiny_model):
+    cli = Path(find_llama_server()).with_name("llama-cli")
+    if not cli.is_file():
+        pytest.skip("this llama.cpp build has no llama-cli")
+    log = tmp_path / "cli.log"
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_")}
+    with open(log, "wb") as f:
+        # stdin stays open and silent: the interactive prompt waits, its server runs.
+        proc = subprocess.Popen([str(cli), "-m", str(tiny_model("llama")), "-c", "256"],
+                                stdin=subprocess.PIPE, stdout=f, stderr=subprocess.STDOUT,
+                                env=full_env)
+    try:
+        def found():
+            hits = [s for s in scan().servers if s.pid == proc.pid]
+            return hits and LlamaClient(hits[0]).poll().health == HEALTH_OK and hits[0]
+
+        s = wait_for(found, "llama-cli's embedded server", proc)
+        assert s.name == "llama-cli"
+        port = int(s.url.rsplit(":", 1)[1])
+        listening = {c.laddr.port for c in psutil.Process(proc.pid).net_connections("tcp")
+                     if c.status == psutil.CONN_LISTEN}
+        assert port in listening
+        st = LlamaClient(s).poll()
+        assert st.slots is not None and st.model_meta["n_ctx"] == 256
+    finally:
+        proc.stdin.close()
+        _stop(proc)
