@@ -345,6 +345,19 @@ def _refusals(model: ModelInfo, config: ServerConfig, rv: _Resolved) -> None:
         else:
             rv.errors.append("quantized V cache requires flash_attn to be enabled")
             return
+    lay = _layout(model)
+    for name, type_name, widths in (("K", tk, lay.k_width), ("V", tv, () if lay.is_mla else lay.v_width)):
+        if type_name not in QUANTIZED or rv.fa != "off":
+            continue
+        blck = TYPE_SIZES[type_name][0]
+        for il, width in zip(lay.kv_layers, widths, strict=False):
+            if width % blck:
+                rv.errors.append(
+                    f"{name} cache type {type_name} needs rows that are a multiple of its block "
+                    f"size ({blck}), but layer {il} has n_embd_{name.lower()}_gqa={width}: "
+                    "llama.cpp aborts (GGML_ASSERT in ggml_view)"
+                )
+                return
     if rv.fa != "off":
         for name, type_name, sizes in (("K", tk, "k"), ("V", tv, "v")):
             if type_name not in QUANTIZED:
@@ -581,52 +594,61 @@ def _compute(
 ) -> dict[str, int]:
     """Estimated ``sched_reserve`` compute buffer per device.
 
-    The worst-case graph is a full micro-batch of ``n_ubatch`` tokens attending to every
-    cell of a stream; ggml-alloc reuses memory between layers, so the peak is roughly one
-    layer's working set plus the persistent inputs (masks, positions) and the logits of
-    the outputs the server reserves (``n_parallel`` rows).
+    The worst-case graph is a full micro-batch of ``T = min(n_ctx, n_ubatch)`` tokens
+    attending to every cell of a stream; ggml-alloc reuses memory between layers, so the
+    peak is the persistent inputs (KQ masks: f16 with flash attention, f32 without) plus
+    one layer's working set, plus the logits of the rows the server reserves
+    (``n_parallel``). The per-token working sets (in f32 values) were fitted to
+    llama-server's ``compute buffer size`` lines on the CPU backend:
+
+    - attention: ``2*q + (k + v) + 3*n_embd + 128`` (q, k, v = widest Q/K/V rows);
+      without flash attention add the f32 ``KQ`` matrix, ``n_kv*T*n_head*4`` bytes;
+    - feed-forward: ``3*n_ff + 5*n_embd`` (``3*n_embd`` when ``n_ff <= 2*n_embd``; MoE:
+      ``n_ff = n_ff_exp * n_expert_used``);
+    - recurrent (SSM) layers: ``7.5*d_inner``; short-conv layers fall under the FFN term.
     """
     n_tok = min(ctx.n_ctx, ctx.n_ubatch)
-    n_kv = ctx.n_ctx_seq  # per stream, the full cache
+    n_kv = ctx.n_ctx_seq  # per stream: the whole cache is visible in the reserve graph
     n_embd = model.n_embd
+    f32 = 4
+    fa = rv.fa_effective
+
+    mask_el = 2 if fa else 4
+    mask = 0
+    if lay.kv_layers:
+        if not all(lay.swa):
+            mask += n_kv * n_tok * mask_el
+        if lay.has_swa_cache:
+            mask += cells_swa * n_tok * mask_el
+
     n_head = max(model.n_head or (0,))
-    hk = max(lay.k_width or (0,)) // max(1, max(model.n_head_kv or (1,)) or 1) if lay.k_width else model.head_k
-    hk = max(hk, model.head_k)
+    q = 0
+    kv = 0
+    for il, kw, vw in zip(lay.kv_layers, lay.k_width, lay.v_width, strict=True):
+        heads = model.n_head[il] if il < len(model.n_head) else n_head
+        q = max(q, heads * _head_k(model, il))
+        kv = max(kv, kw + (model.kv_lora_rank if lay.is_mla else vw))
+    attn = (2 * q + kv + 3 * n_embd + 128) * n_tok * f32 if lay.kv_layers else 0
+    if lay.kv_layers and not fa:
+        full_kv = n_kv if not all(lay.swa) else cells_swa
+        attn += full_kv * n_tok * n_head * f32
+
     n_ff = max(model.n_ff or (0,))
     if model.n_expert_used:
-        n_ff_exp = _n_ff_exp(model)
-        n_ff = max(n_ff, n_ff_exp * model.n_expert_used)
+        n_ff = max(n_ff, _n_ff_exp(model) * model.n_expert_used)
+    # ggml-alloc reuses the freed norm/attention blocks when the FFN is narrow
+    ffn = (3 * n_ff + (3 if n_ff <= 2 * n_embd else 5) * n_embd) * n_tok * f32 if n_ff else 0
+    rec = int(7.5 * model.ssm_d_inner * n_tok * f32) if lay.recurrent_layers else 0
+
     n_out = min(n_tok, rv.n_seq)
-    f32 = 4
-
-    # persistent inputs: token ids/positions, KQ masks (f16 with FA, f32 without)
-    mask_el = 2 if rv.fa_effective else 4
-    n_streams_in_batch = rv.n_stream
-    mask = n_kv * n_tok * mask_el
-    if lay.has_swa_cache:
-        mask += cells_swa * n_tok * mask_el
-    if n_streams_in_batch > 1:
-        mask = mask  # per-stream masks are [n_kv, n_tok/n_stream, 1, n_stream]: same total
-
-    # attention working set of one layer
-    q = n_head * hk * n_tok * f32
-    attn = n_embd * n_tok * f32 * 2 + q * 3
-    if not rv.fa_effective and lay.kv_layers:
-        # kq = K*Q in f32: [n_kv, n_tok/n_stream, n_head, n_stream]
-        attn += n_kv * n_tok * n_head * f32
-    ffn = (2 * n_ff + 2 * n_embd) * n_tok * f32
     logits = model.n_vocab * n_out * f32
-    rec = 0
-    if lay.recurrent_layers:
-        rec = (lay.n_embd_r + lay.n_embd_s) * max(1, rv.n_seq) * f32 + (
-            model.ssm_d_inner * 4 + model.ssm_d_state * 2
-        ) * n_tok * f32
-    peak = mask + max(attn, ffn, rec) + logits + n_embd * n_tok * f32
-    devices = set(rv.gpu_names) if rv.gpu_names and rv.n_gpu_layers > 0 else set()
-    if not devices:
+    peak = mask + max(attn, ffn, rec, n_embd * n_tok * f32) + logits
+    if not rv.gpu_names or rv.n_gpu_layers <= 0:
         return {"Host": int(peak)}
-    out = {name: int(peak) for name in devices}
-    out["Host"] = int(n_embd * n_tok * f32 + mask)  # inputs staged in pinned host memory
+    gpus = {_layer_device(rv, model, il) for il in range(model.n_layer_all + 1)} - {"Host"}
+    out = {name: int(peak) for name in sorted(gpus)}
+    # the CPU backend's part (input embeddings, staged inputs) sits in pinned host memory
+    out["Host"] = int(n_embd * n_tok * f32 + mask)
     return out
 
 
