@@ -56,7 +56,7 @@ def test_command_line_reaches_the_parsed_context(name):
         assert log.n_seq_max == n_par == log.n_slots
     if arg(name, "-ub"):
         assert log.n_ubatch == int(arg(name, "-ub"))
-    if arg(name, "-c") and n_par and "-kvu" not in INDEX[name]["args"]:
+    if arg(name, "-c") not in (None, "0") and n_par and "-kvu" not in INDEX[name]["args"]:
         # per-slot context: the requested total split over the slots, padded up to 256
         assert log.n_ctx_seq == -(-(int(arg(name, "-c")) // n_par) // 256) * 256
         assert log.n_ctx == log.n_ctx_seq * n_par
@@ -97,6 +97,40 @@ def test_context_not_divisible_by_slots_is_padded_and_warned():
     log = load("llama_np3_pad")
     assert log.n_ctx_seq == 512 and log.n_ctx == 3 * 512
     assert any("n_ctx is not divisible by n_seq_max" in w for w in log.warnings)
+
+
+def test_c0_means_the_training_context():
+    log = load("qwen3_c0")
+    assert log.n_ctx == log.n_ctx_train == INDEX["qwen3_c0"]["overrides"]["n_ctx_train"]
+
+
+def test_unified_context_is_padded_to_256():
+    log = load("qwen3_fa_on_np2_kvu")
+    assert log.n_ctx == 3072 and log.kv_caches[0].cells == 3072  # -c 3000
+    assert (log.flash_attn, log.flash_attn_resolved) == ("enabled", True)
+
+
+@pytest.mark.parametrize(
+    ("cache_type", "bytes_per_32"),
+    [
+        ("f32", 128),
+        ("bf16", 64),
+        ("q4_0", 18),
+        ("q4_1", 20),
+        ("iq4_nl", 18),
+        ("q5_0", 22),
+        ("q5_1", 24),
+    ],
+)
+def test_every_cache_type_prints_its_own_size(cache_type, bytes_per_32):
+    f16 = load("qwen3_np1").kv_caches[0]
+    (kv,) = load(f"qwen3_{cache_type}").kv_caches
+    assert (kv.type_k, kv.type_v) == (cache_type, cache_type)
+    assert kv.k_mib == pytest.approx(f16.k_mib * bytes_per_32 / 64, abs=0.006)
+
+
+def test_recurrent_state_ignores_the_cache_type():
+    assert load("mamba_ctk_q8").recurrent == load("mamba_np1").recurrent
 
 
 def test_default_context_is_the_training_context_with_four_unified_slots():
