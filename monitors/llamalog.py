@@ -345,7 +345,7 @@ _MIB = r"\s+=\s+" + _NUM + r" MiB"
 
 _RE_LOAD_START = re.compile(r"^llama_model_loader: loaded meta data with .* from (.+?) \(version")
 _RE_CTX_PARAM = re.compile(
-    r"^llama_context:\s+(n_ctx|n_ctx_seq|n_seq_max|n_batch|n_ubatch|flash_attn|kv_unified)"
+    r"^llama_context:\s+(n_ctx|n_ctx_seq|n_ctx_per_seq|n_seq_max|n_batch|n_ubatch|flash_attn|kv_unified)"
     r"\s+=\s+(\S+)$"
 )
 _RE_CTX_START = re.compile(r"^llama_context: constructing llama_context")
@@ -357,7 +357,9 @@ _RE_RS_BUF = re.compile(r"^llama_memory_recurrent\w*:\s+(\S.*?)\s+RS buffer size
 _RE_COMPUTE_BUF = re.compile(r"^\w+:\s+(\S.*?)\s+compute buffer size" + _MIB)
 _RE_OUTPUT_BUF = re.compile(r"^llama_context:\s+(\S.*?)\s+output buffer size" + _MIB)
 _RE_KV_SIZE = re.compile(
-    r"^llama_kv_cache\w*: size" + _MIB + r" \(\s*(\d+) cells,\s+(\d+) layers,\s+(\d+)/(\d+) seqs\),"
+    r"^llama_kv_cache\w*: size"
+    + _MIB
+    + r" \(\s*(\d+) cells,\s+(\d+) layers,\s+(\d+)/\s*(\d+) seqs\),"
     r"\s+K \((\w+)\):\s+" + _NUM + r" MiB,\s+V \((\w+)\):\s+" + _NUM + r" MiB"
 )
 _RE_RS_SIZE = re.compile(
@@ -425,7 +427,8 @@ class _Section:
         if (m := _RE_CTX_PARAM.match(line)) is not None:
             # a second context of the same model (MTP) must not overwrite the first's
             if self.n_contexts <= 1:
-                self.params.setdefault(m.group(1), m.group(2))
+                key = "n_ctx_seq" if m.group(1) == "n_ctx_per_seq" else m.group(1)  # older builds
+                self.params.setdefault(key, m.group(2))
             return True
         if (m := _RE_CTX_TRAIN.match(line)) is not None:
             self.n_ctx_train = int(m.group(1))

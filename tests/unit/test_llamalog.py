@@ -364,3 +364,18 @@ def test_jsonl_log_gives_the_same_figures_and_the_breakdown_event():
         json.dumps({"type": "fit_memory_breakdown", "data": {"unit": "MiB", "rows": rows}})
     )
     assert parse_load_log(lines) == parse_load_log(GPU_LOG)
+
+
+def test_older_builds_spellings_are_accepted():
+    old = """\
+llama_model_loader: loaded meta data with 30 key-value pairs and 291 tensors from m.gguf (version GGUF V3 (latest))
+llama_context: n_ctx_per_seq = 8192
+llama_kv_cache_unified:        CPU KV buffer size =  1024.00 MiB
+llama_kv_cache_unified: size = 1024.00 MiB (  8192 cells,  32 layers,  1/ 1 seqs), K (f16):  512.00 MiB, V (f16):  512.00 MiB
+llama_memory_breakdown_print: | memory breakdown [MiB] | total   free    self   model   context   compute    unaccounted |
+llama_memory_breakdown_print: |   - Host               |                 1500 =   400 +    1024 +      76                |
+"""
+    log = parse_load_log(old)
+    assert log.n_ctx_seq == 8192
+    assert log.kv_caches[0].cells == 8192 and log.kv_total_mib == 1024.0
+    assert log.memory_breakdown[0].context_mib == 1024
