@@ -156,8 +156,11 @@ def render_command(argv: Sequence[str]) -> str:
     """One shell line for ``argv``; secret placeholders stay expandable (``"$LLAMA_API_KEY"``)."""
     parts = []
     for arg in argv:
-        if arg in (API_KEY_PLACEHOLDER, HF_TOKEN_PLACEHOLDER):
-            parts.append(f'"{arg}"')
+        for placeholder in (API_KEY_PLACEHOLDER, HF_TOKEN_PLACEHOLDER):
+            if arg.endswith(placeholder):
+                prefix = arg[: -len(placeholder)]
+                parts.append((shlex.quote(prefix) if prefix else "") + f'"{placeholder}"')
+                break
         else:
             parts.append(shlex.quote(arg))
     return " ".join(parts)

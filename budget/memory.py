@@ -605,7 +605,7 @@ def _compute(
       without flash attention add the f32 ``KQ`` matrix, ``n_kv*T*n_head*4`` bytes;
     - feed-forward: ``3*n_ff + 5*n_embd`` (``3*n_embd`` when ``n_ff <= 2*n_embd``; MoE:
       ``n_ff = n_ff_exp * n_expert_used``);
-    - recurrent (SSM) layers: ``7.5*d_inner``; short-conv layers fall under the FFN term.
+    - recurrent (SSM) layers: ``7.5*d_inner``; LFM2 short-conv layers: ``11*n_embd``.
     """
     n_tok = min(ctx.n_ctx, ctx.n_ubatch)
     n_kv = ctx.n_ctx_seq  # per stream: the whole cache is visible in the reserve graph
@@ -638,7 +638,12 @@ def _compute(
         n_ff = max(n_ff, _n_ff_exp(model) * model.n_expert_used)
     # ggml-alloc reuses the freed norm/attention blocks when the FFN is narrow
     ffn = (3 * n_ff + (3 if n_ff <= 2 * n_embd else 5) * n_embd) * n_tok * f32 if n_ff else 0
-    rec = int(7.5 * model.ssm_d_inner * n_tok * f32) if lay.recurrent_layers else 0
+    rec = 0
+    if lay.recurrent_layers:
+        if model.shortconv_l_cache:  # LFM2 short-conv blocks: in_proj (3*n_embd) and gating
+            rec = 11 * n_embd * n_tok * f32
+        else:
+            rec = int(7.5 * model.ssm_d_inner * n_tok * f32)
 
     n_out = min(n_tok, rv.n_seq)
     logits = model.n_vocab * n_out * f32
@@ -1070,11 +1075,11 @@ def _caveat(changes: dict, config: ServerConfig, plan: MemoryPlan) -> str:
     if t and t != "f16":
         bits.append(_CAVEATS.get(t, ""))
     n = changes.get("n_parallel")
-    if n is not None and n != plan.n_seq:
-        pass
     current_slots = 4 if config.n_parallel < 0 else config.n_parallel
     if n is not None and n < current_slots:
         bits.append(f"only {n} request{'s' if n != 1 else ''} served at a time")
+        if plan.kv_unified:
+            bits.append("the shared KV pool stays the same size")
     if changes.get("flash_attn") == "on" and config.flash_attn == "off":
         bits.append("needs flash attention (-fa on)")
     bits = [b for b in bits if b]
@@ -1092,8 +1097,9 @@ def what_if_table(
     """The standard what-if grid: cache types f16/q8_0/q4_0 (+ extras) crossed with the
     current slot count and fewer slots (half, one fewer, one).
 
-    Rows that change the slot count keep each slot's context (``-c`` = per-slot context x
-    slots) and the pool kind (``-kvu`` when the current pool is unified).
+    Rows that change the slot count keep the pool kind: a unified pool keeps its size
+    (``-kvu``, same ``-c``: fewer slots share it), split slots keep their context each
+    (``-c`` = per-slot context x slots).
 
     Raises:
         ValueError: an extra cache type llama.cpp does not accept.
@@ -1110,7 +1116,7 @@ def what_if_table(
         if 1 <= n < n_now and n not in slot_options:
             slot_options.append(n)
     slot_options.sort(reverse=True)
-    per_slot = base.n_ctx_seq if not base.kv_unified else max(base.n_ctx // max(1, n_now), 1)
+    per_slot = base.n_ctx_seq
     rows = []
     for t in types:
         for n in slot_options:
@@ -1123,9 +1129,9 @@ def what_if_table(
             if n != n_now:
                 changes["n_parallel"] = n
                 if base.kv_unified:
-                    changes["kv_unified"] = True
-                if base.ok:
-                    changes["n_ctx"] = per_slot * n
+                    changes["kv_unified"] = True  # same shared pool, fewer slots
+                elif base.ok:
+                    changes["n_ctx"] = per_slot * n  # same context per slot
             rows.append(
                 simulate(
                     model,
