@@ -129,6 +129,11 @@ class _Series:
         if self.base is None or self.base <= 0:
             self.restart(value, timestamp)
             return
+        if value == self.base and self.reset_on_drop:
+            # Nothing was added: a refused request (prompt over the limit) or a cancelled
+            # one. Not a turn of the conversation.
+            self.pending = 0
+            return
         if value < self.base:
             if self.reset_on_drop and value < self.base * RESET_FRACTION:
                 self.restart(value, timestamp)

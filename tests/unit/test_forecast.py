@@ -260,3 +260,18 @@ def test_forecast_fill_edge_cases():
     zero_growth = forecast_fill(1000, 500, [0, 0, 0], [(0, 500), (60, 500)])
     assert zero_growth.turns_left is None and zero_growth.seconds_left is None
     assert forecast_fill(0, 10, [5], []).turns_left is None
+
+
+def test_refused_request_that_adds_nothing_is_not_a_turn():
+    # A prompt over the limit gets HTTP 400: the task id moves, the cells do not.
+    agent = SimulatedAgent(n_ctx=1024, start=300, growth=[160])
+    tracker = ContextTracker()
+    tracker.observe(KEY, [agent.idle()], 0.0)
+    t = run_turns(tracker, agent, 4)
+    before = tracker.slot_forecast(KEY, agent.idle())
+    agent.task += 5
+    tracker.observe(KEY, [agent.idle()], t + 5)
+    after = tracker.slot_forecast(KEY, agent.idle())
+    assert after.turns_seen == before.turns_seen
+    assert after.tokens_per_turn == pytest.approx(160)
+    assert after.turns_left == 1

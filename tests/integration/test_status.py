@@ -1,0 +1,194 @@
+"""``kvwall status`` against real llama-servers, a scripted agent, and misbehaving servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from agent import ScriptedAgent
+from fake_servers import DyingServer, GarbageServer, HangingServer
+from kvwall.budget.engine import Engine
+from kvwall.monitors.devices import MemorySources
+from kvwall.monitors.discovery import scan
+from kvwall.monitors.poller import Poller
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+CLI_TIMEOUT_S = 120  # a hang guard, not a performance check
+API_KEY = "kvwall-test-key-5f2c"
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_")}
+    return subprocess.run([sys.executable, "-m", "kvwall.app", *args], capture_output=True,
+                          text=True, timeout=CLI_TIMEOUT_S, env=env)
+
+
+def status_json(*args: str) -> dict:
+    done = run_cli("status", "--json", *args)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def plan_config(argv: list[str]) -> dict:
+    """What ``kvwall plan`` says for the same command line."""
+    done = run_cli("plan", "--cmd", shlex.join(argv), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)["config"]
+
+
+def only(pids):
+    """A discovery limited to the servers this test started (others may be running)."""
+    pids = set(pids)
+
+    def discover(extra_urls=(), api_keys=None):
+        found = scan(extra_urls=extra_urls, api_keys=api_keys)
+        return [s for s in found.servers if s.pid in pids]
+
+    return discover
+
+
+CONFIG_KEYS = ("n_ctx", "n_ctx_seq", "n_seq", "kv_unified", "cache_type_k", "cache_type_v")
+
+
+def test_status_finds_every_server_with_its_configuration_and_slots(llama_server, tiny_model):
+    split = llama_server(tiny_model("llama"), "-c", "1024", "-np", "1")
+    quant = llama_server(tiny_model("qwen3"), "-c", "2048", "-np", "2",
+                         "-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on")
+    swa_auto = llama_server(tiny_model("gemma3"), "-c", "1024")  # -np auto: 4 unified slots
+    keyed = llama_server(tiny_model("qwen3"), "-c", "1024", "-np", "2", "-kvu",
+                         "--api-key", API_KEY, api_key=API_KEY)
+    servers = (split, quant, swa_auto, keyed)
+    ScriptedAgent(split.url).turn()
+    ScriptedAgent(split.url, seed=7).turn()
+    assert ScriptedAgent(keyed.url, api_key=API_KEY, chat=True).turn().ok
+
+    done = run_cli("status", "--json")
+    assert done.returncode == 0, done.stderr
+    assert API_KEY not in done.stdout and API_KEY not in done.stderr
+    report = json.loads(done.stdout)
+    assert report["schema_version"] == 1
+    assert any(d["id"] == "host" and d["total_bytes"] > 0 for d in report["devices"])
+    by_pid = {s["pid"]: s for s in report["servers"]}
+    for srv in servers:
+        assert srv.pid in by_pid, f"status did not find the server on port {srv.port}"
+        got = by_pid[srv.pid]
+        assert got["health"] == "ok", got["errors"]
+        assert got["url"] == srv.url
+        expected = plan_config(srv.argv)
+        assert {k: got["config"][k] for k in CONFIG_KEYS} == {k: expected[k] for k in CONFIG_KEYS}
+        # Each slot holds what the server counts (servers are idle now: nothing moves).
+        slots = srv.get_json("/slots")
+        assert [s["id"] for s in got["slots"]] == [s["id"] for s in slots]
+        for mine, theirs in zip(got["slots"], slots, strict=True):
+            assert mine["tokens"] == theirs.get("n_prompt_tokens", 0)
+            assert mine["n_ctx"] == theirs["n_ctx"]
+        memory = got["memory"]
+        assert memory["measured_bytes"] > 0
+        assert memory["kv_bytes"] == got["plan"]["kv_bytes"]
+        parts = ("weights_bytes", "kv_bytes", "recurrent_bytes", "compute_bytes",
+                 "overhead_bytes", "unattributed_bytes")
+        assert sum(memory[p] for p in parts) == memory["measured_bytes"]
+        assert set(got["max_ctx"]) >= {"f16"}
+        for advice in got["advice"]:
+            assert advice["saves_bytes"] > 0
+            assert advice["command"].split()[0] == srv.argv[0]
+    assert sum(s["tokens"] for s in by_pid[split.pid]["slots"]) > 0
+    assert by_pid[swa_auto.pid]["pool"] is not None  # unified: the shared pool is reported
+    assert by_pid[keyed.pid]["pool"]["tokens"] == sum(
+        s.get("n_prompt_tokens", 0) for s in keyed.get_json("/slots"))
+    for srv in (split, quant):
+        assert by_pid[srv.pid]["pool"] is None
+    # The key is never printed, even inside advice commands.
+    assert all(API_KEY not in a["command"] for a in by_pid[keyed.pid]["advice"])
+
+
+@pytest.mark.parametrize(
+    ("chat", "flags"),
+    [(False, ("-c", "1024", "-np", "1")), (True, ("-c", "2048", "-np", "2", "-kvu"))],
+    ids=["completion-split", "chat-unified"],
+)
+def test_turns_left_within_one_turn_of_the_truth(llama_server, tiny_model, chat, flags):
+    srv = llama_server(tiny_model("qwen3"), *flags)
+    agent = ScriptedAgent(srv.url, chat=chat, id_slot=0)
+    engine = Engine()
+    forecasts: dict[int, tuple[int | None, int | None]] = {}  # turn -> (slot, pool) turns_left
+    with Poller(MemorySources(), discover_fn=only([srv.pid])) as poller:
+
+        def observe():
+            (server,) = engine.analyse(poller.poll()).servers
+            assert server.health == "ok", server.errors
+            return server
+
+        observe()  # before the first request
+        wall_at = None
+        for _ in range(40):
+            turn = agent.turn()
+            server = observe()
+            if turn.hit_wall:
+                wall_at = turn.index
+                break
+            assert turn.ok, turn
+            slot = server.slots[0]
+            assert slot.tokens == srv.get_json("/slots")[0]["n_prompt_tokens"]
+            pool = server.pool.forecast.turns_left if server.pool is not None else None
+            forecasts[turn.index] = (slot.forecast.turns_left, pool)
+        assert wall_at is not None, "the agent never filled the slot"
+    assert wall_at >= 6, "too few turns to judge a forecast: grow the context"
+    for index, (slot_left, pool_left) in forecasts.items():
+        truth = wall_at - index  # requests from here until (and including) the wall
+        if index >= 3:
+            assert slot_left is not None, f"no forecast after turn {index}"
+            assert abs(slot_left - truth) <= 1, (index, slot_left, truth, forecasts)
+            if "-kvu" in flags:
+                assert abs(pool_left - truth) <= 1, (index, pool_left, truth, forecasts)
+
+
+def test_watch_json_prints_one_object_per_poll(llama_server, tiny_model):
+    srv = llama_server(tiny_model("llama"), "-c", "512", "-np", "1")
+    done = run_cli("status", "--json", "--watch", "0.3", "--count", "3", "--url", srv.url)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        obj = json.loads(line)
+        assert srv.pid in {s["pid"] for s in obj["servers"]}
+
+
+def test_text_view_shows_devices_servers_slots_and_advice(llama_server, tiny_model):
+    srv = llama_server(tiny_model("qwen3"), "-c", "1024", "-np", "2", "-fa", "off")
+    ScriptedAgent(srv.url).turn()
+    done = run_cli("status", "--url", srv.url)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "Host RAM" in out
+    assert f"pid {srv.pid}" in out
+    block = out[out.index(f"pid {srv.pid}"):]
+    assert "#0" in block and "#1" in block
+    assert "-fa on" in block  # the flash-attention advice, as a command
+    assert "Traceback" not in out + done.stderr
+
+
+def test_misbehaving_servers_are_reported_not_fatal():
+    props = json.loads((FIXTURES / "http" / "props.json").read_text())["body"].encode()
+    with HangingServer() as hang, GarbageServer() as garbage, DyingServer(props) as dying:
+        report = status_json("--url", hang.url, "--url", garbage.url, "--url", dying.url,
+                             "--deadline", "1")
+        by_url = {s["url"]: s for s in report["servers"]}
+        assert by_url[hang.url]["health"] == "not responding"
+        assert by_url[garbage.url]["health"] == "error"
+        assert by_url[dying.url]["health"] == "unreachable"
+        for url in (hang.url, garbage.url, dying.url):
+            assert by_url[url]["errors"], url
+        hang.release.set()
+
+
+def test_bad_arguments_are_one_line_errors():
+    for args in (("--watch", "soon"), ("--api-key", "nokey"), ("--url", "ftp://x")):
+        done = run_cli("status", *args)
+        assert done.returncode == 2
+        assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
