@@ -44,7 +44,7 @@ def build(directory: Path) -> Path:
         f"{tokens[rng.randrange(64, N_VOCAB)]} {tokens[rng.randrange(64, N_VOCAB)]}"
         for _ in range(N_MERGES)
     ]
-    n_embd, n_ff, n_kv = 8192, 29568, 1024
+    n_embd, n_ff, n_kv = 8192, 29696, 1024
     tensors = [Tensor("token_embd.weight", (n_embd, N_VOCAB), GT.Q4_K)]
     suffixes = [
         ("attn_norm.weight", (n_embd,), GT.F32),

@@ -41,6 +41,7 @@ from __future__ import annotations
 import mmap
 import os
 import re
+import stat
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -190,9 +191,9 @@ _MAX_DIMS = 4  # GGML_MAX_DIMS
 _MAX_NAME = 64  # GGML_MAX_NAME: tensor names must be shorter
 _MAX_LAYERS = 512  # LLAMA_MAX_LAYERS
 _MAX_STRING = 1 << 30  # GGUF_MAX_STRING_LENGTH
-# llama.cpp allows 2**30 array elements; a real vocabulary has < 300k strings. A lower cap
-# for string arrays keeps the worst case (a crafted file of empty strings) under seconds.
-_MAX_STRING_ARRAY = 1 << 24
+# llama.cpp allows 2**30 array elements; real vocabularies and merge lists have < 600k
+# strings. 4M keeps the worst case (a crafted file of 4M empty strings) near one second.
+_MAX_STRING_ARRAY = 1 << 22
 _MAX_ARRAY = 1 << 30  # GGUF_MAX_ARRAY_ELEMENTS
 _DECODE_NUMERIC_MAX = 4096  # numeric arrays up to this length are decoded (per-layer keys)
 _DECODE_STRINGS_MAX = 64  # string arrays up to this length are decoded
@@ -405,7 +406,8 @@ def _skip_strings(p: _Parser, count: int, key: str) -> int:
     left = count
     restarts = 0
     while left > 32 and restarts < 16:
-        window = min(size - pos, max(1 << 16, min(left * 24 + 64, 1 << 24)))
+        guess = left * 24 + 64 if restarts == 0 else 1 << 12  # small again after a miss
+        window = min(size - pos, max(1 << 12, min(guess, 1 << 24)))
         if window < 16:
             break
         chunk = buf[pos : pos + window]  # a copy: no buffer export outlives the mmap
@@ -437,23 +439,32 @@ def _walk_strings(p: _Parser, pos: int, count: int, key: str) -> int:
     try:
         for _ in range(count):
             pos += 8 + unpack(buf, pos)[0]
-    except struct.error:
+    except (struct.error, OverflowError):  # a length past the end of the file
         raise p.fail(f"file is truncated inside string array '{key}'") from None
     if pos > p.size:
         raise p.fail(f"file is truncated inside string array '{key}'")
     return pos
 
 
+_TYPE_INFO: dict[int, tuple[str, int, int] | None] = {}
+
+
 def _type_info(t: int) -> tuple[str, int, int] | None:
     """(lower-case name, block size, type size) of a ggml type, or None if unknown."""
     try:
+        return _TYPE_INFO[t]
+    except KeyError:
+        pass
+    try:
         qt = gguf.GGMLQuantizationType(t)
     except ValueError:
-        return None
-    sizes = gguf.GGML_QUANT_SIZES.get(qt)
-    if sizes is None:
-        return None
-    return qt.name.lower(), sizes[0], sizes[1]
+        info = None
+    else:
+        sizes = gguf.GGML_QUANT_SIZES.get(qt)
+        info = None if sizes is None else (qt.name.lower(), sizes[0], sizes[1])
+    if len(_TYPE_INFO) < 256:
+        _TYPE_INFO[t] = info
+    return info
 
 
 def _parse_file(path: str) -> _RawGGUF:
@@ -470,6 +481,11 @@ def _parse_file(path: str) -> _RawGGUF:
             size = os.fstat(fd).st_size
         except OSError as e:
             raise _err(path, f"cannot stat: {e.strerror or e}") from None
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise _err(path, "is a directory, not a GGUF file")
+        if not stat.S_ISREG(mode):
+            raise _err(path, "is not a regular file")
         if size == 0:
             raise _err(path, "file is empty, not a GGUF model")
         try:
@@ -996,6 +1012,8 @@ def _split_keys(raw: _RawGGUF) -> tuple[int, int]:
     count = get(_K_SPLIT_COUNT)
     if count is None or count <= 1:
         return 0, 1
+    if count > 99999:  # llama.cpp names shards with 5 digits
+        raise _err(raw.path, f"absurd '{_K_SPLIT_COUNT}' {count}")
     no = get(_K_SPLIT_NO)
     if no is None:
         raise _err(raw.path, f"split model without '{_K_SPLIT_NO}'")
