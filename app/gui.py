@@ -1,0 +1,277 @@
+"""The desktop app: ``kvwall`` with no command (``--demo`` for a guided live example).
+
+:class:`KvwallApp` wires the poll thread, the window, the tray, notifications and
+settings; :func:`main` is the entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from kvwall.app.notifications import NotificationCenter, NotificationRules, Thresholds
+from kvwall.app.poll_worker import PollResult, PollThread, PollWorker
+from kvwall.app.settings import Settings, SettingsStore, set_autostart
+from kvwall.app.tray import Tray
+from kvwall.app.window import MainWindow, app_icon
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
+
+log = logging.getLogger(__name__)
+
+PAUSE_SECONDS = 3600.0
+
+
+class KvwallApp(QObject):
+    """The running app.
+
+    Args:
+        poll_fn: ``(resumed) -> PollResult | StatusReport``, called on the poll thread.
+        store: where settings live.
+        use_tray: None = use a tray when the desktop has one.
+        on_servers_changed: told the configured server URLs and keys when they change.
+        simulate: the what-if function (default ``kvwall.budget.memory.simulate``).
+
+    Signals:
+        result_shown(PollResult): a poll result reached the window and tray.
+        quitting(): the app is shutting down.
+    """
+
+    result_shown = Signal(object)
+    quitting = Signal()
+
+    def __init__(self, poll_fn: Callable, store: SettingsStore | None = None, *,
+                 use_tray: bool | None = None,
+                 on_servers_changed: Callable[[Sequence[str], dict], None] | None = None,
+                 simulate=None, autostart_home=None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.store = store or SettingsStore()
+        loaded = self.store.load()
+        self.settings: Settings = loaded.settings
+        self.startup_message = loaded.message
+        self._on_servers_changed = on_servers_changed
+        self._autostart_home = autostart_home
+        self.thresholds = Thresholds.from_settings(self.settings.values)
+        self.rules = NotificationRules(self.thresholds)
+
+        self.window = MainWindow(simulate=simulate)
+        self.window.setWindowIcon(app_icon())
+        if use_tray is None:
+            use_tray = QSystemTrayIcon.isSystemTrayAvailable()
+        self.tray: Tray | None = Tray(self.thresholds, self) if use_tray else None
+        self.window.hide_on_close = self.tray is not None
+        self.notifications = NotificationCenter(self.rules, self.tray.icon if self.tray else None,
+                                                self)
+        self.notifications.open_server.connect(self.show_server)
+        self.window.close_requested.connect(self._window_closed)
+        self.window.url_added.connect(self.add_server_url)
+        if self.tray is not None:
+            self.tray.open_window.connect(self.show_window)
+            self.tray.open_server.connect(self.show_server)
+            self.tray.settings_requested.connect(self.open_settings)
+            self.tray.quit_requested.connect(self.quit)
+            self.tray.pause_toggled.connect(self.set_paused)
+
+        self.worker = PollWorker(poll_fn, self.settings["poll_interval_s"])
+        self.worker.polled.connect(self._on_result, Qt.ConnectionType.QueuedConnection)
+        self.worker.failed.connect(self._on_failure, Qt.ConnectionType.QueuedConnection)
+        self.poll_thread = PollThread(self.worker, self)
+        self._pause_timer = QTimer(self)
+        self._pause_timer.setSingleShot(True)
+        self._pause_timer.timeout.connect(lambda: self.set_paused(False))
+        self._stopped = False
+        self.results = 0
+
+    # -- lifecycle -----------------------------------------------------------------
+    def start(self, show_window: bool | None = None) -> None:
+        if self.tray is not None:
+            self.tray.show()
+        if show_window or (show_window is None and self.tray is None):
+            self.show_window()
+        if self.startup_message:
+            self.window.statusBar().showMessage(self.startup_message, 30000)
+            if self.tray is not None:
+                self.tray.icon.showMessage("kvwall settings recovered", self.startup_message,
+                                           QSystemTrayIcon.MessageIcon.Information, 15000)
+        self.poll_thread.start()
+
+    def stop(self) -> None:
+        """Stop polling and hide the tray (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.quitting.emit()
+        self._pause_timer.stop()
+        self.poll_thread.stop()
+        if self.tray is not None:
+            self.tray.hide()
+        self.window.hide_on_close = False
+        self.window.close()
+
+    def quit(self) -> None:
+        self.stop()
+        app = QApplication.instance()
+        if app is not None:
+            app.quit()
+
+    # -- results -------------------------------------------------------------------
+    def _on_result(self, result: PollResult) -> None:
+        if self._stopped:
+            return
+        self.results += 1
+        self.window.set_result(result)
+        if self.tray is not None:
+            self.tray.set_report(result.report)
+        self.notifications.handle(result.report)
+        self.result_shown.emit(result)
+
+    def _on_failure(self, message: str) -> None:
+        self.window.statusBar().showMessage(f"Poll failed: {message}", 10000)
+
+    # -- user actions --------------------------------------------------------------
+    def show_window(self) -> None:
+        self.window.bring_to_front()
+
+    def show_server(self, key: str) -> None:
+        self.show_window()
+        if key:
+            self.window.select_server(key)
+
+    def set_paused(self, paused: bool) -> None:
+        if paused:
+            self.rules.pause(PAUSE_SECONDS)
+            self._pause_timer.start(int(PAUSE_SECONDS * 1000))
+            self.window.statusBar().showMessage("Notifications paused for an hour", 10000)
+        else:
+            self.rules.resume()
+            self._pause_timer.stop()
+        if self.tray is not None:
+            self.tray.set_paused(paused)
+
+    def _window_closed(self) -> None:
+        if not self.window.hide_on_close and not self._stopped:
+            self.quit()
+
+    def add_server_url(self, url: str) -> None:
+        servers = list(self.settings.servers) + [{"url": url}]
+        self.apply_settings(self.settings.replace(servers=servers))
+        self.worker.request_poll()
+
+    def open_settings(self) -> None:
+        from kvwall.widgets.settings_dialog import SettingsDialog
+
+        dialog = SettingsDialog(self.settings, self.window)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.accepted.connect(lambda: self.apply_settings(dialog.new_settings))
+        dialog.open()
+        self._settings_dialog = dialog
+
+    def apply_settings(self, settings: Settings | None) -> None:
+        if settings is None:
+            return
+        old = self.settings
+        self.settings = settings
+        try:
+            self.store.save(settings)
+        except OSError as exc:
+            QMessageBox.warning(self.window, "kvwall", f"Settings could not be saved: {exc}")
+        self.thresholds = Thresholds.from_settings(settings.values)
+        self.rules.set_thresholds(self.thresholds)
+        if self.tray is not None:
+            self.tray.thresholds = self.thresholds
+        if settings["poll_interval_s"] != old["poll_interval_s"]:
+            self.worker.request_interval(settings["poll_interval_s"])
+        if settings.servers != old.servers and self._on_servers_changed is not None:
+            self._on_servers_changed([s.url for s in settings.servers],
+                                     {s.url: s.api_key for s in settings.servers if s.api_key})
+        if settings["start_on_login"] != old["start_on_login"]:
+            try:
+                set_autostart(settings["start_on_login"], self._autostart_home)
+            except OSError as exc:
+                self.window.statusBar().showMessage(f"Start on login: {exc.strerror}", 10000)
+
+
+def _parse(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="kvwall", description="kvwall desktop app")
+    parser.add_argument("--demo", action="store_true",
+                        help="start a tiny llama-server and a growing agent to show kvwall")
+    parser.add_argument("--show", action="store_true", help="open the window at start")
+    parser.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(list(argv))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the desktop app; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        opts = _parse(args)
+    except SystemExit as exc:  # argparse printed the problem
+        return int(exc.code or 0)
+
+    os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
+    from kvwall.app.logging_setup import install_qt_message_handler, setup_logging
+
+    try:
+        log_path = setup_logging()
+    except OSError as exc:
+        print(f"kvwall: cannot write logs ({exc}); continuing without a log file",
+              file=sys.stderr)
+        log_path = None
+    app = QApplication.instance() or QApplication(["kvwall"])
+    app.setApplicationName("kvwall")
+    app.setApplicationDisplayName("kvwall")
+    app.setOrganizationName("kvwall")
+    app.setDesktopFileName("kvwall")
+    app.setWindowIcon(app_icon())
+    app.setQuitOnLastWindowClosed(False)
+    install_qt_message_handler()
+    log.info("kvwall starting (log: %s)", log_path)
+
+    from kvwall.app.single_instance import SingleInstance
+
+    instance = SingleInstance()
+    if not instance.claim():
+        print("kvwall is already running; its window was raised.")
+        return 0
+
+    demo = None
+    if opts.demo:
+        from kvwall.app.demo import Demo, DemoUnavailable
+
+        try:
+            demo = Demo()
+            demo.start()
+        except DemoUnavailable as exc:
+            print(f"kvwall --demo: {exc}", file=sys.stderr)
+            instance.release()
+            return 2
+
+    from kvwall.app.live import LiveSource
+
+    store = SettingsStore()
+    loaded_servers = store.load().settings.servers
+    extra = [s.url for s in loaded_servers]
+    keys = {s.url: s.api_key for s in loaded_servers if s.api_key}
+    source = LiveSource(extra, keys)  # the demo server is found like any other process
+    kv = KvwallApp(source, store, on_servers_changed=source.set_servers)
+    instance.activated.connect(kv.show_window)
+    kv.start(show_window=opts.show or opts.demo or None)
+    if opts.quit_after is not None:
+        QTimer.singleShot(int(opts.quit_after * 1000), kv.quit)
+    try:
+        code = app.exec()
+    finally:
+        kv.stop()
+        source.close()
+        if demo is not None:
+            demo.stop()
+        instance.release()
+        log.info("kvwall stopped")
+    return int(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+"""The live poll: monitors (Poller) -> budget (Engine) -> PollResult, run on the poll
+thread. Qt-free; the one place where the real world is wired for the app."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+
+from kvwall.app.poll_worker import PollResult
+from kvwall.app.whatif_inputs import WhatIfInputs
+from kvwall.budget.report import ServerReport, StatusReport
+from kvwall.monitors.snapshot import DeviceMemory, ServerState, Snapshot
+
+log = logging.getLogger(__name__)
+
+
+def what_if_budget(state: ServerState, server: ServerReport,
+                   devices: Sequence[DeviceMemory]) -> int | None:
+    """Bytes the server could use on a restart: free memory on its pool plus what it holds
+    there now (the engine's own budget, so the panel agrees with the advice)."""
+    from kvwall.budget.advice import pool_bytes
+
+    try:
+        from kvwall.budget.engine import _pool_of
+    except ImportError:  # pragma: no cover - engine refactored
+        _pool_of = None
+    if server.plan is None:
+        return None
+    if _pool_of is not None:
+        pool, free, _total, _host_free = _pool_of(state, devices)
+        if free is None:
+            return None
+        return free + pool_bytes(server.plan, pool)
+    host = next((d for d in devices if d.kind == "host"), None)
+    if host is None or host.free_bytes is None:
+        return None
+    return host.free_bytes + server.plan.total_bytes
+
+
+def build_what_if_inputs(engine, snapshot: Snapshot, report: StatusReport) -> dict[str, WhatIfInputs]:
+    """Model + configuration + budget for every server that can be simulated."""
+    from kvwall.budget.attribution import gpu_names
+    from kvwall.budget.engine import server_report_key
+
+    states = {server_report_key(s): s for s in snapshot.servers}
+    out: dict[str, WhatIfInputs] = {}
+    for server in report.servers:
+        state = states.get(server.key)
+        config = getattr(server, "config", None)
+        if state is None or config is None or server.plan is None or not server.model_path:
+            continue
+        if not config.argv:
+            continue  # URL-only: no command line to edit
+        model, error = engine.model(server.model_path)
+        if model is None:
+            continue
+        budget = what_if_budget(state, server, report.devices)
+        if budget is None:
+            continue
+        out[server.key] = WhatIfInputs(server.key, model, config, budget,
+                                       tuple(gpu_names(state, report.devices)))
+    return out
+
+
+class LiveSource:
+    """Callable ``(resumed) -> PollResult`` over the real machine.
+
+    Args:
+        extra_urls, api_keys: the user's configured servers (keys never logged).
+        poller, engine: injectable for tests; default the real ones.
+    """
+
+    def __init__(self, extra_urls: Sequence[str] = (), api_keys: Mapping[str, str] | None = None,
+                 *, poller=None, engine=None) -> None:
+        from kvwall.budget.engine import Engine
+
+        if poller is None:
+            from kvwall.monitors.devices import MemorySources
+            from kvwall.monitors.poller import Poller
+
+            self._memory = MemorySources()
+            poller = Poller(memory_sources=self._memory, extra_urls=extra_urls,
+                            api_keys=dict(api_keys or {}))
+        else:
+            self._memory = None
+        self.poller = poller
+        self.engine = engine or Engine()
+        self._lock = threading.Lock()
+        self._pending: tuple[tuple[str, ...], dict[str, str]] | None = None
+        self._last_keys: tuple[str, ...] = ()
+
+    def set_servers(self, extra_urls: Sequence[str], api_keys: Mapping[str, str]) -> None:
+        """Change the configured servers (any thread); applied at the next poll."""
+        with self._lock:
+            self._pending = (tuple(extra_urls), dict(api_keys))
+
+    def __call__(self, resumed: bool = False) -> PollResult:
+        with self._lock:
+            pending, self._pending = self._pending, None
+        if pending is not None:
+            self.poller.extra_urls, self.poller.api_keys = pending[0], pending[1]
+        if resumed:
+            # Growth measured across a sleep is not growth: restart the slot histories.
+            for key in self._last_keys:
+                self.engine.tracker.forget(key)
+        snapshot = self.poller.poll()
+        report = self.engine.analyse(snapshot)
+        self._last_keys = tuple(s.key for s in report.servers)
+        try:
+            inputs = build_what_if_inputs(self.engine, snapshot, report)
+        except Exception:  # what-ifs are optional; the report is not
+            log.exception("what-if inputs failed")
+            inputs = {}
+        return PollResult(report, inputs)
+
+    def close(self) -> None:
+        self.poller.close()
+        if self._memory is not None:
+            self._memory.close()

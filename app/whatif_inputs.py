@@ -1,0 +1,102 @@
+"""What the what-if panel needs to simulate a server: its model header and configuration.
+
+Qt-free. :class:`WhatIfInputs` is built on the poll thread (reading a GGUF header is file
+I/O) and travels to the GUI with the report; :func:`run_what_if` calls
+``kvwall.budget.memory.simulate`` and the forecast (pure, fast) on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kvwall.budget.config import ServerConfig
+from kvwall.budget.memory import MemoryPlan, WhatIf
+from kvwall.budget.report import ServerReport, SlotReport
+from kvwall.monitors.gguf import ModelInfo
+
+log = logging.getLogger(__name__)
+
+QUICK_CHANGES = ("q8_0", "q4_0", "one_fewer_slot", "half_slots", "fa_on")
+QUICK_LABELS = {
+    "q8_0": "q8_0 cache",
+    "q4_0": "q4_0 cache",
+    "one_fewer_slot": "One fewer slot",
+    "half_slots": "Half the slots",
+    "fa_on": "Flash attention on",
+}
+
+
+@dataclass(frozen=True)
+class WhatIfInputs:
+    """A server's model and configuration, and the memory a restart could use.
+
+    Attributes:
+        server_key: the ServerReport key it belongs to.
+        model: the GGUF header.
+        config: the server's parsed command line.
+        memory_bytes: bytes the server could have on a restart (its pool's free memory
+            plus what it holds now), the budget for "largest context".
+        gpu_names: llama.cpp device names it offloads to (empty: CPU only).
+    """
+
+    server_key: str
+    model: ModelInfo
+    config: ServerConfig
+    memory_bytes: int
+    gpu_names: tuple[str, ...] = ()
+
+
+def quick_changes(kind: str, plan: MemoryPlan, config: ServerConfig) -> dict | None:
+    """The ServerConfig changes of a one-click what-if; None when it does not apply."""
+    if kind in ("q8_0", "q4_0"):
+        changes: dict = {"cache_type_k": kind, "cache_type_v": kind}
+        if config.flash_attn == "off":  # a quantized V cache needs flash attention
+            changes["flash_attn"] = "on"
+        return changes
+    if kind == "one_fewer_slot":
+        return {"n_parallel": plan.n_seq - 1} if plan.n_seq > 1 else None
+    if kind == "half_slots":
+        return {"n_parallel": max(1, plan.n_seq // 2)} if plan.n_seq > 1 else None
+    if kind == "fa_on":
+        return None if config.flash_attn == "on" else {"flash_attn": "on"}
+    raise ValueError(f"unknown what-if {kind!r}")
+
+
+@dataclass(frozen=True)
+class WhatIfResult:
+    """A simulated change, with the turns the fullest slot would have left."""
+
+    what_if: WhatIf
+    turns_left_now: int | None
+    turns_left_after: int | None
+
+
+def _fullest(slots: tuple[SlotReport, ...]) -> SlotReport | None:
+    known = [s for s in slots if s.tokens is not None and s.forecast.tokens_per_turn]
+    return max(known, key=lambda s: s.tokens or 0, default=None)
+
+
+def run_what_if(
+    inputs: WhatIfInputs,
+    server: ServerReport | None,
+    changes: dict,
+    label: str | None = None,
+    simulate: Callable[..., WhatIf] | None = None,
+) -> WhatIfResult:
+    """Simulate ``changes`` and forecast the fullest slot against its new limit."""
+    if simulate is None:
+        from kvwall.budget.memory import simulate
+    from kvwall.budget.forecast import forecast_fill
+
+    wi = simulate(inputs.model, inputs.config, changes, memory_bytes=inputs.memory_bytes,
+                  gpu_names=inputs.gpu_names, label=label)
+    now = after = None
+    slot = _fullest(server.slots) if server is not None else None
+    if slot is not None:
+        now = slot.forecast.turns_left
+        if not wi.refused:
+            per_turn = [slot.forecast.tokens_per_turn]
+            after = forecast_fill(wi.plan.n_ctx_seq, slot.tokens, per_turn, []).turns_left
+    return WhatIfResult(wi, now, after)

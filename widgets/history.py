@@ -1,0 +1,337 @@
+"""History plots: memory by component over time, and context tokens per slot with the
+forecast extended to the slot's limit.
+
+Plots are created once and updated in place from fixed-size numpy ring buffers, so a
+tray monitor running for weeks uses constant memory. Data is always recorded; repainting
+is skipped while the widget is hidden and catches up when it is shown again.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
+
+import numpy as np  # noqa: E402
+import pyqtgraph as pg  # noqa: E402
+from kvwall.app import pools  # noqa: E402
+from kvwall.budget.report import ServerReport, StatusReport  # noqa: E402
+from PySide6.QtCore import Qt  # noqa: E402
+from PySide6.QtGui import QColor, QPalette  # noqa: E402
+from PySide6.QtWidgets import (  # noqa: E402
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+# Seconds of history kept: 6 h at one poll per second.
+CAPACITY = 6 * 3600
+WINDOWS = (("5 min", 300), ("15 min", 900), ("1 hour", 3600), ("6 hours", 6 * 3600))
+MEMORY_KINDS = (pools.OTHER, pools.OVERHEAD, pools.WEIGHTS, pools.KV, pools.COMPUTE)
+MAX_SLOT_CURVES = 16
+SLOT_COLORS = ("#f29d38", "#4a7fd4", "#5cb85c", "#ab47bc", "#26a69a", "#e05d5d", "#8d6e63",
+               "#fdd835")
+
+
+class RingBuffer:
+    """Fixed-size rows of float64 ``(time, v1, ..., vn)``; never grows.
+
+    Each row is written twice (at ``i`` and ``i + capacity``) so the last ``n`` rows are
+    always one contiguous slice: reading allocates nothing.
+    """
+
+    def __init__(self, capacity: int, n_values: int) -> None:
+        self.capacity = capacity
+        self._data = np.full((2 * capacity, n_values + 1), np.nan)
+        self._next = 0
+        self._size = 0
+
+    def append(self, t: float, values) -> None:
+        row = self._next
+        self._data[row, 0] = t
+        self._data[row, 1:] = values
+        self._data[row + self.capacity] = self._data[row]
+        self._next = (row + 1) % self.capacity
+        self._size = min(self._size + 1, self.capacity)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def view(self) -> np.ndarray:
+        """The rows, oldest first (a view; copy before keeping it)."""
+        end = self._next + self.capacity if self._size == self.capacity else self._next
+        return self._data[end - self._size:end]
+
+    @property
+    def nbytes(self) -> int:
+        return self._data.nbytes
+
+
+class HistoryView(QWidget):
+    """Two tabs: "Memory" (stacked areas of the selected pool) and "Context" (tokens per
+    slot of the selected server, with forecast lines to the limit)."""
+
+    def __init__(self, parent: QWidget | None = None, capacity: int = CAPACITY) -> None:
+        super().__init__(parent)
+        pg.setConfigOptions(antialias=True)
+        self.capacity = capacity
+        self._memory: dict[str, RingBuffer] = {}
+        self._slots: dict[str, tuple[tuple[int, ...], RingBuffer]] = {}
+        self._limits: dict[str, tuple[int, ...]] = {}
+        self._forecasts: dict[str, ServerReport] = {}
+        self._device_id: str | None = None
+        self._server_key: str | None = None
+        self._now_wall = 0.0
+        self._dirty = False
+        self.redraws = 0  # for tests and benchmarks: how often the plots were redrawn
+
+        self.window_box = QComboBox()
+        for label, seconds in WINDOWS:
+            self.window_box.addItem(label, seconds)
+        self.window_box.setCurrentIndex(1)
+        self.window_box.currentIndexChanged.connect(self._redraw)
+        self.caption = QLabel()
+        self.caption.setTextFormat(Qt.TextFormat.PlainText)
+
+        self.tabs = QTabWidget()
+        self.memory_plot = self._make_plot("bytes", "B")
+        self.context_plot = self._make_plot("tokens", "")
+        self.tabs.addTab(self.memory_plot, "Memory")
+        self.tabs.addTab(self.context_plot, "Context")
+
+        # Memory: cumulative curves, filled between neighbours, created once.
+        self._mem_curves = []
+        base = self.memory_plot.plot([], [], pen=None)
+        below = base
+        for kind in MEMORY_KINDS:
+            color = QColor(_color(kind))
+            curve = self.memory_plot.plot([], [], pen=pg.mkPen(color.darker(120), width=1),
+                                          name=pools.LABEL[kind])
+            _tune(curve)
+            fill_color = QColor(color)
+            fill_color.setAlpha(170)
+            self.memory_plot.addItem(pg.FillBetweenItem(below, curve, brush=fill_color))
+            self._mem_curves.append(curve)
+            below = curve
+        self._mem_base = base
+        self._total_line = pg.InfiniteLine(angle=0, movable=False,
+                                           pen=pg.mkPen("#888", style=Qt.PenStyle.DashLine))
+        self.memory_plot.addItem(self._total_line)
+
+        # Context: up to MAX_SLOT_CURVES curves, re-used across servers.
+        self._slot_curves = []
+        self._forecast_curves = []
+        self._limit_lines = []
+        for i in range(MAX_SLOT_CURVES):
+            color = SLOT_COLORS[i % len(SLOT_COLORS)]
+            c = self.context_plot.plot([], [], pen=pg.mkPen(color, width=2))
+            _tune(c)
+            fc = self.context_plot.plot([], [], pen=pg.mkPen(color, width=1.5,
+                                                             style=Qt.PenStyle.DashLine))
+            line = pg.InfiniteLine(angle=0, movable=False,
+                                   pen=pg.mkPen(color, width=1, style=Qt.PenStyle.DotLine))
+            line.setVisible(False)
+            self.context_plot.addItem(line)
+            self._slot_curves.append(c)
+            self._forecast_curves.append(fc)
+            self._limit_lines.append(line)
+        self._forecast_label = pg.TextItem(anchor=(1, 1))
+        self.context_plot.addItem(self._forecast_label)
+
+        top = QHBoxLayout()
+        top.addWidget(self.caption, 1)
+        top.addWidget(QLabel("Show the last"))
+        top.addWidget(self.window_box)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(top)
+        lay.addWidget(self.tabs, 1)
+
+    def _make_plot(self, label: str, units: str) -> pg.PlotWidget:
+        axis = pg.DateAxisItem(orientation="bottom")
+        plot = pg.PlotWidget(axisItems={"bottom": axis})
+        bg = self.palette().color(QPalette.ColorRole.Base)
+        fg = self.palette().color(QPalette.ColorRole.Text)
+        plot.setBackground(bg)
+        for name in ("left", "bottom"):
+            ax = plot.getAxis(name)
+            ax.setPen(fg)
+            ax.setTextPen(fg)
+        plot.setLabel("left", label, units=units)
+        plot.showGrid(x=True, y=True, alpha=0.15)
+        plot.setMenuEnabled(False)
+        plot.setMouseEnabled(x=False, y=False)
+        plot.hideButtons()
+        plot.addLegend(offset=(8, 8)) if label == "bytes" else None
+        return plot
+
+    # -- data --------------------------------------------------------------------
+    def window_seconds(self) -> int:
+        return int(self.window_box.currentData())
+
+    def set_window_seconds(self, seconds: int) -> None:
+        i = self.window_box.findData(seconds)
+        if i >= 0:
+            self.window_box.setCurrentIndex(i)
+
+    def select(self, device_id: str | None, server_key: str | None) -> None:
+        """Which pool and which server's slots to draw."""
+        if (device_id, server_key) != (self._device_id, self._server_key):
+            self._device_id, self._server_key = device_id, server_key
+            self._redraw()
+
+    def add_report(self, report: StatusReport) -> None:
+        """Record ``report`` (always) and repaint if visible."""
+        t = report.wall_time
+        self._now_wall = t
+        for view in pools.pool_views(report):
+            buf = self._memory.get(view.device.id)
+            if buf is None:
+                buf = self._memory[view.device.id] = RingBuffer(self.capacity, len(MEMORY_KINDS) + 1)
+            values = [view.bytes_of(k) for k in MEMORY_KINDS[:3]]
+            values.append(view.bytes_of(pools.KV) + view.bytes_of(pools.RECURRENT))
+            values.append(view.bytes_of(pools.COMPUTE) + view.bytes_of(pools.UNATTRIBUTED))
+            values.append(view.device.total_bytes or np.nan)
+            buf.append(t, values)
+        seen = set()
+        for server in report.servers:
+            seen.add(server.key)
+            slots = tuple(server.slots) + ((server.pool,) if server.pool else ())
+            ids = tuple(s.id if s is not server.pool else -1 for s in slots)[:MAX_SLOT_CURVES]
+            entry = self._slots.get(server.key)
+            if entry is None or entry[0] != ids:
+                entry = (ids, RingBuffer(self.capacity, len(ids)))
+                self._slots[server.key] = entry
+            entry[1].append(t, [np.nan if s.tokens is None else s.tokens
+                                for s in slots[:MAX_SLOT_CURVES]])
+            self._limits[server.key] = tuple(s.n_ctx for s in slots[:MAX_SLOT_CURVES])
+            self._forecasts[server.key] = server
+        for key in [k for k in self._forecasts if k not in seen]:
+            del self._forecasts[key]  # the buffer stays: the server may come back
+        if len(self._slots) > 32:  # bound the number of servers remembered
+            for key in [k for k in self._slots if k not in seen][: len(self._slots) - 32]:
+                del self._slots[key]
+                self._limits.pop(key, None)
+        if self._device_id is None and report.devices:
+            self._device_id = report.devices[0].id
+        if self._server_key is None and report.servers:
+            self._server_key = report.servers[0].key
+        if self.isVisible():
+            self._redraw()
+        else:
+            self._dirty = True
+
+    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().showEvent(event)
+        if self._dirty:
+            self._redraw()
+
+    def memory_series(self, device_id: str) -> np.ndarray | None:
+        buf = self._memory.get(device_id)
+        return None if buf is None else buf.view()
+
+    def slot_series(self, server_key: str) -> tuple[tuple[int, ...], np.ndarray] | None:
+        entry = self._slots.get(server_key)
+        return None if entry is None else (entry[0], entry[1].view())
+
+    def nbytes(self) -> int:
+        return sum(b.nbytes for b in self._memory.values()) + sum(
+            e[1].nbytes for e in self._slots.values())
+
+    # -- drawing -----------------------------------------------------------------
+    def _redraw(self) -> None:
+        self._dirty = False
+        self.redraws += 1
+        window = self.window_seconds()
+        now = self._now_wall
+        start = now - window
+        self._draw_memory(start, now)
+        self._draw_context(start, now, window)
+
+    def _draw_memory(self, start: float, now: float) -> None:
+        data = self.memory_series(self._device_id) if self._device_id else None
+        if data is None or len(data) == 0:
+            for c in self._mem_curves:
+                c.setData([], [])
+            self._mem_base.setData([], [])
+            return
+        first = np.searchsorted(data[:, 0], start)
+        data = data[first:]
+        t = data[:, 0]
+        self._mem_base.setData(t, np.zeros_like(t))
+        cumulative = np.cumsum(np.nan_to_num(data[:, 1:1 + len(MEMORY_KINDS)]), axis=1)
+        for i, curve in enumerate(self._mem_curves):
+            curve.setData(t, cumulative[:, i])
+        total = data[-1, -1]
+        if np.isfinite(total):
+            self._total_line.setValue(total)
+            self.memory_plot.setYRange(0, total * 1.02, padding=0)
+        self.memory_plot.setXRange(start, now, padding=0)
+
+    def _draw_context(self, start: float, now: float, window: int) -> None:
+        key = self._server_key
+        entry = self._slots.get(key) if key else None
+        server = self._forecasts.get(key) if key else None
+        ids: tuple[int, ...] = entry[0] if entry else ()
+        data = entry[1].view() if entry else None
+        limits = self._limits.get(key, ()) if key else ()
+        horizon = now
+        label = ""
+        for i in range(MAX_SLOT_CURVES):
+            curve, fc, line = self._slot_curves[i], self._forecast_curves[i], self._limit_lines[i]
+            if data is None or i >= len(ids) or len(data) == 0:
+                curve.setData([], [])
+                fc.setData([], [])
+                line.setVisible(False)
+                continue
+            first = np.searchsorted(data[:, 0], start)
+            curve.setData(data[first:, 0], data[first:, 1 + i])
+            limit = limits[i] if i < len(limits) else None
+            line.setVisible(limit is not None)
+            if limit is not None:
+                line.setValue(limit)
+            slot = _slot_of(server, ids[i]) if server else None
+            f = slot.forecast if slot else None
+            tokens = data[-1, 1 + i]
+            if (f is not None and f.seconds_left is not None and f.seconds_left > 0
+                    and np.isfinite(tokens) and limit):
+                end = now + f.seconds_left
+                fc.setData([now, end], [tokens, limit])
+                horizon = max(horizon, min(end, now + window))
+                when = pools.format_duration(f.seconds_left)
+                who = "pool" if ids[i] == -1 else f"slot {ids[i]}"
+                if not label:
+                    label = f"{who} full in {when}"
+            else:
+                fc.setData([], [])
+        self._forecast_label.setText(label)
+        if limits:
+            self._forecast_label.setPos(horizon, max(limits))
+            self.context_plot.setYRange(0, max(limits) * 1.05, padding=0)
+        self.context_plot.setXRange(start, horizon, padding=0.02)
+        name = server.name if server else ""
+        self.caption.setText(f"{name}: context tokens per slot, dashed = forecast to the limit"
+                             if name else "")
+
+
+def _slot_of(server: ServerReport, slot_id: int):
+    if slot_id == -1:
+        return server.pool
+    for s in server.slots:
+        if s.id == slot_id:
+            return s
+    return None
+
+
+def _color(kind: str) -> str:
+    from kvwall.widgets.gauge import COLORS
+
+    return COLORS[kind].name()
+
+
+def _tune(curve) -> None:
+    curve.setDownsampling(auto=True, method="peak")
+    curve.setClipToView(True)

@@ -1,0 +1,298 @@
+"""The what-if panel: one click (or a free choice) to see what a configuration change
+would allocate, next to what the server holds now, and copy the command line."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from kvwall.app import pools
+from kvwall.app.pools import Segment
+from kvwall.app.whatif_inputs import (
+    QUICK_CHANGES,
+    QUICK_LABELS,
+    WhatIfInputs,
+    WhatIfResult,
+    quick_changes,
+    run_what_if,
+)
+from kvwall.budget.config import CACHE_TYPES
+from kvwall.budget.memory import MemoryPlan
+from kvwall.budget.report import ServerReport
+from kvwall.widgets.gauge import StackedBar
+from PySide6.QtCore import Signal
+from PySide6.QtGui import QFontDatabase, QGuiApplication
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QFrame,
+    QGridLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+
+def plan_segments(plan: MemoryPlan) -> tuple[Segment, ...]:
+    """A plan as bar segments (weights, KV, recurrent, compute, output buffer)."""
+    parts = [(pools.WEIGHTS, plan.weights_bytes), (pools.KV, plan.kv_bytes),
+             (pools.RECURRENT, plan.recurrent_bytes),
+             (pools.COMPUTE, plan.compute_bytes + plan.output_bytes)]
+    return tuple(Segment(k, int(b)) for k, b in parts if b > 0)
+
+
+class WhatIfPanel(QWidget):
+    """What-ifs for one server. Feed it with :meth:`set_server`.
+
+    Signals:
+        simulated(object): the :class:`WhatIfResult` now shown.
+    """
+
+    simulated = Signal(object)
+
+    def __init__(self, parent: QWidget | None = None,
+                 simulate: Callable | None = None) -> None:
+        super().__init__(parent)
+        self._simulate = simulate
+        self._inputs: WhatIfInputs | None = None
+        self._server: ServerReport | None = None
+        self._result: WhatIfResult | None = None
+
+        self.heading = QLabel("Select a server to try changes")
+        self.heading.setWordWrap(True)
+        self.buttons: dict[str, QPushButton] = {}
+        grid = QGridLayout()
+        for i, kind in enumerate(QUICK_CHANGES):
+            b = QPushButton(QUICK_LABELS[kind])
+            b.setObjectName(f"whatif_{kind}")
+            b.clicked.connect(lambda _=False, k=kind: self.try_quick(k))
+            self.buttons[kind] = b
+            grid.addWidget(b, i // 3, i % 3)
+
+        self.ctk = QComboBox()
+        self.ctv = QComboBox()
+        for box in (self.ctk, self.ctv):
+            box.addItems(CACHE_TYPES)
+        self.slots_box = QSpinBox()
+        self.slots_box.setRange(1, 256)
+        self.ctx_box = QSpinBox()
+        self.ctx_box.setRange(0, 16 * 1024 * 1024)
+        self.ctx_box.setSingleStep(4096)
+        self.ctx_box.setSpecialValueText("keep")
+        self.fa_box = QComboBox()
+        self.fa_box.addItems(["auto", "on", "off"])
+        self.custom_button = QPushButton("Simulate")
+        self.custom_button.clicked.connect(self.try_custom)
+        custom = QGroupBox("Your own choice")
+        form = QFormLayout(custom)
+        kv = QHBoxLayout()
+        kv.addWidget(QLabel("K"))
+        kv.addWidget(self.ctk)
+        kv.addWidget(QLabel("V"))
+        kv.addWidget(self.ctv)
+        form.addRow("Cache types", kv)
+        form.addRow("Slots (-np)", self.slots_box)
+        form.addRow("Context (-c)", self.ctx_box)
+        form.addRow("Flash attention", self.fa_box)
+        form.addRow("", self.custom_button)
+
+        self.current_bar = StackedBar(height=20)
+        self.new_bar = StackedBar(height=20)
+        self.current_label = QLabel("Now")
+        self.new_label = QLabel("After")
+        bars = QGridLayout()
+        bars.addWidget(self.current_label, 0, 0)
+        bars.addWidget(self.current_bar, 0, 1)
+        bars.addWidget(self.new_label, 1, 0)
+        bars.addWidget(self.new_bar, 1, 1)
+        bars.setColumnStretch(1, 1)
+
+        self.result_title = QLabel()
+        self.result_title.setWordWrap(True)
+        self.saved_label = QLabel()
+        self.max_ctx_label = QLabel()
+        self.turns_label = QLabel()
+        self.caveat_label = QLabel()
+        self.caveat_label.setWordWrap(True)
+        self.refused_label = QLabel()
+        self.refused_label.setWordWrap(True)
+        self.refused_label.setStyleSheet("color: #c62828;")
+        self.command_view = QPlainTextEdit()
+        self.command_view.setReadOnly(True)
+        self.command_view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.command_view.setMaximumHeight(64)
+        self.copy_button = QPushButton("Copy command")
+        self.copy_button.clicked.connect(self.copy_command)
+        self.copy_button.setEnabled(False)
+
+        result = QFrame()
+        rl = QVBoxLayout(result)
+        rl.setContentsMargins(0, 0, 0, 0)
+        rl.addWidget(self.result_title)
+        rl.addLayout(bars)
+        facts = QFormLayout()
+        facts.addRow("Memory saved", self.saved_label)
+        facts.addRow("Largest context", self.max_ctx_label)
+        facts.addRow("Turns left", self.turns_label)
+        rl.addLayout(facts)
+        rl.addWidget(self.caveat_label)
+        rl.addWidget(self.refused_label)
+        rl.addWidget(self.command_view)
+        row = QHBoxLayout()
+        row.addStretch(1)
+        row.addWidget(self.copy_button)
+        rl.addLayout(row)
+        self.result_frame = result
+
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.heading)
+        lay.addLayout(grid)
+        lay.addWidget(custom)
+        lay.addWidget(result, 1)
+        self._set_enabled(False)
+        self._clear_result()
+
+    # -- inputs ------------------------------------------------------------------
+    def set_server(self, server: ServerReport | None, inputs: WhatIfInputs | None) -> None:
+        """The server to simulate; without inputs the panel says why it cannot."""
+        changed_server = (server.key if server else None) != (
+            self._server.key if self._server else None)
+        self._server, self._inputs = server, inputs
+        plan = server.plan if server else None
+        if server is None:
+            self.heading.setText("Select a server to try changes")
+        elif inputs is None or plan is None or not plan.ok:
+            self.heading.setText(
+                f"{server.name}: what-ifs need the server's model file and command line "
+                "(kvwall reads them from the local process; a URL-only server cannot be "
+                "simulated).")
+        else:
+            self.heading.setText(f"What if {server.name} ran with…")
+        ready = server is not None and inputs is not None and plan is not None and plan.ok
+        self._set_enabled(ready)
+        if ready:
+            for kind, b in self.buttons.items():
+                b.setEnabled(quick_changes(kind, plan, inputs.config) is not None)
+            if changed_server:
+                self.ctk.setCurrentText(plan.cache_type_k)
+                self.ctv.setCurrentText(plan.cache_type_v)
+                self.slots_box.setValue(plan.n_seq)
+                self.ctx_box.setValue(0)
+                self.fa_box.setCurrentText(inputs.config.flash_attn)
+            self.current_bar.set_segments(plan_segments(plan), self._scale())
+        if changed_server or not ready:
+            self._clear_result()
+
+    def _set_enabled(self, on: bool) -> None:
+        for b in self.buttons.values():
+            b.setEnabled(on)
+        for w in (self.ctk, self.ctv, self.slots_box, self.ctx_box, self.fa_box,
+                  self.custom_button):
+            w.setEnabled(on)
+
+    def _scale(self, other: MemoryPlan | None = None) -> int:
+        plan = self._server.plan if self._server else None
+        totals = [p.total_bytes for p in (plan, other) if p is not None and p.ok]
+        return max(totals, default=1)
+
+    # -- actions -----------------------------------------------------------------
+    def try_quick(self, kind: str) -> WhatIfResult | None:
+        if not self._ready():
+            return None
+        changes = quick_changes(kind, self._server.plan, self._inputs.config)
+        if changes is None:
+            return None
+        return self.try_changes(changes, QUICK_LABELS[kind])
+
+    def try_custom(self) -> WhatIfResult | None:
+        if not self._ready():
+            return None
+        plan = self._server.plan
+        changes: dict = {}
+        if self.ctk.currentText() != plan.cache_type_k:
+            changes["cache_type_k"] = self.ctk.currentText()
+        if self.ctv.currentText() != plan.cache_type_v:
+            changes["cache_type_v"] = self.ctv.currentText()
+        if self.slots_box.value() != plan.n_seq:
+            changes["n_parallel"] = self.slots_box.value()
+        if self.ctx_box.value():
+            changes["n_ctx"] = self.ctx_box.value()
+        if self.fa_box.currentText() != self._inputs.config.flash_attn:
+            changes["flash_attn"] = self.fa_box.currentText()
+        return self.try_changes(changes, None)
+
+    def try_changes(self, changes: dict, label: str | None) -> WhatIfResult | None:
+        if not self._ready():
+            return None
+        try:
+            result = run_what_if(self._inputs, self._server, changes, label,
+                                 simulate=self._simulate)
+        except Exception as exc:  # a bug in the model must not take the window down
+            import logging
+
+            logging.getLogger(__name__).exception("what-if failed")
+            self._clear_result()
+            self.refused_label.setText(f"kvwall could not simulate this: {exc}")
+            return None
+        self._show(result)
+        self.simulated.emit(result)
+        return result
+
+    def _ready(self) -> bool:
+        return (self._server is not None and self._inputs is not None
+                and self._server.plan is not None and self._server.plan.ok)
+
+    def _clear_result(self) -> None:
+        self._result = None
+        self.result_title.setText("Click a change above to see what it allocates.")
+        self.new_bar.set_segments(())
+        for lab in (self.saved_label, self.max_ctx_label, self.turns_label, self.caveat_label,
+                    self.refused_label):
+            lab.setText("")
+        self.command_view.setPlainText("")
+        self.copy_button.setEnabled(False)
+
+    def _show(self, result: WhatIfResult) -> None:
+        self._result = result
+        wi = result.what_if
+        self.result_title.setText(f"<b>{wi.label}</b>")
+        if wi.refused:
+            self.new_bar.set_segments(())
+            self.refused_label.setText("llama.cpp would refuse this configuration: "
+                                       + "; ".join(wi.plan.errors))
+            for lab in (self.saved_label, self.max_ctx_label, self.turns_label):
+                lab.setText("–")
+            self.caveat_label.setText("")
+            self.command_view.setPlainText("")
+            self.copy_button.setEnabled(False)
+            return
+        self.refused_label.setText("")
+        scale = self._scale(wi.plan)
+        self.current_bar.set_segments(plan_segments(self._server.plan), scale)
+        self.new_bar.set_segments(plan_segments(wi.plan), scale)
+        saved = wi.saves_bytes
+        self.saved_label.setText(
+            f"{pools.format_bytes(saved)}" if saved >= 0
+            else f"costs {pools.format_bytes(-saved)} more")
+        self.max_ctx_label.setText(f"{wi.max_ctx:,} tokens (-c) with the memory free now")
+        if result.turns_left_after is None:
+            self.turns_label.setText("– (no turn seen yet)")
+        else:
+            now = "?" if result.turns_left_now is None else f"~{result.turns_left_now}"
+            self.turns_label.setText(f"~{result.turns_left_after} for the fullest slot "
+                                     f"(now {now})")
+        self.caveat_label.setText(f"<i>{wi.caveat}</i>" if wi.caveat else "")
+        self.command_view.setPlainText(wi.command)
+        self.copy_button.setEnabled(bool(wi.command))
+
+    def result(self) -> WhatIfResult | None:
+        return self._result
+
+    def copy_command(self) -> None:
+        if self._result is not None and not self._result.what_if.refused:
+            QGuiApplication.clipboard().setText(self._result.what_if.command)
+
