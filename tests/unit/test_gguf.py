@@ -858,3 +858,115 @@ def test_damaged_files_raise_only_gguf_error(tmp_path, sample_bytes, data):
         assert str(path) in str(e)
     else:
         assert isinstance(m, ModelInfo)
+
+
+# ---------------------------------------------------------------------------------------
+# Oracle: llama.cpp itself (llama-fit-params loads the header without allocating and
+# prints its resolved hparams and which layers get KV / recurrent state)
+
+
+def _fit_params() -> str | None:
+    try:
+        from kvwall.app.llamabin import find_llama_server
+    except ImportError:  # pragma: no cover - the lead's locator not there yet
+        return None
+    server = find_llama_server()
+    if server is None:
+        return None
+    fit = Path(server).with_name("llama-fit-params")
+    return str(fit) if fit.exists() else None
+
+
+def _llama_cpp_view(fit: str, path: Path) -> dict:
+    import re
+    import subprocess
+
+    run = subprocess.run(
+        [fit, "-m", str(path), "-c", "1024", "-v"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "LLAMA_ARG_N_GPU_LAYERS": "0"},
+    )
+    out = run.stdout + run.stderr
+    assert "print_info: n_layer_all" in out and "error loading model" not in out, out[-3000:]
+    info = dict(re.findall(r"print_info: (\w+)\s*= (.*?)\s*$", out, re.M))
+    swa = {
+        int(il): flag == "1"
+        for il, flag in re.findall(r"layer +(\d+) assigned to device \S+, is_swa = (\d)", out)
+    }
+    kv_layers = {int(il) for il in re.findall(r"llama_kv_cache: layer +(\d+): dev =", out)}
+    recr = {int(il) for il in re.findall(r"llama_memory_recurrent, layer +(\d+): dev =", out)}
+    return {"info": info, "swa": swa, "kv": kv_layers, "recr": recr}
+
+
+def _per_layer(text: str, n: int) -> tuple[int, ...]:
+    if text.startswith("["):
+        return tuple(int(v) for v in text.strip("[]").split(","))
+    return (int(text),) * n
+
+
+ORACLE_CASES = [
+    ("llama", {}),
+    ("llama", {"n_layer": 3, "n_ctx_train": 32768, "n_vocab": 1000}),
+    ("llama", {"n_layer": 3, "split": 3}),
+    ("qwen3", {}),
+    ("gemma3", {}),
+    ("gemma3", {"n_layer": 5, "swa_pattern": 2}),
+    ("deepseek2", {}),
+    ("mamba", {}),
+    ("lfm2", {}),
+    ("granitehybrid", {}),
+    ("qwen3moe", {}),
+]
+
+
+@pytest.mark.skipif(_fit_params() is None, reason="llama.cpp's llama-fit-params not installed")
+@pytest.mark.parametrize(
+    "kind,overrides", ORACLE_CASES, ids=[f"{k}{o or ''}" for k, o in ORACLE_CASES]
+)
+def test_agrees_with_llama_cpp(tmp_path, kind, overrides):
+    from kvwall.app.tinymodels import write_model
+
+    path = write_model(kind, tmp_path / f"{kind}.gguf", **overrides)
+    m = read_model(str(path))
+    cpp = _llama_cpp_view(_fit_params(), path)
+    info, n = cpp["info"], m.n_layer_all
+
+    assert (m.n_layer, m.n_layer_all) == (int(info["n_layer"]), int(info["n_layer_all"]))
+    assert m.n_ctx_train == int(info["n_ctx_train"]) and m.n_embd == int(info["n_embd"])
+    assert m.n_head == _per_layer(info["n_head"], n)
+    assert m.n_head_kv == _per_layer(info["n_head_kv"], n)
+    assert m.n_ff == _per_layer(info["n_ff"], n)
+    assert (m.head_k, m.head_v, m.n_rot) == (
+        int(info["n_embd_head_k"]),
+        int(info["n_embd_head_v"]),
+        int(info["n_rot"]),
+    )
+    assert (m.n_expert, m.n_expert_used) == (int(info["n_expert"]), int(info["n_expert_used"]))
+    assert m.n_vocab == int(info["n_vocab"])
+    assert any(m.swa_layers) == (info["is_swa_any"] == "1")
+    assert tuple(cpp["swa"].get(il, False) for il in range(n)) == m.swa_layers
+    if any(m.swa_layers):
+        assert m.n_swa == int(info["n_swa"])
+        assert (m.head_k_swa, m.head_v_swa) == (
+            int(info["n_embd_head_k_swa"]),
+            int(info["n_embd_head_v_swa"]),
+        )
+    if "n_lora_kv" in info:
+        assert m.kv_lora_rank == int(info["n_lora_kv"])
+        assert m.is_mla
+        assert (m.head_k_mla, m.head_v_mla) == (
+            int(info["n_embd_head_k_mla"]),
+            int(info["n_embd_head_v_mla"]),
+        )
+    if "ssm_d_conv" in info:
+        assert (m.ssm_d_conv, m.ssm_d_inner, m.ssm_d_state, m.ssm_dt_rank, m.ssm_n_group) == tuple(
+            int(info[k])
+            for k in ("ssm_d_conv", "ssm_d_inner", "ssm_d_state", "ssm_dt_rank", "ssm_n_group")
+        )
+    assert {il for il in range(n) if m.recurrent_layers[il]} == cpp["recr"]
+    kv_start = m.n_layer_kv_from_start if m.n_layer_kv_from_start >= 0 else n
+    expected_kv = {il for il in range(m.n_layer) if il < kv_start and not m.recurrent_layers[il]}
+    if not m.is_recurrent or any(not r for r in m.recurrent_layers):
+        assert expected_kv == cpp["kv"]
