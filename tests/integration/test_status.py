@@ -14,7 +14,7 @@ from agent import ScriptedAgent
 from fake_servers import DyingServer, GarbageServer, HangingServer
 from kvwall.budget.engine import Engine
 from kvwall.monitors.devices import MemorySources
-from kvwall.monitors.discovery import scan
+from kvwall.monitors.discovery import Scanner
 from kvwall.monitors.poller import Poller
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
@@ -44,9 +44,10 @@ def plan_config(argv: list[str]) -> dict:
 def only(pids):
     """A discovery limited to the servers this test started (others may be running)."""
     pids = set(pids)
+    scanner = Scanner()
 
     def discover(extra_urls=(), api_keys=None):
-        found = scan(extra_urls=extra_urls, api_keys=api_keys)
+        found = scanner(extra_urls=extra_urls, api_keys=api_keys)
         return [s for s in found.servers if s.pid in pids]
 
     return discover
