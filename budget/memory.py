@@ -989,14 +989,14 @@ class WhatIf:
 
 _CAVEATS = {
     "f16": "full-precision cache (llama.cpp's default)",
-    "bf16": "same size as f16; needs hardware with fast bf16",
+    "bf16": "same size as f16, needs hardware with fast bf16",
     "f32": "twice the memory of f16 for no practical quality gain",
-    "q8_0": "about half of f16; quality loss is usually negligible",
-    "q5_1": "about 38% of f16; small quality loss",
-    "q5_0": "about 34% of f16; small quality loss",
-    "q4_1": "about 31% of f16; noticeable quality loss on long contexts",
-    "q4_0": "about 28% of f16; noticeable quality loss on long contexts",
-    "iq4_nl": "about 28% of f16; not supported by CUDA flash attention (runs on the CPU)",
+    "q8_0": "about half of f16, quality loss is usually negligible",
+    "q5_1": "about 38% of f16, small quality loss",
+    "q5_0": "about 34% of f16, small quality loss",
+    "q4_1": "about 31% of f16, noticeable quality loss on long contexts",
+    "q4_0": "about 28% of f16, noticeable quality loss on long contexts",
+    "iq4_nl": "about 28% of f16, not supported by CUDA flash attention (runs on the CPU)",
 }
 
 

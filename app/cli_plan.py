@@ -1,0 +1,529 @@
+"""``kvwall plan``: what llama-server will allocate for a model and command line, and what-ifs.
+
+Qt-free and quick: reads only the GGUF header, parses the command line as llama-server
+does, runs the memory model and prints text or the documented JSON object
+(``docs/json-schema.md``, ``plan`` section). Device memory is probed only when no
+``--memory`` is given, and only the sources this machine can have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+SCHEMA_VERSION = 1
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+
+HELP = """\
+usage: kvwall plan MODEL.gguf [llama-server flags...] [options]
+       kvwall plan --cmd "llama-server -m MODEL.gguf [flags...]" [options]
+
+Predict what llama-server allocates for MODEL.gguf with these flags: weights, KV cache,
+recurrent state, compute and output buffers per device, the context each slot gets, the
+defaults and guesses behind the numbers, and a what-if table (KV cache types f16, q8_0,
+q4_0 and any you name, crossed with the current slot count and fewer slots) with the bytes
+each change saves, the largest context that fits, and the exact command line.
+
+llama-server flags are read exactly as llama-server reads them (short, long, --x=y and
+underscore spellings; LLAMA_ARG_* variables from your environment or in front of --cmd).
+Only the GGUF header is read, never the weights.
+
+options:
+  --cmd "COMMAND"         the whole llama-server (or `llama serve`) command line as one
+                          string; VAR=VALUE words in front of it are its environment
+  --memory SIZE           the memory budget for the what-if table and --fit, e.g. 24G,
+                          24GiB, 24576M, 25.7GB (G/GiB/M/MiB are binary, GB/MB decimal).
+                          Default: free memory now (GPU memory when this machine has a
+                          GPU llama.cpp can use, else available host RAM)
+  --gpus NAMES            plan for these llama.cpp devices instead of the ones detected:
+                          CUDA0,CUDA1 / ROCm0 / MTL0 ..., or "none" for a CPU-only server
+  --what-if-cache TYPE    add a cache type to the what-if table (repeatable or comma-
+                          separated): f32 f16 bf16 q8_0 q4_0 q4_1 iq4_nl q5_0 q5_1
+  --json                  print the documented JSON object (docs/json-schema.md)
+  -h, --help              show this help
+
+exit status: 0 plan printed; 1 llama.cpp would refuse this configuration (the reason is
+printed, no budget); 2 bad path, unreadable GGUF or a flag value llama-server rejects.
+"""
+
+_OWN_VALUE_OPTIONS = ("--memory", "--cmd", "--gpus", "--what-if-cache")
+_OWN_FLAGS = ("--json", "-h", "--help")
+
+
+class UsageError(ValueError):
+    """A bad argument (one line on stderr, exit code 2)."""
+
+
+@dataclass
+class _Args:
+    llama_argv: list[str]
+    env: dict[str, str]
+    memory: int | None = None
+    gpus: tuple[str, ...] | None = None
+    extra_types: tuple[str, ...] = ()
+    cmd_env: dict[str, str] | None = None  # VAR=VALUE words in front of --cmd
+    json: bool = False
+    help: bool = False
+
+
+def _split_args(argv: Sequence[str], environ: Mapping[str, str]) -> _Args:
+    from kvwall.budget.config import CACHE_TYPES
+    from kvwall.budget.units import parse_size
+
+    own: dict[str, list[str]] = {name: [] for name in _OWN_VALUE_OPTIONS}
+    rest: list[str] = []
+    flags: set[str] = set()
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        arg = argv[i]
+        name, eq, inline = arg.partition("=")
+        if name in _OWN_VALUE_OPTIONS:
+            if eq:
+                own[name].append(inline)
+                i += 1
+                continue
+            if i + 1 >= len(argv):
+                raise UsageError(f"{name}: expected a value")
+            own[name].append(argv[i + 1])
+            i += 2
+            continue
+        if arg in _OWN_FLAGS:
+            flags.add(arg)
+            i += 1
+            continue
+        rest.append(arg)
+        i += 1
+
+    out = _Args(llama_argv=[], env={}, json="--json" in flags, help=bool(flags & {"-h", "--help"}))
+    if out.help:
+        return out
+    if own["--memory"]:
+        try:
+            out.memory = parse_size(own["--memory"][-1])
+        except ValueError as exc:
+            raise UsageError(f"--memory: {exc}") from None
+        if out.memory <= 0:
+            raise UsageError(f"--memory: must be more than 0, got {own['--memory'][-1]!r}")
+    if own["--gpus"]:
+        names = [n.strip() for n in own["--gpus"][-1].split(",") if n.strip()]
+        out.gpus = () if names in ([], ["none"]) else tuple(names)
+    types: list[str] = []
+    for item in own["--what-if-cache"]:
+        for t in item.split(","):
+            t = t.strip()
+            if t and t not in CACHE_TYPES:
+                raise UsageError(
+                    f"--what-if-cache: Unsupported cache type: {t} (allowed: {', '.join(CACHE_TYPES)})"
+                )
+            if t:
+                types.append(t)
+    out.extra_types = tuple(types)
+
+    env = {k: v for k, v in environ.items() if k.startswith(("LLAMA_ARG_", "LLAMA_API_KEY"))}
+    if own["--cmd"]:
+        if rest:
+            raise UsageError(
+                f"--cmd takes the whole command line; unexpected extra arguments: {shlex.join(rest)}"
+            )
+        try:
+            words = shlex.split(own["--cmd"][-1])
+        except ValueError as exc:
+            raise UsageError(f"--cmd: cannot split the command line: {exc}") from None
+        out.cmd_env = {}
+        while words and "=" in words[0] and words[0].split("=")[0].isidentifier():
+            key, _, value = words.pop(0).partition("=")
+            env[key] = value
+            out.cmd_env[key] = value
+        if words and words[0] == "env":
+            words.pop(0)
+        if not words:
+            raise UsageError("--cmd: the command line is empty")
+        if words[0].startswith("-"):
+            words.insert(0, "llama-server")
+        out.llama_argv = words
+    else:
+        if not rest:
+            raise UsageError("give a model: kvwall plan MODEL.gguf [flags...] (see --help)")
+        if not rest[0].startswith("-"):
+            model, flags_rest = rest[0], rest[1:]
+            out.llama_argv = ["llama-server", "-m", model, *flags_rest]
+        else:
+            out.llama_argv = ["llama-server", *rest]
+    out.env = env
+    return out
+
+
+# ---------------------------------------------------------------------------
+# memory the plan is measured against
+
+
+@dataclass(frozen=True)
+class _Budget:
+    memory_bytes: int
+    gpu_names: tuple[str, ...]
+    fit_free_bytes: int | None
+    source: str  # plain words: "free GPU memory now (CUDA0)", "available host RAM now", "--memory"
+
+
+def _gpu_present(root: str = "/") -> bool:
+    """A GPU llama.cpp could use is likely here (NVIDIA or AMD in sysfs, or a Mac).
+
+    A few sysfs reads, so a CPU-only machine never loads the GPU monitors.
+    """
+    if sys.platform == "darwin":
+        return True
+    pci = os.path.join(root, "sys/bus/pci/devices")
+    try:
+        entries = os.listdir(pci)
+    except OSError:
+        return False
+    for dev in entries:
+        try:
+            with open(os.path.join(pci, dev, "vendor")) as f:
+                vendor = f.read().strip().lower()
+            if vendor not in ("0x10de", "0x1002"):
+                continue
+            with open(os.path.join(pci, dev, "class")) as f:
+                if f.read().strip().lower().startswith("0x03"):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def _gpu_free() -> dict[str, int]:
+    """Free bytes per llama.cpp device name, from kvwall's device monitors."""
+    try:
+        from kvwall.monitors.devices import MemorySources
+
+        snapshot = MemorySources().poll()
+    except Exception:  # a broken driver must not stop a plan: fall back to host RAM
+        return {}
+    return {
+        dev.llama_device: dev.free_bytes
+        for dev in snapshot.devices
+        if dev.llama_device and dev.free_bytes is not None and dev.kind != "host"
+    }
+
+
+def _detect_budget(args: _Args) -> _Budget:
+    """The memory budget: --memory, else free memory now (GPU when one is used, else host)."""
+    want_gpus = args.gpus is None or bool(args.gpus)
+    gpu_free = _gpu_free() if want_gpus and (args.memory is None or args.gpus is None) and _gpu_present() else {}
+    gpu_names = args.gpus if args.gpus is not None else tuple(sorted(gpu_free))
+    if args.memory is not None:
+        return _Budget(args.memory, gpu_names, args.memory, "--memory")
+    from kvwall.monitors.hostmem import read_host_pool
+
+    host = read_host_pool()
+    if gpu_names:
+        known = [gpu_free[n] for n in gpu_names if n in gpu_free]
+        if known:
+            free = sum(known)
+            return _Budget(free, gpu_names, free, f"free GPU memory now ({', '.join(gpu_names)})")
+        return _Budget(
+            host.available_bytes, gpu_names, None, "available host RAM now (GPU memory unknown)"
+        )
+    # CPU-only: --fit compares against the host's total RAM (common/fit.cpp)
+    return _Budget(host.available_bytes, (), host.total_bytes, "available host RAM now")
+
+
+# ---------------------------------------------------------------------------
+# output
+
+
+def _plan_object(model: Any, config: Any, plan: Any, rows: list, budget: _Budget) -> dict:
+    from kvwall.budget.config import render_command
+
+    obj: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "model": {
+            "path": model.path,
+            "name": model.name,
+            "architecture": model.architecture,
+            "n_layer": model.n_layer,
+            "n_ctx_train": model.n_ctx_train,
+            "file_weights_bytes": model.weights_bytes,
+        },
+        "command": render_command(config.command_line()),
+        "config": {
+            "n_ctx": plan.n_ctx,
+            "n_ctx_seq": plan.n_ctx_seq,
+            "n_ctx_slot": plan.n_ctx_slot,
+            "n_seq": plan.n_seq,
+            "n_stream": plan.n_stream,
+            "kv_unified": plan.kv_unified,
+            "cache_type_k": plan.cache_type_k,
+            "cache_type_v": plan.cache_type_v,
+            "flash_attn": plan.flash_attn,
+            "flash_attn_effective": plan.flash_attn_effective,
+            "n_ubatch": plan.n_ubatch,
+            "kv_cells_swa": plan.kv_cells_swa,
+            "kv_layers": plan.kv_layers,
+            "n_rs_seq": plan.n_rs_seq,
+        },
+        "memory": {
+            "budget_bytes": budget.memory_bytes,
+            "source": budget.source,
+            "gpu_names": list(budget.gpu_names),
+        },
+        "budget": None,
+        "devices": [],
+        "assumptions": list(plan.assumptions),
+        "errors": list(plan.errors),
+        "what_if": [],
+    }
+    if plan.ok:
+        from kvwall.budget.memory import _budget_total
+
+        used = _budget_total(plan, budget.gpu_names)
+        obj["budget"] = {
+            "weights_bytes": plan.weights_bytes,
+            "kv_bytes": plan.kv_bytes,
+            "kv_k_bytes": plan.kv_k_bytes,
+            "kv_v_bytes": plan.kv_v_bytes,
+            "kv_swa_bytes": plan.kv_swa_bytes,
+            "recurrent_bytes": plan.recurrent_bytes,
+            "compute_bytes": plan.compute_bytes,
+            "output_bytes": plan.output_bytes,
+            "total_bytes": plan.total_bytes,
+            "cache_ram_bytes": plan.cache_ram_bytes,
+            "kv_bytes_per_cell": int(round(plan.kv_bytes_per_cell)),
+        }
+        obj["memory"]["used_bytes"] = used
+        obj["memory"]["fits"] = used <= budget.memory_bytes
+        obj["memory"]["headroom_bytes"] = budget.memory_bytes - used
+        obj["devices"] = [
+            {
+                "name": d.name,
+                "is_host": d.is_host,
+                "weights_bytes": d.weights_bytes,
+                "kv_bytes": d.kv_bytes,
+                "recurrent_bytes": d.recurrent_bytes,
+                "compute_bytes": d.compute_bytes,
+                "output_bytes": d.output_bytes,
+                "total_bytes": d.total_bytes,
+            }
+            for d in plan.devices
+        ]
+    for row in rows:
+        p = row.plan
+        obj["what_if"].append(
+            {
+                "label": row.label,
+                "changes": {k: v for k, v in row.changes.items()},
+                "refused": row.refused,
+                "error": p.errors[0] if p.errors else None,
+                "cache_type_k": row.config.cache_type_k,
+                "cache_type_v": row.config.cache_type_v,
+                "n_seq": p.n_seq,
+                "n_ctx": p.n_ctx if p.ok else None,
+                "n_ctx_slot": p.n_ctx_slot if p.ok else None,
+                "kv_bytes": p.kv_bytes if p.ok else None,
+                "total_bytes": p.total_bytes if p.ok else None,
+                "saves_bytes": row.saves_bytes if p.ok else None,
+                "max_ctx": row.max_ctx,
+                "max_ctx_slot": _slot_ctx(row.max_ctx, p, model) if p.ok else 0,
+                "command": row.command,
+                "caveat": row.caveat,
+            }
+        )
+    return obj
+
+
+def _slot_ctx(n_ctx: int, plan: Any, model: Any) -> int:
+    """The per-slot context a server started with ``-c n_ctx`` would report."""
+    if n_ctx <= 0:
+        return 0
+    per = n_ctx if plan.kv_unified else n_ctx // max(1, plan.n_seq)
+    return min(per, model.n_ctx_train) if model.n_ctx_train else per
+
+
+def _write_text(out: TextIO, obj: dict, model: Any) -> None:
+    from kvwall.budget.units import format_bytes, format_mib
+
+    m, c = obj["model"], obj["config"]
+    w = out.write
+    w(f"{m['name']} ({m['architecture']}, {m['n_layer']} layers, trained context {m['n_ctx_train']})\n")
+    w(f"  {obj['command']}\n\n")
+    if obj["errors"]:
+        w("llama.cpp would refuse this configuration:\n")
+        for e in obj["errors"]:
+            w(f"  {e}\n")
+        if obj["assumptions"]:
+            w("\nassumptions:\n")
+            for a in obj["assumptions"]:
+                w(f"  - {a}\n")
+        return
+    if c["kv_unified"]:
+        slots = (
+            f"{c['n_seq']} slot{'s' if c['n_seq'] != 1 else ''} sharing one pool of {c['n_ctx']} cells; "
+            f"each slot may use up to {c['n_ctx_slot']}"
+        )
+    else:
+        slots = (
+            f"{c['n_seq']} slot{'s' if c['n_seq'] != 1 else ''} x {c['n_ctx_seq']} cells "
+            f"(n_ctx {c['n_ctx']}); each slot's context: {c['n_ctx_slot']}"
+        )
+    w(f"context: {slots}\n")
+    fa = c["flash_attn"] + ("" if c["flash_attn"] != "auto" else (" (on)" if c["flash_attn_effective"] else " (off)"))
+    swa = f", SWA cache {c['kv_cells_swa']} cells" if c["kv_cells_swa"] else ""
+    w(f"KV cache: K {c['cache_type_k']}, V {c['cache_type_v']}, {c['kv_layers']} layers{swa}; "
+      f"flash attention {fa}; micro-batch {c['n_ubatch']}\n\n")
+
+    cols = ("weights", "KV cache", "recurrent", "compute", "output", "total")
+    keys = ("weights_bytes", "kv_bytes", "recurrent_bytes", "compute_bytes", "output_bytes", "total_bytes")
+    w(f"  {'device':<10}" + "".join(f"{h:>13}" for h in cols) + "\n")
+    for d in obj["devices"]:
+        w(f"  {d['name']:<10}" + "".join(f"{format_mib(d[k]):>13}" for k in keys) + "\n")
+    b = obj["budget"]
+    if len(obj["devices"]) > 1:
+        w(f"  {'all':<10}" + "".join(f"{format_mib(b[k]):>13}" for k in keys) + "\n")
+    w("  (compute is an estimate; weights, KV and recurrent state are exact)\n")
+    if b["cache_ram_bytes"]:
+        ceiling = "no limit" if b["cache_ram_bytes"] < 0 else f"up to {format_bytes(b['cache_ram_bytes'])}"
+        w(f"  plus the prompt cache (--cache-ram) in host RAM: {ceiling}, as prompts get cached\n")
+    mem = obj["memory"]
+    verdict = "fits" if mem["fits"] else "DOES NOT FIT"
+    w(f"\nbudget: {format_bytes(mem['budget_bytes'])} ({mem['source']}): {verdict}, "
+      f"{format_bytes(abs(mem['headroom_bytes']))} {'left' if mem['fits'] else 'short'}\n")
+
+    if obj["assumptions"]:
+        w("\nassumptions:\n")
+        for a in obj["assumptions"]:
+            w(f"  - {a}\n")
+
+    if obj["what_if"]:
+        w(f"\nwhat if (largest context that fits in {format_bytes(mem['budget_bytes'])}):\n")
+        w(f"  {'#':>2}  {'change':<28}{'KV cache':>12}{'total':>12}{'saves':>12}   {'largest -c':>11}  per slot\n")
+        for i, r in enumerate(obj["what_if"], 1):
+            if r["refused"]:
+                w(f"  {i:>2}  {r['label']:<28}  refused: {r['error']}\n")
+                continue
+            saves = "-" if r["label"] == "current" else format_mib(r["saves_bytes"])
+            best = str(r["max_ctx"]) if r["max_ctx"] else "none fits"
+            per = str(r["max_ctx_slot"]) if r["max_ctx"] else "-"
+            w(f"  {i:>2}  {r['label']:<28}{format_mib(r['kv_bytes']):>12}{format_mib(r['total_bytes']):>12}"
+              f"{saves:>12}   {best:>11}  {per}\n")
+        w("\n  commands (context kept as now; use a 'largest -c' value to use the room):\n")
+        for i, r in enumerate(obj["what_if"], 1):
+            if not r["refused"]:
+                w(f"  {i:>2}  {r['command']}\n")
+        notes: dict[str, str] = {}
+        for r in obj["what_if"]:
+            if r["refused"]:
+                continue
+            t = r["cache_type_v"]
+            if t != "f16" and t not in notes:
+                notes[t] = r["caveat"].split("; ")[0]
+            if "n_parallel" in r["changes"] and "slots" not in notes:
+                notes["slots"] = (
+                    "fewer requests served at a time"
+                    + ("; the shared pool keeps its size, each slot may use more of it"
+                       if c["kv_unified"] else "; each slot keeps its context")
+                )
+        if notes:
+            w("\n  trade-offs:\n")
+            for key, text in notes.items():
+                w(f"    {('fewer slots' if key == 'slots' else key) + ':':<13}{text}\n")
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Run ``kvwall plan``; returns the exit code (0 ok, 1 refused, 2 bad input)."""
+    out = out or sys.stdout
+    err = err or sys.stderr
+    environ = os.environ if environ is None else environ
+    try:
+        args = _split_args(list(sys.argv[1:] if argv is None else argv), environ)
+    except UsageError as exc:
+        err.write(f"kvwall plan: {exc}\n")
+        return EXIT_USAGE
+    if args.help:
+        out.write(HELP)
+        return EXIT_OK
+
+    from kvwall.budget.config import ConfigError, parse_command_line
+
+    try:
+        config = parse_command_line(args.llama_argv, args.env)
+    except ConfigError as exc:
+        err.write(f"kvwall plan: {exc}\n")
+        return EXIT_USAGE
+    if not config.model_path:
+        hint = " (-hf downloads are not read; pass the local .gguf path)" if _has_hf(config) else ""
+        err.write(f"kvwall plan: no model given: pass MODEL.gguf or -m MODEL.gguf{hint}\n")
+        return EXIT_USAGE
+
+    from kvwall.monitors.gguf import GGUFError, read_model
+
+    try:
+        model = read_model(config.model_path)
+    except GGUFError as exc:
+        err.write(f"kvwall plan: {_one_line(str(exc))}\n")
+        return EXIT_USAGE
+    except OSError as exc:
+        err.write(f"kvwall plan: cannot read {config.model_path}: {exc.strerror or exc}\n")
+        return EXIT_USAGE
+
+    from kvwall.budget.memory import plan_memory, what_if_table
+
+    try:
+        budget = _detect_budget(args)
+    except Exception as exc:  # memory probing is best effort; a plan without a budget is still useful
+        err.write(f"kvwall plan: cannot read free memory ({_one_line(str(exc))}); use --memory SIZE\n")
+        return EXIT_USAGE
+    plan = plan_memory(model, config, gpu_names=budget.gpu_names, free_bytes=budget.fit_free_bytes)
+    assumptions = list(plan.assumptions)
+    env_used = sorted(k for k in config.env if k != "LLAMA_API_KEY")
+    if env_used:
+        assumptions.insert(0, "applied from the environment: " + ", ".join(f"{k}={config.env[k]}" for k in env_used))
+    if budget.source == "--memory" and config.n_ctx is None and config.fit:
+        assumptions.append("--fit was modelled against --memory instead of this machine's memory")
+    if not budget.gpu_names:
+        assumptions.append("CPU-only: everything is in host RAM (use --gpus CUDA0 to plan for a GPU)")
+    from dataclasses import replace as dc_replace
+
+    plan = dc_replace(plan, assumptions=tuple(dict.fromkeys(assumptions)))
+    rows = []
+    if plan.ok:
+        rows = what_if_table(
+            model, config, memory_bytes=budget.memory_bytes, gpu_names=budget.gpu_names,
+            extra_cache_types=args.extra_types,
+        )  # fmt: skip
+    obj = _plan_object(model, config, plan, rows, budget)
+    if args.cmd_env:  # the command lines must carry the environment they were given with
+        prefix = " ".join(
+            f"{k}={shlex.quote(v)}" for k, v in args.cmd_env.items() if k != "LLAMA_API_KEY"
+        )
+        if prefix:
+            obj["command"] = f"{prefix} {obj['command']}"
+            for row in obj["what_if"]:
+                row["command"] = f"{prefix} {row['command']}"
+    if args.json:
+        out.write(json.dumps(obj, indent=2) + "\n")
+    else:
+        _write_text(out, obj, model)
+    return EXIT_OK if plan.ok else EXIT_REFUSED
+
+
+def _has_hf(config: Any) -> bool:
+    return any(a in ("-hf", "-hfr", "--hf-repo") or a.startswith("--hf-repo=") for a in config.argv)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
