@@ -120,6 +120,7 @@ class Engine:
         self._models: OrderedDict[str, tuple[tuple, ModelInfo | None, str | None]] = OrderedDict()
         self._plans: dict[str, tuple[tuple, MemoryPlan | None, ServerConfig, tuple[str, ...]]] = {}
         self._cached: dict[str, _Cached] = {}
+        self._configs: OrderedDict[tuple, tuple[ServerConfig | None, str | None]] = OrderedDict()
 
     # ------------------------------------------------------------------ public
 
@@ -181,6 +182,21 @@ class Engine:
         while len(self._models) > MODEL_CACHE_SIZE:
             self._models.popitem(last=False)
         return model, error
+
+    def _parse(self, argv: tuple[str, ...], env: Mapping[str, str]
+               ) -> tuple[ServerConfig | None, str | None]:
+        """parse_command_line, once per distinct command line (it never changes for a pid)."""
+        key = (argv, tuple(sorted(env.items())))
+        hit = self._configs.get(key)
+        if hit is None:
+            try:
+                hit = (parse_command_line(argv, dict(env)), None)
+            except ConfigError as e:
+                hit = (None, f"command line: {e}")
+            self._configs[key] = hit
+            while len(self._configs) > 4 * MODEL_CACHE_SIZE:
+                self._configs.popitem(last=False)
+        return hit
 
     def _model_path(self, state: ServerState, config: ServerConfig | None) -> str | None:
         path = config.model_path if config is not None else None
@@ -253,11 +269,9 @@ class Engine:
         notes: list[str] = []
         config: ServerConfig | None
         if proc.argv:
-            try:
-                config = parse_command_line(tuple(proc.argv), dict(proc.env))
-            except ConfigError as e:
-                config = None
-                errors.append(f"command line: {e}")
+            config, error = self._parse(tuple(proc.argv), proc.env)
+            if error:
+                errors.append(error)
         else:
             config = ServerConfig()
             notes.append("no command line (a server given by URL): llama-server's defaults "
