@@ -456,12 +456,13 @@ def parse_command_line(argv: Sequence[str], env: Mapping[str, str] | None = None
             unknown.append(arg)
             i += 1
             continue
-        if inline is not None:
-            _notes().append(
-                f"{arg}: read as {flag} {inline}; llama-server itself wants the value as a "
-                "separate argument"
-            )
         opt, positive = found
+        if inline is not None:
+            shown = next((p for f, p in _SECRET_FLAGS.items() if f in opt.flags), inline)
+            _notes().append(
+                f"{flag}={shown}: read as {flag} {shown}; llama-server itself wants the value "
+                "as a separate argument"
+            )
         if not opt.server:
             unknown.append(arg)
         n = opt.n_values

@@ -122,6 +122,12 @@ def test_environment_negative_variable_turns_a_switch_off():
     assert c.kv_unified is True
 
 
+def test_api_key_given_as_flag_is_not_repeated_in_notes_or_repr():
+    c = parse("llama-server -m m --api-key=s3cret-key")
+    assert c.api_key == "s3cret-key"
+    assert "s3cret-key" not in repr(c) and not any("s3cret-key" in n for n in c.notes)
+
+
 def test_api_key_from_environment_is_kept_but_never_shown():
     c = parse("llama-server -m m", {"LLAMA_API_KEY": "s3cret-key"})
     assert c.api_key == "s3cret-key"

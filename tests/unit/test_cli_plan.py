@@ -1,0 +1,205 @@
+"""``kvwall plan`` end to end on real GGUF files: text, JSON, exit codes, secrets, docs."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kvwall.app.cli_plan import HELP, main
+from kvwall.app.tinymodels import write_model
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "json-schema.md"
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("plan-models")
+    return {
+        "llama": write_model("llama", root / "llama.gguf", n_head_kv=2, head_k=32, head_v=32, n_embd=128, n_head=4),
+        "deepseek2": write_model("deepseek2", root / "ds.gguf"),
+        "gemma3": write_model("gemma3", root / "gemma3.gguf"),
+    }
+
+
+def run(*argv: str, environ: dict | None = None) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(argv), environ=environ or {}, out=out, err=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_json(*argv: str, environ: dict | None = None) -> tuple[int, dict]:
+    code, out, err = run(*argv, "--json", environ=environ)
+    assert err == ""
+    return code, json.loads(out)
+
+
+def test_json_plan_has_the_issue_fields_and_adds_up(models):
+    code, obj = run_json(str(models["llama"]), "-c", "5000", "-np", "3", "--memory", "1G")
+    assert code == 0 and obj["schema_version"] == 1 and obj["errors"] == []
+    c, b = obj["config"], obj["budget"]
+    # 5000 / 3 slots -> 1667 -> padded to 1792 per slot (llama.cpp rounds up), 5376 in total
+    assert (c["n_ctx"], c["n_ctx_seq"], c["n_seq"], c["kv_unified"]) == (5376, 1792, 3, False)
+    assert (c["cache_type_k"], c["cache_type_v"], c["flash_attn"]) == ("f16", "f16", "auto")
+    # 2 layers x 5376 cells x (2 heads x 32) values x 2 bytes, for K and for V
+    assert b["kv_k_bytes"] == b["kv_v_bytes"] == 2 * 5376 * 64 * 2
+    assert b["kv_bytes"] == b["kv_k_bytes"] + b["kv_v_bytes"]
+    parts = ("weights_bytes", "kv_bytes", "recurrent_bytes", "compute_bytes", "output_bytes")
+    assert b["total_bytes"] == sum(b[k] for k in parts)
+    assert [d["name"] for d in obj["devices"]] == ["Host"]
+    for key in ("weights_bytes", "kv_bytes", "compute_bytes", "total_bytes"):
+        assert sum(d[key] for d in obj["devices"]) == b[key]
+    for key in (*parts, "total_bytes", "kv_k_bytes", "kv_v_bytes"):
+        assert isinstance(b[key], int)
+    assert obj["memory"]["budget_bytes"] == 1 << 30 and obj["memory"]["fits"] is True
+    assert obj["what_if"][0]["label"] == "current" and obj["what_if"][0]["saves_bytes"] == 0
+
+
+def test_every_json_field_is_documented(models):
+    doc = DOCS.read_text()
+    plan_doc = doc[doc.index("## `kvwall plan --json`") :]
+    plan_doc = plan_doc[: plan_doc.index("\n## ", 10)] if "\n## " in plan_doc[10:] else plan_doc
+    documented = set(re.findall(r"`([a-z_]+)`", plan_doc))
+    _, obj = run_json(str(models["gemma3"]), "-c", "4096", "--memory", "1G")
+
+    def keys(value, seen):
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if k != "changes":  # ServerConfig field names, documented as such
+                    seen.add(k)
+                keys(v, seen)
+        elif isinstance(value, list):
+            for v in value:
+                keys(v, seen)
+        return seen
+
+    missing = keys(obj, set()) - documented
+    assert not missing, f"fields missing from docs/json-schema.md: {sorted(missing)}"
+
+
+def test_refused_configuration_exits_1_with_errors_and_no_budget(models):
+    code, obj = run_json(str(models["llama"]), "-c", "2048", "-ctv", "q8_0", "-fa", "off", "--memory", "1G")
+    assert code == 1
+    assert obj["errors"] == ["quantized V cache requires flash_attn to be enabled"]
+    assert obj["budget"] is None and obj["devices"] == [] and obj["what_if"] == []
+    code, text, _ = run(str(models["deepseek2"]), "-ctk", "q8_0", "--memory", "1G")
+    assert code == 1 and "does not support different K (q8_0) and V (f16)" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["/nonexistent/model.gguf"], ["/nonexistent/model.gguf"]),
+        (["{model}", "-ctk", "q3_k"], ["-ctk", "q3_k"]),
+        (["{model}", "-np", "0"], ["-np"]),
+        (["{model}", "-c", "many"], ["-c", "many"]),
+        (["{model}", "--memory", "lots"], ["--memory", "lots"]),
+        (["{model}", "--what-if-cache", "q2_k"], ["q2_k"]),
+        ([], ["MODEL.gguf"]),
+        (["--cmd", "llama-server -c 4096"], ["model"]),
+        (["--cmd", "llama-server -m 'unclosed"], ["--cmd"]),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_no_traceback(models, argv, words):
+    argv = [a.replace("{model}", str(models["llama"])) for a in argv]
+    code, out, err = run(*argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("kvwall plan: ") and "Traceback" not in err
+    for w in words:
+        assert w in err
+
+
+def test_broken_gguf_is_reported_not_raised(tmp_path, models):
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(models["llama"].read_bytes()[:300])
+    code, out, err = run(str(broken))
+    assert code == 2 and out == "" and str(broken) in err and err.count("\n") == 1
+    garbage = tmp_path / "garbage.gguf"
+    garbage.write_bytes(b"not a gguf file at all" * 10)
+    code, _, err = run(str(garbage))
+    assert code == 2 and str(garbage) in err
+
+
+def test_cmd_form_and_environment_match_the_positional_form(models):
+    m = str(models["llama"])
+    _, a = run_json(m, "-c", "4096", "-np", "2", "-ctk", "q8_0", "--memory", "1G")
+    _, b = run_json("--cmd", f"LLAMA_ARG_N_PARALLEL=2 llama serve --model={m} --ctx_size 4096 -ctk q8_0", "--memory", "1G")
+    _, c = run_json(m, "--memory", "1G", environ={"LLAMA_ARG_CTX_SIZE": "4096", "LLAMA_ARG_N_PARALLEL": "2", "LLAMA_ARG_CACHE_TYPE_K": "q8_0"})
+    assert a["budget"] == b["budget"] == c["budget"]
+    assert a["config"] == b["config"] == c["config"]
+    assert b["command"].startswith("LLAMA_ARG_N_PARALLEL=2 llama serve ")
+    assert any("LLAMA_ARG_CTX_SIZE=4096" in x for x in c["assumptions"])
+
+
+def test_api_key_never_appears_in_any_output(models):
+    m = str(models["llama"])
+    for argv in (
+        [m, "--api-key", "sk-very-secret", "-c", "2048", "--memory", "1G"],
+        ["--cmd", f"LLAMA_API_KEY=sk-very-secret llama-server -m {m} --api-key=sk-very-secret", "--memory", "1G"],
+    ):
+        for extra in ([], ["--json"]):
+            code, out, err = run(*argv, *extra, environ={"LLAMA_API_KEY": "sk-very-secret"})
+            assert code == 0 and "sk-very-secret" not in out + err
+            assert "$LLAMA_API_KEY" in out
+
+
+def test_what_if_rows_and_commands_reproduce_their_plans(models):
+    m = str(models["gemma3"])
+    code, obj = run_json(m, "-c", "4096", "-np", "2", "--what-if-cache", "q5_1,q8_0", "--memory", "64M")
+    assert code == 0
+    labels = [r["label"] for r in obj["what_if"]]
+    assert labels == ["current", "1 slot", "q8_0 cache", "q8_0 cache, 1 slot", "q4_0 cache",
+                      "q4_0 cache, 1 slot", "q5_1 cache", "q5_1 cache, 1 slot"]  # fmt: skip
+    for row in obj["what_if"]:
+        code2, again = run_json("--cmd", row["command"], "--memory", "64M")
+        assert code2 == 0 and again["budget"]["kv_bytes"] == row["kv_bytes"], row["label"]
+        assert row["max_ctx"] >= 4096 // 2 * row["n_seq"]
+    q4 = obj["what_if"][4]
+    assert q4["saves_bytes"] > obj["what_if"][2]["saves_bytes"] > 0
+
+
+def test_text_output_names_the_budget_assumptions_and_what_ifs(models):
+    code, text, err = run(str(models["llama"]), "--memory", "2G")
+    assert code == 0 and err == ""
+    for words in ("context: 4 slots sharing one pool of 4096 cells", "KV cache", "budget: 2.00 GiB",
+                  "-np not given", "-c not given", "what if", "q8_0 cache", "trade-offs"):  # fmt: skip
+        assert words in text, words
+    assert "llama-server -m " in text
+
+
+def test_memory_that_does_not_fit_is_said_plainly(models):
+    code, text, _ = run(str(models["llama"]), "-c", "4096", "--memory", "1M")
+    assert code == 0 and "DOES NOT FIT" in text and "none fits" in text
+
+
+def test_help_lists_every_option_and_exits_0(models):
+    code, out, _ = run("--help")
+    assert code == 0 and out == HELP
+    for option in ("--cmd", "--memory", "--gpus", "--what-if-cache", "--json", "exit status"):
+        assert option in HELP
+
+
+def test_plan_for_a_gpu_from_a_cpu_machine(models):
+    code, obj = run_json(str(models["llama"]), "-c", "4096", "-np", "1", "--gpus", "CUDA0", "--memory", "1G")
+    assert code == 0
+    rows = {d["name"]: d for d in obj["devices"]}
+    assert set(rows) == {"CUDA0", "Host"} and rows["CUDA0"]["kv_bytes"] == obj["budget"]["kv_bytes"]
+    assert rows["Host"]["weights_bytes"] > 0  # the input embedding stays on the CPU
+
+
+def test_kvwall_plan_runs_as_a_command_without_qt(models):
+    code = (
+        "import sys; from kvwall.app.cli import main; "
+        "r = main(['plan', sys.argv[1], '--memory', '1G']); "
+        "assert not any(m.startswith(('PySide6', 'pyqtgraph')) for m in sys.modules); sys.exit(r)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(models["llama"])], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "what if" in done.stdout and done.stderr == ""
