@@ -394,38 +394,47 @@ class _Parser:
 def _skip_strings(p: _Parser, count: int, key: str) -> int:
     """Position after ``count`` length-prefixed strings starting at ``p.pos``.
 
-    Vectorised: every byte offset whose 8-byte little/big-endian value is < 256 is a
-    candidate length prefix; the chain start -> start + 8 + len -> ... is accepted only
-    where each computed next position is exactly the next candidate, which proves the
-    walk (each accepted prefix is read in full). Spurious candidates or long strings end
-    the verified run; the scan restarts from the last proven position, and after a few
-    restarts a plain loop finishes the job.
+    Vectorised: in a window of the file, every byte offset whose 8-byte value is < 256 is a
+    candidate length prefix, and each candidate's "next" offset (itself + 8 + length) is
+    computed at once. From a known prefix, a run of candidates whose "next" is exactly the
+    following candidate is a proven walk (every prefix in it is read in full). Where a run
+    breaks (a string of 256 bytes or more, or a candidate that is really text), the walk
+    resumes at the proven next offset; a window of mostly odd data goes to a plain loop.
     """
     buf, size, pos = p.buf, p.size, p.pos
     dtype = np.dtype(p.endian + "u8")
+    unpack = p._u64.unpack_from
     left = count
-    restarts = 0
-    while left > 32 and restarts < 16:
-        guess = left * 24 + 64 if restarts == 0 else 1 << 12  # small again after a miss
-        window = min(size - pos, max(1 << 12, min(guess, 1 << 24)))
+    misses = 0
+    while left > 32 and misses <= 64 + (count - left) // 8:
+        window = min(size - pos, max(1 << 12, min(left * 24 + 64, 1 << 24)))
         if window < 16:
             break
         chunk = buf[pos : pos + window]  # a copy: no buffer export outlives the mmap
         values = np.ndarray((window - 7,), dtype=dtype, buffer=chunk, strides=(1,))
         cand = np.flatnonzero(values < 256)
-        if cand.size == 0 or cand[0] != 0:
-            # the first string is 256 bytes or longer: step over it the slow way
-            restarts += 1
-            pos, left = _walk_strings(p, pos, 1, key), left - 1
-            continue
+        if cand.size == 0:
+            break
         nxt = cand + 8 + values[cand].astype(np.int64)
-        bad = np.flatnonzero(nxt[:-1] != cand[1:])
-        run = min(int(bad[0]) + 1 if bad.size else int(cand.size), left)
-        end = int(nxt[run - 1])
-        if bad.size and end < window - 7:
-            restarts += 1  # a spurious candidate or a long string inside the window
-        pos += end
-        left -= run
+        breaks = np.flatnonzero(nxt[:-1] != cand[1:])  # run ends: cand[b] -> not cand[b+1]
+        last = int(cand.size) - 1
+        rel = 0  # proven prefix offset, relative to pos
+        while left > 0 and rel < window - 7 and misses <= 64 + (count - left) // 8:
+            k = int(np.searchsorted(cand, rel))
+            if k <= last and cand[k] == rel:
+                b = int(np.searchsorted(breaks, k))
+                end = int(breaks[b]) if b < breaks.size else last
+                run = min(end - k + 1, left)
+                rel = int(nxt[k + run - 1])
+                left -= run
+                if end < last:
+                    misses += 1  # the run broke inside the window
+            else:
+                # a prefix of 256+ bytes: one step the slow way
+                misses += 1
+                rel += 8 + unpack(chunk, rel)[0]
+                left -= 1
+        pos += rel
         if pos > size:
             raise p.fail(f"file is truncated inside string array '{key}'")
     if left:
