@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 from agent import ScriptedAgent
 from fake_servers import DyingServer, GarbageServer, HangingServer
@@ -193,3 +196,81 @@ def test_bad_arguments_are_one_line_errors():
         done = run_cli("status", *args)
         assert done.returncode == 2
         assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def _wait_for(what: str, check, proc: subprocess.Popen, deadline_s: float = 60.0):
+    """Poll ``check()`` until it returns something truthy; wait on ``proc`` in between."""
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        value = check()
+        if value:
+            return value
+        if proc.poll() is not None:
+            pytest.fail(f"the server exited while waiting for {what}")
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def test_router_and_its_child_model_server(llama_server, tmp_path):
+    from kvwall.app.tinymodels import write_model
+
+    models = tmp_path / "models"
+    models.mkdir()
+    write_model("qwen3", models / "tiny-router-qwen3.gguf")
+    router = llama_server(None, "--models-dir", str(models), "--models-max", "1",
+                          "-c", "512", "-np", "1")
+    children: list[psutil.Process] = []
+    try:
+        router.post_json("/models/load", {"model": "tiny-router-qwen3"})
+
+        def child_ready():
+            kids = psutil.Process(router.pid).children()
+            children[:] = kids
+            if not kids:
+                return None
+            report = status_json()
+            by_pid = {s["pid"]: s for s in report["servers"]}
+            kid = by_pid.get(kids[0].pid)
+            return report if kid and kid["health"] == "ok" else None
+
+        report = _wait_for("the router's child server", child_ready, router.proc)
+        by_pid = {s["pid"]: s for s in report["servers"]}
+        parent = by_pid[router.pid]
+        assert parent["health"] == "router"
+        assert any("router" in n for n in parent["notes"])
+        assert not parent["errors"]
+        kid = by_pid[children[0].pid]
+        assert kid["name"] == "tiny-router-qwen3"
+        expected = plan_config(children[0].cmdline())
+        assert {k: kid["config"][k] for k in CONFIG_KEYS} == {k: expected[k] for k in CONFIG_KEYS}
+        assert kid["config"]["n_ctx"] == 512 and kid["config"]["n_seq"] == 1
+        assert kid["memory"]["measured_bytes"] > 0
+    finally:
+        router.stop()
+        for child in children:  # the router stops its children; make sure of it
+            try:
+                child.wait(15)
+            except psutil.NoSuchProcess:
+                pass
+            except psutil.TimeoutExpired:
+                child.kill()
+
+
+def test_server_killed_mid_poll_is_reported_by_the_engine(llama_server, tiny_model):
+    srv = llama_server(tiny_model("llama"), "-c", "512", "-np", "1")
+    scanner = Scanner()
+
+    def discover_then_kill(extra_urls=(), api_keys=None):
+        found = [s for s in scanner(extra_urls=extra_urls).servers if s.pid == srv.pid]
+        assert found, "the server was not found before it was killed"
+        srv.proc.kill()
+        srv.proc.wait(15)
+        return found
+
+    with Poller(MemorySources(), discover_fn=discover_then_kill) as poller:
+        report = Engine().analyse(poller.poll())
+    (server,) = report.servers
+    assert server.health == "unreachable"
+    assert server.errors
+    assert server.slots == ()
