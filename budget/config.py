@@ -119,6 +119,18 @@ class ServerConfig:
     unknown_flags: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 
+    def __repr__(self) -> str:
+        # like the generated repr, with secrets in argv masked (the key itself is repr=False)
+        parts = []
+        for f in dataclasses.fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.name == "argv" and value:
+                value = tuple(_mask_secrets(list(value), _first_option_index(value)))
+            parts.append(f"{f.name}={value!r}")
+        return f"ServerConfig({', '.join(parts)})"
+
     def command_line(self, **changes: object) -> list[str]:
         """The user's own command line, edited to apply ``changes``.
 
