@@ -29,7 +29,14 @@ from kvwall.budget.report import (
     StatusReport,
 )
 from kvwall.monitors.gguf import ModelInfo
-from kvwall.monitors.snapshot import DeviceMemory, ServerState, SlotState, Snapshot
+from kvwall.monitors.snapshot import (
+    HEALTH_LOADING,
+    HEALTH_SLEEPING,
+    DeviceMemory,
+    ServerState,
+    SlotState,
+    Snapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +320,17 @@ class Engine:
             size = state.model_meta.get("size")
             if isinstance(size, int) and size > 0:
                 meta_size = size
-        memory = attribute(state, plan, devices, weights_hint_bytes=meta_size)
+        if state.health in (HEALTH_SLEEPING, HEALTH_LOADING) and plan is not None:
+            # The buffers are not (or not yet) allocated: comparing with the plan would
+            # only say "less than modeled". Show what is measured; the plan stays for
+            # what it takes once awake/loaded.
+            memory = attribute(state, None, devices)
+            notes.append(
+                "sleeping: the model, KV cache and compute buffers are freed until the next "
+                "request; the plan shows what it takes again" if state.health == HEALTH_SLEEPING
+                else "loading: memory is still being allocated")
+        else:
+            memory = attribute(state, plan, devices, weights_hint_bytes=meta_size)
 
         unified = plan.kv_unified if plan is not None else (
             _unified_guess(config) if config is not None else False)

@@ -13,6 +13,7 @@ from kvwall.monitors.gguf import read_model
 from kvwall.monitors.snapshot import (
     HEALTH_OK,
     HEALTH_ROUTER,
+    HEALTH_SLEEPING,
     DeviceMemory,
     MemorySnapshot,
     ProcessMemory,
@@ -209,3 +210,14 @@ def test_gpu_server_is_attributed_on_its_gpu(model_path):
 def test_garbage_snapshot_never_raises():
     report = Engine().analyse(object())  # type: ignore[arg-type]
     assert report.errors and report.servers == ()
+
+
+def test_sleeping_server_is_not_compared_with_its_plan(model_path):
+    argv = ["llama-server", "-m", model_path, "-c", "4096", "--sleep-idle-seconds", "60"]
+    asleep = state(argv, rss=15 * MIB, health=HEALTH_SLEEPING, props={"is_sleeping": True})
+    (server,) = Engine().analyse(snap(asleep)).servers
+    assert server.plan is not None  # what it takes once awake
+    (attr,) = server.memory
+    assert attr.measured_bytes == 15 * MIB and attr.kv_bytes == 0
+    assert not (attr.note and "less than modeled" in attr.note)
+    assert any("sleeping" in n for n in server.notes)
