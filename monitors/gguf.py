@@ -170,6 +170,7 @@ class ModelInfo:
 
     @property
     def weights_bytes(self) -> int:
+        """Tensor data bytes over every shard (what llama.cpp loads as weights)."""
         return sum(t.n_bytes for t in self.tensors)
 
     @property
@@ -191,6 +192,8 @@ _MAX_DIMS = 4  # GGML_MAX_DIMS
 _MAX_NAME = 64  # GGML_MAX_NAME: tensor names must be shorter
 _MAX_LAYERS = 512  # LLAMA_MAX_LAYERS
 _MAX_STRING = 1 << 30  # GGUF_MAX_STRING_LENGTH
+_MAX_KEY = 1 << 16  # metadata key and tensor name lengths beyond this are garbage
+_DECODE_STRING_MAX = 1 << 26  # string values up to 64 MiB are decoded, longer ones skipped
 # llama.cpp allows 2**30 array elements; real vocabularies and merge lists have < 600k
 # strings. 4M keeps the worst case (a crafted file of 4M empty strings) near one second.
 _MAX_STRING_ARRAY = 1 << 22
@@ -284,6 +287,13 @@ class _SkippedArray:
     count: int
 
 
+@dataclass(frozen=True)
+class _SkippedString:
+    """A string value too long to be worth decoding (its length in bytes)."""
+
+    n_bytes: int
+
+
 @dataclass
 class _RawGGUF:
     path: str
@@ -337,18 +347,32 @@ class _Parser:
         self.pos += 8
         return v
 
-    def string(self, what: str) -> str:
+    def string(self, what: str, limit: int = _MAX_STRING) -> str:
+        """A length-prefixed UTF-8 string; one longer than ``limit`` is an error."""
         n = self.u64(f"length of {what}")
-        if n > _MAX_STRING:
-            raise self.fail(f"absurd length {n} for {what} (limit {_MAX_STRING})")
+        if n > limit:
+            raise self.fail(f"absurd length {n} for {what} (limit {limit})")
         self.need(n, what)
         raw = self.buf[self.pos : self.pos + n]
         self.pos += n
         return raw.decode("utf-8", errors="replace")
 
+    def value_string(self, what: str) -> str | _SkippedString:
+        """A string value: decoded up to 64 MiB, longer ones (legal up to 1 GiB) skipped."""
+        self.need(8, f"length of {what}")
+        (n,) = self._u64.unpack_from(self.buf, self.pos)
+        if n <= _DECODE_STRING_MAX:
+            return self.string(what)
+        self.pos += 8
+        if n > _MAX_STRING:
+            raise self.fail(f"absurd length {n} for {what} (limit {_MAX_STRING})")
+        self.need(n, what)
+        self.pos += n
+        return _SkippedString(n)
+
     def scalar(self, vtype: int, what: str) -> Any:
         if vtype == _VT.STRING:
-            return self.string(what)
+            return self.value_string(what)
         fmt = _SCALAR_FORMATS.get(vtype)
         if fmt is None:
             raise self.fail(f"{what} has an invalid value type {vtype}")
@@ -538,7 +562,7 @@ def _parse_header(p: _Parser) -> _RawGGUF:
     kv: dict[str, Any] = {}
     kv_types: dict[str, int] = {}
     for i in range(n_kv):
-        key = p.string(f"metadata key #{i}")
+        key = p.string(f"metadata key #{i}", _MAX_KEY)
         if not key:
             raise p.fail(f"metadata key #{i} is empty")
         if key in kv:
@@ -563,7 +587,7 @@ def _parse_header(p: _Parser) -> _RawGGUF:
     seen: set[str] = set()
     type_i32 = struct.Struct(p.endian + "i")
     for i in range(n_tensors):
-        name = p.string(f"name of tensor #{i}")
+        name = p.string(f"name of tensor #{i}", _MAX_KEY)
         if len(name.encode("utf-8", errors="replace")) >= _MAX_NAME:
             raise p.fail(f"tensor #{i} name is too long ({len(name)} >= {_MAX_NAME})")
         if name in seen:
@@ -870,7 +894,7 @@ def _resolve(raw: _RawGGUF, paths: tuple[str, ...], tensors: tuple[TensorInfo, .
     arch = kv.get(_K_ARCH)
     if arch is None:
         raise _err(raw.path, f"missing required key '{_K_ARCH}'")
-    if raw.kv_types[_K_ARCH] != _VT.STRING or not arch:
+    if not isinstance(arch, str) or not arch:
         raise _err(raw.path, f"'{_K_ARCH}' must be a non-empty string")
     m = _Meta(raw, arch)
     for fmt in _ARCH_REQUIRED.get(arch, ()):
@@ -912,8 +936,6 @@ def _resolve(raw: _RawGGUF, paths: tuple[str, ...], tensors: tuple[TensorInfo, .
 
     recurrent = _resolve_recurrent(m, n_layer, n_layer_all, n_head_kv, n_ff)
     swa_type, n_swa, swa_layers = _resolve_swa(m, n_layer, n_layer_all, recurrent)
-    if not any(swa_layers):
-        swa_type, n_swa = ("none", 0) if swa_type == "none" else (swa_type, n_swa)
 
     n_layer_kv_from_start = -1
     if arch == "gemma3n":
@@ -937,7 +959,7 @@ def _resolve(raw: _RawGGUF, paths: tuple[str, ...], tensors: tuple[TensorInfo, .
     metadata = {
         k: v
         for k, v in kv.items()
-        if not isinstance(v, _SkippedArray)
+        if not isinstance(v, (_SkippedArray, _SkippedString))
         and not (isinstance(v, tuple) and len(v) > _METADATA_ARRAY_MAX)
     }
     return ModelInfo(

@@ -970,3 +970,28 @@ def test_agrees_with_llama_cpp(tmp_path, kind, overrides):
     expected_kv = {il for il in range(m.n_layer) if il < kv_start and not m.recurrent_layers[il]}
     if not m.is_recurrent or any(not r for r in m.recurrent_layers):
         assert expected_kv == cpp["kv"]
+
+
+def test_huge_string_value_is_skipped_not_decoded(tmp_path):
+    # a 70 MB chat template is legal GGUF (limit 1 GiB) but not worth decoding
+    big = 70 << 20
+    head = raw_gguf(
+        [
+            kv_str("general.architecture", "llama"),
+            kv_u32("llama.context_length", 8),
+            kv_u32("llama.embedding_length", 8),
+            kv_u32("llama.block_count", 1),
+            pack_string("tokenizer.chat_template") + struct.pack("<IQ", VT.STRING, big),
+        ]
+    )
+    path = tmp_path / "big.gguf"
+    with open(path, "wb") as f:
+        f.write(head)
+        f.truncate(len(head) + big)  # the string's bytes are a hole
+    m = read_model(str(path))
+    assert "tokenizer.chat_template" not in m.metadata
+    assert m.architecture == "llama"
+    expect_error(
+        put(tmp_path, raw_gguf([pack_string("k" * 70000) + struct.pack("<II", VT.UINT32, 1)])),
+        "absurd length 70000 for metadata key",
+    )
