@@ -995,3 +995,19 @@ def test_huge_string_value_is_skipped_not_decoded(tmp_path):
         put(tmp_path, raw_gguf([pack_string("k" * 70000) + struct.pack("<II", VT.UINT32, 1)])),
         "absurd length 70000 for metadata key",
     )
+
+
+def test_swa_period_zero_dense_first_and_hard_coded_windows(tmp_path):
+    swa = {"{arch}.attention.sliding_window": 256}
+    m = model(
+        tmp_path, "gemma3", n_layer=3, **swa, **{"{arch}.attention.sliding_window_pattern": 0}
+    )
+    assert m.swa_layers == (T, T, T)  # period 0: every layer slides
+    m = model(tmp_path, "cohere2moe", n_layer=6, **swa)
+    assert m.swa_layers == (F, T, T, T, F, T)  # dense first: full attention at il % 4 == 0
+    m = model(tmp_path, "smallthinker", n_layer=4, **swa)
+    assert (m.n_swa, m.swa_layers) == (4096, (F, T, T, T))  # llama.cpp overrides the window
+    m = model(tmp_path, "exaone4", n_layer=64)
+    assert (m.n_swa, m.swa_layers[:4]) == (4096, (T, T, T, F))
+    m = model(tmp_path, "exaone4", n_layer=32, **swa)
+    assert not any(m.swa_layers)  # only the 64-layer EXAONE 4 uses SWA in llama.cpp
