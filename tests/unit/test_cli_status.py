@@ -1,0 +1,148 @@
+"""``kvwall status`` with an injected poller: output shapes, the watch loop, secrets."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from kvwall.app.cli_status import main
+from kvwall.app.tinymodels import write_model
+from kvwall.monitors.snapshot import (
+    HEALTH_OK,
+    DeviceMemory,
+    MemorySnapshot,
+    ServerProcess,
+    ServerState,
+    SlotState,
+    Snapshot,
+)
+
+GIB = 1024**3
+SECRET = "hunter2-secret-key"
+
+
+class FakePoller:
+    """Returns the given snapshots in turn (the last one repeats); records close()."""
+
+    def __init__(self, *snapshots, clock=None):
+        self.snapshots = list(snapshots)
+        self.polls = 0
+        self.closed = False
+        self.clock = clock
+
+    def poll(self):
+        if self.clock is not None:
+            self.clock.t += 0.25  # a poll takes a while
+        snap = self.snapshots[min(self.polls, len(self.snapshots) - 1)]
+        self.polls += 1
+        return snap
+
+    def close(self):
+        self.closed = True
+
+
+class FakeClock:
+    """Monotonic time that moves only when slept on (and by 0.25 s per FakePoller poll)."""
+
+    def __init__(self):
+        self.t = 100.0
+        self.delays = []
+
+    def now(self):
+        return self.t
+
+    def sleep(self, seconds):
+        self.delays.append(seconds)
+        self.t += seconds
+
+
+def host():
+    return DeviceMemory("host", "host", "Host RAM", True, 16 * GIB, 6 * GIB, 10 * GIB)
+
+
+def empty(ts=0.0):
+    return Snapshot(ts, MemorySnapshot(ts, (host(),)), ())
+
+
+@pytest.fixture
+def server_snapshot(tmp_path):
+    model = str(write_model("qwen3", tmp_path / "m.gguf"))
+    proc = ServerProcess(url="http://127.0.0.1:8081", pid=4321,
+                         argv=("llama-server", "-m", model, "-c", "1024", "-np", "1",
+                               "--api-key", SECRET),
+                         api_key=SECRET, rss_bytes=90 * 1024**2)
+
+    def make(ts, tokens, task):
+        state = ServerState(proc, ts, HEALTH_OK, props={"total_slots": 1},
+                            slots=(SlotState(0, 1024, tokens, False, task),),
+                            errors=(f"a monitor that leaked {SECRET} by mistake",))
+        return Snapshot(ts, MemorySnapshot(ts, (host(),)), (state,))
+
+    return make
+
+
+def test_json_without_servers_is_the_documented_object():
+    out = io.StringIO()
+    poller = FakePoller(empty())
+    assert main(["--json"], poller=poller, out=out) == 0
+    obj = json.loads(out.getvalue())
+    assert obj["schema_version"] == 1
+    assert obj["servers"] == []
+    (dev,) = obj["devices"]
+    assert dev["total_bytes"] == 16 * GIB and dev["free_bytes"] == 10 * GIB
+    assert poller.closed
+
+
+def test_text_without_servers_says_so():
+    out = io.StringIO()
+    assert main([], poller=FakePoller(empty()), out=out) == 0
+    assert "No llama.cpp server found" in out.getvalue()
+    assert "Host RAM" in out.getvalue()
+
+
+def test_watch_keeps_one_engine_so_the_forecast_builds_up(server_snapshot):
+    snaps = [server_snapshot(float(i), 100 + 200 * i, 10 + 5 * i) for i in range(5)]
+    clock = FakeClock()
+    out = io.StringIO()
+    poller = FakePoller(*snaps, clock=clock)
+    code = main(["--json", "--watch", "2", "--count", "5"], poller=poller, out=out,
+                sleep=clock.sleep, monotonic=clock.now)
+    assert code == 0
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 5
+    last = json.loads(lines[-1])
+    (server,) = last["servers"]
+    forecast = server["slots"][0]["forecast"]
+    assert forecast["tokens_per_turn"] == 200
+    assert forecast["turns_left"] == -(-(1024 - 900) // 200)
+    assert clock.delays == [1.75] * 4  # every 2 s, not every 2 s plus the poll
+
+
+def test_keys_never_printed(server_snapshot):
+    for args in (["--json"], []):
+        out = io.StringIO()
+        assert main(args, poller=FakePoller(server_snapshot(0.0, 50, 1)), out=out) == 0
+        text = out.getvalue()
+        assert SECRET not in text
+        assert "<redacted>" in text
+        assert '"$LLAMA_API_KEY"' in text or "$LLAMA_API_KEY" in text
+
+
+def test_interrupt_during_watch_exits_cleanly():
+    poller = FakePoller(empty())
+
+    def interrupt(_delay):
+        raise KeyboardInterrupt
+
+    out = io.StringIO()
+    assert main(["--watch", "1"], poller=poller, out=out, sleep=interrupt) == 0
+    assert poller.closed and poller.polls == 1
+
+
+@pytest.mark.parametrize("args", [["--watch", "0"], ["--watch", "nan"], ["--deadline", "-1"],
+                                  ["--api-key", "http://h:1"], ["--url", "localhost:8080"]])
+def test_bad_values_exit_2_with_one_line(args, capsys):
+    assert main(args, poller=FakePoller(empty()), out=io.StringIO()) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kvwall status: ") and err.count("\n") == 1
