@@ -19,6 +19,7 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 EXIT_OK = 0
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 DESCRIPTION = """\
@@ -481,7 +482,12 @@ def main(argv: Sequence[str] | None = None, *, poller: Any = None,
         sys.stderr.write(f"kvwall status: {e}\n")
         return EXIT_USAGE
     secrets = set(keys.values())
-    session = StatusSession(poller if poller is not None else _default_poller(urls, keys, deadline))
+    try:
+        session = StatusSession(poller if poller is not None
+                                else _default_poller(urls, keys, deadline))
+    except Exception as e:  # noqa: BLE001 - a one-line message, never a traceback
+        sys.stderr.write(_redact(f"kvwall status: cannot start monitoring: {e}\n", secrets))
+        return EXIT_FAILURE
     interactive = watch is not None and not args.json and hasattr(out, "isatty") and out.isatty()
     count = 0
     try:
@@ -513,5 +519,8 @@ def main(argv: Sequence[str] | None = None, *, poller: Any = None,
         return EXIT_OK
     except BrokenPipeError:
         return EXIT_OK
+    except Exception as e:  # noqa: BLE001 - the poller and engine never raise; belt and braces
+        sys.stderr.write(_redact(f"kvwall status: {type(e).__name__}: {e}\n", secrets))
+        return EXIT_FAILURE
     finally:
         session.close()
