@@ -4,7 +4,7 @@ Starts llama-server (``-lv 4``) on tiny generated models across architectures, s
 counts, padding cases, cache types, flash-attention modes, ``--swa-full`` and ``-ub``,
 stops each one as soon as its slots are initialised (or it exits), and prints a table of
 KV / weights / compute predicted by ``plan_memory`` next to what the server logged, plus
-refusals on both sides. Run: ``python benchmarks/accuracy_plan.py [--json]``.
+refusals on both sides. Run: ``python benchmarks/accuracy_plan.py [--json | --markdown]``.
 """
 
 from __future__ import annotations
@@ -27,38 +27,12 @@ from kvwall.monitors.llamalog import parse_load_log
 
 MIB = 1024 * 1024
 
-# (kind, model overrides, llama-server args)
-CASES: list[tuple[str, dict, tuple[str, ...]]] = [
-    ("llama", {}, ()),
-    ("llama", {}, ("-c", "1000", "-np", "3")),
-    ("llama", {}, ("-c", "4096", "-np", "1", "-fa", "off")),
-    ("llama", {}, ("-c", "3000", "-np", "2", "-ctk", "q8_0", "-ctv", "q8_0")),
-    ("llama", {}, ("-c", "2048", "-np", "1", "-ctk", "q4_0", "-ctv", "q4_0", "-ub", "128")),
-    ("llama", {}, ("-c", "2048", "-ctk", "q5_1", "-ctv", "q5_1")),
-    ("llama", {}, ("-c", "2048", "-ctk", "bf16", "-ctv", "f32", "-fa", "on")),
-    ("llama", {}, ("-c", "2048", "-ctk", "q8_0", "-fa", "off")),
-    ("llama", {}, ("-c", "2048", "-ctv", "q8_0", "-fa", "off")),
-    ("llama", {"n_embd": 256, "n_ff": 768, "n_head": 8, "n_head_kv": 4, "n_vocab": 2048}, ("-c", "8192", "-np", "1")),
-    ("llama", {"n_embd": 256, "n_ff": 768, "n_head": 8, "n_head_kv": 4, "n_vocab": 2048}, ("-c", "8192", "-np", "1", "-fa", "off")),
-    ("llama", {"n_embd": 256, "n_ff": 768, "n_head": 8, "n_head_kv": 4, "n_vocab": 2048}, ("-c", "8192", "-np", "4", "-fa", "off", "-ub", "256")),
-    ("llama", {"n_embd": 256, "n_ff": 768, "n_head": 8, "n_head_kv": 4, "n_vocab": 2048}, ("-c", "16384", "-ub", "1024")),
-    ("qwen3", {}, ("-np", "2")),
-    ("qwen3", {}, ("-c", "5000", "-np", "3", "-fa", "off")),
-    ("qwen3", {"head_k": 40, "head_v": 40}, ("-c", "2048", "-ctk", "q8_0", "-ctv", "q8_0")),
-    ("qwen3", {"head_k": 40, "head_v": 40}, ("-c", "2048", "-ctk", "q8_0", "-fa", "off")),
-    ("gemma3", {}, ("-c", "4096", "-np", "1")),
-    ("gemma3", {}, ("-c", "4096", "-np", "2")),
-    ("gemma3", {}, ("-c", "4096", "--swa-full")),
-    ("gemma3", {}, ("-c", "4096", "-np", "2", "-fa", "off", "-ub", "64")),
-    ("deepseek2", {}, ("-c", "1024", "-np", "1")),
-    ("deepseek2", {}, ("-c", "1024", "-np", "1", "-fa", "off")),
-    ("deepseek2", {}, ("-c", "1024", "-np", "1", "-ctk", "q8_0")),
-    ("deepseek2", {}, ("-c", "2048", "-ctk", "q8_0", "-ctv", "q8_0")),
-    ("mamba", {}, ()),
-    ("mamba", {}, ("-np", "3")),
-    ("lfm2", {}, ("-c", "2048", "-np", "2")),
-    ("lfm2", {}, ("-fa", "off")),
-    ("qwen3moe", {}, ("-c", "2048", "-np", "1")),
+# the cases of tests/integration/test_plan_vs_server.py (one source of truth)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+from test_plan_vs_server import REFUSED, STARTS  # noqa: E402
+
+CASES: list[tuple[str, dict, tuple[str, ...]]] = [(k, o, a) for _, k, o, a in STARTS] + [
+    (k, o, a) for _, k, o, a, _ in REFUSED
 ]
 
 
@@ -127,7 +101,14 @@ def measure(exe: str, root: Path, kind: str, overrides: dict, args: tuple[str, .
         server_refused="" if ok else (log.errors[0] if log.errors else "exited"),
         plan_refused=plan.errors[0] if plan.errors else "",
         kv_logged_mib=log.kv_total_mib if ok else None,
-        kv_pred_mib=round(plan.kv_bytes / MIB, 2) if plan.ok else None,
+        # llama.cpp prints each cache (non-SWA, SWA) rounded on its own
+        kv_pred_mib=round(
+            round((plan.kv_bytes - plan.kv_swa_bytes) / MIB, 2)
+            + (round(plan.kv_swa_bytes / MIB, 2) if plan.kv_swa_bytes else 0.0),
+            2,
+        )
+        if plan.ok
+        else None,
         weights_logged_mib=log.model_total_mib if ok else None,
         weights_pred_mib=round(plan.weights_bytes / MIB, 2) if plan.ok else None,
         compute_logged_mib=log.compute_total_mib if ok else None,
@@ -160,6 +141,24 @@ def main(argv: list[str]) -> int:
             rows.append(measure(exe, Path(tmp), kind, overrides, args))
     if "--json" in argv:
         print(json.dumps([asdict(r) for r in rows], indent=1))
+        return 0
+    if "--markdown" in argv:
+        print("| model | llama-server args | n_ctx log/plan | KV MiB log/plan | RS MiB log/plan "
+              "| weights MiB log/plan | compute MiB log/plan | refusal server / plan |")
+        print("|---|---|---|---|---|---|---|---|")
+        for r in rows:
+            refusal = ""
+            if r.server_refused or r.plan_refused:
+                refusal = f"{r.server_refused or 'starts'} / {r.plan_refused or 'plans'}"
+            err = ""
+            if r.compute_logged_mib and r.compute_pred_mib is not None:
+                err = f" ({(r.compute_pred_mib - r.compute_logged_mib) / r.compute_logged_mib * 100:+.0f}%)"
+            print(
+                f"| {r.kind} | `{r.args}` | {r.n_ctx_logged or '-'}/{r.n_ctx_pred or '-'} "
+                f"| {_fmt(r.kv_logged_mib)}/{_fmt(r.kv_pred_mib)} | {_fmt(r.rs_logged_mib)}/{_fmt(r.rs_pred_mib)} "
+                f"| {_fmt(r.weights_logged_mib)}/{_fmt(r.weights_pred_mib)} "
+                f"| {_fmt(r.compute_logged_mib)}/{_fmt(r.compute_pred_mib)}{err} | {refusal} |"
+            )
         return 0
     head = f"{'model':<12} {'args':<46} {'n_ctx':>11} {'KV MiB log/pred':>17} {'RS MiB':>13} {'weights MiB':>15} {'compute MiB log/pred':>22}  refusal (server / plan)"
     print(head)
