@@ -11,6 +11,7 @@ Run: ``python benchmarks/bench_status_cpu.py [--servers 8] [--seconds 30]``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -60,9 +61,9 @@ def watch_cpu(args: list[str], seconds: float) -> float:
             proc.wait(timeout=10)
 
 
-def one_shot(runs: int = 5) -> tuple[float, float]:
-    """(median wall seconds, median CPU seconds) of ``kvwall status --json``."""
-    walls, cpus = [], []
+def one_shot(runs: int = 5) -> tuple[float, float, int]:
+    """(median wall seconds, median CPU seconds, servers found) of ``kvwall status --json``."""
+    walls, cpus, found = [], [], 0
     for _ in range(runs):
         t0 = time.perf_counter()
         r0 = os.times()
@@ -73,7 +74,8 @@ def one_shot(runs: int = 5) -> tuple[float, float]:
                     + (r1.children_system - r0.children_system))
         if done.returncode != 0:
             raise SystemExit(done.stderr.decode()[-500:])
-    return statistics.median(walls), statistics.median(cpus)
+        found = len(json.loads(done.stdout)["servers"])
+    return statistics.median(walls), statistics.median(cpus), found
 
 
 def main() -> int:
@@ -82,12 +84,12 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=30.0)
     args = ap.parse_args()
 
-    wall0, cpu0 = one_shot()
-    print(f"one-shot `kvwall status --json` before starting servers: wall {wall0 * 1e3:.0f} ms, "
+    wall0, cpu0, n0 = one_shot()
+    print(f"one-shot `kvwall status --json`, {n0} server(s) running: wall {wall0 * 1e3:.0f} ms, "
           f"CPU {cpu0 * 1e3:.0f} ms (llamastat --once --json: {LLAMASTAT_ONCE_S:.1f} s)")
     with tiny_servers(args.servers):
-        wall, cpu = one_shot()
-        print(f"one-shot `kvwall status --json` with {args.servers} servers: wall "
+        wall, cpu, n = one_shot()
+        print(f"one-shot `kvwall status --json`, {n} server(s) running: wall "
               f"{wall * 1e3:.0f} ms, CPU {cpu * 1e3:.0f} ms")
         for label, extra in (("--watch 1 --json", ["--watch", "1", "--json"]),
                              ("--watch 1 (text)", ["--watch", "1"])):
