@@ -43,15 +43,41 @@ import os
 import re
 import stat
 import struct
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import numpy as np
 
-import gguf
+def _load_gguf_constants():
+    """gguf-py's ``constants`` module, without importing the whole ``gguf`` package.
+
+    ``import gguf`` pulls in numpy, yaml and the reader/writer (about 100 ms), while the
+    constants (type sizes, key names, value types) need only the standard library. Loading
+    that one file keeps ``kvwall plan`` and ``kvwall status`` quick to start
+    (benchmarks/bench_plan.py). Falls back to the package when the file cannot be found.
+    """
+    import importlib.util
+
+    loaded = sys.modules.get("gguf.constants")
+    if loaded is not None:
+        return loaded
+    try:
+        spec = importlib.util.find_spec("gguf")
+        origin = Path(next(iter(spec.submodule_search_locations))) / "constants.py"
+        file_spec = importlib.util.spec_from_file_location("kvwall.monitors._gguf_constants", origin)
+        module = importlib.util.module_from_spec(file_spec)
+        file_spec.loader.exec_module(module)
+        return module
+    except (ImportError, AttributeError, OSError, StopIteration, TypeError):
+        import gguf.constants
+
+        return gguf.constants
+
+
+gguf = _load_gguf_constants()
 
 
 class GGUFError(ValueError):
@@ -425,6 +451,13 @@ def _skip_strings(p: _Parser, count: int, key: str) -> int:
     breaks (a string of 256 bytes or more, or a candidate that is really text), the walk
     resumes at the proven next offset; a window of mostly odd data goes to a plain loop.
     """
+    np = sys.modules.get("numpy")
+    if np is None:
+        # A cold CLI (kvwall plan/status) would spend ~55 ms importing numpy to save ~30 ms
+        # of walking; the plain walk is quicker there. Long-running processes (the GUI)
+        # have numpy loaded already and get the vectorised scan (benchmarks/bench_gguf.py).
+        return _walk_strings(p, p.pos, count, key)
+
     buf, size, pos = p.buf, p.size, p.pos
     dtype = np.dtype(p.endian + "u8")
     unpack = p._u64.unpack_from
