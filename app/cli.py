@@ -11,14 +11,17 @@ from collections.abc import Sequence
 
 USAGE = """\
 usage: kvwall [--demo] [--version]
-       kvwall plan MODEL.gguf [llama-server flags...] [--memory SIZE] [--json]
+       kvwall plan MODEL.gguf [llama-server flags...] [--memory SIZE] [--gpus NAMES]
+                   [--what-if-cache TYPE]... [--json]
        kvwall plan --cmd "llama-server -m MODEL.gguf ..." [--memory SIZE] [--json]
-       kvwall status [--json] [--watch SECONDS] [--url URL]...
+       kvwall status [--json] [--watch SECONDS] [--url URL]... [--api-key URL=KEY]...
+                     [--deadline SECONDS]
 
 Keep local LLM agents from crashing into the memory wall.
 
 commands:
-  (none)    start the tray app (a window where no tray exists)
+  (none)    start the tray app (a window where no tray exists);
+            --demo also starts a tiny real llama-server and a scripted agent
   plan      predict what llama-server allocates for a model and command line,
             with a what-if table of cache types and slot counts
   status    find running llama.cpp servers, attribute their memory, forecast
