@@ -29,7 +29,7 @@ HOW_TO_GET = (
 # cache shows on the gauge.
 DEMO_MODEL = {"n_layer": 4, "n_embd": 256, "n_head": 8, "n_head_kv": 4, "n_ff": 512,
               "n_ctx_train": 8192, "name": "kvwall-demo"}
-DEMO_ARGS = ("-c", "4096", "-np", "2", "-ctk", "f16", "-ctv", "f16")
+DEMO_ARGS = ("-c", "8192", "-np", "2", "-ctk", "f16", "-ctv", "f16")
 START_DEADLINE_S = 60.0
 WORDS = ("the of and to in is was that for on with as by at from it an be this are or "
          "hello world model memory cache context token slot server agent llama tiny").split()
@@ -79,7 +79,7 @@ class ScriptedAgent:
         seed: for the words.
     """
 
-    def __init__(self, url: str, slot: int = 0, words_per_turn: int = 120, n_predict: int = 16,
+    def __init__(self, url: str, slot: int = 0, words_per_turn: int = 20, n_predict: int = 16,
                  pause_s: float = 2.0, max_tokens: int | None = None, restart: bool = True,
                  seed: int = 1) -> None:
         self.url = url
@@ -95,6 +95,7 @@ class ScriptedAgent:
         self.conversation = ""
         self.turns = 0
         self.last_tokens = 0
+        self.growth = 0  # tokens the last turn added
         self.errors: list[str] = []
         self.turn_done = threading.Event()
 
@@ -108,21 +109,23 @@ class ScriptedAgent:
         }, timeout=120)
         self.conversation += out.get("content", "")
         timings = out.get("timings", {})
-        self.last_tokens = int(out.get("tokens_evaluated", 0)) + int(
+        tokens = int(out.get("tokens_evaluated", 0)) + int(
             timings.get("predicted_n", self.n_predict))
+        self.growth = max(0, tokens - self.last_tokens)
+        self.last_tokens = tokens
         self.turns += 1
         self.turn_done.set()
         return self.last_tokens
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            projected = self.last_tokens + 2 * self.words_per_turn + self.n_predict
+            projected = self.last_tokens + 1.5 * max(self.growth, self.words_per_turn)
             if self.max_tokens is not None and projected >= self.max_tokens:
                 if not self.restart:
                     break
                 log.info("demo agent: slot %d nearly full, starting a new conversation",
                          self.slot)
-                self.conversation, self.last_tokens = "", 0
+                self.conversation, self.last_tokens, self.growth = "", 0, 0
             try:
                 self.turn()
             except (urllib.error.URLError, OSError, ValueError) as exc:

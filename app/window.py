@@ -75,8 +75,11 @@ class MainWindow(QMainWindow):
         self.whatif = WhatIfPanel(simulate=simulate)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(self.whatif)
-        scroll.setMinimumWidth(400)
+        # Never narrower than the panel itself: it would be cut, not wrapped.
+        scroll.setMinimumWidth(self.whatif.minimumSizeHint().width()
+                               + scroll.verticalScrollBar().sizeHint().width() + 4)
         whatif_box = QGroupBox("What if")
         wl = QVBoxLayout(whatif_box)
         wl.setContentsMargins(4, 4, 4, 4)
@@ -100,6 +103,7 @@ class MainWindow(QMainWindow):
         main.addWidget(bottom)
         main.setStretchFactor(0, 2)
         main.setStretchFactor(1, 5)
+        table_box.setMinimumHeight(190)
         self.content = main
 
         self.empty = EmptyState(memory_bytes=self._largest_free)

@@ -83,6 +83,7 @@ class HistoryView(QWidget):
         self._limits: dict[str, tuple[int, ...]] = {}
         self._forecasts: dict[str, ServerReport] = {}
         self._device_id: str | None = None
+        self._pool_names: dict[str, str] = {}
         self._server_key: str | None = None
         self._now_wall = 0.0
         self._dirty = False
@@ -93,18 +94,18 @@ class HistoryView(QWidget):
             self.window_box.addItem(label, seconds)
         self.window_box.setCurrentIndex(1)
         self.window_box.currentIndexChanged.connect(self._redraw)
-        self.caption = QLabel()
-        self.caption.setTextFormat(Qt.TextFormat.PlainText)
 
         self.tabs = QTabWidget()
-        self.memory_plot = self._make_plot("bytes", "B")
+        self.memory_plot = self._make_plot("memory", "GiB")
         self.context_plot = self._make_plot("tokens", "")
+        self.memory_plot.getAxis("left").setScale(1 / 2**30)
         self.tabs.addTab(self.memory_plot, "Memory")
         self.tabs.addTab(self.context_plot, "Context")
 
         # Memory: cumulative curves, filled between neighbours, created once.
         self._mem_curves = []
-        base = self.memory_plot.plot([], [], pen=None)
+        base = self.memory_plot.plot([], [], pen=pg.mkPen(0, 0, 0, 0))
+        _tune(base)  # the same clipping as the curves above it, or the fills skew
         below = base
         for kind in MEMORY_KINDS:
             color = QColor(_color(kind))
@@ -138,11 +139,12 @@ class HistoryView(QWidget):
             self._slot_curves.append(c)
             self._forecast_curves.append(fc)
             self._limit_lines.append(line)
-        self._forecast_label = pg.TextItem(anchor=(1, 1))
+        self._forecast_label = pg.TextItem(
+            anchor=(1, 1), color=self.palette().color(QPalette.ColorRole.Text))
         self.context_plot.addItem(self._forecast_label)
 
         top = QHBoxLayout()
-        top.addWidget(self.caption, 1)
+        top.addStretch(1)
         top.addWidget(QLabel("Show the last"))
         top.addWidget(self.window_box)
         lay = QVBoxLayout(self)
@@ -160,12 +162,14 @@ class HistoryView(QWidget):
             ax = plot.getAxis(name)
             ax.setPen(fg)
             ax.setTextPen(fg)
-        plot.setLabel("left", label, units=units)
+        plot.setLabel("left", f"{label} ({units})" if units else label)
+        plot.getAxis("left").enableAutoSIPrefix(False)
         plot.showGrid(x=True, y=True, alpha=0.15)
         plot.setMenuEnabled(False)
         plot.setMouseEnabled(x=False, y=False)
         plot.hideButtons()
-        plot.addLegend(offset=(8, 8)) if label == "bytes" else None
+        if label == "memory":
+            plot.addLegend(offset=(8, 8), labelTextColor=fg, brush=bg)
         return plot
 
     # -- data --------------------------------------------------------------------
@@ -188,6 +192,7 @@ class HistoryView(QWidget):
         t = report.wall_time
         self._now_wall = t
         for view in pools.pool_views(report):
+            self._pool_names[view.device.id] = view.device.name
             buf = self._memory.get(view.device.id)
             if buf is None:
                 buf = self._memory[view.device.id] = RingBuffer(self.capacity, len(MEMORY_KINDS) + 1)
@@ -250,6 +255,9 @@ class HistoryView(QWidget):
         start = now - window
         self._draw_memory(start, now)
         self._draw_context(start, now, window)
+        names = self._pool_names
+        if self._device_id in names:
+            self.memory_plot.setTitle(f"{names[self._device_id]}: memory by component")
 
     def _draw_memory(self, start: float, now: float) -> None:
         data = self.memory_series(self._device_id) if self._device_id else None
@@ -261,15 +269,21 @@ class HistoryView(QWidget):
         first = np.searchsorted(data[:, 0], start)
         data = data[first:]
         t = data[:, 0]
-        self._mem_base.setData(t, np.zeros_like(t))
         cumulative = np.cumsum(np.nan_to_num(data[:, 1:1 + len(MEMORY_KINDS)]), axis=1)
+        total = data[-1, -1]
+        # Scale to what is used (a small server on a big pool would be a flat line);
+        # the pool's total is the dashed line when it is in view. Ranges are set before
+        # the data so clipping and the fills use the same view.
+        top = float(np.nanmax(cumulative[:, -1])) if len(cumulative) else 0.0
+        if np.isfinite(total) and total > 0:
+            self._total_line.setValue(total)
+            top = total if top > 0.6 * total else top * 1.25
+        if top > 0:
+            self.memory_plot.setYRange(0, top * 1.02, padding=0)
+        self.memory_plot.setXRange(max(start, float(t[0])) if len(t) else start, now, padding=0)
+        self._mem_base.setData(t, np.zeros_like(t))
         for i, curve in enumerate(self._mem_curves):
             curve.setData(t, cumulative[:, i])
-        total = data[-1, -1]
-        if np.isfinite(total):
-            self._total_line.setValue(total)
-            self.memory_plot.setYRange(0, total * 1.02, padding=0)
-        self.memory_plot.setXRange(start, now, padding=0)
 
     def _draw_context(self, start: float, now: float, window: int) -> None:
         key = self._server_key
@@ -311,10 +325,14 @@ class HistoryView(QWidget):
         if limits:
             self._forecast_label.setPos(horizon, max(limits))
             self.context_plot.setYRange(0, max(limits) * 1.05, padding=0)
-        self.context_plot.setXRange(start, horizon, padding=0.02)
+        first_t = start
+        if data is not None and len(data):
+            first_t = max(start, float(data[0, 0]))
+        self.context_plot.setXRange(first_t, horizon, padding=0.02)
         name = server.name if server else ""
-        self.caption.setText(f"{name}: context tokens per slot, dashed = forecast to the limit"
-                             if name else "")
+        self.context_plot.setTitle(
+            f"{name}: KV cells per slot · dotted = the slot's limit · dashed = forecast"
+            if name else "")
 
 
 def _slot_of(server: ServerReport, slot_id: int):
