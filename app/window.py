@@ -67,8 +67,11 @@ class MainWindow(QMainWindow):
         self.table.setAlternatingRowColors(True)
         self.table.setShowGrid(False)
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        # Sized to the contents when rows come or go, not on every poll: ResizeToContents
+        # re-measures every cell each time one changes.
+        header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
+        self.table_model.modelReset.connect(self.table.resizeColumnsToContents)
         self.table.selectionModel().selectionChanged.connect(self._table_selection)
 
         self.history = HistoryView()

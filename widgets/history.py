@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 import pyqtgraph as pg  # noqa: E402
 from kvwall.app import pools  # noqa: E402
 from kvwall.budget.report import ServerReport, StatusReport  # noqa: E402
-from PySide6.QtCore import Qt  # noqa: E402
+from PySide6.QtCore import Qt, QTimer  # noqa: E402
 from PySide6.QtGui import QColor, QPalette  # noqa: E402
 from PySide6.QtWidgets import (  # noqa: E402
     QComboBox,
@@ -32,6 +32,7 @@ CAPACITY = 6 * 3600
 WINDOWS = (("5 min", 300), ("15 min", 900), ("1 hour", 3600), ("6 hours", 6 * 3600))
 MEMORY_KINDS = (pools.OTHER, pools.OVERHEAD, pools.WEIGHTS, pools.KV, pools.COMPUTE)
 MAX_SLOT_CURVES = 16
+MIN_REPAINT_S = 2.0
 SLOT_COLORS = ("#f29d38", "#4a7fd4", "#5cb85c", "#ab47bc", "#26a69a", "#e05d5d", "#8d6e63",
                "#fdd835")
 
@@ -76,7 +77,7 @@ class HistoryView(QWidget):
 
     def __init__(self, parent: QWidget | None = None, capacity: int = CAPACITY) -> None:
         super().__init__(parent)
-        pg.setConfigOptions(antialias=True)
+        pg.setConfigOptions(antialias=False)  # antialiased fills cost more than they show
         self.capacity = capacity
         self._memory: dict[str, RingBuffer] = {}
         self._slots: dict[str, tuple[tuple[int, ...], RingBuffer]] = {}
@@ -84,10 +85,17 @@ class HistoryView(QWidget):
         self._forecasts: dict[str, ServerReport] = {}
         self._device_id: str | None = None
         self._pool_names: dict[str, str] = {}
+        self._titles: dict[str, str] = {}
         self._server_key: str | None = None
         self._now_wall = 0.0
         self._dirty = False
+        self._first_wall: float | None = None
         self.redraws = 0  # for tests and benchmarks: how often the plots were redrawn
+        # Repaints are paced by this timer (single-shot, restarted after each redraw);
+        # it runs only while the widget is visible.
+        self._repaint_timer = QTimer(self)
+        self._repaint_timer.setSingleShot(True)
+        self._repaint_timer.timeout.connect(self._repaint_tick)
 
         self.window_box = QComboBox()
         for label, seconds in WINDOWS:
@@ -101,9 +109,11 @@ class HistoryView(QWidget):
         self.memory_plot.getAxis("left").setScale(1 / 2**30)
         self.tabs.addTab(self.memory_plot, "Memory")
         self.tabs.addTab(self.context_plot, "Context")
+        self.tabs.currentChanged.connect(self._redraw)
 
         # Memory: cumulative curves, filled between neighbours, created once.
         self._mem_curves = []
+        self._fills = []
         base = self.memory_plot.plot([], [], pen=pg.mkPen(0, 0, 0, 0))
         _tune(base)  # the same clipping as the curves above it, or the fills skew
         below = base
@@ -114,7 +124,9 @@ class HistoryView(QWidget):
             _tune(curve)
             fill_color = QColor(color)
             fill_color.setAlpha(170)
-            self.memory_plot.addItem(pg.FillBetweenItem(below, curve, brush=fill_color))
+            fill = pg.FillBetweenItem(below, curve, brush=fill_color)
+            self.memory_plot.addItem(fill)
+            self._fills.append(fill)
             self._mem_curves.append(curve)
             below = curve
         self._mem_base = base
@@ -224,15 +236,37 @@ class HistoryView(QWidget):
             self._device_id = report.devices[0].id
         if self._server_key is None and report.servers:
             self._server_key = report.servers[0].key
-        if self.isVisible():
+        if self._first_wall is None:
+            self._first_wall = t
+        self._dirty = True
+        if self.isVisible() and not self._repaint_timer.isActive():
             self._redraw()
-        else:
-            self._dirty = True
+            self._repaint_timer.start(self.repaint_interval_ms())
+
+    def repaint_interval_ms(self) -> int:
+        """About one redraw per pixel of time shown, between 2 and 10 s (a plot repaint
+        costs ~12 ms of CPU; at one per second it alone would take >1% of a core), so a
+        week-long session with a 6-hour window does not redraw every poll."""
+        span = self.window_seconds()
+        if self._first_wall is not None:
+            span = min(span, max(1.0, self._now_wall - self._first_wall))
+        width = max(200, self.memory_plot.width())
+        return int(1000 * min(10.0, max(MIN_REPAINT_S, span / width)))
+
+    def _repaint_tick(self) -> None:
+        if self._dirty and self.isVisible():
+            self._redraw()
+            self._repaint_timer.start(self.repaint_interval_ms())
 
     def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
         super().showEvent(event)
         if self._dirty:
             self._redraw()
+        self._repaint_timer.start(self.repaint_interval_ms())
+
+    def hideEvent(self, event) -> None:  # noqa: N802 (Qt API)
+        super().hideEvent(event)
+        self._repaint_timer.stop()  # polling goes on; painting waits
 
     def memory_series(self, device_id: str) -> np.ndarray | None:
         buf = self._memory.get(device_id)
@@ -247,17 +281,23 @@ class HistoryView(QWidget):
             e[1].nbytes for e in self._slots.values())
 
     # -- drawing -----------------------------------------------------------------
-    def _redraw(self) -> None:
+    def _redraw(self, *_args) -> None:
+        """Redraw the plot on the visible tab; the other one catches up when shown."""
         self._dirty = False
         self.redraws += 1
         window = self.window_seconds()
         now = self._now_wall
         start = now - window
-        self._draw_memory(start, now)
-        self._draw_context(start, now, window)
-        names = self._pool_names
-        if self._device_id in names:
-            self.memory_plot.setTitle(f"{names[self._device_id]}: memory by component")
+        if self.tabs.currentWidget() is self.memory_plot:
+            self._draw_memory(start, now)
+            names = self._pool_names
+            if self._device_id in names:
+                title = f"{names[self._device_id]}: memory by component"
+                if title != self._titles.get("memory"):
+                    self._titles["memory"] = title
+                    self.memory_plot.setTitle(title)
+        else:
+            self._draw_context(start, now, window)
 
     def _draw_memory(self, start: float, now: float) -> None:
         data = self.memory_series(self._device_id) if self._device_id else None
@@ -281,9 +321,19 @@ class HistoryView(QWidget):
         if top > 0:
             self.memory_plot.setYRange(0, top * 1.02, padding=0)
         self.memory_plot.setXRange(max(start, float(t[0])) if len(t) else start, now, padding=0)
-        self._mem_base.setData(t, np.zeros_like(t))
-        for i, curve in enumerate(self._mem_curves):
-            curve.setData(t, cumulative[:, i])
+        # Each setData would re-trace two fills; trace each once instead.
+        curves = [self._mem_base, *self._mem_curves]
+        for c in curves:
+            c.blockSignals(True)
+        try:
+            self._mem_base.setData(t, np.zeros_like(t))
+            for i, curve in enumerate(self._mem_curves):
+                curve.setData(t, cumulative[:, i])
+        finally:
+            for c in curves:
+                c.blockSignals(False)
+        for fill in self._fills:
+            fill.updatePath()
 
     def _draw_context(self, start: float, now: float, window: int) -> None:
         key = self._server_key
@@ -330,9 +380,11 @@ class HistoryView(QWidget):
             first_t = max(start, float(data[0, 0]))
         self.context_plot.setXRange(first_t, horizon, padding=0.02)
         name = server.name if server else ""
-        self.context_plot.setTitle(
-            f"{name}: KV cells per slot · dotted = the slot's limit · dashed = forecast"
-            if name else "")
+        title = (f"{name}: KV cells per slot · dotted = the slot's limit · dashed = forecast"
+                 if name else "")
+        if title != self._titles.get("context"):
+            self._titles["context"] = title
+            self.context_plot.setTitle(title)
 
 
 def _slot_of(server: ServerReport, slot_id: int):

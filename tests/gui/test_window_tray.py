@@ -69,11 +69,15 @@ def test_history_ring_buffers_are_bounded_and_pause_while_hidden(qtbot):
     h.show()
     qtbot.waitExposed(h)
     assert h.redraws == 1
-    h.add_report(_report(t=9000, wall=1_760_009_000.0))
-    assert h.redraws == 2
+    # New data is painted by the repaint timer, not once per report.
+    for i in range(5):
+        h.add_report(_report(t=9000 + i, wall=1_760_009_000.0 + i))
+    assert h.redraws == 1
+    qtbot.waitUntil(lambda: h.redraws == 2, timeout=15000)
     h.hide()
-    h.add_report(_report(t=9001, wall=1_760_009_001.0))
-    assert h.redraws == 2
+    assert not h._repaint_timer.isActive()
+    h.add_report(_report(t=9010, wall=1_760_009_010.0))
+    assert h.redraws == 2 and not h._repaint_timer.isActive()
 
 
 def test_ring_buffer_order_after_wrap():
@@ -90,6 +94,7 @@ def test_forecast_line_reaches_the_limit(qtbot):
     h.show()
     qtbot.waitExposed(h)
     h.add_report(_report())
+    h.tabs.setCurrentIndex(1)  # opening the context tab draws it
     x, y = h._forecast_curves[1].getData()
     assert list(y) == [12000, 16384]
     assert x[1] - x[0] == 840.0

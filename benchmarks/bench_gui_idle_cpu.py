@@ -1,0 +1,95 @@
+"""Idle CPU of the desktop app with one real llama-server polled each second
+(goal: under 2% of one core).
+
+Starts a tiny real llama-server, then the real app (process scan, NVML/host memory, HTTP
+to the server, Engine, window/tray updates) with a 1 s poll interval, only this server
+kept from the scan. After a warm-up it measures the app's own CPU time (all its threads)
+over a window, once with the window hidden (the tray case: polling and notifications go
+on, plots are not repainted) and once with the window shown. Runs offscreen.
+
+    python benchmarks/bench_gui_idle_cpu.py [--seconds 60] [--warmup 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--warmup", type=float, default=10.0)
+    args = ap.parse_args()
+
+    import psutil
+    from kvwall.app.demo import Demo
+    from kvwall.app.gui import KvwallApp
+    from kvwall.app.live import LiveSource
+    from kvwall.app.settings import SettingsStore, defaults
+    from kvwall.monitors.devices import MemorySources
+    from kvwall.monitors.discovery import Discovery, scan
+    from kvwall.monitors.poller import Poller
+    from PySide6.QtCore import QEventLoop, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    _app = QApplication(["kvwall"])  # kept alive for the whole run
+    work = Path(tempfile.mkdtemp())
+    demo = Demo(work / "demo")
+    demo.start()
+    for agent in demo.agents:  # idle: a server nobody is talking to
+        agent.stop(timeout=30)
+    pid = demo.proc.pid
+
+    def only_ours(**kw):
+        found = scan(**kw)
+        return Discovery(tuple(s for s in found.servers if s.pid == pid), found.notes,
+                         found.errors)
+
+    memory = MemorySources()
+    source = LiveSource(poller=Poller(memory_sources=memory, discover_fn=only_ours))
+    store = SettingsStore(work / "settings.json")
+    store.save(defaults().replace(poll_interval_s=1.0))
+    kv = KvwallApp(source, store, use_tray=False)
+    kv.window.hide_on_close = True
+    me = psutil.Process()
+
+    def spin(seconds: float) -> None:
+        loop = QEventLoop()
+        QTimer.singleShot(int(seconds * 1000), loop.quit)
+        loop.exec()
+
+    def measure(label: str) -> None:
+        spin(args.warmup)
+        polls0 = kv.results
+        c0, t0 = me.cpu_times(), time.monotonic()
+        spin(args.seconds)
+        c1, t1 = me.cpu_times(), time.monotonic()
+        cpu = (c1.user - c0.user) + (c1.system - c0.system)
+        print(f"  {label:28s} {100 * cpu / (t1 - t0):5.2f} % of one core over {t1 - t0:.0f} s "
+              f"({kv.results - polls0} polls, {1000 * cpu / max(1, kv.results - polls0):.1f} "
+              "ms CPU per poll)")
+
+    try:
+        kv.start(show_window=False)
+        print(f"idle CPU, one llama-server (pid {pid}) polled every 1 s (goal < 2% of a core)")
+        measure("window hidden (tray)")
+        kv.show_window()
+        measure("window shown")
+    finally:
+        kv.stop()
+        source.close()
+        demo.stop()
+        memory.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
