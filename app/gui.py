@@ -194,6 +194,31 @@ class KvwallApp(QObject):
                 self.window.statusBar().showMessage(f"Start on login: {exc.strerror}", 10000)
 
 
+def display_problem(environ=os.environ, platform: str = sys.platform,
+                    find_library=None) -> str | None:
+    """Why Qt would abort at start here, with what to do; None when it should start.
+
+    Qt aborts the process (no exception) without a display or without the xcb platform's
+    libraries, so this is checked first and said once, in words.
+    """
+    if not platform.startswith("linux"):
+        return None
+    qpa = environ.get("QT_QPA_PLATFORM", "")
+    if qpa and not qpa.startswith("xcb"):
+        return None  # wayland, offscreen...: Qt reports its own errors
+    if not environ.get("DISPLAY") and not environ.get("WAYLAND_DISPLAY"):
+        return ("no desktop session (DISPLAY is not set). The tray app needs one; on a "
+                "headless machine use `kvwall status` or `kvwall plan`.")
+    if not environ.get("DISPLAY"):
+        return None  # Wayland: Qt picks its wayland platform
+    if find_library is None:
+        from ctypes.util import find_library
+    if find_library("xcb-cursor") is None:
+        return ("Qt's X11 platform needs libxcb-cursor (Debian/Ubuntu: sudo apt-get install "
+                "libxcb-cursor0; ./bootstrap.sh run installs everything).")
+    return None
+
+
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kvwall", description="kvwall desktop app")
     parser.add_argument("--demo", action="store_true",
@@ -213,6 +238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
     from kvwall.app.logging_setup import install_qt_message_handler, setup_logging
+
+    problem = display_problem()
+    if problem:
+        print(f"kvwall: {problem}", file=sys.stderr)
+        return 2
 
     try:
         log_path = setup_logging()
@@ -236,6 +266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not instance.claim():
         print("kvwall is already running; its window was raised.")
         return 0
+    try:
+        from kvwall.app.settings import install_desktop_entry
+
+        install_desktop_entry()
+    except OSError as exc:
+        log.warning("cannot install the desktop entry: %s", exc.strerror)
 
     demo = None
     if opts.demo:

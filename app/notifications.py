@@ -107,13 +107,15 @@ class Thresholds:
     slot_critical_minutes: float = 5.0
     slot_full_percent: float = 95.0
     grab_percent: float = 10.0
+    # A forecast from a single turn is a guess: forecasts warn only from this confidence.
+    min_confidence: float = 0.25
     kinds: frozenset[str] = field(default_factory=lambda: frozenset({
         "free_memory", "pool_forecast", "slot_forecast", "slot_full",
         "server_unreachable", "process_grab"}))
 
     @classmethod
     def from_settings(cls, values: Mapping) -> Thresholds:
-        names = [f for f in cls.__dataclass_fields__ if f != "kinds"]
+        names = [f for f in cls.__dataclass_fields__ if f not in ("kinds", "min_confidence")]
         kw = {n: values[n] for n in names if n in values}
         if "notify_kinds" in values:
             kw["kinds"] = frozenset(values["notify_kinds"])
@@ -281,6 +283,8 @@ class NotificationRules:
             prev = self._levels.get(fkey, OK)
             minutes = None if f.seconds_left is None else f.seconds_left / 60.0
             turns = f.turns_left
+            if f.confidence < self.thresholds.min_confidence:
+                turns = minutes = None  # too early to tell: keep the level as it is
             if turns is None and minutes is None:
                 lv = prev
             else:

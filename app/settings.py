@@ -393,3 +393,32 @@ def set_autostart(enabled: bool, config_home: Path | None = None,
 
 def autostart_enabled(config_home: Path | None = None) -> bool:
     return autostart_path(config_home).is_file()
+
+
+# --- the application entry and icon (so the desktop shows kvwall's name and icon) ----
+
+def data_home() -> Path:
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share")
+
+
+def install_desktop_entry(home: Path | None = None, command: Sequence[str] | None = None
+                          ) -> tuple[Path, Path]:
+    """Write ``applications/kvwall.desktop`` and the scalable icon under the XDG data dir
+    (idempotent; only rewritten when different). Returns (entry, icon) paths.
+
+    Raises:
+        OSError: the data dir cannot be written.
+    """
+    from importlib.resources import files
+
+    home = Path(home) if home is not None else data_home()
+    entry = home / "applications" / "kvwall.desktop"
+    icon = home / "icons" / "hicolor" / "scalable" / "apps" / "kvwall.svg"
+    text = autostart_entry(command or launch_command()).replace(
+        "X-GNOME-Autostart-enabled=true\n", "StartupWMClass=kvwall\n")
+    svg = (files("kvwall.resources") / "kvwall.svg").read_bytes()
+    for path, data in ((entry, text.encode()), (icon, svg)):
+        if not path.is_file() or path.read_bytes() != data:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+    return entry, icon

@@ -19,16 +19,30 @@ def _env(**extra):
     return env
 
 
-def test_entry_point_starts_polls_and_quits(tmp_path):
+def test_entry_point_starts_polls_and_quits():
     proc = subprocess.run(
         [sys.executable, "-m", "kvwall.app", "--quit-after", "3"], env=_env(),
         capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
-    log = (tmp_path / "state").parent  # noqa: F841 - XDG dirs come from the root conftest
     log_file = os.path.join(os.environ["XDG_STATE_HOME"], "kvwall", "log", "kvwall.log")
     text = open(log_file, encoding="utf-8").read()
     assert "kvwall starting" in text and "kvwall stopped" in text
+    # The desktop shows kvwall's name and icon: entry and icon are installed.
+    data = os.environ["XDG_DATA_HOME"]
+    entry = open(os.path.join(data, "applications", "kvwall.desktop")).read()
+    assert "Name=kvwall" in entry and "Icon=kvwall" in entry
+    assert os.path.getsize(os.path.join(data, "icons", "hicolor", "scalable", "apps",
+                                        "kvwall.svg")) > 0
+
+
+def test_no_display_is_a_clear_message_not_a_qt_abort():
+    env = {k: v for k, v in _env().items() if k not in ("DISPLAY", "WAYLAND_DISPLAY",
+                                                          "QT_QPA_PLATFORM")}
+    proc = subprocess.run([sys.executable, "-m", "kvwall.app"], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "no desktop session" in proc.stderr and "kvwall status" in proc.stderr
 
 
 def test_demo_without_llama_server_says_how_to_get_it(tmp_path):

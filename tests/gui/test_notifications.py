@@ -158,3 +158,18 @@ def test_center_emits_and_click_opens_the_server(qtbot):
     with qtbot.waitSignal(center.open_server, timeout=1000) as clicked:
         tray.messageClicked.emit()  # what the desktop sends when the message is clicked
     assert clicked.args == ["pid:100"]
+
+
+def test_a_forecast_from_one_turn_does_not_warn_yet():
+    from kvwall.budget.report import Forecast, SlotReport
+
+    rules = NotificationRules(Thresholds(), clock=FakeClock())
+    guess = SlotReport(0, 16384, 2000, False, Forecast(tokens_per_turn=3000.0, turns_left=5,
+                                                       seconds_left=30.0, confidence=0.125,
+                                                       turns_seen=1))
+    assert rules.evaluate(f.report([f.server(slots=[guess])])) == []
+    sure = SlotReport(0, 16384, 5000, False, Forecast(tokens_per_turn=3000.0, turns_left=4,
+                                                      seconds_left=30.0, confidence=0.6,
+                                                      turns_seen=3))
+    assert [n.kind for n in rules.evaluate(f.report([f.server(slots=[sure])]))] == [
+        "slot_forecast"]
