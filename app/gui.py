@@ -239,17 +239,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
     from kvwall.app.logging_setup import install_qt_message_handler, setup_logging
 
-    problem = display_problem()
-    if problem:
-        print(f"kvwall: {problem}", file=sys.stderr)
-        return 2
-
     try:
         log_path = setup_logging()
     except OSError as exc:
         print(f"kvwall: cannot write logs ({exc}); continuing without a log file",
               file=sys.stderr)
         log_path = None
+    problem = display_problem()
+    if problem:
+        log.error("cannot start the desktop app: %s", problem)
+        print(f"kvwall: {problem}", file=sys.stderr)
+        return 2
     app = QApplication.instance() or QApplication(["kvwall"])
     app.setApplicationName("kvwall")
     app.setApplicationDisplayName("kvwall")
@@ -287,12 +287,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from kvwall.app.live import LiveSource
 
-    store = SettingsStore()
-    loaded_servers = store.load().settings.servers
-    extra = [s.url for s in loaded_servers]
-    keys = {s.url: s.api_key for s in loaded_servers if s.api_key}
-    source = LiveSource(extra, keys)  # the demo server is found like any other process
-    kv = KvwallApp(source, store, on_servers_changed=source.set_servers)
+    source = LiveSource()  # the demo server is found like any other process
+    kv = KvwallApp(source, SettingsStore(), on_servers_changed=source.set_servers)
+    # Settings are read once, by the app (so a recovery message is shown, not lost).
+    source.set_servers([s.url for s in kv.settings.servers],
+                       {s.url: s.api_key for s in kv.settings.servers if s.api_key})
     instance.activated.connect(kv.show_window)
     kv.start(show_window=opts.show or opts.demo or None)
     if opts.quit_after is not None:

@@ -3,6 +3,7 @@ empty state adds URLs and plans a GGUF file; --demo explains what it needs."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -139,3 +140,42 @@ def test_planner_reports_a_bad_file(qtbot, tmp_path):
         pass
     assert sig.args[0].error and "broken.gguf" in sig.args[0].error
     assert "broken.gguf" in dialog.status.text()
+
+
+def test_entry_point_recovers_a_corrupt_settings_file():
+    cfg = os.path.join(os.environ["XDG_CONFIG_HOME"], "kvwall")
+    os.makedirs(cfg, exist_ok=True)
+    with open(os.path.join(cfg, "settings.json"), "w") as fh:
+        fh.write('{"schema": 2, "values": {"poll_interval_s": ')
+    proc = subprocess.run([sys.executable, "-m", "kvwall.app", "--quit-after", "2"],
+                          env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    backups = [n for n in os.listdir(cfg) if n.startswith("settings.json.bak-")]
+    assert len(backups) == 1
+    assert json.load(open(os.path.join(cfg, "settings.json")))["schema"] >= 2
+    log_file = os.path.join(os.environ["XDG_STATE_HOME"], "kvwall", "log", "kvwall.log")
+    assert "settings recovered" in open(log_file, encoding="utf-8").read()
+
+
+def test_added_url_reaches_the_poller_with_its_key(qtbot, tmp_path):
+    import gui_factories as f
+    from kvwall.app.gui import KvwallApp
+    from kvwall.app.settings import SettingsStore
+
+    told = []
+    app = KvwallApp(lambda resumed: f.report(), SettingsStore(tmp_path / "s.json"),
+                    use_tray=False, on_servers_changed=lambda urls, keys: told.append(
+                        (list(urls), dict(keys))))
+    qtbot.addWidget(app.window)
+    app.start(show_window=True)
+    try:
+        app.window.empty.url_edit.setText("10.1.2.3:8080")
+        app.window.empty.add_button.click()
+        assert told[-1] == (["http://10.1.2.3:8080"], {})
+        app.apply_settings(app.settings.replace(
+            servers=[{"url": "http://10.1.2.3:8080", "api_key": "k-123"}]))
+        assert told[-1] == (["http://10.1.2.3:8080"], {"http://10.1.2.3:8080": "k-123"})
+        saved = SettingsStore(tmp_path / "s.json").load().settings
+        assert saved.servers[0].api_key == "k-123"
+    finally:
+        app.stop()
