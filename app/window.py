@@ -72,6 +72,7 @@ class MainWindow(QMainWindow):
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
         self.table_model.modelReset.connect(self.table.resizeColumnsToContents)
+        self.table.setWordWrap(False)
         self.table.selectionModel().selectionChanged.connect(self._table_selection)
 
         self.history = HistoryView()
@@ -129,6 +130,7 @@ class MainWindow(QMainWindow):
         report = result.report
         self.gauges.set_report(report)
         self.table_model.set_rows(table_rows(report))
+        self._grow_columns()
         self.history.add_report(report)
         has_servers = bool(report.servers)
         self.stack.setCurrentIndex(1 if has_servers else 0)
@@ -148,6 +150,14 @@ class MainWindow(QMainWindow):
             self.statusBar().showMessage(
                 f"Resumed after {result.resumed_after_s / 60:.0f} min asleep: forecasts "
                 "restart from now.", 15000)
+
+    def _grow_columns(self) -> None:
+        """Widen a column whose text outgrew it (never shrink: no jitter)."""
+        last = self.table_model.columnCount() - 1
+        for c in range(last):  # the last one stretches
+            hint = self.table.sizeHintForColumn(c)
+            if hint > self.table.columnWidth(c):
+                self.table.setColumnWidth(c, hint)
 
     def result(self) -> PollResult | None:
         return self._result

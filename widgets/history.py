@@ -114,16 +114,22 @@ class HistoryView(QWidget):
         # Memory: cumulative curves, filled between neighbours, created once.
         self._mem_curves = []
         self._fills = []
+        self._legend_samples = []
+        self._legend = self.memory_plot.plotItem.legend
         base = self.memory_plot.plot([], [], pen=pg.mkPen(0, 0, 0, 0))
         _tune(base)  # the same clipping as the curves above it, or the fills skew
         below = base
         for kind in MEMORY_KINDS:
             color = QColor(_color(kind))
-            curve = self.memory_plot.plot([], [], pen=pg.mkPen(color.darker(120), width=1),
-                                          name=pools.LABEL[kind])
+            curve = self.memory_plot.plot([], [], pen=pg.mkPen(color.darker(120), width=1))
             _tune(curve)
             fill_color = QColor(color)
             fill_color.setAlpha(170)
+            # The legend shows the area's colour: a sample item that is never plotted.
+            sample = pg.PlotDataItem([0, 1], [1, 1], pen=pg.mkPen(color.darker(120)),
+                                     fillLevel=0, fillBrush=fill_color)
+            self._legend.addItem(sample, pools.LABEL[kind])
+            self._legend_samples.append(sample)
             fill = pg.FillBetweenItem(below, curve, brush=fill_color)
             self.memory_plot.addItem(fill)
             self._fills.append(fill)
@@ -181,7 +187,9 @@ class HistoryView(QWidget):
         plot.setMouseEnabled(x=False, y=False)
         plot.hideButtons()
         if label == "memory":
-            plot.addLegend(offset=(8, 8), labelTextColor=fg, brush=bg)
+            bg_half = QColor(bg)
+            bg_half.setAlpha(200)
+            plot.addLegend(offset=(8, 4), labelTextColor=fg, brush=bg_half, colCount=5)
         return plot
 
     # -- data --------------------------------------------------------------------
