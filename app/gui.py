@@ -23,6 +23,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
 log = logging.getLogger(__name__)
 
 PAUSE_SECONDS = 3600.0
+TRAY_WAIT_TRIES = 30  # x 2 s: how long to wait for a tray that is not there at start
 
 
 class KvwallApp(QObject):
@@ -59,21 +60,22 @@ class KvwallApp(QObject):
 
         self.window = MainWindow(simulate=simulate)
         self.window.setWindowIcon(app_icon())
+        # At login the panel's tray may come up after kvwall: wait for it a while.
+        self._tray_wait = QTimer(self)
+        self._tray_wait.setInterval(2000)
+        self._tray_wait.timeout.connect(self._look_for_tray)
+        self._tray_deadline = 0
         if use_tray is None:
             use_tray = QSystemTrayIcon.isSystemTrayAvailable()
-        self.tray: Tray | None = Tray(self.thresholds, self) if use_tray else None
-        self.window.hide_on_close = self.tray is not None
-        self.notifications = NotificationCenter(self.rules, self.tray.icon if self.tray else None,
-                                                self)
+            self._tray_deadline = 0 if use_tray else TRAY_WAIT_TRIES
+        self.tray: Tray | None = None
+        self.notifications = NotificationCenter(self.rules, None, self)
         self.notifications.open_server.connect(self.show_server)
         self.window.close_requested.connect(self._window_closed)
         self.window.url_added.connect(self.add_server_url)
-        if self.tray is not None:
-            self.tray.open_window.connect(self.show_window)
-            self.tray.open_server.connect(self.show_server)
-            self.tray.settings_requested.connect(self.open_settings)
-            self.tray.quit_requested.connect(self.quit)
-            self.tray.pause_toggled.connect(self.set_paused)
+        if use_tray:
+            self._make_tray()
+        self.window.hide_on_close = self.tray is not None
 
         self.worker = PollWorker(poll_fn, self.settings["poll_interval_s"])
         self.worker.polled.connect(self._on_result, Qt.ConnectionType.QueuedConnection)
@@ -85,10 +87,36 @@ class KvwallApp(QObject):
         self._stopped = False
         self.results = 0
 
+    def _make_tray(self) -> None:
+        self.tray = Tray(self.thresholds, self)
+        self.tray.open_window.connect(self.show_window)
+        self.tray.open_server.connect(self.show_server)
+        self.tray.settings_requested.connect(self.open_settings)
+        self.tray.quit_requested.connect(self.quit)
+        self.tray.pause_toggled.connect(self.set_paused)
+        self.notifications.set_tray(self.tray.icon)
+        report = self.window.report()
+        if report is not None:
+            self.tray.set_report(report)
+
+    def _look_for_tray(self) -> None:
+        self._tray_deadline -= 1
+        if QSystemTrayIcon.isSystemTrayAvailable():
+            self._tray_wait.stop()
+            self._make_tray()
+            self.window.hide_on_close = True
+            self.tray.show()
+            log.info("a system tray appeared; kvwall now lives there")
+        elif self._tray_deadline <= 0:
+            self._tray_wait.stop()
+            log.info("no system tray: kvwall runs as a normal window")
+
     # -- lifecycle -----------------------------------------------------------------
     def start(self, show_window: bool | None = None) -> None:
         if self.tray is not None:
             self.tray.show()
+        elif self._tray_deadline > 0:
+            self._tray_wait.start()
         if show_window or (show_window is None and self.tray is None):
             self.show_window()
         if self.startup_message:
@@ -105,6 +133,7 @@ class KvwallApp(QObject):
         self._stopped = True
         self.quitting.emit()
         self._pause_timer.stop()
+        self._tray_wait.stop()
         self.poll_thread.stop()
         if self.tray is not None:
             self.tray.hide()

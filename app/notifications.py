@@ -366,9 +366,13 @@ class NotificationCenter(QObject):
                  parent: QObject | None = None, timeout_ms: int = 10000) -> None:
         super().__init__(parent)
         self.rules = rules
-        self.tray = tray
         self.timeout_ms = timeout_ms
         self._last_server: str | None = None
+        self.set_tray(tray)
+
+    def set_tray(self, tray: QSystemTrayIcon | None) -> None:
+        """Deliver through ``tray`` from now on (None: signals only)."""
+        self.tray = tray
         if tray is not None:
             tray.messageClicked.connect(self._clicked)
 

@@ -146,10 +146,11 @@ class HistoryView(QWidget):
         self._limit_lines = []
         for i in range(MAX_SLOT_CURVES):
             color = SLOT_COLORS[i % len(SLOT_COLORS)]
-            c = self.context_plot.plot([], [], pen=pg.mkPen(color, width=2))
+            c = self.context_plot.plot([], [], pen=pg.mkPen(color, width=2), antialias=True)
             _tune(c)
             fc = self.context_plot.plot([], [], pen=pg.mkPen(color, width=1.5,
-                                                             style=Qt.PenStyle.DashLine))
+                                                             style=Qt.PenStyle.DashLine),
+                                        antialias=True)
             line = pg.InfiniteLine(angle=0, movable=False,
                                    pen=pg.mkPen(color, width=1, style=Qt.PenStyle.DotLine))
             line.setVisible(False)

@@ -91,3 +91,36 @@ def test_tray_window_forecast_notification_and_what_if(tray_host, tmp_path):
     assert parsed.n_ctx == wi["n_ctx"]
     assert parsed.kv_total_mib == pytest.approx(wi["kv_bytes"] / MIB, abs=0.01)
     assert {c.type_k for c in parsed.kv_caches} == {"q8_0"}
+
+
+def test_no_tray_at_start_then_a_tray_appears(display, tmp_path):
+    import time
+
+    from tray_host import start_trayer, stop_trayer
+
+    env = {**os.environ, "DISPLAY": display, "QT_QPA_PLATFORM": "xcb"}
+    app = subprocess.Popen([sys.executable, str(HERE / "late_tray.py"), str(tmp_path)],
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    trayer = None
+    try:
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "ready").exists():
+            assert app.poll() is None, app.stdout.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "kvwall did not start"
+            try:
+                app.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+        trayer = start_trayer(display)
+        app.wait(timeout=120)
+    finally:
+        if app.poll() is None:
+            app.kill()
+        if trayer is not None:
+            stop_trayer(trayer)
+    r = json.loads((tmp_path / "result.json").read_text())
+    # Without a tray: a normal window, and closing it would quit.
+    assert r["tray_at_start"] is False and r["window_visible_at_start"]
+    assert r["close_quits_at_start"]
+    # The tray host arrives: kvwall moves into it; closing the window no longer quits.
+    assert r["tray_later"] and r["close_hides_later"] and r["still_running_after_close"]
