@@ -64,7 +64,7 @@ def _parse_keys(items: Sequence[str]) -> dict[str, str]:
     keys: dict[str, str] = {}
     for item in items:
         url, eq, key = item.partition("=")
-        # The URL itself may hold '=' in a query; split at the last '=' after the host.
+        # Split at the first '=': a key (base64) may end with '=', a URL needs none.
         if not eq or not url or not key:
             raise UsageError("--api-key: expected URL=KEY (e.g. http://127.0.0.1:8080=$KEY)")
         if not url.startswith(("http://", "https://")):
@@ -304,7 +304,9 @@ def _forecast_text(f: Any) -> str:
         if f.turns_seen == 0:
             return "forecast after the first finished request"
         return "not growing"
-    parts = [f"~{f.turns_left} turn{'s' * (f.turns_left != 1)} left"]
+    # turns_left counts the request that hits the wall: 1 means the next one does.
+    parts = ["the next request fills it" if f.turns_left == 1
+             else f"full in ~{f.turns_left} requests"]
     if f.seconds_left is not None:
         parts.append(f"~{fmt_duration(f.seconds_left)}")
     parts.append(f"+{f.tokens_per_turn:.0f}/turn, confidence {f.confidence:.0%}")
@@ -321,7 +323,7 @@ def _slot_line(label: str, s: Any) -> str:
 
 
 def _server_lines(s: Any, footnotes: list[str]) -> list[str]:
-    head = f"  {s.name}"
+    head = f"  {s.name}" if s.name != s.url else ""
     if s.pid is not None:
         head += f"  pid {s.pid}"
     head += f"  {s.url}  [{s.health}]"

@@ -281,9 +281,10 @@ class Engine:
                 errors.append(error)
         else:
             config = ServerConfig()
-            notes.append("no command line (a server given by URL): llama-server's defaults "
-                         "assumed for what /props and /slots do not tell (cache type, flash "
-                         "attention, batch sizes)")
+            if state.props:
+                notes.append("no command line (a server given by URL): llama-server's "
+                             "defaults assumed for what /props and /slots do not tell (cache "
+                             "type, flash attention, batch sizes)")
 
         path = self._model_path(state, config)
         model: ModelInfo | None = None
@@ -335,6 +336,10 @@ class Engine:
         unified = plan.kv_unified if plan is not None else (
             _unified_guess(config) if config is not None else False)
         slots = state.slots
+        if state.props and state.props.get("endpoint_slots") is False:
+            notes.append("slot monitoring is off on this server (--no-slots): each "
+                         "conversation's context cannot be followed; start it with --slots "
+                         "(the default) to see the slots and their forecasts")
         slot_reports: tuple[SlotReport, ...] = ()
         pool_report: SlotReport | None = None
         if slots is not None:

@@ -480,8 +480,8 @@ class LlamaClient:
     def _unauthorized_msg(self) -> str:
         if self.process.api_key:
             return "The server rejected the API key kvwall found for it (HTTP 401)."
-        return ("The server needs an API key (HTTP 401): add it in kvwall's settings "
-                "for this URL.")
+        return ("The server needs an API key (HTTP 401): give kvwall its key for this URL "
+                "(kvwall status --api-key URL=KEY, or the app's settings).")
 
     def _read_props(self) -> Mapping[str, Any]:
         resp = self._request("/props")

@@ -146,3 +146,17 @@ def test_bad_values_exit_2_with_one_line(args, capsys):
     assert main(args, poller=FakePoller(empty()), out=io.StringIO()) == 2
     err = capsys.readouterr().err
     assert err.startswith("kvwall status: ") and err.count("\n") == 1
+
+
+def test_text_forecast_says_when_the_next_request_fills_the_slot(server_snapshot):
+    # 200 cells per request; the last poll holds 900 of 1024 (the next request fills it)
+    # and, one poll earlier, 700 (two requests: the second hits the wall).
+    snaps = [server_snapshot(float(i), 100 + 200 * i, 10 + 5 * i) for i in range(5)]
+    clock = FakeClock()
+    out = io.StringIO()
+    code = main(["--watch", "2", "--count", "5"], poller=FakePoller(*snaps, clock=clock),
+                out=out, sleep=clock.sleep, monotonic=clock.now)
+    assert code == 0
+    screens = out.getvalue().split("kvwall status  ")
+    assert "full in ~2 requests" in screens[-2]
+    assert "the next request fills it" in screens[-1]

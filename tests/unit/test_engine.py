@@ -221,3 +221,15 @@ def test_sleeping_server_is_not_compared_with_its_plan(model_path):
     assert attr.measured_bytes == 15 * MIB and attr.kv_bytes == 0
     assert not (attr.note and "less than modeled" in attr.note)
     assert any("sleeping" in n for n in server.notes)
+
+
+def test_slots_disabled_and_silent_url_servers_are_explained(model_path):
+    argv = ["llama-server", "-m", model_path, "-c", "1024", "--no-slots"]
+    no_slots = state(argv, props={"endpoint_slots": False, "total_slots": 4})
+    silent = state((), pid=None, url="http://10.1.2.3:8080", health="unreachable",
+                   errors=("Unreachable at http://10.1.2.3:8080: connection refused.",))
+    report = Engine().analyse(snap(no_slots, silent))
+    ns, sl = report.servers
+    assert ns.slots == () and any("--no-slots" in n for n in ns.notes)
+    # Nothing was heard from the URL: no guess about its configuration, just the error.
+    assert sl.notes == () and sl.errors == silent.errors
