@@ -296,6 +296,7 @@ class _Resolved:
     n_rs_seq: int
     n_gpu_layers: int  # resolved count incl. output layer
     gpu_names: tuple[str, ...]
+    splits: tuple[float, ...] = ()  # -ts shares per GPU; empty = equal shares
     assumptions: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -324,6 +325,10 @@ def _context(model: ModelInfo, config: ServerConfig, rv: _Resolved, n_ctx_req: i
 def _refusals(model: ModelInfo, config: ServerConfig, rv: _Resolved) -> None:
     """llama_init_from_model's checks, in its order, with its messages."""
     tk, tv = config.cache_type_k, config.cache_type_v
+    if config.split_mode == "tensor":  # llama_prepare_model_devices, at model load
+        if not rv.gpu_names:
+            rv.errors.append("LLAMA_SPLIT_MODE_TENSOR needs >= 1 devices")
+            return
     if config.n_batch == 0 and config.n_ubatch == 0:
         rv.errors.append("n_batch and n_ubatch cannot both be zero")
         return
@@ -333,6 +338,13 @@ def _refusals(model: ModelInfo, config: ServerConfig, rv: _Resolved) -> None:
     if rv.n_seq > LLAMA_MAX_SEQ:
         rv.errors.append(f"n_seq_max must be <= {LLAMA_MAX_SEQ}")
         return
+    if config.split_mode == "tensor":
+        if rv.fa == "auto":
+            rv.fa = "on"
+            rv.assumptions.append("flash attention switched on: llama.cpp requires it for -sm tensor")
+        elif rv.fa == "off":
+            rv.errors.append("SPLIT_MODE_TENSOR requires flash_attn to be enabled")
+            return
     if (model.is_mla or model.architecture == "deepseek4") and tk != tv:
         rv.errors.append(f"model does not support different K ({tk}) and V ({tv}) cache types")
         return
@@ -396,6 +408,23 @@ def _resolve(model: ModelInfo, config: ServerConfig, gpu_names: Sequence[str]) -
         n_rs_seq = max(0, config.spec_draft_n_max)
 
     gpus = tuple(gpu_names)
+    splits: tuple[float, ...] = ()
+    if config.split_mode == "none" and len(gpus) > 1:
+        gpus = gpus[:1]
+        notes.append(f"-sm none: everything on the main GPU {gpus[0]} (-mg 0)")
+    elif config.split_mode == "tensor" and gpus:
+        notes.append(
+            "-sm tensor: weights and KV shown split by layer; llama.cpp splits each tensor across the GPUs"
+        )
+    if len(gpus) > 1:
+        ts = tuple(config.tensor_split[: len(gpus)]) + (0.0,) * (len(gpus) - len(config.tensor_split))
+        if any(ts):
+            splits = ts
+        else:
+            notes.append(
+                f"layers split evenly over {', '.join(gpus)} (llama.cpp splits by free memory "
+                "when -ts is not given)"
+            )
     n_all = model.n_layer_all
     ngl = config.n_gpu_layers
     if not gpus:
@@ -417,6 +446,7 @@ def _resolve(model: ModelInfo, config: ServerConfig, gpu_names: Sequence[str]) -
         n_rs_seq=n_rs_seq,
         n_gpu_layers=n_gpu_layers,
         gpu_names=gpus,
+        splits=splits,
         assumptions=notes,
     )
     return rv
@@ -459,10 +489,17 @@ def _layer_device(rv: _Resolved, model: ModelInfo, il: int) -> str:
     act = min(rv.n_gpu_layers, n_all + 1)
     if il < start or il - start >= act:
         return "Host"
-    # without -ts, llama.cpp splits by free memory; assume equal shares
-    n_dev = len(rv.gpu_names)
-    idx = min(int((il - start) / act * n_dev), n_dev - 1)
-    return rv.gpu_names[idx]
+    # the first device whose cumulative -ts share exceeds the layer's position
+    # (std::upper_bound); without -ts llama.cpp splits by free memory: equal shares here
+    shares = rv.splits or (1.0,) * len(rv.gpu_names)
+    total = sum(shares)
+    pos = (il - start) / act
+    acc = 0.0
+    for name, share in zip(rv.gpu_names, shares, strict=True):
+        acc += share
+        if acc / total > pos:
+            return name
+    return rv.gpu_names[-1]
 
 
 def _overrides(config: ServerConfig) -> list[tuple[re.Pattern[str], str]]:
@@ -815,6 +852,12 @@ def _plan(
     rv = _resolve(model, config, gpu_names)
     lay = layout
     # n_ctx: -c, --kv-unified-per-slot, --fit
+    if config.n_ctx is not None and config.n_ctx < 0:
+        rv.errors.append(
+            f"-c {config.n_ctx}: a negative context size; llama.cpp aborts "
+            "(GGML_ASSERT(n_outputs >= 1) in llama-context.cpp)"
+        )
+        return _empty_plan(config, rv, None)
     if config.n_ctx is not None and config.n_ctx > 0:
         rv.n_ctx_req = config.n_ctx
     elif config.n_ctx is None and config.kv_unified_per_slot and config.kv_unified_per_slot > 0:

@@ -68,6 +68,8 @@ REFUSED = [
     ("mla-k-ne-v", "deepseek2", {}, ("-c", "1024", "-ctk", "q8_0"), "does not support different K (q8_0) and V (f16)"),
     ("block-size-row-fa-off", "qwen3", {"head_k": 40, "head_v": 40}, ("-c", "2048", "-ctk", "q8_0", "-fa", "off"),
      "multiple of its block size"),
+    ("negative-ctx", "llama", {}, ("-c", "-5"), "a negative context size"),  # llama.cpp aborts
+    ("split-tensor-cpu-only", "llama", {}, ("-c", "2048", "-sm", "tensor"), "LLAMA_SPLIT_MODE_TENSOR needs >= 1 devices"),
 ]
 
 # values llama-server rejects while parsing its arguments

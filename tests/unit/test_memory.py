@@ -246,6 +246,38 @@ def test_weights_follow_gpu_layers_and_expert_overrides():
     assert {d.name: d.kv_bytes for d in nkvo.devices} == {"CUDA0": 0, "Host": 4 * 256 * 64 * 4}
 
 
+def test_layers_split_over_gpus_by_tensor_split_like_llama_cpp():
+    n = 4
+    tensors = (
+        TensorInfo("token_embd.weight", "f16", 1, (64, 100), 1000),
+        *(TensorInfo(f"blk.{i}.attn_q.weight", "f16", 1, (64, 64), 900) for i in range(n)),
+        TensorInfo("output.weight", "f16", 1, (64, 100), 2000),
+    )
+    m = make_model(n_layer=n, tensors=tensors, n_head_kv=1, head_k=64, head_v=64)
+    gpus = ("CUDA0", "CUDA1")
+    by = lambda flags: {d.name: d.weights_bytes for d in plan_memory(m, cfg(flags), gpu_names=gpus).devices}  # noqa: E731
+    # 5 units (4 layers + output) over equal shares: positions 0, .2, .4 -> CUDA0; .6, .8 -> CUDA1
+    assert by("-c 256") == {"CUDA0": 2700, "CUDA1": 2900, "Host": 1000}
+    even = plan_memory(m, cfg("-c 256"), gpu_names=gpus)
+    assert any("split evenly" in a and "-ts" in a for a in even.assumptions)
+    assert by("-c 256 -ts 3,1") == {"CUDA0": 3600, "CUDA1": 2000, "Host": 1000}
+    assert by("-c 256 -ts 0,1") == {"CUDA0": 0, "CUDA1": 5600, "Host": 1000}
+    assert by("-c 256 -sm none") == {"CUDA0": 5600, "Host": 1000}
+
+
+def test_split_mode_tensor_and_negative_context_are_refused_like_llama_cpp():
+    assert plan_memory(LLAMA8B, cfg("-c 4096 -sm tensor")).errors == (
+        "LLAMA_SPLIT_MODE_TENSOR needs >= 1 devices",
+    )
+    gpus = ("CUDA0", "CUDA1")
+    plan = plan_memory(LLAMA8B, cfg("-c 4096 -sm tensor -fa off"), gpu_names=gpus)
+    assert plan.errors == ("SPLIT_MODE_TENSOR requires flash_attn to be enabled",)
+    plan = plan_memory(LLAMA8B, cfg("-c 4096 -sm tensor"), gpu_names=gpus)
+    assert plan.ok and plan.flash_attn_effective
+    plan = plan_memory(LLAMA8B, cfg("-c -5"))
+    assert not plan.ok and "-c -5" in plan.errors[0] and plan.total_bytes == 0
+
+
 def test_totals_add_up():
     plan = plan_memory(LLAMA8B, cfg("-c 8192 --cache-ram 4096"))
     assert plan.total_bytes == (
