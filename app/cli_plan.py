@@ -464,6 +464,12 @@ def main(
     except ConfigError as exc:
         err.write(f"kvwall plan: {exc}\n")
         return EXIT_USAGE
+    if config.unknown_flags:
+        err.write(
+            f"kvwall plan: llama-server would refuse this command line: invalid argument: "
+            f"{config.unknown_flags[0]} (not an argument of llama-server)\n"
+        )
+        return EXIT_USAGE
     if not config.model_path:
         hint = " (-hf downloads are not read; pass the local .gguf path)" if _has_hf(config) else ""
         err.write(f"kvwall plan: no model given: pass MODEL.gguf or -m MODEL.gguf{hint}\n")
@@ -514,11 +520,24 @@ def main(
             obj["command"] = f"{prefix} {obj['command']}"
             for row in obj["what_if"]:
                 row["command"] = f"{prefix} {row['command']}"
-    if args.json:
-        out.write(json.dumps(obj, indent=2) + "\n")
-    else:
-        _write_text(out, obj, model)
+    try:
+        if args.json:
+            out.write(json.dumps(obj, indent=2) + "\n")
+        else:
+            _write_text(out, obj, model)
+        out.flush()
+    except BrokenPipeError:  # `kvwall plan ... | head`: the reader left, nothing to report
+        _silence_stdout()
     return EXIT_OK if plan.ok else EXIT_REFUSED
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 def _has_hf(config: Any) -> bool:

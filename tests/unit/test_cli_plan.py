@@ -103,6 +103,8 @@ def test_refused_configuration_exits_1_with_errors_and_no_budget(models):
         ([], ["MODEL.gguf"]),
         (["--cmd", "llama-server -c 4096"], ["model"]),
         (["--cmd", "llama-server -m 'unclosed"], ["--cmd"]),
+        (["{model}", "--frobnicate"], ["--frobnicate"]),  # llama-server: invalid argument
+        (["--cmd", "llama-server -m {model} stray"], ["stray"]),
     ],
 )
 def test_bad_input_is_one_line_exit_2_no_traceback(models, argv, words):
