@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -307,14 +308,40 @@ def resolve_api_key(
     configured: str | None,
     read_text: Callable[[str], str],
     notes: list[str],
+    *,
+    read_files: bool = True,
+    cwd: str | None = None,
 ) -> str | None:
-    """The key a server accepts: ``--api-key``, ``--api-key-file``, env, then the user's setting."""
+    """The key a server accepts: ``--api-key``, ``--api-key-file``, env, then the user's setting.
+
+    Args:
+        read_files: read ``--api-key-file`` / ``LLAMA_ARG_API_KEY_FILE``. False for another
+            user's process: kvwall would otherwise read a file of ours that process names
+            (it may not be able to) and send its first line to that process's port.
+        cwd: the process's working directory, for a relative key file path.
+    """
     args = list(args)
     for value in argv_values(args, "--api-key"):
         key = _first_key(value)
         if key:
             return key
-    for path in argv_values(args, "--api-key-file"):
+    # In llama.cpp's order: the files on the command line, then the environment.
+    sources = [(None, path) for path in argv_values(args, "--api-key-file")]
+    sources.append((env.get("LLAMA_API_KEY"), None))
+    sources.append((None, env.get("LLAMA_ARG_API_KEY_FILE")))
+    for value, path in sources:
+        if value:
+            key = _first_key(value)
+            if key:
+                return key
+        if not path:
+            continue
+        if not read_files:
+            notes.append(f"API key file {path} not read: the process belongs to another "
+                         "user (give kvwall the key for its URL instead).")
+            continue
+        if cwd and not os.path.isabs(path):
+            path = os.path.join(cwd, path)
         try:
             key = read_key_file(path, read_text)
         except OSError as e:
@@ -322,19 +349,6 @@ def resolve_api_key(
             continue
         if key:
             return key
-    if env.get("LLAMA_API_KEY"):
-        key = _first_key(env["LLAMA_API_KEY"])
-        if key:
-            return key
-    if env.get("LLAMA_ARG_API_KEY_FILE"):
-        path = env["LLAMA_ARG_API_KEY_FILE"]
-        try:
-            key = read_key_file(path, read_text)
-        except OSError as e:
-            notes.append(f"API key file {path} is not readable ({e.strerror or e}).")
-        else:
-            if key:
-                return key
     return configured
 
 
@@ -397,6 +411,8 @@ class _Static:
     env: dict[str, str]
     secret_env: dict[str, str]
     env_readable: bool
+    own: bool = True  # runs as kvwall's user
+    cwd: str | None = None
 
 
 @dataclass
@@ -459,11 +475,19 @@ class Scanner:
             env_readable = True
         except self.psutil.AccessDenied:
             environ, env_readable = {}, False
+        try:
+            own = proc.uids().real == os.getuid()
+        except (AttributeError, *gone, OSError):
+            own = env_readable  # no uids (Windows): only our own environments are readable
+        try:
+            cwd = proc.cwd() if own else None
+        except (*gone, OSError):
+            cwd = None
         return _Static(
             kind=kind, name=_basename(cmdline[0]) if cmdline else name, cmdline=cmdline,
             args=args, env=_llama_env(environ),
             secret_env={k: environ[k] for k in SECRET_ENV if k in environ},
-            env_readable=env_readable,
+            env_readable=env_readable, own=own, cwd=cwd,
         )
 
     def _listening(self, key: tuple, proc: Any) -> list[tuple[str, int]] | None:
@@ -577,7 +601,7 @@ class Scanner:
             else:
                 url = make_url(ep.host or DEFAULT_HOST, ep.port, ep.api_prefix)
             key = resolve_api_key(st.args, {**st.env, **st.secret_env}, configured_keys.get(url),
-                                  self.read_text, own_notes)
+                                  self.read_text, own_notes, read_files=st.own, cwd=st.cwd)
             is_child = ROUTER_CHILD_ENV in st.env or (f.ppid in routers and f.pid not in routers)
             server = ServerProcess(
                 url=url, pid=f.pid, argv=RedactedArgv(st.cmdline),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import namedtuple
 from types import SimpleNamespace
 
@@ -27,8 +28,11 @@ class FakeProcess:
     """Mirrors the psutil.Process methods discovery uses, raising psutil's own errors."""
 
     def __init__(self, pid, cmdline, *, name=None, exe=None, env=None, ppid=1, rss=1 << 20,
-                 listen=(), deny_env=False, deny_conns=False, vanish=None):
+                 listen=(), deny_env=False, deny_conns=False, vanish=None, uid=None,
+                 cwd="/"):
         self.pid = pid
+        self._uid = os.getuid() if uid is None else uid
+        self._cwd = cwd
         self._cmdline = list(cmdline)
         self._name = name if name is not None else cmdline[0].rsplit("/", 1)[-1][:15]
         self._exe = exe if exe is not None else cmdline[0]
@@ -53,6 +57,14 @@ class FakeProcess:
 
     def exe(self):
         return self._exe
+
+    def uids(self):
+        return SimpleNamespace(real=self._uid, effective=self._uid, saved=self._uid)
+
+    def cwd(self):
+        if self._uid != os.getuid():
+            raise psutil.AccessDenied(self.pid)
+        return self._cwd
 
     def environ(self):
         if self._deny_env:
@@ -249,6 +261,25 @@ def test_api_key_file(tmp_path):
     f.write_text("# comment\n\nsecret-from-file\nother\n")
     p = FakeProcess(1, [SERVER, "-m", "m", "--api-key-file", str(f)])
     assert only(discover(fake_psutil(p))).api_key == "secret-from-file"
+
+
+def test_relative_api_key_file_is_read_from_the_servers_directory(tmp_path):
+    (tmp_path / "keys.txt").write_text("relative-secret\n")
+    p = FakeProcess(1, [SERVER, "-m", "m", "--api-key-file", "keys.txt"], cwd=str(tmp_path))
+    assert only(discover(fake_psutil(p))).api_key == "relative-secret"
+
+
+def test_another_users_api_key_file_is_never_read(tmp_path):
+    # Another user's process naming one of our files: kvwall must not read it and send
+    # its first line to that process's port.
+    ours = tmp_path / "private.txt"
+    ours.write_text("my-own-secret\n")
+    p = FakeProcess(1, [SERVER, "-m", "m", "--api-key-file", str(ours)], uid=os.getuid() + 1,
+                    deny_env=True)
+    d = scan(fake_psutil(p), api_keys={"http://127.0.0.1:8080": "configured-for-url"})
+    s = only(d.servers)
+    assert s.api_key == "configured-for-url"
+    assert any("another user" in n and str(ours) in n for n in d.notes_for(s))
 
 
 def test_unreadable_api_key_file_is_a_note(tmp_path):
