@@ -1140,6 +1140,9 @@ def what_if_table(
     """The standard what-if grid: cache types f16/q8_0/q4_0 (+ extras) crossed with the
     current slot count and fewer slots (half, one fewer, one).
 
+    A cache type llama.cpp refuses gets one row (its reason), not one per slot count; a
+    model without a KV cache (recurrent only) gets slot rows only.
+
     Rows that change the slot count keep the pool kind: a unified pool keeps its size
     (``-kvu``, same ``-c``: fewer slots share it), split slots keep their context each
     (``-c`` = per-slot context x slots).
@@ -1153,6 +1156,8 @@ def what_if_table(
     lay = _layout(model)
     base = _plan(model, config, gpu_names=gpu_names, free_bytes=None, layout=lay)
     types = list(dict.fromkeys(["f16", "q8_0", "q4_0", *extra_cache_types]))
+    if not lay.kv_layers:  # recurrent only: the cache type changes nothing
+        types = [config.cache_type_k]
     n_now = base.n_seq
     slot_options = [n_now]
     for n in (n_now // 2, n_now - 1, 1):
@@ -1160,9 +1165,11 @@ def what_if_table(
             slot_options.append(n)
     slot_options.sort(reverse=True)
     per_slot = base.n_ctx_seq
-    rows = []
+    rows: list[WhatIf] = []
     for t in types:
         for n in slot_options:
+            if n != n_now and base.ok and rows and rows[-1].refused and rows[-1].plan.n_seq == n_now:
+                break  # refused for the cache type: fewer slots cannot help, one row says it
             changes: dict = {}
             if t != config.cache_type_k or t != config.cache_type_v:
                 changes["cache_type_k"] = t

@@ -351,3 +351,18 @@ def test_simulate_keeps_the_current_context_and_reports_refusals():
 def test_extra_cache_type_must_be_allowed():
     with pytest.raises(ValueError, match="Unsupported cache type: q2_k"):
         what_if_table(LLAMA8B, cfg("-c 4096"), memory_bytes=GiB, extra_cache_types=["q2_k"])
+
+
+def test_what_if_says_a_refused_cache_type_once_and_skips_types_without_a_kv_cache():
+    odd = make_model(head_k=80, head_v=80, n_head_kv=8)  # 80 is not a multiple of 32
+    rows = what_if_table(odd, cfg("-c 8192 -np 4"), memory_bytes=24 * GiB)
+    q8 = [r for r in rows if r.label.startswith("q8_0")]
+    assert len(q8) == 1 and q8[0].refused and "n_embd_head_k=80" in q8[0].plan.errors[0]
+    assert [r.label for r in rows if not r.refused] == ["current", "3 slots", "2 slots", "1 slot"]
+    mamba = make_model(
+        "mamba", n_layer=2, n_embd=64, n_head=0, n_head_kv=0, ssm_d_conv=4, ssm_d_inner=128,
+        ssm_d_state=16, recurrent_layers=(True, True),
+    )  # fmt: skip
+    rows = what_if_table(mamba, cfg("-np 4"), memory_bytes=GiB)
+    assert [r.label for r in rows] == ["current", "3 slots", "2 slots", "1 slot"]
+    assert all(r.saves_bytes > 0 for r in rows[1:])  # fewer slots, fewer recurrent states
