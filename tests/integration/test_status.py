@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -44,6 +45,49 @@ def plan_config(argv: list[str]) -> dict:
     return json.loads(done.stdout)["config"]
 
 
+def documented_status_fields() -> set[str]:
+    """Field names of the ``status`` block of docs/json-schema.md."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "json-schema.md").read_text()
+    block = doc[doc.index("## `kvwall status --json`"):]
+    block = block[block.index("```") + 3:]
+    block = block[: block.index("```")]
+    names = set()
+    for line in block.splitlines():
+        # "  name   text", "  a, b, c   text", "cache_type_k, flash_attn ("on" | ...), n_ubatch"
+        head = re.split(r"\s{2,}", line.strip(), maxsplit=1)[0]
+        head = re.sub(r"\s*\([^)]*\)", "", head).strip()
+        if re.fullmatch(r"[a-z_0-9]+(\[\])?(, [a-z_0-9]+(\[\])?)*", head):
+            names.update(n.removesuffix("[]") for n in head.split(", "))
+    # "{pid, used_bytes, name}", "devices[]{name, ...}", '{"f16": N, ...}'
+    for group in re.findall(r"\{([^{}]*(?:\{[^{}]*\}[^{}]*)*)\}", block):
+        names.update(re.findall(r"\b([a-z_][a-z0-9_]*)\b(?=\s*[,}\[]|\s*$)", group + "}"))
+        names.update(re.findall(r'"([a-z0-9_]+)":', group))
+    return names
+
+
+def json_keys(value, seen=None) -> set[str]:
+    seen = set() if seen is None else seen
+    if isinstance(value, dict):
+        for k, v in value.items():
+            seen.add(k)
+            json_keys(v, seen)
+    elif isinstance(value, list):
+        for v in value:
+            json_keys(v, seen)
+    return seen
+
+
+def json_items(value):
+    """Every (key, value) pair of a JSON document, nested ones included."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            yield k, v
+            yield from json_items(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from json_items(v)
+
+
 def only(pids):
     """A discovery limited to the servers this test started (others may be running)."""
     pids = set(pids)
@@ -76,6 +120,11 @@ def test_status_finds_every_server_with_its_configuration_and_slots(llama_server
     assert API_KEY not in done.stdout and API_KEY not in done.stderr
     report = json.loads(done.stdout)
     assert report["schema_version"] == 1
+    # The real output and docs/json-schema.md name the same fields, both ways.
+    documented, printed = documented_status_fields(), json_keys(report)
+    assert not printed - documented, f"undocumented fields: {sorted(printed - documented)}"
+    assert not documented - printed, f"documented, never printed: {sorted(documented - printed)}"
+    assert all(v is None or type(v) is int for k, v in json_items(report) if k.endswith("_bytes"))
     assert any(d["id"] == "host" and d["total_bytes"] > 0 for d in report["devices"])
     by_pid = {s["pid"]: s for s in report["servers"]}
     for srv in servers:
