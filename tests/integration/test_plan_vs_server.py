@@ -11,6 +11,7 @@ machine: llama.cpp compares against the host's total RAM.
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 import sys
 
@@ -190,3 +191,49 @@ def test_kvwall_plan_json_matches_the_server(llama_server, tiny_model, tmp_path)
     q8 = parse_load_log(text)
     assert {c.type_k for c in q8.kv_caches} == {c.type_v for c in q8.kv_caches} == {"q8_0"}
     assert abs(row["kv_bytes"] / MiB - q8.kv_total_mib) <= 2 * LOG_RESOLUTION_MIB  # two lines
+
+
+def _plan_json(path, *args):
+    done = subprocess.run(
+        [sys.executable, "-m", "kvwall.app", "plan", str(path), *args, "--json", "--memory", "1G"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(
+    ("kind", "args", "label"),
+    [
+        ("llama", ("-c", "2048"), "2 slots"),  # unified pool kept with -np 2 -kvu
+        ("llama", ("-c", "3000", "-np", "4"), "q4_0 cache, 1 slot"),  # split slots keep their context
+        ("gemma3", ("-c", "2048", "-np", "2", "-fa", "off"), "q8_0 cache, 1 slot"),  # SWA; turns -fa on
+        ("lfm2", ("-c", "1024", "-np", "2"), "q8_0 cache"),  # hybrid: KV + recurrent state
+    ],
+)
+def test_what_if_commands_start_servers_with_the_promised_kv(llama_server, tiny_model, kind, args, label):
+    path = tiny_model(kind)
+    obj = _plan_json(path, *args)
+    row = next(r for r in obj["what_if"] if r["label"].startswith(label))
+    assert not row["refused"]
+    argv = shlex.split(row["command"])
+    assert argv[:3] == ["llama-server", "-m", str(path)]
+    code, text = _start(llama_server, path, argv[3:])
+    assert code is None, f"llama-server refused the what-if command {row['command']}:\n{text[-2000:]}"
+    log = parse_load_log(text)
+    assert (log.n_ctx, log.n_seq_max) == (row["n_ctx"], row["n_seq"])
+    assert log.n_ctx_slot == row["n_ctx_slot"]
+    assert {c.type_k for c in log.kv_caches} == {row["cache_type_k"]}
+    # each cache line is rounded to 0.01 MiB on its own
+    assert abs(row["kv_bytes"] / MiB - log.kv_total_mib) <= len(log.kv_caches) * LOG_RESOLUTION_MIB
+
+
+def test_what_if_refuses_a_cache_type_the_head_size_forbids_like_the_server(llama_server, tiny_model):
+    path = tiny_model("qwen3", head_k=40, head_v=40)  # 40 is not a multiple of q8_0's 32-value block
+    obj = _plan_json(path, "-c", "2048")
+    q8 = [r for r in obj["what_if"] if r["cache_type_k"] == "q8_0"]
+    assert len(q8) == 1 and q8[0]["refused"] and "n_embd_head_k=40" in q8[0]["error"]
+    assert q8[0]["max_ctx"] == 0 and q8[0]["kv_bytes"] is None
+    code, text = _start(llama_server, path, ("-c", "2048", "-ctk", "q8_0", "-ctv", "q8_0"))
+    assert code is not None and code != 0, "llama-server started a configuration plan refused"
+    assert any("n_embd_head_k=40" in e for e in parse_load_log(text).errors)
