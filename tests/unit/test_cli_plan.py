@@ -82,6 +82,31 @@ def test_every_json_field_is_documented(models):
     assert not missing, f"fields missing from docs/json-schema.md: {sorted(missing)}"
 
 
+def _documented_tables() -> dict[str, set[str]]:
+    """Section name -> the field names in the first column of its table."""
+    doc = DOCS.read_text()
+    plan_doc = doc[doc.index("## `kvwall plan --json`") : doc.index("## `kvwall status --json`")]
+    tables: dict[str, set[str]] = {}
+    for part in plan_doc.split("\n### ")[1:]:
+        title = part.splitlines()[0].strip().strip("`").removesuffix("[]")
+        rows = [line for line in part.splitlines() if line.startswith("| `")]
+        tables[title] = {f for row in rows for f in re.findall(r"`([a-z_]+)`", row.split("|")[1])}
+    return tables
+
+
+def test_documented_tables_match_the_real_output_exactly(models):
+    tables = _documented_tables()
+    _, obj = run_json(str(models["gemma3"]), "-c", "4096", "--memory", "1G")
+    assert tables["top level"] == set(obj)
+    for section in ("model", "config", "memory", "budget"):
+        assert tables[section] == set(obj[section]), section
+    assert tables["devices"] == set(obj["devices"][0])
+    assert all(tables["what_if"] == set(row) for row in obj["what_if"])
+    for section in ("budget", "devices"):  # byte fields are integers
+        rows = obj[section] if isinstance(obj[section], list) else [obj[section]]
+        assert all(isinstance(r[k], int) for r in rows for k in r if k.endswith("_bytes"))
+
+
 def test_refused_configuration_exits_1_with_errors_and_no_budget(models):
     code, obj = run_json(str(models["llama"]), "-c", "2048", "-ctv", "q8_0", "-fa", "off", "--memory", "1G")
     assert code == 1
