@@ -300,6 +300,16 @@ class Engine:
                 state.router_models is not None
             ):
                 notes.append("router: each model runs in its own child llama-server")
+                listed = _router_models_text(state.router_models)
+                if listed:
+                    notes.append(f"router models: {listed}")
+        if proc.source == "router-child":
+            notes.append(
+                f"started by the router (pid {proc.parent_pid}): put the advised flags in "
+                "the router's command line or its model preset, not in this child's line"
+                if proc.parent_pid is not None else
+                "started by a router: put the advised flags in the router's command line or "
+                "its model preset")
 
         gpus = server_gpu_names(state, devices)
         plan: MemoryPlan | None = None
@@ -435,6 +445,19 @@ class Engine:
         cached = _Cached(inputs, budget, max_ctx, advice)
         self._cached[key] = cached
         return cached
+
+
+def _router_models_text(items: Sequence[Mapping[str, Any]] | None) -> str:
+    """``llama (loaded), qwen3 (unloaded)`` from a router's ``/models`` items."""
+    parts = []
+    for item in items or ():
+        ident = item.get("id") if isinstance(item, Mapping) else None
+        if not isinstance(ident, str) or not ident:
+            continue
+        status = item.get("status")
+        value = status.get("value") if isinstance(status, Mapping) else status
+        parts.append(f"{ident} ({value})" if isinstance(value, str) and value else ident)
+    return ", ".join(parts)
 
 
 def _slot_tokens(slot: SlotState) -> int | None:

@@ -233,3 +233,17 @@ def test_slots_disabled_and_silent_url_servers_are_explained(model_path):
     assert ns.slots == () and any("--no-slots" in n for n in ns.notes)
     # Nothing was heard from the URL: no guess about its configuration, just the error.
     assert sl.notes == () and sl.errors == silent.errors
+
+
+def test_router_lists_its_models_and_children_point_at_the_router(model_path):
+    router = state(["llama-server", "--models-dir", "/models"], pid=77, health=HEALTH_ROUTER,
+                   props={"role": "router", "model_path": "none"},
+                   router_models=({"id": "llama", "status": {"value": "loaded"}},
+                                  {"id": "qwen3", "status": {"value": "unloaded"}}))
+    child_proc = ServerProcess(url="http://127.0.0.1:58335", pid=78, parent_pid=77,
+                               source="router-child", rss_bytes=80 * MIB,
+                               argv=("llama-server", "--port", "58335", "--model", model_path))
+    child = ServerState(child_proc, 0.0, HEALTH_OK, slots=(idle(0, 4096, 0, None),))
+    rt, ch = Engine().analyse(snap(router, child)).servers
+    assert "router models: llama (loaded), qwen3 (unloaded)" in rt.notes
+    assert any("router (pid 77)" in n for n in ch.notes)
