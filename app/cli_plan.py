@@ -377,7 +377,7 @@ def _write_text(out: TextIO, obj: dict, model: Any) -> None:
     w(f"context: {slots}\n")
     fa = c["flash_attn"] + ("" if c["flash_attn"] != "auto" else (" (on)" if c["flash_attn_effective"] else " (off)"))
     swa = f", SWA cache {c['kv_cells_swa']} cells" if c["kv_cells_swa"] else ""
-    w(f"KV cache: K {c['cache_type_k']}, V {c['cache_type_v']}, {c['kv_layers']} layers{swa}; "
+    w(f"KV cache: K {c['cache_type_k']}, V {c['cache_type_v']}, {c['kv_layers']} layer{'s' if c['kv_layers'] != 1 else ''}{swa}; "
       f"flash attention {fa}; micro-batch {c['n_ubatch']}\n\n")
 
     cols = ("weights", "KV cache", "recurrent", "compute", "output", "total")
