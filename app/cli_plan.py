@@ -486,6 +486,13 @@ def main(
         err.write(f"kvwall plan: cannot read {config.model_path}: {exc.strerror or exc}\n")
         return EXIT_USAGE
 
+    if len(model.paths) > 1 and os.path.abspath(config.model_path) != os.path.abspath(model.path):
+        err.write(
+            f"kvwall plan: {config.model_path}: llama-server loads a split model from its first "
+            f"shard only (it refuses this one: illegal split file idx); use -m {model.path}\n"
+        )
+        return EXIT_USAGE
+
     from kvwall.budget.memory import plan_memory, what_if_table
 
     try:

@@ -230,3 +230,16 @@ def test_kvwall_plan_runs_as_a_command_without_qt(models):
     )
     assert done.returncode == 0, done.stderr
     assert "what if" in done.stdout and done.stderr == ""
+
+
+def test_split_model_is_planned_from_its_first_shard_and_refused_from_another(tmp_path):
+    from test_gguf import llama_tensors, minimal_kv, write
+
+    tensors = llama_tensors(n_layer=3, n_embd=128, n_ff=256, n_vocab=200, n_kv=32)
+    paths = write(tmp_path, "llama", minimal_kv(n_layer=3, n_embd=128), tensors, split_max_tensors=10)
+    code, obj = run_json(str(paths[0]), "-c", "1024", "--memory", "1G")
+    assert code == 0 and obj["budget"]["weights_bytes"] == sum(t.n_bytes for t in tensors)
+    # llama-server: "illegal split file idx: 1 ..., model must be loaded with the first split"
+    code, out, err = run(str(paths[1]), "-c", "1024", "--memory", "1G")
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert str(paths[1]) in err and f"-m {paths[0]}" in err
