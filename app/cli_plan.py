@@ -509,6 +509,11 @@ def main(
         assumptions.append("--fit was modelled against --memory instead of this machine's memory")
     if not budget.gpu_names:
         assumptions.append("CPU-only: everything is in host RAM (use --gpus CUDA0 to plan for a GPU)")
+    elif budget.fit_free_bytes is None:
+        assumptions.append(
+            "free GPU memory unknown here: the GPU rows are compared with available host RAM "
+            "(pass --memory SIZE with the GPU's free memory)"
+        )
     from dataclasses import replace as dc_replace
 
     plan = dc_replace(plan, assumptions=tuple(dict.fromkeys(assumptions)))

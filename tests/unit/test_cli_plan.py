@@ -217,6 +217,9 @@ def test_plan_for_a_gpu_from_a_cpu_machine(models):
     rows = {d["name"]: d for d in obj["devices"]}
     assert set(rows) == {"CUDA0", "Host"} and rows["CUDA0"]["kv_bytes"] == obj["budget"]["kv_bytes"]
     assert rows["Host"]["weights_bytes"] > 0  # the input embedding stays on the CPU
+    _, obj = run_json(str(models["llama"]), "-c", "4096", "--gpus", "CUDA0")  # budget probed here
+    unknown = "GPU memory unknown" in obj["memory"]["source"]  # no such GPU on this machine
+    assert unknown == any("free GPU memory unknown" in a and "--memory" in a for a in obj["assumptions"])
 
 
 def test_kvwall_plan_runs_as_a_command_without_qt(models):
