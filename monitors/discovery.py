@@ -490,6 +490,48 @@ class Scanner:
             env_readable=env_readable, own=own, cwd=cwd,
         )
 
+    def _candidates(self) -> list[Any]:
+        """Processes whose name may be a llama.cpp server or a python wrapper.
+
+        On Linux with the real psutil, names come from ``/proc/<pid>/comm`` (one small read
+        each) and only candidates become ``psutil.Process`` objects: several times cheaper
+        per poll than ``process_iter``'s full stat parse of every process.
+        """
+        import psutil as real  # noqa: PLC0415 - already imported by __init__ in practice
+
+        if self.psutil is not real or not real.LINUX:
+            return list(self.psutil.process_iter(["pid", "name"]))
+        out = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/comm", "rb") as f:
+                    name = f.read().decode("utf-8", "replace").rstrip("\n")
+            except OSError:
+                continue  # gone
+            if len(name) >= 15:
+                # comm is cut at 15 bytes: the full name is argv[0]'s (as psutil does);
+                # kernel threads have no command line.
+                try:
+                    with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                        argv0 = f.read(4096).split(b"\0", 1)[0].decode("utf-8", "replace")
+                except OSError:
+                    continue
+                if not argv0:
+                    continue
+                base = _basename(argv0)
+                name = base if base.startswith(name) else name
+            if "llama" not in name.lower() and not _is_python(name):
+                continue
+            try:
+                proc = real.Process(int(entry.name))
+            except real.Error:
+                continue
+            proc.info = {"pid": proc.pid, "name": name}
+            out.append(proc)
+        return out
+
     def _listening(self, key: tuple, proc: Any) -> list[tuple[str, int]] | None:
         cached = self._listen.get(key)
         if cached:
@@ -522,7 +564,7 @@ class Scanner:
         found: list[_Found] = []
         gone = (psutil_mod.NoSuchProcess, psutil_mod.ZombieProcess, psutil_mod.AccessDenied)
         try:
-            procs = list(psutil_mod.process_iter(["pid", "name"]))
+            procs = self._candidates()
         except Exception as e:  # noqa: BLE001 - the scan must not stop the poll
             return Discovery(errors=(f"Could not list processes: {e}.",))
         seen: set[tuple] = set()

@@ -411,3 +411,21 @@ def test_scanner_reads_each_process_once_and_forgets_dead_ones():
     third = scanner()
     assert Counting.reads == 3
     assert [s.url for s in third.servers] == ["http://127.0.0.1:9001", "http://127.0.0.1:9002"]
+
+
+@pytest.mark.skipif(not psutil.LINUX, reason="the /proc fast path is Linux-only")
+def test_real_scan_finds_processes_by_their_full_name(tmp_path):
+    # comm holds 15 bytes: "my-long-named-l"; the scan must still see "llama" in argv[0].
+    link = tmp_path / "my-long-named-llama-wrapper"
+    link.symlink_to("/bin/sleep")
+    import subprocess
+
+    child = subprocess.Popen([str(link), "30"])
+    try:
+        names = {p.pid: p.info["name"] for p in Scanner()._candidates()}
+        assert names.get(child.pid) == "my-long-named-llama-wrapper"
+        assert all("llama" in n.lower() or n.lower().startswith(("python", "pypy"))
+                   for n in names.values())
+    finally:
+        child.kill()
+        child.wait()
