@@ -59,6 +59,18 @@ STARTS = [
     ("hybrid-np2", "lfm2", {}, ("-c", "2048", "-np", "2")),
     ("hybrid-fa-off", "lfm2", {}, ("-fa", "off")),
     ("moe", "qwen3moe", {}, ("-c", "2048", "-np", "1")),
+    # edge cases: a context under one pad step, over the trained context, more slots than cells
+    ("gqa-c-under-256", "llama", {}, ("-c", "100")),
+    ("gqa-c-over-train", "llama", {}, ("-c", "10000", "-np", "1")),  # slot context capped at 4096
+    ("gqa-np8-c512", "llama", {}, ("-c", "512", "-np", "8")),  # 64 per slot -> padded to 256
+    ("gqa-ub-over-b", "llama", {}, ("-c", "2048", "-b", "256", "-ub", "1024")),
+    ("gqa-ub-over-ctx", "llama", {}, ("-c", "300", "-np", "1", "-ub", "1024")),
+    ("gqa-per-slot-np2", "llama", {}, ("-np", "2", "--kv-unified-per-slot", "1000")),
+    ("swa-kvu-np8", "gemma3", {}, ("-c", "4096", "-np", "8", "-kvu")),
+    ("swa-split-np6", "gemma3", {}, ("-c", "3000", "-np", "6")),
+    ("hybrid-q8", "lfm2", {}, ("-c", "2048", "-ctk", "q8_0", "-ctv", "q8_0")),
+    ("hybrid-granite-np2", "granitehybrid", {}, ("-c", "2048", "-np", "2")),
+    ("recurrent-np4-c2048", "mamba", {}, ("-c", "2048", "-np", "4")),
 ]
 
 # configurations llama.cpp refuses when it creates the context
