@@ -312,6 +312,10 @@ def _stoi(value: str, flag: str, *, unsigned_ll: bool = False) -> int:
     return n
 
 
+LLAMA_MAX_DEVICES = 16  # llama_max_devices(): -ts takes fewer values than this
+_SPLIT_MODES = ("none", "layer", "row", "tensor")
+
+
 def _convert(name: str, kind: str, value: str, flag: str, current: ServerConfig) -> object:
     if kind == "int":
         n = _stoi(value, flag)
@@ -359,10 +363,16 @@ def _convert(name: str, kind: str, value: str, flag: str, current: ServerConfig)
         return tuple(_stoi(p, flag, unsigned_ll=True) for p in parts)
     if kind == "ts":
         parts = [p for p in re.split(r"[,/]+", value) if p]
+        if len(parts) >= LLAMA_MAX_DEVICES:
+            raise ConfigError(
+                f"{flag}: got {len(parts)} input configs, but system only has {LLAMA_MAX_DEVICES} devices"
+            )
         try:
             return tuple(float(p) for p in parts)
         except ValueError:
             raise ConfigError(f"{flag}: invalid value {value!r} (expected numbers like 3,1)") from None
+    if name == "split_mode" and value not in _SPLIT_MODES:
+        raise ConfigError(f"{flag}: invalid value {value!r} ({', '.join(_SPLIT_MODES)})")
     return value
 
 

@@ -383,6 +383,11 @@ def _refusals(model: ModelInfo, config: ServerConfig, rv: _Resolved) -> None:
                         f"n_embd_head_{sizes}={head}"
                     )
                     return
+    if config.n_batch == 0:  # n_batch = min(n_ctx, 0) = 0 -> no output rows can be reserved
+        rv.errors.append(
+            f"-b 0 with -ub {config.n_ubatch}: a batch of 0 tokens; llama.cpp aborts "
+            "(GGML_ASSERT(n_outputs_max <= cparams.n_outputs_max) in llama-context.cpp)"
+        )
 
 
 def _resolve(model: ModelInfo, config: ServerConfig, gpu_names: Sequence[str]) -> _Resolved:

@@ -82,6 +82,7 @@ REFUSED = [
     ("block-size-row-fa-off", "qwen3", {"head_k": 40, "head_v": 40}, ("-c", "2048", "-ctk", "q8_0", "-fa", "off"),
      "multiple of its block size"),
     ("negative-ctx", "llama", {}, ("-c", "-5"), "a negative context size"),  # llama.cpp aborts
+    ("batch-zero", "llama", {}, ("-c", "2048", "-b", "0"), "a batch of 0 tokens"),  # llama.cpp aborts
     ("split-tensor-cpu-only", "llama", {}, ("-c", "2048", "-sm", "tensor"), "LLAMA_SPLIT_MODE_TENSOR needs >= 1 devices"),
 ]
 
@@ -91,6 +92,8 @@ REJECTED_FLAGS = [
     ("bad-cache-type", ("-ctk", "q3_k")),
     ("bad-fa", ("-fa", "sometimes")),
     ("bad-number", ("-c", "lots")),
+    ("bad-split-mode", ("-sm", "bogus")),
+    ("too-many-splits", ("-ts", ",".join(["1"] * 16))),
 ]
 
 
@@ -178,6 +181,18 @@ def test_flag_values_rejected_by_both(llama_server, tiny_model, args):
     with pytest.raises(ConfigError) as err:
         parse_command_line(["llama-server", "-m", str(path), *args])
     assert args[0] in str(err.value)
+
+
+@pytest.mark.parametrize("args", [("--frobnicate",), ("-c", "2048", "stray")], ids=["unknown-flag", "stray-word"])
+def test_arguments_llama_server_does_not_know_exit_2_in_plan(llama_server, tiny_model, args):
+    path = tiny_model("llama")
+    code, text = _start(llama_server, path, args)
+    assert code is not None and code != 0 and f"invalid argument: {args[-1]}" in text
+    done = subprocess.run(
+        [sys.executable, "-m", "kvwall.app", "plan", str(path), *args, "--memory", "1G"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and done.stdout == "" and args[-1] in done.stderr
 
 
 def test_kvwall_plan_json_matches_the_server(llama_server, tiny_model, tmp_path):

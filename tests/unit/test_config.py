@@ -150,6 +150,9 @@ def test_api_key_from_environment_is_kept_but_never_shown():
         ("llama-server -ncmoe -2", None, ["-ncmoe", "-2"]),
         ("llama-server --sleep-idle-seconds 0", None, ["--sleep-idle-seconds", "0"]),
         ("llama-server -ot exps", None, ["-ot", "exps"]),
+        ("llama-server -sm rows", None, ["-sm", "rows"]),
+        ("llama-server", {"LLAMA_ARG_SPLIT_MODE": "bogus"}, ["LLAMA_ARG_SPLIT_MODE", "bogus"]),
+        ("llama-server -ts " + ",".join(["1"] * 16), None, ["-ts", "16", "devices"]),
         ("llama-server", {"LLAMA_ARG_CACHE_TYPE_K": "q2"}, ["LLAMA_ARG_CACHE_TYPE_K", "q2"]),
         ("llama-server", {"LLAMA_ARG_KV_UNIFIED": "perhaps"}, ["LLAMA_ARG_KV_UNIFIED", "perhaps"]),
     ],
@@ -255,3 +258,9 @@ def test_edited_command_line_parses_back_to_the_changed_configuration(base, chan
     untouched = {"model_path", "n_batch"} | ({"n_ctx"} - set(changes))
     for name in untouched:
         assert getattr(again, name) == getattr(c, name)
+
+
+def test_split_mode_words_and_up_to_15_tensor_split_values_are_accepted():
+    for mode in ("none", "layer", "row", "tensor"):
+        assert parse(f"llama-server -sm {mode}").split_mode == mode
+    assert parse("llama-server -ts " + ",".join(["1"] * 15)).tensor_split == (1.0,) * 15

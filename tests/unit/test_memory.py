@@ -276,6 +276,9 @@ def test_split_mode_tensor_and_negative_context_are_refused_like_llama_cpp():
     assert plan.ok and plan.flash_attn_effective
     plan = plan_memory(LLAMA8B, cfg("-c -5"))
     assert not plan.ok and "-c -5" in plan.errors[0] and plan.total_bytes == 0
+    plan = plan_memory(LLAMA8B, cfg("-c 4096 -b 0"))  # n_batch 0 with -ub 512: llama.cpp aborts
+    assert not plan.ok and "-b 0" in plan.errors[0]
+    assert plan_memory(LLAMA8B, cfg("-c 4096 -ub 0")).n_ubatch == 2048  # -ub 0 means -b (2048)
 
 
 def test_totals_add_up():
