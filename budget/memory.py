@@ -395,7 +395,8 @@ def _resolve(model: ModelInfo, config: ServerConfig, gpu_names: Sequence[str]) -
     n_seq = config.n_parallel
     if n_seq < 0:
         n_seq, unified = 4, True
-        notes.append("-np not given: 4 slots sharing one unified KV pool (llama-server default)")
+        given = "not given" if "parallel" not in config.explicit else f"{config.n_parallel} (auto)"
+        notes.append(f"-np {given}: 4 slots sharing one unified KV pool (llama-server default)")
     else:
         unified = bool(config.kv_unified)
     if config.kv_unified is False and config.n_parallel < 0:
@@ -926,7 +927,8 @@ def _plan(
     kv = alloc.kv_k + alloc.kv_v
     compute = sum(alloc.compute.values())
     total = weights + kv + alloc.recurrent + compute + alloc.output
-    cache_ram = config.cache_ram_mib * MiB if config.cache_ram_mib > 0 else config.cache_ram_mib
+    # any negative --cache-ram means no limit (server-context.cpp); reported as -1
+    cache_ram = config.cache_ram_mib * MiB if config.cache_ram_mib > 0 else max(config.cache_ram_mib, -1)
     return MemoryPlan(
         n_ctx=ctx.n_ctx,
         n_ctx_seq=ctx.n_ctx_seq,

@@ -279,6 +279,7 @@ def test_split_mode_tensor_and_negative_context_are_refused_like_llama_cpp():
     plan = plan_memory(LLAMA8B, cfg("-c 4096 -b 0"))  # n_batch 0 with -ub 512: llama.cpp aborts
     assert not plan.ok and "-b 0" in plan.errors[0]
     assert plan_memory(LLAMA8B, cfg("-c 4096 -ub 0")).n_ubatch == 2048  # -ub 0 means -b (2048)
+    assert plan_memory(LLAMA8B, cfg("-c 4096 --cache-ram -5")).cache_ram_bytes == -1  # no limit
 
 
 def test_totals_add_up():
