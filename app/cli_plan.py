@@ -353,7 +353,8 @@ def _write_text(out: TextIO, obj: dict, model: Any) -> None:
 
     m, c = obj["model"], obj["config"]
     w = out.write
-    w(f"{m['name']} ({m['architecture']}, {m['n_layer']} layers, trained context {m['n_ctx_train']})\n")
+    layers = f"{m['n_layer']} layer{'s' if m['n_layer'] != 1 else ''}"
+    w(f"{m['name']} ({m['architecture']}, {layers}, trained context {m['n_ctx_train']})\n")
     w(f"  {obj['command']}\n\n")
     if obj["errors"]:
         w("llama.cpp would refuse this configuration:\n")
@@ -486,6 +487,12 @@ def main(
         err.write(f"kvwall plan: cannot read {config.model_path}: {exc.strerror or exc}\n")
         return EXIT_USAGE
 
+    if model.big_endian and sys.byteorder == "little":
+        err.write(
+            f"kvwall plan: {config.model_path}: a big-endian GGUF; llama-server on this little-endian "
+            "machine refuses it (GGUF version read byte-swapped: endianness mismatch)\n"
+        )
+        return EXIT_USAGE
     if len(model.paths) > 1 and os.path.abspath(config.model_path) != os.path.abspath(model.path):
         err.write(
             f"kvwall plan: {config.model_path}: llama-server loads a split model from its first "

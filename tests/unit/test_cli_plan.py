@@ -246,3 +246,26 @@ def test_split_model_is_planned_from_its_first_shard_and_refused_from_another(tm
     code, out, err = run(str(paths[1]), "-c", "1024", "--memory", "1G")
     assert code == 2 and out == "" and err.count("\n") == 1
     assert str(paths[1]) in err and f"-m {paths[0]}" in err
+
+
+def test_big_endian_gguf_is_refused_like_llama_server_on_a_little_endian_host(tmp_path):
+    import numpy as np
+    from gguf import GGUFEndian, GGUFWriter
+
+    path = tmp_path / "be.gguf"
+    w = GGUFWriter(str(path), "llama", endianess=GGUFEndian.BIG)
+    w.add_block_count(1)
+    w.add_context_length(256)
+    w.add_embedding_length(64)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    w.add_tensor("token_embd.weight", np.zeros((10, 64), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    code, out, err = run(str(path), "--memory", "1G")
+    if sys.byteorder == "little":  # llama-server: "... mismatch between the host and model endianness?"
+        assert code == 2 and out == "" and "big-endian" in err and err.count("\n") == 1
+    else:
+        assert code == 0
