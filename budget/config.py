@@ -359,7 +359,11 @@ def _convert(name: str, kind: str, value: str, flag: str, current: ServerConfig)
                 raise ConfigError(f"{flag}: invalid value {value!r} (expected pattern=buffer_type)")
         return current.override_tensor + tuple(value.split(","))
     if kind == "fitt":
-        parts = [p for p in re.split(r"[,/]+", value)]
+        parts = re.split(r"[,/]+", value)
+        if len(parts) >= LLAMA_MAX_DEVICES:
+            raise ConfigError(
+                f"{flag}: got {len(parts)} input configs, but system only has {LLAMA_MAX_DEVICES} devices"
+            )
         return tuple(_stoi(p, flag, unsigned_ll=True) for p in parts)
     if kind == "ts":
         parts = [p for p in re.split(r"[,/]+", value) if p]

@@ -735,13 +735,12 @@ def _fit_context(
         )
         return n_ctx_max
     n_ctx_min = config.fit_ctx * n_streams
-    margin = sum(config.fit_target_mib[:1] or (1024,)) * MiB
-    if rv.gpu_names:
-        targets = list(config.fit_target_mib) + [config.fit_target_mib[-1]] * len(rv.gpu_names)
-        if len(config.fit_target_mib) > 1:
-            margin = sum(targets[: len(rv.gpu_names)]) * MiB
-        else:
-            margin = config.fit_target_mib[0] * MiB * len(rv.gpu_names)
+    # -fitt: one value is broadcast to every device; a list sets the first devices and
+    # leaves the others at the default 1024 MiB (common/arg.cpp)
+    targets = config.fit_target_mib or (1024,)
+    n_dev = max(1, len(rv.gpu_names))
+    per_device = [targets[0]] * n_dev if len(targets) == 1 else (list(targets) + [1024] * n_dev)[:n_dev]
+    margin = sum(per_device) * MiB
     if free_bytes is None:
         rv.assumptions.append(
             f"-c not given: --fit would pick the context from free memory; assumed the full "

@@ -264,3 +264,9 @@ def test_split_mode_words_and_up_to_15_tensor_split_values_are_accepted():
     for mode in ("none", "layer", "row", "tensor"):
         assert parse(f"llama-server -sm {mode}").split_mode == mode
     assert parse("llama-server -ts " + ",".join(["1"] * 15)).tensor_split == (1.0,) * 15
+
+
+def test_fit_target_takes_fewer_than_16_values():
+    assert parse("llama-server -fitt " + ",".join(["1"] * 15)).fit_target_mib == (1,) * 15
+    with pytest.raises(ConfigError, match="-fitt: got 16 input configs"):
+        parse("llama-server -fitt " + ",".join(["1"] * 16))

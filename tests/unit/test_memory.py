@@ -370,3 +370,15 @@ def test_what_if_says_a_refused_cache_type_once_and_skips_types_without_a_kv_cac
     rows = what_if_table(mamba, cfg("-np 4"), memory_bytes=GiB)
     assert [r.label for r in rows] == ["current", "3 slots", "2 slots", "1 slot"]
     assert all(r.saves_bytes > 0 for r in rows[1:])  # fewer slots, fewer recurrent states
+
+
+def test_fit_margin_per_gpu_follows_fit_target_like_llama_server():
+    gpus = ("CUDA0", "CUDA1", "CUDA2")
+
+    def margin(flags: str) -> str:
+        plan = plan_memory(LLAMA8B, cfg(f"-np 1 {flags}"), gpu_names=gpus, free_bytes=20 * GiB)
+        return next(a for a in plan.assumptions if "--fit shrinks" in a)
+
+    assert "keep 3,072 MiB" in margin("")  # the default 1024 MiB on each of 3 GPUs
+    assert "keep 1,536 MiB" in margin("-fitt 512")  # one value: broadcast to every GPU
+    assert "keep 3,584 MiB" in margin("-fitt 512,2048")  # a list: the third GPU keeps 1024
