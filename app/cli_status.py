@@ -285,7 +285,8 @@ def _device_lines(devices: Iterable[Any]) -> list[str]:
             frac = d.used_bytes / d.total_bytes
             lines.append(f"  {label:<34} {bar(frac)} {fmt_bytes(d.used_bytes)} / "
                          f"{fmt_bytes(d.total_bytes)} used, {fmt_bytes(d.free_bytes)} free"
-                         + ("  (unified)" if d.unified and d.kind != "host" else ""))
+                         + ("  (unified)" if d.unified and d.kind != "host"
+                            and "unified" not in d.name.lower() else ""))
         else:
             lines.append(f"  {label:<34} {bar(None)} unknown")
         if d.error:
