@@ -331,6 +331,9 @@ class _RawGGUF:
 
 
 def _err(path: str | os.PathLike[str], msg: str) -> GGUFError:
+    # key and tensor names of a damaged file can hold any bytes: keep the message one
+    # printable line (control characters escaped, e.g. '\x00')
+    msg = "".join(c if c.isprintable() else repr(c)[1:-1] for c in msg)
     return GGUFError(f"{os.fspath(path)}: {msg}")
 
 

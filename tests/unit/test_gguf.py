@@ -1011,3 +1011,19 @@ def test_swa_period_zero_dense_first_and_hard_coded_windows(tmp_path):
     assert (m.n_swa, m.swa_layers[:4]) == (4096, (T, T, T, F))
     m = model(tmp_path, "exaone4", n_layer=32, **swa)
     assert not any(m.swa_layers)  # only the 64-layer EXAONE 4 uses SWA in llama.cpp
+
+
+def test_damaged_key_names_give_a_printable_one_line_error(tmp_path):
+    path = write(tmp_path, "llama", minimal_kv())
+    data = bytearray(Path(path).read_bytes())
+    key_len = struct.unpack_from("<Q", data, 24)[0]  # the first key follows the 24-byte header
+    data[32] = 0x01  # a control byte in the key name
+    data[33] = 0x0A  # and a newline
+    struct.pack_into("<I", data, 32 + key_len, 99)  # an invalid value type after it
+    bad = tmp_path / "ctl.gguf"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(GGUFError) as err:
+        read_model(str(bad))
+    message = str(err.value)
+    assert message.isprintable() and "invalid value type 99" in message
+    assert "\\x01\\nneral.architecture" in message  # escaped, not raw
