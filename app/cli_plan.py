@@ -13,7 +13,7 @@ import os
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TextIO
 
 SCHEMA_VERSION = 1
@@ -320,7 +320,7 @@ def _plan_object(model: Any, config: Any, plan: Any, rows: list, budget: _Budget
         obj["what_if"].append(
             {
                 "label": row.label,
-                "changes": {k: v for k, v in row.changes.items()},
+                "changes": dict(row.changes),
                 "refused": row.refused,
                 "error": p.errors[0] if p.errors else None,
                 "cache_type_k": row.config.cache_type_k,
@@ -521,9 +521,7 @@ def main(
             "free GPU memory unknown here: the GPU rows are compared with available host RAM "
             "(pass --memory SIZE with the GPU's free memory)"
         )
-    from dataclasses import replace as dc_replace
-
-    plan = dc_replace(plan, assumptions=tuple(dict.fromkeys(assumptions)))
+    plan = replace(plan, assumptions=tuple(dict.fromkeys(assumptions)))
     rows = []
     if plan.ok:
         rows = what_if_table(
