@@ -51,7 +51,8 @@ options:
   -h, --help              show this help
 
 exit status: 0 plan printed; 1 llama.cpp would refuse this configuration (the reason is
-printed, no budget); 2 bad path, unreadable GGUF or a flag value llama-server rejects.
+printed, no budget); 2 bad path, unreadable GGUF (or a split model's later shard, or a
+big-endian one), or an argument or flag value llama-server rejects.
 """
 
 _OWN_VALUE_OPTIONS = ("--memory", "--cmd", "--gpus", "--what-if-cache")
