@@ -910,6 +910,19 @@ def _plan(
     if config.kv_unified_per_slot and config.kv_unified_per_slot > 0:
         n_ctx_slot = min(n_ctx_slot, config.kv_unified_per_slot)
     n_ctx_slot = min(n_ctx_slot, model.n_ctx_train) if model.n_ctx_train else n_ctx_slot
+    usable = n_ctx_slot * rv.n_seq
+    # what -c usable would allocate: llama_context pads n_ctx, and split slots each
+    smaller = pad(usable) if rv.unified else pad(pad(usable) // rv.n_seq) * rv.n_seq
+    if lay.kv_layers and not quiet and 0 < usable and smaller < ctx.n_ctx:
+        cap = (
+            "--kv-unified-per-slot"
+            if config.kv_unified_per_slot and n_ctx_slot == config.kv_unified_per_slot
+            else f"the trained context, {model.n_ctx_train}"
+        )
+        rv.assumptions.append(
+            f"slots are capped at {n_ctx_slot} tokens ({cap}): at most {usable} of the "
+            f"{ctx.n_ctx} KV cells can ever be in use; -c {usable} gives the same slots for less memory"
+        )
 
     names = [n for n in rv.gpu_names if rv.n_gpu_layers > 0] + ["Host"]
     devices = []

@@ -382,3 +382,16 @@ def test_fit_margin_per_gpu_follows_fit_target_like_llama_server():
     assert "keep 3,072 MiB" in margin("")  # the default 1024 MiB on each of 3 GPUs
     assert "keep 1,536 MiB" in margin("-fitt 512")  # one value: broadcast to every GPU
     assert "keep 3,584 MiB" in margin("-fitt 512,2048")  # a list: the third GPU keeps 1024
+
+
+def test_cells_no_slot_can_reach_are_pointed_out_with_a_smaller_c():
+    small = make_model(n_ctx_train=4096)
+    plan = plan_memory(small, cfg("-c 10000 -np 1"))  # llama-server caps the slot at 4096
+    note = next(a for a in plan.assumptions if "capped at 4096" in a)
+    assert "10240" in note and "-c 4096" in note
+    assert plan_memory(small, cfg("-c 4096 -np 1")).kv_bytes < plan.kv_bytes
+    plan = plan_memory(small, cfg("-c 8192 -np 2 --kv-unified-per-slot 3000"))
+    assert any("--kv-unified-per-slot" in a and "-c 6000" in a for a in plan.assumptions)
+    # nothing to gain: -c 4000 pads back to the same 4096 cells
+    plan = plan_memory(small, cfg("--kv-unified-per-slot 1000"))
+    assert not any("capped" in a for a in plan.assumptions)
