@@ -335,9 +335,6 @@ def _refusals(model: ModelInfo, config: ServerConfig, rv: _Resolved) -> None:
     if model.n_ctx_train == 0 and rv.n_ctx_req == 0:
         rv.errors.append("n_ctx and model->hparams.n_ctx_train cannot both be zero")
         return
-    if rv.n_seq > LLAMA_MAX_SEQ:
-        rv.errors.append(f"n_seq_max must be <= {LLAMA_MAX_SEQ}")
-        return
     if config.split_mode == "tensor":
         if rv.fa == "auto":
             rv.fa = "on"
@@ -383,6 +380,10 @@ def _refusals(model: ModelInfo, config: ServerConfig, rv: _Resolved) -> None:
                         f"n_embd_head_{sizes}={head}"
                     )
                     return
+    # the llama_context constructor's checks come after llama_init_from_model's
+    if rv.n_seq > LLAMA_MAX_SEQ:
+        rv.errors.append(f"n_seq_max must be <= {LLAMA_MAX_SEQ}")
+        return
     if config.n_batch == 0:  # n_batch = min(n_ctx, 0) = 0 -> no output rows can be reserved
         rv.errors.append(
             f"-b 0 with -ub {config.n_ubatch}: a batch of 0 tokens; llama.cpp aborts "
