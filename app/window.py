@@ -180,6 +180,10 @@ class MainWindow(QMainWindow):
             return False
         self._selected = key
         self._restore_selection()
+        row = self.table_model.row_of(key)
+        if row >= 0:
+            self.table.scrollTo(self.table_model.index(row, 0),
+                                QAbstractItemView.ScrollHint.PositionAtTop)
         self._update_selected()
         self.server_selected.emit(key)
         return True
