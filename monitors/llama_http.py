@@ -6,7 +6,7 @@ import http.client
 import json
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 from urllib.parse import urlsplit
@@ -29,6 +29,19 @@ CONNECT_TIMEOUT_S = 0.5
 READ_TIMEOUT_S = 1.5
 MAX_BODY_BYTES = 8 << 20
 BUSY_MESSAGE = "previous request still running"
+# Every GET /slots is a task that restarts a server's --sleep-idle-seconds timer (only
+# /health, /props, /models and /metrics leave it alone). While such a server's slots are
+# all idle, /slots is read again only when the server shows activity, or at the latest
+# this long after the sleep delay, so polling never keeps it awake.
+SLEEP_REFRESH_MARGIN_S = 5.0
+# CPU time a server's main thread (the one that decodes) uses between two polls that
+# means "it is working": answering /props costs it about 3 us, /slots or /metrics about
+# 0.1 ms, the smallest request on a tiny model over 10 ms.
+CPU_ACTIVITY_S = 0.002
+# /metrics counters that move with every request.
+_ACTIVITY_METRICS = ("prompt_tokens_total", "prompt_tokens_cached_total",
+                     "tokens_predicted_total", "n_decode_total", "requests_processing",
+                     "requests_deferred")
 
 
 class ResponseError(ValueError):
@@ -250,6 +263,41 @@ class Transport(Protocol):
                  read_timeout: float) -> HttpResponse: ...
 
 
+def process_cpu_seconds(pid: int, proc_root: str = "/proc") -> float | None:
+    """CPU seconds a server's main thread has used, None when it cannot be read.
+
+    llama-server decodes on its main thread and answers HTTP on others: on Linux the main
+    thread's ``schedstat`` (nanoseconds) leaves kvwall's own requests out. Elsewhere the
+    whole process's user + system time.
+    """
+    try:
+        with open(f"{proc_root}/{pid}/schedstat", "rb") as f:
+            return int(f.read().split()[0]) / 1e9
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil  # noqa: PLC0415 - loaded by discovery already
+
+        t = psutil.Process(pid).cpu_times()
+        return float(t.user + t.system)
+    except Exception:  # noqa: BLE001 - gone, not permitted, no psutil
+        return None
+
+
+def sleep_idle_seconds(argv: Sequence[str]) -> float | None:
+    """``--sleep-idle-seconds`` from a command line (last one wins); None when off/absent."""
+    value = None
+    for i, arg in enumerate(argv):
+        flag, eq, rest = arg.partition("=")
+        if flag == "--sleep-idle-seconds":
+            value = rest if eq else (argv[i + 1] if i + 1 < len(argv) else None)
+    try:
+        seconds = float(value) if value is not None else -1.0
+    except ValueError:
+        return None
+    return seconds if seconds > 0 else None
+
+
 def http_get(url: str, headers: Mapping[str, str], connect_timeout: float,
              read_timeout: float) -> HttpResponse:
     """GET ``url`` with the stdlib: connect timeout, a read deadline for the whole body.
@@ -339,6 +387,8 @@ class LlamaClient:
         clock: monotonic seconds for timestamps.
         connect_timeout: seconds to wait for a TCP connection.
         read_timeout: seconds to wait for a whole answer.
+        cpu_seconds: pid -> CPU seconds used so far (None if unknown): tells whether an
+            idle server that may sleep is working again (see :data:`SLEEP_REFRESH_MARGIN_S`).
     """
 
     def __init__(
@@ -349,8 +399,15 @@ class LlamaClient:
         clock: Callable[[], float] = time.monotonic,
         connect_timeout: float = CONNECT_TIMEOUT_S,
         read_timeout: float = READ_TIMEOUT_S,
+        cpu_seconds: Callable[[int], float | None] = process_cpu_seconds,
     ) -> None:
         self.process = process
+        self._cpu_seconds = cpu_seconds
+        # Idle slots kept while a server that may sleep shows no activity:
+        # (slots, read at, activity mark at the last poll).
+        self._idle_slots: tuple[SlotState, ...] | None = None
+        self._idle_read_at = 0.0
+        self._mark: tuple[tuple[float | None, ...] | None, float | None] = (None, None)
         self._transport = transport
         self._clock = clock
         self.connect_timeout = connect_timeout
@@ -418,20 +475,52 @@ class LlamaClient:
                 return replace(state, health=HEALTH_ROUTER, router_models=models,
                                errors=tuple(errors))
             sleeping = bool(props.get("is_sleeping", False))
-            if sleeping:
-                state = replace(state, health=HEALTH_SLEEPING)
-            elif props.get("endpoint_slots", True) is not False:
-                slots = self._read_json("/slots", parse_slots, errors)
-                state = replace(state, slots=slots)
+            metrics = None
             if props.get("endpoint_metrics") is True:
                 metrics = self._read_json("/metrics", parse_metrics, errors)
                 state = replace(state, metrics=metrics)
+            active = self._activity(metrics)
+            if sleeping:
+                state = replace(state, health=HEALTH_SLEEPING)
+                self._idle_slots = None
+            elif props.get("endpoint_slots", True) is not False:
+                if self._idle_slots is not None and not active and (
+                    ts - self._idle_read_at < self._sleep_s() + SLEEP_REFRESH_MARGIN_S
+                ):
+                    slots = self._idle_slots  # reading them would keep the server awake
+                else:
+                    slots = self._read_json("/slots", parse_slots, errors)
+                    keep = (slots is not None and self._sleep_s() > 0
+                            and not any(sl.is_processing for sl in slots))
+                    self._idle_slots = slots if keep else None
+                    self._idle_read_at = ts
+                state = replace(state, slots=slots)
             state = replace(state, model_meta=self._read_meta(props, errors))
         except _Stop as stop:
             if stop.message:
                 errors.append(stop.message)
             state = replace(state, health=stop.health)
         return replace(state, errors=tuple(errors))
+
+    def _sleep_s(self) -> float:
+        """The server's --sleep-idle-seconds, 0 when it never sleeps (or is unknown)."""
+        return sleep_idle_seconds(tuple(self.process.argv)) or 0.0
+
+    def _activity(self, metrics: Mapping[str, float] | None) -> bool:
+        """Whether the server worked since the last poll (its counters or CPU time moved)."""
+        counters = None
+        if metrics is not None:
+            counters = tuple(metrics.get(name) for name in _ACTIVITY_METRICS)
+        pid = self.process.pid
+        cpu = self._cpu_seconds(pid) if pid is not None and self._sleep_s() > 0 else None
+        (last_counters, last_cpu), self._mark = self._mark, (counters, cpu)
+        if counters is not None and last_counters is not None and (
+            counters != last_counters or (metrics or {}).get("requests_processing", 0) > 0
+        ):
+            return True
+        if cpu is not None and last_cpu is not None and cpu - last_cpu >= CPU_ACTIVITY_S:
+            return True
+        return counters is None and cpu is None  # nothing tells: assume it may be working
 
     def _request(self, path: str) -> HttpResponse:
         try:
@@ -554,5 +643,7 @@ __all__ = [
     "parse_models",
     "parse_props",
     "parse_slots",
+    "process_cpu_seconds",
     "props_n_ctx_slot",
+    "sleep_idle_seconds",
 ]

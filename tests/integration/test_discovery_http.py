@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from agent import ScriptedAgent
 from fake_servers import DyingServer, GarbageServer, HangingServer
 from kvwall.app.llamabin import find_llama_server
 from kvwall.monitors.discovery import Discovery, scan
@@ -337,3 +338,18 @@ def test_llama_cli_embedded_server_is_found_on_its_random_port(tmp_path, tiny_mo
     finally:
         proc.stdin.close()
         _stop(proc)
+
+
+def test_polling_does_not_keep_a_sleepy_server_awake(llama_server, tiny_model):
+    # Each GET /slots restarts --sleep-idle-seconds; kvwall must let an idle server sleep,
+    # and still follow it while it works.
+    srv = llama_server(tiny_model("llama"), "-np", "1", "-c", "1024",
+                       "--sleep-idle-seconds", "2")
+    with Poller(FixedMemory(), discover_fn=mine(srv.pid)) as poller:
+        # One poll every 0.1 s (waiting on the server process, which must not exit).
+        (st,) = wait_for(lambda: [s for s in poller.poll().servers if s.health == "sleeping"],
+                         "the watched server to fall asleep", srv.proc)
+        assert st.slots is None
+        assert ScriptedAgent(srv.url, n_predict=4).turn().ok  # wakes it
+        (st,) = poller.poll().servers
+        assert st.health == HEALTH_OK and st.slots[0].n_tokens > 0

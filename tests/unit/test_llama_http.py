@@ -345,3 +345,74 @@ def test_key_never_in_client_repr_or_errors():
     st = c.poll()
     assert st.health == HEALTH_UNAUTHORIZED
     assert "super-secret" not in repr(c) + repr(st) + " ".join(st.errors)
+
+
+# ------------------------------------------------------------ servers that sleep when idle
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+def sleepy_client(transport, clock, cpu, *argv):
+    proc = ServerProcess(url=URL, pid=42, argv=("llama-server", "-m", "m.gguf", *argv))
+    return LlamaClient(proc, transport=transport, clock=clock, cpu_seconds=lambda pid: cpu[0])
+
+
+def no_metrics_props():
+    props = json.loads(body("props"))
+    props["endpoint_metrics"] = False
+    return HttpResponse(200, json.dumps(props).encode())
+
+
+def test_idle_server_that_may_sleep_is_not_kept_awake_by_slots():
+    # Every GET /slots restarts llama-server's --sleep-idle-seconds timer: while the slots
+    # are idle and the server does nothing, the last answer stands.
+    t = Replay(single_model_answers(**{"/props": no_metrics_props(),
+                                       "/slots": rec("slots_idle")}))
+    clock, cpu = Clock(), [1.0]
+    c = sleepy_client(t, clock, cpu, "--sleep-idle-seconds", "60")
+    first = c.poll()
+    for _ in range(5):
+        clock.t += 1
+        cpu[0] += 0.00001  # answering /props
+        st = c.poll()
+        assert st.slots == first.slots and st.timestamp == clock.t
+    assert t.paths().count("/slots") == 1
+    cpu[0] += 0.3  # a request ran
+    clock.t += 1
+    c.poll()
+    assert t.paths().count("/slots") == 2
+    clock.t += 70  # at the latest after the sleep delay (plus a margin): read again
+    c.poll()
+    assert t.paths().count("/slots") == 3
+
+
+def test_metrics_counters_show_a_sleepy_servers_activity():
+    t = Replay(single_model_answers(**{"/slots": rec("slots_idle"),
+                                       "/metrics": rec("metrics_idle")}))
+    clock, cpu = Clock(), [1.0]
+    c = sleepy_client(t, clock, cpu, "--sleep-idle-seconds=300")
+    c.poll()
+    clock.t += 1
+    c.poll()
+    assert t.paths().count("/slots") == 1
+    t.answers["/metrics"] = rec("metrics_after")  # tokens were processed
+    clock.t += 1
+    c.poll()
+    assert t.paths().count("/slots") == 2
+
+
+def test_servers_that_never_sleep_or_are_busy_read_slots_every_poll():
+    for argv, slots in (((), "slots_idle"), (("--sleep-idle-seconds", "60"), "slots_processing")):
+        t = Replay(single_model_answers(**{"/props": no_metrics_props(), "/slots": rec(slots)}))
+        clock, cpu = Clock(), [1.0]
+        c = sleepy_client(t, clock, cpu, *argv)
+        for _ in range(3):
+            c.poll()
+            clock.t += 1
+        assert t.paths().count("/slots") == 3, argv
