@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
 import time
@@ -29,9 +30,20 @@ MAX_WORKERS = 16
 
 
 class MemorySource(Protocol):
-    """Anything with ``poll() -> MemorySnapshot`` (``kvwall.monitors.devices.MemorySources``)."""
+    """Anything with ``poll() -> MemorySnapshot`` (``kvwall.monitors.devices.MemorySources``).
+
+    A ``poll(pids=...)`` that accepts the servers' pids is given them: AMD's per-process
+    figures then read only those processes' fdinfo instead of every process's.
+    """
 
     def poll(self) -> MemorySnapshot: ...
+
+
+def _accepts_pids(source: object) -> bool:
+    try:
+        return "pids" in inspect.signature(source.poll).parameters  # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 class ClientPool:
@@ -105,6 +117,7 @@ class Poller:
         max_workers: int = MAX_WORKERS,
     ) -> None:
         self.memory_sources = memory_sources
+        self._memory_takes_pids = _accepts_pids(memory_sources)
         self.discover_fn = discover_fn if discover_fn is not None else Scanner()
         self.clients = clients if clients is not None else ClientPool()
         self.clock = clock
@@ -131,9 +144,11 @@ class Poller:
 
     # ------------------------------------------------------------------ parts
 
-    def _poll_memory(self) -> MemorySnapshot:
+    def _poll_memory(self, pids: tuple[int, ...]) -> MemorySnapshot:
         if self.memory_sources is None:
             return MemorySnapshot(timestamp=self.clock(), devices=())
+        if self._memory_takes_pids:
+            return self.memory_sources.poll(pids=pids)  # type: ignore[call-arg]
         return self.memory_sources.poll()
 
     def _discover(self) -> Discovery:
@@ -166,11 +181,9 @@ class Poller:
         deadline = start + self.deadline_s
         errors: list[str] = []
         # A source still stuck from a previous poll is not asked again (no pile-up).
-        if self._mem_future is None or self._mem_future.done():
-            self._mem_future = self._pool.submit(self._poll_memory)
         if self._disc_future is None or self._disc_future.done():
             self._disc_future = self._pool.submit(self._discover)
-        mem_future, disc_future = self._mem_future, self._disc_future
+        disc_future = self._disc_future
 
         wait_futures([disc_future], timeout=max(0.0, deadline - time.monotonic()))
         if disc_future.done() and disc_future.exception() is None:
@@ -187,6 +200,10 @@ class Poller:
         errors.extend(discovery.errors)
         servers = discovery.servers
         self.clients.retain(servers)
+        if self._mem_future is None or self._mem_future.done():
+            pids = tuple(s.pid for s in servers if s.pid is not None)
+            self._mem_future = self._pool.submit(self._poll_memory, pids)
+        mem_future = self._mem_future
 
         futures: list[tuple[ServerProcess, LlamaClient, Future[ServerState] | None]] = []
         for proc in servers:

@@ -99,3 +99,19 @@ def test_closed_poller_still_returns_a_snapshot():
     p.close()
     snap = p.poll()
     assert snap.servers == () and "closed" in snap.errors[0]
+
+
+def test_memory_sources_are_told_the_servers_pids():
+    # AMD per-process figures read only the servers' fdinfo when the source accepts pids.
+    seen = []
+
+    class Sources:
+        def poll(self, pids=None):
+            seen.append(pids)
+            return MemorySnapshot(timestamp=1.0, devices=())
+
+    remote = ServerProcess(url="http://10.0.0.5:8080")
+    with Poller(Sources(), discover_fn=lambda **kw: [A, B, remote],
+                clients=pool(refused)) as p:
+        p.poll()
+    assert seen == [(1, 2)]
