@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -37,22 +38,31 @@ def start_trayer(display: str) -> subprocess.Popen:
         if shutil.which(tool) is None:
             pytest.fail(f"tray tests need {tool}: apt-get install trayer xdotool "
                         "(./bootstrap.sh test installs them)")
-    proc = subprocess.Popen(
-        ["trayer", "--edge", "top", "--align", "right", "--widthtype", "request",
-         "--height", "28", "--SetDockType", "true", "--transparent", "false",
-         "--tint", "0x2b2b2b", "--expand", "true", "--padding", "6"],
-        env={**os.environ, "DISPLAY": display}, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + TRAY_DEADLINE_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"trayer exited with {proc.returncode}")
-        if _tray_window(display) and _selection_owned(display):
-            return proc
-        try:
-            proc.wait(timeout=0.2)
-        except subprocess.TimeoutExpired:
-            pass
+    last_error = ""
+    for _attempt in range(3):  # trayer exits at once if the display is still settling
+        err = tempfile.TemporaryFile()
+        proc = subprocess.Popen(
+            ["trayer", "--edge", "top", "--align", "right", "--widthtype", "request",
+             "--height", "28", "--SetDockType", "true", "--transparent", "false",
+             "--tint", "0x2b2b2b", "--expand", "true", "--padding", "6"],
+            env={**os.environ, "DISPLAY": display}, stdout=subprocess.DEVNULL, stderr=err)
+        deadline = time.monotonic() + TRAY_DEADLINE_S
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                err.seek(0)
+                last_error = f"trayer exited with {proc.returncode}: " + err.read().decode(
+                    errors="replace")[-500:]
+                break
+            if _tray_window(display) and _selection_owned(display):
+                return proc
+            try:
+                proc.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            break
+    if proc.poll() is not None:
+        pytest.fail(last_error)
     stop_trayer(proc)
     pytest.fail(f"trayer did not map a tray window within {TRAY_DEADLINE_S:.0f} s")
 
