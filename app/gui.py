@@ -306,30 +306,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     if opts.demo:
         from kvwall.app.demo import Demo, DemoUnavailable
 
+        demo = Demo()
         try:
-            demo = Demo()
             demo.start()
-        except DemoUnavailable as exc:
+        except (DemoUnavailable, OSError) as exc:
+            demo.stop()
             print(f"kvwall --demo: {exc}", file=sys.stderr)
+            log.error("demo unavailable: %s", exc)
             instance.release()
             return 2
 
     from kvwall.app.live import LiveSource
 
-    source = LiveSource()  # the demo server is found like any other process
-    kv = KvwallApp(source, SettingsStore(), on_servers_changed=source.set_servers)
-    # Settings are read once, by the app (so a recovery message is shown, not lost).
-    source.set_servers([s.url for s in kv.settings.servers],
-                       {s.url: s.api_key for s in kv.settings.servers if s.api_key})
-    instance.activated.connect(kv.show_window)
-    kv.start(show_window=opts.show or opts.demo or None)
-    if opts.quit_after is not None:
-        QTimer.singleShot(int(opts.quit_after * 1000), kv.quit)
+    source = kv = None
     try:
+        source = LiveSource()  # the demo server is found like any other process
+        kv = KvwallApp(source, SettingsStore(), on_servers_changed=source.set_servers)
+        # Settings are read once, by the app (so a recovery message is shown, not lost).
+        source.set_servers([s.url for s in kv.settings.servers],
+                           {s.url: s.api_key for s in kv.settings.servers if s.api_key})
+        instance.activated.connect(kv.show_window)
+        kv.start(show_window=opts.show or opts.demo or None)
+        if opts.quit_after is not None:
+            QTimer.singleShot(int(opts.quit_after * 1000), kv.quit)
         code = app.exec()
-    finally:
-        kv.stop()
-        source.close()
+    finally:  # whatever happened, the demo server and the poll thread do not outlive us
+        if kv is not None:
+            kv.stop()
+        if source is not None:
+            source.close()
         if demo is not None:
             demo.stop()
         instance.release()

@@ -179,3 +179,26 @@ def test_added_url_reaches_the_poller_with_its_key(qtbot, tmp_path):
         assert saved.servers[0].api_key == "k-123"
     finally:
         app.stop()
+
+
+def test_demo_runs_a_real_server_and_stops_it_on_exit():
+    import psutil
+    from kvwall.app.llamabin import INSTALL_HINT, find_llama_server
+
+    if find_llama_server() is None:
+        pytest.fail(INSTALL_HINT)
+    proc = subprocess.run([sys.executable, "-m", "kvwall.app", "--demo", "--quit-after", "8"],
+                          env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    demo_dir = os.path.join(os.environ["XDG_CACHE_HOME"], "kvwall", "demo")
+    server_log = open(os.path.join(demo_dir, "llama-server.log"), errors="replace").read()
+    assert "listening on http://127.0.0.1" in server_log
+    assert "n_tokens" in server_log  # the scripted agent's requests were served
+    assert "cleaning up before exit" in server_log  # stopped, not killed
+    log_file = os.path.join(os.environ["XDG_STATE_HOME"], "kvwall", "log", "kvwall.log")
+    assert "demo: llama-server pid" in open(log_file, encoding="utf-8").read()
+    left = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any(demo_dir in (arg or "") for arg in (p.info["cmdline"] or [])):
+            left.append(p.pid)
+    assert left == [], "the demo's llama-server outlived kvwall"
