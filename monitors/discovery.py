@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -250,6 +251,36 @@ def connect_host(host: str) -> str:
     if ":" in h and not h.startswith("["):
         return f"[{h}]"
     return h
+
+
+def is_local_address(host: str, psutil_mod: Any) -> bool:
+    """True when ``host`` is this machine: a wildcard, loopback, or one of its interfaces.
+
+    Names other than ``localhost`` are not resolved (no DNS traffic): kvwall only talks to
+    addresses it can tell are local, so a process's ``--host`` cannot make it reach
+    another machine. Servers elsewhere are added by URL in the settings.
+    """
+    h = host.strip()
+    if h in _LOOPBACK_ALIASES or h.lower() == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(h.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return False
+    if ip.is_loopback or ip.is_unspecified:
+        return True
+    try:
+        interfaces = psutil_mod.net_if_addrs()
+    except (AttributeError, OSError, RuntimeError):
+        return False
+    for addrs in interfaces.values():
+        for a in addrs:
+            try:
+                if ipaddress.ip_address(str(a.address).split("%", 1)[0]) == ip:
+                    return True
+            except ValueError:
+                continue  # a link-layer (MAC) address
+    return False
 
 
 def make_url(host: str, port: int, api_prefix: str = "") -> str:
@@ -639,9 +670,22 @@ class Scanner:
                 continue  # an embedded server we cannot reach: nothing to poll
             if listen is not None:
                 host = listen[0] if ep.host is None or ep.host in _LOOPBACK_ALIASES else ep.host
-                url = make_url(host, listen[1], ep.api_prefix)
+                port = listen[1]
             else:
-                url = make_url(ep.host or DEFAULT_HOST, ep.port, ep.api_prefix)
+                host, port = ep.host or DEFAULT_HOST, ep.port
+            if not is_local_address(host, psutil_mod):
+                # A name, or an address that is not this machine's: use the address the
+                # process really listens on when it is local, else do not poll it.
+                local = [(ip, p) for ip, p in (ports or []) if p == port
+                         and is_local_address(ip, psutil_mod)]
+                if not local:
+                    errors.append(
+                        f"llama.cpp server {f.pid} listens on {host}:{port}, which kvwall "
+                        "cannot tell is this machine; add its URL in the settings "
+                        "(or --url) to poll it.")
+                    continue
+                host = local[0][0]
+            url = make_url(host, port, ep.api_prefix)
             key = resolve_api_key(st.args, {**st.env, **st.secret_env}, configured_keys.get(url),
                                   self.read_text, own_notes, read_files=st.own, cwd=st.cwd)
             is_child = ROUTER_CHILD_ENV in st.env or (f.ppid in routers and f.pid not in routers)
@@ -713,6 +757,7 @@ __all__ = [
     "discover",
     "endpoint_from_config",
     "is_router",
+    "is_local_address",
     "make_url",
     "normalize_url",
     "redact_argv",

@@ -429,3 +429,35 @@ def test_real_scan_finds_processes_by_their_full_name(tmp_path):
     finally:
         child.kill()
         child.wait()
+
+
+Snic = namedtuple("Snic", "family address netmask broadcast ptp")
+
+
+def psutil_with_interfaces(*procs, addresses=("127.0.0.1", "192.168.1.5", "fe80::1%eth0")):
+    fake = fake_psutil(*procs)
+    fake.net_if_addrs = lambda: {
+        "eth0": [Snic(2, a, None, None, None) for a in addresses] + [Snic(17, "52:54:00:12:34:56", None, None, None)]
+    }
+    return fake
+
+
+def test_a_host_that_is_not_this_machine_is_never_contacted():
+    """A process's --host cannot make kvwall talk to another machine: it is not polled."""
+    evil = FakeProcess(5, [SERVER, "-m", "m", "--host", "203.0.113.9", "--port", "9000"])
+    named = FakeProcess(6, [SERVER, "-m", "m", "--host", "llm.example.org", "--port", "9001"])
+    result = scan(psutil_with_interfaces(evil, named))
+    assert result.servers == ()
+    assert any("203.0.113.9:9000" in e and "--url" in e for e in result.errors)
+    assert any("llm.example.org:9001" in e for e in result.errors)
+
+
+def test_a_local_interface_address_is_polled_there():
+    lan = FakeProcess(5, [SERVER, "-m", "m", "--host", "192.168.1.5", "--port", "9000"])
+    assert only(discover(psutil_with_interfaces(lan))).url == "http://192.168.1.5:9000"
+
+
+def test_a_host_name_is_polled_at_the_local_address_the_process_listens_on():
+    named = FakeProcess(6, [SERVER, "-m", "m", "--host", "mybox", "--port", "9001"],
+                        listen=[("192.168.1.5", 9001)])
+    assert only(discover(psutil_with_interfaces(named))).url == "http://192.168.1.5:9001"
