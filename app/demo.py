@@ -11,6 +11,7 @@ import logging
 import random
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -33,6 +34,17 @@ DEMO_ARGS = ("-c", "8192", "-np", "2", "-ctk", "f16", "-ctv", "f16")
 START_DEADLINE_S = 60.0
 WORDS = ("the of and to in is was that for on with as by at from it an be this are or "
          "hello world model memory cache context token slot server agent llama tiny").split()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGTERM when kvwall's process dies, even killed."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class DemoUnavailable(RuntimeError):
@@ -199,8 +211,10 @@ class Demo:
         argv = [exe, "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
                 "-a", "kvwall-demo", *self.server_args]
         with open(self.log_path, "wb") as log_file:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_file,
-                                         stderr=subprocess.STDOUT)
+            # The server must not outlive kvwall, even a kvwall that was killed.
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             if self.proc.poll() is not None:

@@ -248,6 +248,63 @@ def display_problem(environ=os.environ, platform: str = sys.platform,
     return None
 
 
+class QuitSignals(QObject):
+    """SIGTERM, SIGINT and SIGHUP as a Qt signal on the GUI thread.
+
+    Python runs signal handlers only between bytecodes, never while Qt's event loop
+    waits, so the signal number is also written to a socket that Qt watches (no polling
+    timer). Without this, ``kill <pid>``, a logout or Ctrl+C would end kvwall without its
+    cleanup and leave the ``--demo`` llama-server running. :attr:`received` stays True
+    once one arrived (also before the event loop runs); :meth:`restore` puts the previous
+    handlers back.
+
+    Signals:
+        requested(): a quit signal arrived.
+    """
+
+    requested = Signal()
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        import signal
+        import socket
+
+        from PySide6.QtCore import QSocketNotifier
+
+        super().__init__(parent)
+        self.received = False
+        self._reader, self._writer = socket.socketpair()
+        self._reader.setblocking(False)
+        self._writer.setblocking(False)
+        self._old_fd = signal.set_wakeup_fd(self._writer.fileno())
+        names = [n for n in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, n)]
+        self._old = {n: signal.signal(getattr(signal, n), self._handler) for n in names}
+        self._notifier = QSocketNotifier(self._reader.fileno(), QSocketNotifier.Type.Read,
+                                         self)
+        self._notifier.activated.connect(self._readable)
+
+    def _handler(self, signum, _frame) -> None:
+        self.received = True
+
+    def _readable(self) -> None:
+        try:
+            got = self._reader.recv(64)
+        except OSError:
+            return
+        if got:
+            log.info("signal %d received: quitting", got[0])
+            self.requested.emit()
+
+    def restore(self) -> None:
+        import signal
+
+        self._notifier.setEnabled(False)
+        signal.set_wakeup_fd(self._old_fd)
+        for name, handler in self._old.items():
+            signal.signal(getattr(signal, name), handler)
+        self._reader.close()
+        self._writer.close()
+
+
 def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="kvwall", description="kvwall desktop app")
     parser.add_argument("--demo", action="store_true",
@@ -287,6 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     app.setWindowIcon(app_icon())
     app.setQuitOnLastWindowClosed(False)
     install_qt_message_handler()
+    quit_signals = QuitSignals(app)
     log.info("kvwall starting (log: %s)", log_path)
 
     from kvwall.app.single_instance import SingleInstance
@@ -326,11 +384,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         source.set_servers([s.url for s in kv.settings.servers],
                            {s.url: s.api_key for s in kv.settings.servers if s.api_key})
         instance.activated.connect(kv.show_window)
+        quit_signals.requested.connect(kv.quit)
         kv.start(show_window=opts.show or opts.demo or None)
         if opts.quit_after is not None:
             QTimer.singleShot(int(opts.quit_after * 1000), kv.quit)
-        code = app.exec()
+        if quit_signals.received:  # asked to quit while starting: no event loop at all
+            log.info("quit signal received while starting: quitting")
+            code = 0
+        else:
+            code = app.exec()
     finally:  # whatever happened, the demo server and the poll thread do not outlive us
+        quit_signals.restore()
         if kv is not None:
             kv.stop()
         if source is not None:

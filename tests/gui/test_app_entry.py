@@ -202,3 +202,48 @@ def test_demo_runs_a_real_server_and_stops_it_on_exit():
         if any(demo_dir in (arg or "") for arg in (p.info["cmdline"] or [])):
             left.append(p.pid)
     assert left == [], "the demo's llama-server outlived kvwall"
+
+
+def test_sigterm_quits_cleanly_and_stops_the_demo_server():
+    """`kill <pid>` (logout, systemd, a user) runs the same cleanup as Quit."""
+    import signal
+    import time
+
+    import psutil
+    from kvwall.app.llamabin import INSTALL_HINT, find_llama_server
+
+    if find_llama_server() is None:
+        pytest.fail(INSTALL_HINT)
+    log_file = os.path.join(os.environ["XDG_STATE_HOME"], "kvwall", "log", "kvwall.log")
+    start = os.path.getsize(log_file) if os.path.exists(log_file) else 0
+    proc = subprocess.Popen([sys.executable, "-m", "kvwall.app", "--demo"], env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    demo_dir = os.path.join(os.environ["XDG_CACHE_HOME"], "kvwall", "demo")
+    try:
+        deadline = time.monotonic() + 90
+        while True:  # wait until the app polls (a result reached the window)
+            text = open(log_file, encoding="utf-8").read()[start:] if os.path.exists(
+                log_file) else ""
+            if "demo: llama-server pid" in text:
+                break
+            assert proc.poll() is None, proc.stderr.read()[-2000:]
+            assert time.monotonic() < deadline, "kvwall --demo did not start its server"
+            try:
+                proc.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    assert "Traceback" not in err
+    text = open(log_file, encoding="utf-8").read()[start:]
+    assert "quitting" in text and "kvwall stopped" in text
+    server_log = open(os.path.join(demo_dir, "llama-server.log"), errors="replace").read()
+    assert "cleaning up before exit" in server_log  # stopped, not orphaned
+    left = [p.pid for p in psutil.process_iter(["cmdline"])
+            if any(demo_dir in (arg or "") for arg in (p.info["cmdline"] or []))]
+    assert left == [], "the demo's llama-server outlived kvwall"
