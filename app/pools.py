@@ -196,15 +196,32 @@ def format_duration(seconds: float | None) -> str:
     return f"{h // 24} days"
 
 
+def requests_left(turns_left: int | None) -> str:
+    """A forecast's ``turns_left`` in words, for a table cell: ``~6 requests``.
+
+    ``turns_left`` counts the request that hits the wall, so 1 is ``next request``.
+    """
+    if turns_left is None:
+        return "–"
+    if turns_left <= 0:
+        return "full"
+    return "next request" if turns_left == 1 else f"~{turns_left} requests"
+
+
 def forecast_phrase(server: ServerReport, slot: SlotReport) -> str:
-    """``slot 2 of qwen3-32b full in ~6 turns / 14 min``."""
+    """``slot 2 of qwen3-32b full in ~6 requests / 14 min``, as the CLI says it.
+
+    ``turns_left`` counts the request that hits the wall: 1 reads "the next request
+    fills it".
+    """
     f = slot.forecast
-    what = "the shared pool" if server.pool is slot else f"slot {slot.id}"
+    what = f"{'the shared pool' if server.pool is slot else f'slot {slot.id}'} of {server.name}"
     if f.turns_left == 0:
-        return f"{what} of {server.name} is full"
-    parts = []
-    if f.turns_left is not None:
-        parts.append(f"~{f.turns_left} turn{'s' if f.turns_left != 1 else ''}")
-    if f.seconds_left is not None:
-        parts.append(format_duration(f.seconds_left))
-    return f"{what} of {server.name} full in {' / '.join(parts)}"
+        return f"{what} is full"
+    when = None if f.seconds_left is None else format_duration(f.seconds_left)
+    if f.turns_left == 1:
+        return f"{what}: the next request fills it" + (f" (~{when})" if when else "")
+    parts = [] if f.turns_left is None else [f"~{f.turns_left} requests"]
+    if when:
+        parts.append(when)
+    return f"{what} full in {' / '.join(parts)}"

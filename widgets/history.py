@@ -9,6 +9,7 @@ is skipped while the widget is hidden and catches up when it is shown again.
 from __future__ import annotations
 
 import os
+import time
 
 os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
 
@@ -360,7 +361,8 @@ class HistoryView(QWidget):
                 when = pools.format_duration(f.seconds_left)
                 who = "pool" if ids[i] == -1 else f"slot {ids[i]}"
                 if not label:
-                    label = f"{who} full in {when}"
+                    at = time.strftime("%H:%M", time.localtime(end))
+                    label = f"{who} full in {when} (~{at})"
             else:
                 fc.setData([], [])
         self._forecast_label.setText(label)

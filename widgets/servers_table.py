@@ -15,7 +15,7 @@ from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelInd
 from PySide6.QtGui import QBrush, QColor, QFont
 
 COLUMNS = ("Server / slot", "Model", "Context per slot", "Fill", "Tokens per turn",
-           "Turns left", "Time left", "Health")
+           "Full in", "Time left", "Health")
 
 LEVEL_COLORS = {"ok": None, "warning": QColor("#c77700"), "critical": QColor("#c62828")}
 
@@ -53,11 +53,12 @@ def slot_row(server: ServerReport, slot: SlotReport, label: str) -> TableRow:
     f = slot.forecast
     fill = pools.slot_fill(slot)
     fill_text = "–" if fill is None else f"{fill:.0%}  ({_fmt_int(slot.tokens)})"
-    turns = "full" if f.turns_left == 0 else ("–" if f.turns_left is None else f"~{f.turns_left}")
+    turns = pools.requests_left(f.turns_left)
     time_left = "–" if f.seconds_left is None else pools.format_duration(f.seconds_left)
     state = "busy" if slot.is_processing else "idle"
-    tip = (f"confidence {f.confidence:.0%}, based on {f.turns_seen} turn(s)"
-           if f.turns_seen else "no finished request seen yet")
+    tip = (f"forecast confidence {f.confidence:.0%}, from {f.turns_seen} finished "
+           f"request{'s' if f.turns_seen != 1 else ''}" if f.turns_seen
+           else "no finished request seen yet")
     return TableRow(server.key, slot.id,
                     (label, "", _fmt_int(slot.n_ctx), fill_text,
                      "–" if f.tokens_per_turn is None else f"{f.tokens_per_turn:,.0f}",

@@ -139,7 +139,7 @@ class WhatIfPanel(QWidget):
         facts = QFormLayout()
         facts.addRow("Memory saved", self.saved_label)
         facts.addRow("Largest context", self.max_ctx_label)
-        facts.addRow("Turns left", self.turns_label)
+        facts.addRow("Fullest slot full in", self.turns_label)
         rl.addLayout(facts)
         rl.addWidget(self.caveat_label)
         rl.addWidget(self.refused_label)
@@ -282,11 +282,11 @@ class WhatIfPanel(QWidget):
             else f"costs {pools.format_bytes(-saved)} more")
         self.max_ctx_label.setText(f"{wi.max_ctx:,} tokens (-c) with the memory free now")
         if result.turns_left_after is None:
-            self.turns_label.setText("– (no turn seen yet)")
+            self.turns_label.setText("– (no finished request seen yet)")
         else:
-            now = "?" if result.turns_left_now is None else f"~{result.turns_left_now}"
-            self.turns_label.setText(f"~{result.turns_left_after} for the fullest slot "
-                                     f"(now {now})")
+            self.turns_label.setText(
+                f"{pools.requests_left(result.turns_left_after)} "
+                f"(now {pools.requests_left(result.turns_left_now)})")
         self.caveat_label.setText(f"<i>{wi.caveat}</i>" if wi.caveat else "")
         self.command_view.setPlainText(wi.command)
         self.copy_button.setEnabled(bool(wi.command))

@@ -31,7 +31,7 @@ def test_table_lists_server_and_slots(qtbot):
     assert cells[0][7] == "ok"
     assert cells[2][0].strip() == "slot 1"
     assert cells[2][3].startswith("73%") and "12,000" in cells[2][3]
-    assert cells[2][4] == "700" and cells[2][5] == "~6" and cells[2][6] == "14 min"
+    assert cells[2][4] == "700" and cells[2][5] == "~6 requests" and cells[2][6] == "14 min"
     assert cells[2][7] == "busy"
     assert w.selected_server() == "pid:100"
     assert w.stack.currentWidget() is w.content
@@ -107,7 +107,10 @@ def test_tray_state_colour_and_tooltip():
     assert st.level == OK
     assert st.fill == 20 / 24
     assert "NVIDIA RTX 4090: 4.00 GiB free (17%)" in st.tooltip
-    assert "slot 1 of qwen3-32b full in ~6 turns / 14 min" in st.tooltip
+    assert "slot 1 of qwen3-32b full in ~6 requests / 14 min" in st.tooltip
+    # turns_left counts the request that hits the wall: 1 is the very next one.
+    assert "slot 1 of qwen3-32b: the next request fills it" in tray_state(
+        _report(turns_left=1), th).tooltip
     assert tray_state(_report(turns_left=4), th).level == WARNING
     assert tray_state(_report(tokens=16000, turns_left=1), th).level == CRITICAL
     full = f.report([f.server()], [f.device(total=24 * f.GiB, used=23 * f.GiB)])

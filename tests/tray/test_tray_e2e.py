@@ -49,8 +49,10 @@ def test_tray_window_forecast_notification_and_what_if(tray_host, tmp_path):
     # A forecast shows in the table and in the tray tooltip.
     fc = [f for f in r["forecast"] if f["turns_left"]]
     assert fc and fc[0]["n_ctx"] == 4096
-    assert any(row[5].startswith("~") for row in r["table_rows_with_forecast"][1:])
-    assert "of kvwall-demo full in ~" in r["tray_tooltip"]
+    assert any(row[5].startswith("~") or row[5] == "next request"
+               for row in r["table_rows_with_forecast"][1:])
+    assert ("of kvwall-demo full in ~" in r["tray_tooltip"]
+            or "of kvwall-demo: the next request fills it" in r["tray_tooltip"])
     # A notification fired for the demo slot, and the tray showed it.
     key = f"pid:{r['server_pid']}"
     ours = [n for n in r["notifications"] if n["server_key"] == key]
