@@ -63,9 +63,11 @@ SCHEMA: tuple[SettingField, ...] = (
     SettingField("free_critical_percent", "Critical when free memory is below", "float", 5.0,
                  "Thresholds", 0.0, 100.0, "%"),
     SettingField("slot_warn_turns", "Warn when a slot fills within", "int", 5, "Thresholds",
-                 1, 1000, "turns", "Requests left before the slot's context is full."),
+                 1, 1000, "requests",
+                 "Requests left before the slot's context is full, counting the one that "
+                 "fills it (1: the next request)."),
     SettingField("slot_critical_turns", "Critical when a slot fills within", "int", 2,
-                 "Thresholds", 0, 1000, "turns"),
+                 "Thresholds", 0, 1000, "requests"),
     SettingField("slot_warn_minutes", "Warn when a slot fills within", "float", 15.0,
                  "Thresholds", 0.0, 1440.0, "min"),
     SettingField("slot_critical_minutes", "Critical when a slot fills within", "float", 5.0,

@@ -33,6 +33,7 @@ CAPACITY = 6 * 3600
 WINDOWS = (("5 min", 300), ("15 min", 900), ("1 hour", 3600), ("6 hours", 6 * 3600))
 MEMORY_KINDS = (pools.OTHER, pools.OVERHEAD, pools.WEIGHTS, pools.KV, pools.COMPUTE)
 MAX_SLOT_CURVES = 16
+MIN_SPAN_S = 60.0  # the plots never show less than this much time
 MIN_REPAINT_S = 2.0
 SLOT_COLORS = ("#f29d38", "#4a7fd4", "#5cb85c", "#ab47bc", "#26a69a", "#e05d5d", "#8d6e63",
                "#fdd835")
@@ -324,7 +325,7 @@ class HistoryView(QWidget):
             top = total if top > 0.6 * total else top * 1.25
         if top > 0:
             self.memory_plot.setYRange(0, top * 1.02, padding=0)
-        self.memory_plot.setXRange(max(start, float(t[0])) if len(t) else start, now, padding=0)
+        self.memory_plot.setXRange(_left_edge(start, float(t[0]), now), now, padding=0)
         for i, curve in enumerate(self._mem_curves):
             curve.setData(t, cumulative[:, i])
 
@@ -371,7 +372,7 @@ class HistoryView(QWidget):
             self.context_plot.setYRange(0, max(limits) * 1.05, padding=0)
         first_t = start
         if data is not None and len(data):
-            first_t = max(start, float(data[0, 0]))
+            first_t = _left_edge(start, float(data[0, 0]), now)
         self.context_plot.setXRange(first_t, horizon, padding=0.02)
         name = server.name if server else ""
         title = (f"{name}: KV cells per slot · dotted = the slot's limit · dashed = forecast"
@@ -379,6 +380,12 @@ class HistoryView(QWidget):
         if title != self._titles.get("context"):
             self._titles["context"] = title
             self.context_plot.setTitle(title)
+
+
+def _left_edge(start: float, first_sample: float, now: float) -> float:
+    """The plot's left edge: the first sample in the window, but at least a minute back
+    (one sample alone would give the time axis a zero span and unreadable ticks)."""
+    return max(start, min(first_sample, now - MIN_SPAN_S))
 
 
 def _slot_of(server: ServerReport, slot_id: int):

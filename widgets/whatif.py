@@ -136,7 +136,7 @@ class WhatIfPanel(QWidget):
         rl.setContentsMargins(0, 0, 0, 0)
         rl.addWidget(self.result_title)
         rl.addLayout(bars)
-        facts = QFormLayout()
+        facts = self._facts = QFormLayout()
         facts.addRow("Memory saved", self.saved_label)
         facts.addRow("Largest context", self.max_ctx_label)
         facts.addRow("Fullest slot full in", self.turns_label)
@@ -154,7 +154,8 @@ class WhatIfPanel(QWidget):
         lay.addWidget(self.heading)
         lay.addLayout(grid)
         lay.addWidget(custom)
-        lay.addWidget(result, 1)
+        lay.addWidget(result)
+        lay.addStretch(1)
         self._set_enabled(False)
         self._clear_result()
 
@@ -186,6 +187,9 @@ class WhatIfPanel(QWidget):
                 self.ctx_box.setValue(0)
                 self.fa_box.setCurrentText(inputs.config.flash_attn)
             self.current_bar.set_segments(plan_segments(plan), self._scale())
+        else:  # not the previous server's bar under this one's name
+            self.current_bar.set_segments(())
+        self.result_frame.setVisible(ready)
         if changed_server or not ready:
             self._clear_result()
 
@@ -239,6 +243,7 @@ class WhatIfPanel(QWidget):
             logging.getLogger(__name__).exception("what-if failed")
             self._clear_result()
             self.refused_label.setText(f"kvwall could not simulate this: {exc}")
+            self._sync_visibility()
             return None
         self._show(result)
         self.simulated.emit(result)
@@ -255,8 +260,25 @@ class WhatIfPanel(QWidget):
         for lab in (self.saved_label, self.max_ctx_label, self.turns_label, self.caveat_label,
                     self.refused_label):
             lab.setText("")
-        self.command_view.setPlainText("")
-        self.copy_button.setEnabled(False)
+        self._set_command("")
+        self._sync_visibility()
+
+    def _set_command(self, command: str) -> None:
+        self.command_view.setPlainText(command)
+        self.copy_button.setEnabled(bool(command))
+
+    def _sync_visibility(self) -> None:
+        """Show only the parts that have something to say (the panel then fits)."""
+        shown = self._result is not None and not self._result.what_if.refused
+        for w in (self.new_label, self.new_bar):
+            w.setVisible(shown)
+        for i in range(self._facts.rowCount()):
+            self._facts.setRowVisible(i, shown)
+        self.caveat_label.setVisible(bool(self.caveat_label.text()))
+        self.refused_label.setVisible(bool(self.refused_label.text()))
+        has_command = bool(self.command_view.toPlainText())
+        self.command_view.setVisible(has_command)
+        self.copy_button.setVisible(has_command)
 
     def _show(self, result: WhatIfResult) -> None:
         self._result = result
@@ -269,8 +291,8 @@ class WhatIfPanel(QWidget):
             for lab in (self.saved_label, self.max_ctx_label, self.turns_label):
                 lab.setText("–")
             self.caveat_label.setText("")
-            self.command_view.setPlainText("")
-            self.copy_button.setEnabled(False)
+            self._set_command("")
+            self._sync_visibility()
             return
         self.refused_label.setText("")
         scale = self._scale(wi.plan)
@@ -288,8 +310,8 @@ class WhatIfPanel(QWidget):
                 f"{pools.requests_left(result.turns_left_after)} "
                 f"(now {pools.requests_left(result.turns_left_now)})")
         self.caveat_label.setText(f"<i>{wi.caveat}</i>" if wi.caveat else "")
-        self.command_view.setPlainText(wi.command)
-        self.copy_button.setEnabled(bool(wi.command))
+        self._set_command(wi.command)
+        self._sync_visibility()
 
     def result(self) -> WhatIfResult | None:
         return self._result

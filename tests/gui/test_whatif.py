@@ -116,3 +116,15 @@ def test_panel_without_inputs_explains_why(qtbot):
     assert "command line" in panel.heading.text()
     assert not any(b.isEnabled() for b in panel.buttons.values())
     assert panel.try_quick("q8_0") is None
+
+
+def test_a_server_that_cannot_be_simulated_shows_no_bar_of_the_previous_one(qtbot, tiny):
+    panel, plan, _ = _panel(qtbot, tiny)
+    qtbot.mouseClick(panel.buttons["q8_0"], Qt.MouseButton.LeftButton)
+    assert panel.command_view.isVisibleTo(panel)
+    url_only = f.server(key="url:http://10.0.0.5:8080", name="10.0.0.5:8080", the_plan=None)
+    panel.set_server(url_only, None)
+    assert panel.current_bar.segments() == ()
+    assert not panel.result_frame.isVisibleTo(panel)
+    assert "cannot be simulated" in panel.heading.text()
+    assert not any(b.isEnabled() for b in panel.buttons.values())
