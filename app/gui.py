@@ -59,6 +59,7 @@ class KvwallApp(QObject):
         self.rules = NotificationRules(self.thresholds)
 
         self.window = MainWindow(simulate=simulate)
+        self._window_thresholds()
         self.window.setWindowIcon(app_icon())
         # At login the panel's tray may come up after kvwall: wait for it a while.
         self._tray_wait = QTimer(self)
@@ -86,6 +87,10 @@ class KvwallApp(QObject):
         self._pause_timer.timeout.connect(lambda: self.set_paused(False))
         self._stopped = False
         self.results = 0
+
+    def _window_thresholds(self) -> None:
+        self.window.slot_full_percent = self.thresholds.slot_full_percent
+        self.window.slot_warn_turns = self.thresholds.slot_warn_turns
 
     def _make_tray(self) -> None:
         self.tray = Tray(self.thresholds, self)
@@ -211,6 +216,7 @@ class KvwallApp(QObject):
         self.rules.set_thresholds(self.thresholds)
         if self.tray is not None:
             self.tray.thresholds = self.thresholds
+        self._window_thresholds()
         if settings["poll_interval_s"] != old["poll_interval_s"]:
             self.worker.request_interval(settings["poll_interval_s"])
         if settings.servers != old.servers and self._on_servers_changed is not None:

@@ -52,6 +52,9 @@ class MainWindow(QMainWindow):
         self._result: PollResult | None = None
         self._selected: str | None = None
         self.hide_on_close = True
+        # When a slot row turns warning/critical: the user's thresholds (set by the app).
+        self.slot_full_percent = 95.0
+        self.slot_warn_turns = 5
 
         self.gauges = GaugePanel()
         gauge_box = QGroupBox("Memory")
@@ -129,7 +132,8 @@ class MainWindow(QMainWindow):
         self._result = result
         report = result.report
         self.gauges.set_report(report)
-        self.table_model.set_rows(table_rows(report))
+        self.table_model.set_rows(table_rows(report, self.slot_full_percent,
+                                             self.slot_warn_turns))
         self._grow_columns()
         self.history.add_report(report)
         has_servers = bool(report.servers)

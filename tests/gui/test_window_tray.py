@@ -10,6 +10,7 @@ from kvwall.app.poll_worker import PollResult
 from kvwall.app.tray import LEVEL_COLORS, Tray, gauge_pixmap, tray_state
 from kvwall.app.window import MainWindow
 from kvwall.widgets.history import HistoryView, RingBuffer
+from PySide6.QtCore import Qt
 
 
 def _report(t=1000.0, wall=1_760_000_000.0, tokens=12000, seconds_left=840.0, turns_left=6):
@@ -155,3 +156,14 @@ def test_select_server_from_a_notification(qtbot):
     rows = w.table.selectionModel().selectedRows()
     assert w.table_model.rows()[rows[0].row()].server_key == "pid:2"
     assert not w.select_server("pid:999")
+
+
+def test_table_colours_slots_with_the_users_thresholds(qtbot):
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.set_result(PollResult(_report(turns_left=6)))
+    assert w.table_model.rows()[2].level == "ok"  # 6 requests left, default warning at 5
+    w.slot_warn_turns = 8  # the user warns earlier (Settings)
+    w.set_result(PollResult(_report(turns_left=6, t=1001.0, wall=1_760_000_001.0)))
+    assert w.table_model.rows()[2].level == "warning"
+    assert w.table_model.index(2, 5).data(Qt.ItemDataRole.ForegroundRole) is not None
