@@ -18,12 +18,15 @@ from kvwall.budget.advice import POOL_GPU, POOL_TOTAL, advise, largest_context, 
 from kvwall.budget.attribution import attribute, server_devices
 from kvwall.budget.attribution import gpu_names as server_gpu_names
 from kvwall.budget.config import ConfigError, ServerConfig, parse_command_line
-from kvwall.budget.forecast import ContextTracker
+from kvwall.budget.events import GrabDetector
+from kvwall.budget.forecast import ContextTracker, PoolTracker
 from kvwall.budget.memory import MemoryPlan, plan_memory
 from kvwall.budget.report import (
     Advice,
     Attribution,
     Forecast,
+    MemoryEvent,
+    PoolForecast,
     ServerReport,
     SlotReport,
     StatusReport,
@@ -108,6 +111,9 @@ class Engine:
         proc_root: where ``/proc`` is, to resolve a relative ``-m`` against the server's
             working directory.
         plan_fn: the memory model (default :func:`kvwall.budget.memory.plan_memory`).
+        pool_tracker: the memory-pool trend tracker (default a fresh :class:`PoolTracker`).
+        grab_detector: finds other processes that suddenly take a pool's memory (default a
+            fresh :class:`~kvwall.budget.events.GrabDetector`).
     """
 
     def __init__(
@@ -118,10 +124,14 @@ class Engine:
         tracker: ContextTracker | None = None,
         proc_root: str = "/proc",
         plan_fn: Callable[..., MemoryPlan] = plan_memory,
+        pool_tracker: PoolTracker | None = None,
+        grab_detector: GrabDetector | None = None,
     ) -> None:
         self._read_model = read_model or _default_read_model
         self._clock = clock
         self.tracker = tracker or ContextTracker()
+        self.pool_tracker = pool_tracker if pool_tracker is not None else PoolTracker()
+        self.grab_detector = grab_detector if grab_detector is not None else GrabDetector()
         self._proc_root = proc_root
         self._plan_fn = plan_fn
         self._models: OrderedDict[str, tuple[tuple, ModelInfo | None, str | None]] = OrderedDict()
@@ -161,9 +171,43 @@ class Engine:
                 log.exception("analysis failed for %s", state.process.url)
                 reports.append(_failed_report(state, e))
         self._retain({r.key for r in reports})
-        return StatusReport(snapshot.timestamp, wall, devices, tuple(reports), errors)
+        forecasts, events = self._memory_trends(snapshot, devices)
+        return StatusReport(snapshot.timestamp, wall, devices, tuple(reports), errors,
+                            pool_forecasts=forecasts, memory_events=events)
+
+    def forget_history(self) -> None:
+        """Drop every history (slots, pools, processes): after a sleep/resume, growth
+        measured across the gap is not growth."""
+        self.tracker.clear()
+        self.pool_tracker.forget()
+        self.grab_detector.forget()
 
     # ------------------------------------------------------------------ parts
+
+    def _memory_trends(self, snapshot: Snapshot, devices: tuple[DeviceMemory, ...]
+                       ) -> tuple[tuple[PoolForecast, ...], tuple[MemoryEvent, ...]]:
+        """Pool forecasts and sudden grabs by other processes; never raises."""
+        try:
+            ts = float(snapshot.memory.timestamp)
+        except Exception:  # noqa: BLE001
+            ts = snapshot_ts(snapshot)
+        forecasts: tuple[PoolForecast, ...] = ()
+        events: tuple[MemoryEvent, ...] = ()
+        try:
+            self.pool_tracker.observe(devices, ts)
+            forecasts = self.pool_tracker.forecasts(devices)
+        except Exception:  # noqa: BLE001 - a forecast must not break the report
+            log.exception("pool forecast failed")
+        try:
+            pids = set()
+            for state in snapshot.servers:
+                for pid in (state.process.pid, state.process.parent_pid):
+                    if pid is not None:
+                        pids.add(pid)
+            events = self.grab_detector.observe(devices, ts, pids)
+        except Exception:  # noqa: BLE001
+            log.exception("process grab detection failed")
+        return forecasts, events
 
     def _retain(self, keys: set[str]) -> None:
         for cache in (self._plans, self._cached):
@@ -507,9 +551,6 @@ def pool_of(
     if on:
         return POOL_TOTAL, on[0].free_bytes, host_total, host_free
     return POOL_TOTAL, host_free, host_total, host_free
-
-
-_pool_of = pool_of  # the name app/live.py first used
 
 
 def _measured_on_pool(

@@ -1,9 +1,11 @@
-"""Context tracking and forecasts: when each slot (or the unified pool) hits the wall.
+"""Forecasts: when each slot (or the unified KV pool), and each memory pool, hits the wall.
 
 Pure and clock-free: every sample carries the snapshot's monotonic timestamp. A
 :class:`ContextTracker` follows the KV cells each slot holds, poll after poll, detects the
 end of each request (a "turn" of an agent), and turns the growth per turn and per minute
-into :class:`~kvwall.budget.report.Forecast` objects.
+into :class:`~kvwall.budget.report.Forecast` objects. A :class:`PoolTracker` follows each
+device's free bytes over time and fits a trend to say when free memory runs out
+(:class:`~kvwall.budget.report.PoolForecast`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from kvwall.budget.report import Forecast
-from kvwall.monitors.snapshot import SlotState
+from kvwall.budget.report import Forecast, PoolForecast
+from kvwall.monitors.snapshot import DeviceMemory, SlotState
 
 # Per-turn growth figures kept per slot; the forecast uses the most recent ones.
 MAX_TURNS = 64
@@ -282,6 +284,11 @@ class ContextTracker:
             del self._slots[key]
         self._pools.pop(server_key, None)
 
+    def clear(self) -> None:
+        """Drop everything known about every server."""
+        self._slots.clear()
+        self._pools.clear()
+
     def __len__(self) -> int:
         """Number of slots tracked (pools excluded)."""
         return len(self._slots)
@@ -292,3 +299,231 @@ class ContextTracker:
             del self._slots[key]
         for key in [k for k, s in self._pools.items() if s.last_seen < limit]:
             del self._pools[key]
+
+
+# --------------------------------------------------------------------------- memory pools
+
+# History kept per pool (seconds), downsampled to one averaged point per bucket.
+POOL_HISTORY_S = 1800.0
+POOL_BUCKET_S = 10.0
+# The trend is fitted over the most recent part of the history (seconds).
+POOL_FIT_WINDOW_S = 300.0
+# Below this span (seconds) or this many points there is no trend yet.
+POOL_MIN_SPAN_S = 30.0
+POOL_MIN_POINTS = 4
+# The span (seconds) from which the span no longer limits the confidence.
+POOL_FULL_SPAN_S = 180.0
+# Growth below this (bytes per minute) is flat: page-cache and allocator jitter.
+POOL_MIN_GROWTH_PER_MIN = 1024.0**2
+
+
+def _least_squares(points: Sequence[tuple[float, float]]) -> tuple[float, float, float, float]:
+    """(slope, intercept, r squared, slope standard error) of ``y = a*t + b``.
+
+    Raises:
+        ValueError: fewer than two points or all at the same time.
+    """
+    n = len(points)
+    if n < 2:
+        raise ValueError("need two points")
+    mt = math.fsum(t for t, _ in points) / n
+    my = math.fsum(y for _, y in points) / n
+    stt = math.fsum((t - mt) ** 2 for t, _ in points)
+    if stt <= 0:
+        raise ValueError("all points at the same time")
+    sty = math.fsum((t - mt) * (y - my) for t, y in points)
+    syy = math.fsum((y - my) ** 2 for _, y in points)
+    slope = sty / stt
+    intercept = my - slope * mt
+    sse = max(0.0, syy - slope * sty)
+    r2 = 1.0 - sse / syy if syy > 0 else 0.0
+    stderr = math.sqrt(sse / (n - 2) / stt) if n > 2 else 0.0
+    return slope, intercept, max(0.0, min(1.0, r2)), stderr
+
+
+def forecast_pool(
+    device_id: str,
+    points: Sequence[tuple[float, float]],
+    free_bytes: int | None,
+    *,
+    floor_bytes: int = 0,
+    window_s: float = POOL_FIT_WINDOW_S,
+) -> PoolForecast:
+    """Forecast when a pool's free memory reaches ``floor_bytes``.
+
+    Least squares of free bytes over time on the points of the last ``window_s`` seconds.
+    A flat trend (less than :data:`POOL_MIN_GROWTH_PER_MIN`), a shrinking one, or one not
+    distinguishable from noise (slope under two standard errors) gives no ``seconds_left``.
+
+    Args:
+        device_id: the pool's ``DeviceMemory.id``.
+        points: ``(timestamp_s, free_bytes)`` oldest first (downsampled or raw).
+        free_bytes: free memory now (the value the time left counts down from).
+        floor_bytes: free memory that counts as run out.
+        window_s: seconds of the most recent history fitted.
+
+    Returns:
+        The forecast. ``confidence`` is R squared times the span factor (full from
+        :data:`POOL_FULL_SPAN_S`) times the steadiness (the smaller over the larger of the
+        growth rates of the two halves of the window: 1 for steady growth, near 0 for a
+        single jump).
+    """
+    if free_bytes is None and points:
+        free_bytes = int(points[-1][1])
+    empty = PoolForecast(device_id, free_bytes, floor_bytes=floor_bytes)
+    if not points:
+        return empty
+    end = points[-1][0]
+    recent = [(t, float(y)) for t, y in points if t >= end - window_s]
+    span = recent[-1][0] - recent[0][0] if recent else 0.0
+    if len(recent) < POOL_MIN_POINTS or span < POOL_MIN_SPAN_S:
+        return PoolForecast(device_id, free_bytes, span_s=span, floor_bytes=floor_bytes)
+    try:
+        slope, _b, r2, stderr = _least_squares(recent)
+    except ValueError:
+        return PoolForecast(device_id, free_bytes, span_s=span, floor_bytes=floor_bytes)
+    growth_per_min = -slope * 60.0  # used memory grows as free memory shrinks
+    growing = growth_per_min >= POOL_MIN_GROWTH_PER_MIN and -slope > 2.0 * stderr
+    seconds_left = None
+    confidence = 0.0
+    if growing:
+        remaining = (free_bytes if free_bytes is not None else recent[-1][1]) - floor_bytes
+        seconds_left = 0.0 if remaining <= 0 else remaining / -slope
+        half = len(recent) // 2
+        try:
+            first = -_least_squares(recent[: half + 1])[0]
+            second = -_least_squares(recent[half:])[0]
+            steady = (min(first, second) / max(first, second)
+                      if min(first, second) > 0 else 0.0)
+        except ValueError:
+            steady = 0.0
+        confidence = round(r2 * min(1.0, span / POOL_FULL_SPAN_S) * steady, 3)
+    return PoolForecast(device_id, free_bytes, bytes_per_minute=growth_per_min,
+                        seconds_left=seconds_left, confidence=confidence, span_s=span,
+                        floor_bytes=floor_bytes)
+
+
+@dataclass
+class _PoolSeries:
+    """Downsampled free-bytes history of one pool; private to :class:`PoolTracker`."""
+
+    points: deque  # (mean timestamp, mean free bytes) per finished bucket
+    bucket: int | None = None
+    sum_t: float = 0.0
+    sum_free: float = 0.0
+    count: int = 0
+    last_t: float = 0.0
+    free_bytes: int | None = None
+
+    def current(self) -> list[tuple[float, float]]:
+        """Finished buckets plus the one being filled."""
+        pts = list(self.points)
+        if self.count:
+            pts.append((self.sum_t / self.count, self.sum_free / self.count))
+        return pts
+
+
+class PoolTracker:
+    """Follows each memory pool's free bytes across polls and forecasts when it runs out.
+
+    Memory is bounded: one averaged point per ``bucket_s`` seconds, ``history_s`` seconds
+    kept per pool (180 points with the defaults), pools not seen for ``history_s`` dropped.
+
+    Args:
+        history_s: seconds of history kept.
+        bucket_s: seconds per downsampled point.
+        window_s: seconds of the most recent history the trend is fitted over.
+        floor_bytes: free bytes counted as "run out", per device id (``"*"``: every pool
+            without its own entry); 0 when not given.
+
+    Raises:
+        ValueError: a non-positive ``bucket_s`` or a ``history_s`` shorter than ``window_s``.
+    """
+
+    def __init__(self, *, history_s: float = POOL_HISTORY_S, bucket_s: float = POOL_BUCKET_S,
+                 window_s: float = POOL_FIT_WINDOW_S,
+                 floor_bytes: dict[str, int] | None = None) -> None:
+        if bucket_s <= 0:
+            raise ValueError(f"bucket_s must be positive, got {bucket_s}")
+        if history_s < window_s:
+            raise ValueError(f"history_s ({history_s}) must cover window_s ({window_s})")
+        self._history_s = history_s
+        self._bucket_s = bucket_s
+        self._window_s = window_s
+        self._floors = dict(floor_bytes or {})
+        self._maxlen = int(math.ceil(history_s / bucket_s)) + 1
+        self._series: dict[str, _PoolSeries] = {}
+
+    def observe(self, devices: Iterable[DeviceMemory], timestamp: float) -> None:
+        """Feed one poll of the memory pools.
+
+        Args:
+            devices: the pools as measured; a pool whose free bytes are unknown (neither
+                ``free_bytes`` nor ``total_bytes - used_bytes``) is skipped.
+            timestamp: the poll's monotonic time (seconds). A time earlier than the last
+                one seen for a pool restarts that pool's history.
+        """
+        for d in devices:
+            free = d.free_bytes
+            if free is None and d.total_bytes is not None and d.used_bytes is not None:
+                free = d.total_bytes - d.used_bytes
+            if free is None:
+                continue
+            series = self._series.get(d.id)
+            if series is None or timestamp < series.last_t:
+                series = _PoolSeries(deque(maxlen=self._maxlen))
+                self._series[d.id] = series
+            bucket = int(timestamp // self._bucket_s)
+            if series.bucket is not None and bucket != series.bucket and series.count:
+                series.points.append((series.sum_t / series.count,
+                                      series.sum_free / series.count))
+                series.sum_t = series.sum_free = 0.0
+                series.count = 0
+            series.bucket = bucket
+            series.sum_t += timestamp
+            series.sum_free += free
+            series.count += 1
+            series.last_t = timestamp
+            series.free_bytes = int(free)
+            while series.points and series.points[0][0] < timestamp - self._history_s:
+                series.points.popleft()
+        limit = timestamp - self._history_s
+        for key in [k for k, s in self._series.items() if s.last_t < limit]:
+            del self._series[key]
+
+    def floor_of(self, device_id: str) -> int:
+        """Free bytes counted as "run out" on ``device_id``."""
+        return int(self._floors.get(device_id, self._floors.get("*", 0)))
+
+    def forecast(self, device_id: str) -> PoolForecast | None:
+        """The forecast for one pool, None when it was never observed with a free size."""
+        series = self._series.get(device_id)
+        if series is None:
+            return None
+        return forecast_pool(device_id, series.current(), series.free_bytes,
+                             floor_bytes=self.floor_of(device_id), window_s=self._window_s)
+
+    def forecasts(self, devices: Iterable[DeviceMemory]) -> tuple[PoolForecast, ...]:
+        """Forecasts for ``devices`` (in their order), skipping pools never observed."""
+        out = []
+        for d in devices:
+            f = self.forecast(d.id)
+            if f is not None:
+                out.append(f)
+        return tuple(out)
+
+    def points(self, device_id: str) -> int:
+        """Downsampled points held for one pool (the bounded-memory figure)."""
+        series = self._series.get(device_id)
+        return 0 if series is None else len(series.current())
+
+    def forget(self, device_id: str | None = None) -> None:
+        """Drop one pool's history (None: every pool's, e.g. after a sleep/resume)."""
+        if device_id is None:
+            self._series.clear()
+        else:
+            self._series.pop(device_id, None)
+
+    def __len__(self) -> int:
+        """Number of pools tracked."""
+        return len(self._series)

@@ -7,10 +7,12 @@ from a ``kvwall.monitors.snapshot.Snapshot``; rendered by ``kvwall status`` and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from kvwall.budget.config import ServerConfig
-from kvwall.budget.memory import MemoryPlan
-from kvwall.monitors.snapshot import DeviceMemory
+if TYPE_CHECKING:  # annotations only: keeps this module (and budget.forecast) light to import
+    from kvwall.budget.config import ServerConfig
+    from kvwall.budget.memory import MemoryPlan
+    from kvwall.monitors.snapshot import DeviceMemory
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,60 @@ class ServerReport:
 
 
 @dataclass(frozen=True)
+class PoolForecast:
+    """When a memory pool's free memory runs out, from its trend over the last minutes.
+
+    Attributes:
+        device_id: the pool (``DeviceMemory.id``: ``host``, ``nvidia:0``...).
+        free_bytes: free memory now (the latest sample).
+        bytes_per_minute: growth of the used memory (bytes per minute) fitted over the
+            last minutes; negative when memory is being freed; None until enough samples.
+        seconds_left: seconds until free memory reaches ``floor_bytes`` at that rate; 0 when
+            already there; None when the trend is flat or shrinking, or unknown.
+        confidence: 0..1, from the fit quality (R squared), the span of the samples and
+            whether the growth is steady (a single jump, such as a model being loaded, is
+            not a trend).
+        span_s: seconds of history the fit used.
+        floor_bytes: the free memory counted as "run out" (0 unless configured).
+    """
+
+    device_id: str
+    free_bytes: int | None
+    bytes_per_minute: float | None = None
+    seconds_left: float | None = None
+    confidence: float = 0.0
+    span_s: float = 0.0
+    floor_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class MemoryEvent:
+    """Another process (not a known server) suddenly took a large share of a pool.
+
+    Attributes:
+        kind: ``process_grab``.
+        device_id: the pool (``nvidia:0``...).
+        pid: the process; name its executable name ("" when unknown).
+        grown_bytes: bytes it took within ``window_s`` seconds.
+        used_bytes: what it holds now.
+        share: ``grown_bytes`` as a fraction of the pool's total (0..1; 0 when the total
+            is unknown).
+        window_s: seconds between its lowest sample in the window and now.
+        timestamp: monotonic seconds of the poll that saw it.
+    """
+
+    kind: str
+    device_id: str
+    pid: int
+    name: str
+    grown_bytes: int
+    used_bytes: int
+    share: float
+    window_s: float
+    timestamp: float
+
+
+@dataclass(frozen=True)
 class StatusReport:
     """One poll, analysed. ``timestamp`` is monotonic seconds, ``wall_time`` epoch."""
 
@@ -123,3 +179,6 @@ class StatusReport:
     devices: tuple[DeviceMemory, ...]
     servers: tuple[ServerReport, ...]
     errors: tuple[str, ...] = ()
+    # Added for issue 4's warnings; defaults keep older constructors valid.
+    pool_forecasts: tuple[PoolForecast, ...] = ()  # one per pool whose free memory is known
+    memory_events: tuple[MemoryEvent, ...] = ()  # other processes that grew suddenly

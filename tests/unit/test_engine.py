@@ -247,3 +247,36 @@ def test_router_lists_its_models_and_children_point_at_the_router(model_path):
     rt, ch = Engine().analyse(snap(router, child)).servers
     assert "router models: llama (loaded), qwen3 (unloaded)" in rt.notes
     assert any("router (pid 77)" in n for n in ch.notes)
+
+
+def test_pool_forecast_and_process_grab_come_through_the_report(model_path):
+    # Host RAM shrinks by 256 MiB a minute (the server's prompt cache filling) while another
+    # process on the GPU takes 6 GiB at once: the report says when RAM runs out and who
+    # grabbed the GPU; the server's own growth on the GPU is never a grab.
+    argv = ["llama-server", "-m", model_path, "-c", "2048", "-np", "1"]
+    engine = Engine()
+    free, report = 8 * GIB, None
+    for i in range(40):
+        t = 10.0 * i
+        other = 1 * GIB if i < 39 else 7 * GIB
+        server_gpu = 2 * GIB + i * 64 * MIB
+        gpu = DeviceMemory("nvidia:0", "nvidia", "GPU", False, 24 * GIB,
+                           other + server_gpu, 24 * GIB - other - server_gpu,
+                           (ProcessMemory(1234, server_gpu, "llama-server"),
+                            ProcessMemory(777, other, "python")), llama_device="CUDA0")
+        report = engine.analyse(snap(state(argv, ts=t), ts=t, devices=(host(free=free), gpu)))
+        free -= int(256 * MIB * 10 / 60)
+    by_id = {f.device_id: f for f in report.pool_forecasts}
+    assert set(by_id) == {"host", "nvidia:0"}
+    ram = by_id["host"]
+    assert ram.bytes_per_minute == pytest.approx(256 * MIB, rel=0.05)
+    assert ram.seconds_left == pytest.approx(ram.free_bytes / (256 * MIB) * 60, rel=0.10)
+    assert ram.confidence > 0.8
+    # The GPU's jump in the last poll is not (yet) a steady trend.
+    assert by_id["nvidia:0"].confidence < 0.5
+    (event,) = report.memory_events
+    assert (event.device_id, event.pid, event.grown_bytes) == ("nvidia:0", 777, 6 * GIB)
+    # After a sleep/resume nothing measured before counts.
+    engine.forget_history()
+    later = engine.analyse(snap(state(argv, ts=1000.0), ts=1000.0, devices=(host(free=free),)))
+    assert later.pool_forecasts[0].bytes_per_minute is None and later.memory_events == ()
