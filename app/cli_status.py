@@ -219,6 +219,18 @@ def _server_json(s: Any) -> dict:
     }
 
 
+def _pool_forecast_json(f: Any) -> dict:
+    return {
+        "device_id": f.device_id,
+        "free_bytes": f.free_bytes,
+        "bytes_per_minute": None if f.bytes_per_minute is None else int(f.bytes_per_minute),
+        "seconds_left": _num(f.seconds_left, 1),
+        "confidence": _num(f.confidence),
+        "span_s": _num(f.span_s, 1),
+        "floor_bytes": int(f.floor_bytes),
+    }
+
+
 def report_json(report: Any) -> dict:
     """The documented ``status`` object for a StatusReport (``docs/json-schema.md``)."""
     return {
@@ -226,11 +238,13 @@ def report_json(report: Any) -> dict:
         "time": _num(report.wall_time),
         "devices": [_device_json(d) for d in report.devices],
         "servers": [_server_json(s) for s in report.servers],
+        "pool_forecasts": [_pool_forecast_json(f)
+                           for f in getattr(report, "pool_forecasts", ())],
         "errors": list(report.errors),
     }
 
 
-def snapshot_json(snapshot: Any, wall_time: float) -> dict:
+def snapshot_json(snapshot: Any, wall_time: float, pool_forecasts: Sequence[Any] = ()) -> dict:
     """The same object for a poll that found no server (no engine needed)."""
     errors = list(snapshot.errors) + [e for e in snapshot.memory.errors
                                       if e not in snapshot.errors]
@@ -239,6 +253,7 @@ def snapshot_json(snapshot: Any, wall_time: float) -> dict:
         "time": _num(wall_time),
         "devices": [_device_json(d) for d in snapshot.memory.devices],
         "servers": [],
+        "pool_forecasts": [_pool_forecast_json(f) for f in pool_forecasts],
         "errors": errors,
     }
 
@@ -277,7 +292,29 @@ def bar(fraction: float | None, width: int = 20) -> str:
     return "[" + "#" * full + "." * (width - full) + "]"
 
 
-def _device_lines(devices: Iterable[Any]) -> list[str]:
+def _pool_forecast_text(f: Any) -> str | None:
+    """``+300 MiB/min used: full in ~40 min (confidence 85%)``, None when not growing."""
+    if f is None or f.seconds_left is None or f.bytes_per_minute is None:
+        return None
+    what = "at its floor" if f.seconds_left <= 0 else f"full in ~{fmt_duration(f.seconds_left)}"
+    if f.floor_bytes and f.seconds_left > 0:
+        what += f" (down to {fmt_bytes(f.floor_bytes)} free)"
+    return (f"+{fmt_bytes(f.bytes_per_minute)}/min used over the last "
+            f"{fmt_duration(f.span_s)}: {what}, confidence {f.confidence:.0%}")
+
+
+def _event_text(e: Any) -> str:
+    share = f" ({e.share:.0%} of the pool)" if e.share else ""
+    return (f"{e.name or 'a process'} (pid {e.pid}) took {fmt_bytes(e.grown_bytes)}{share} "
+            f"within {fmt_duration(e.window_s)}; it holds {fmt_bytes(e.used_bytes)}")
+
+
+def _device_lines(devices: Iterable[Any], pool_forecasts: Iterable[Any] = (),
+                  memory_events: Iterable[Any] = ()) -> list[str]:
+    forecasts = {f.device_id: f for f in pool_forecasts}
+    events: dict[str, list[Any]] = {}
+    for e in memory_events:
+        events.setdefault(e.device_id, []).append(e)
     lines = ["Memory"]
     for d in devices:
         label = f"{d.name} ({d.id})"
@@ -293,6 +330,11 @@ def _device_lines(devices: Iterable[Any]) -> list[str]:
             lines.append(f"    ! {d.error}")
         if d.hint:
             lines.append(f"    hint: {d.hint}")
+        trend = _pool_forecast_text(forecasts.get(d.id))
+        if trend:
+            lines.append(f"    trend: {trend}")
+        for e in events.get(d.id, ()):
+            lines.append(f"    ! {_event_text(e)}")
     if len(lines) == 1:
         lines.append("  (no memory source could be read)")
     return lines
@@ -384,11 +426,12 @@ def _server_lines(s: Any, footnotes: list[str]) -> list[str]:
 
 
 def render_text(devices: Sequence[Any], servers: Sequence[Any], errors: Sequence[str],
-                wall_time: float) -> str:
+                wall_time: float, pool_forecasts: Sequence[Any] = (),
+                memory_events: Sequence[Any] = ()) -> str:
     """The readable status screen."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall_time))
     lines = [f"kvwall status  {stamp}", ""]
-    lines += _device_lines(devices)
+    lines += _device_lines(devices, pool_forecasts, memory_events)
     lines.append("")
     if servers:
         from kvwall.budget.attribution import RSS_NOTE
@@ -426,6 +469,10 @@ class StatusSession:
         self._engine_factory = engine_factory
         self.engine = None
         self._clock = clock
+        # Pool trends build up before a server shows up, and go on in its engine.
+        from kvwall.budget.forecast import PoolTracker
+
+        self.pool_tracker = PoolTracker()
 
     def poll(self) -> tuple[dict, str, set[str]]:
         """One poll: (json object, text screen, API keys to keep out of the output)."""
@@ -433,18 +480,26 @@ class StatusSession:
         secrets = {s.process.api_key for s in snapshot.servers if s.process.api_key}
         if not snapshot.servers and self.engine is None:
             wall = self._clock()
-            obj = snapshot_json(snapshot, wall)
-            text = render_text(snapshot.memory.devices, (), obj["errors"], wall)
+            devices = snapshot.memory.devices
+            try:
+                self.pool_tracker.observe(devices, snapshot.memory.timestamp)
+                forecasts = self.pool_tracker.forecasts(devices)
+            except Exception:  # noqa: BLE001 - a forecast never costs the screen
+                forecasts = ()
+            obj = snapshot_json(snapshot, wall, forecasts)
+            text = render_text(devices, (), obj["errors"], wall, forecasts)
             return obj, text, secrets
         if self.engine is None:
             if self._engine_factory is None:
                 from kvwall.budget.engine import Engine
 
-                self.engine = Engine(clock=self._clock)
+                self.engine = Engine(clock=self._clock, pool_tracker=self.pool_tracker)
             else:
                 self.engine = self._engine_factory()
         report = self.engine.analyse(snapshot)
-        text = render_text(report.devices, report.servers, report.errors, report.wall_time)
+        text = render_text(report.devices, report.servers, report.errors, report.wall_time,
+                           getattr(report, "pool_forecasts", ()),
+                           getattr(report, "memory_events", ()))
         return report_json(report), text, secrets
 
     def close(self) -> None:

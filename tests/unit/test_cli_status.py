@@ -160,3 +160,61 @@ def test_text_forecast_says_when_the_next_request_fills_the_slot(server_snapshot
     screens = out.getvalue().split("kvwall status  ")
     assert "full in ~2 requests" in screens[-2]
     assert "the next request fills it" in screens[-1]
+
+
+def shrinking_host(i, rate_per_min=512 * 1024**2, step=10.0):
+    """Poll ``i``: host RAM losing ``rate_per_min`` bytes a minute, one poll per ``step`` s."""
+    free = 10 * GIB - int(rate_per_min * i * step / 60)
+    dev = DeviceMemory("host", "host", "Host RAM", True, 16 * GIB, 16 * GIB - free, free)
+    return Snapshot(i * step, MemorySnapshot(i * step, (dev,)), ())
+
+
+def test_watch_forecasts_when_host_ram_runs_out_in_json_and_text():
+    snaps = [shrinking_host(i) for i in range(31)]  # five minutes, 512 MiB a minute
+    clock = FakeClock()
+    out = io.StringIO()
+    assert main(["--json", "--watch", "10", "--count", "31"], poller=FakePoller(*snaps),
+                out=out, sleep=clock.sleep, monotonic=clock.now) == 0
+    objs = [json.loads(line) for line in out.getvalue().splitlines()]
+    # A single poll has no trend: the forecast is there, empty.
+    assert objs[0]["pool_forecasts"] == [{
+        "device_id": "host", "free_bytes": 10 * GIB, "bytes_per_minute": None,
+        "seconds_left": None, "confidence": 0.0, "span_s": 0.0, "floor_bytes": 0}]
+    (last,) = objs[-1]["pool_forecasts"]
+    free = objs[-1]["devices"][0]["free_bytes"]
+    assert last["free_bytes"] == free
+    assert last["bytes_per_minute"] == pytest.approx(512 * 1024**2, rel=0.02)
+    assert last["seconds_left"] == pytest.approx(free / (512 * 1024**2) * 60, rel=0.05)
+    assert last["confidence"] > 0.8
+
+    text = io.StringIO()
+    assert main(["--watch", "10", "--count", "31"], poller=FakePoller(*snaps), out=text,
+                sleep=clock.sleep, monotonic=clock.now) == 0
+    screens = text.getvalue().split("kvwall status  ")
+    assert "trend:" not in screens[1]
+    minutes = round(free / (512 * 1024**2))
+    assert "trend: +512 MiB/min used over the last" in screens[-1]
+    assert f"full in ~{minutes} min" in screens[-1]
+
+
+def test_a_grab_by_another_process_shows_under_its_gpu(server_snapshot):
+    from dataclasses import replace
+
+    from kvwall.monitors.snapshot import ProcessMemory
+
+    base = server_snapshot(0.0, 50, 1)
+
+    def with_gpu(ts, other):
+        gpu = DeviceMemory("nvidia:0", "nvidia", "GPU 0", False, 24 * GIB, other,
+                           24 * GIB - other, (ProcessMemory(999, other, "python"),))
+        return Snapshot(ts, MemorySnapshot(ts, (host(), gpu)),
+                        tuple(replace(s, timestamp=ts) for s in base.servers))
+
+    out = io.StringIO()
+    clock = FakeClock()
+    assert main(["--watch", "5", "--count", "2"], poller=FakePoller(
+        with_gpu(0.0, 1 * GIB), with_gpu(5.0, 9 * GIB)), out=out, sleep=clock.sleep,
+        monotonic=clock.now) == 0
+    screens = out.getvalue().split("kvwall status  ")
+    assert "took" not in screens[1]
+    assert "! python (pid 999) took 8.0 GiB (33% of the pool) within 5 s" in screens[-1]
