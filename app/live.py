@@ -20,22 +20,14 @@ def what_if_budget(state: ServerState, server: ServerReport,
     """Bytes the server could use on a restart: free memory on its pool plus what it holds
     there now (the engine's own budget, so the panel agrees with the advice)."""
     from kvwall.budget.advice import pool_bytes
+    from kvwall.budget.engine import pool_of
 
-    try:
-        from kvwall.budget.engine import _pool_of
-    except ImportError:  # pragma: no cover - engine refactored
-        _pool_of = None
     if server.plan is None:
         return None
-    if _pool_of is not None:
-        pool, free, _total, _host_free = _pool_of(state, devices)
-        if free is None:
-            return None
-        return free + pool_bytes(server.plan, pool)
-    host = next((d for d in devices if d.kind == "host"), None)
-    if host is None or host.free_bytes is None:
+    pool, free, _total, _host_free = pool_of(state, devices)
+    if free is None:
         return None
-    return host.free_bytes + server.plan.total_bytes
+    return free + pool_bytes(server.plan, pool)
 
 
 def build_what_if_inputs(engine, snapshot: Snapshot, report: StatusReport) -> dict[str, WhatIfInputs]:
@@ -101,9 +93,14 @@ class LiveSource:
         if pending is not None:
             self.poller.extra_urls, self.poller.api_keys = pending[0], pending[1]
         if resumed:
-            # Growth measured across a sleep is not growth: restart the slot histories.
-            for key in self._last_keys:
-                self.engine.tracker.forget(key)
+            # Growth measured across a sleep is not growth: restart the slot, pool and
+            # process histories.
+            forget = getattr(self.engine, "forget_history", None)
+            if forget is not None:
+                forget()
+            else:
+                for key in self._last_keys:
+                    self.engine.tracker.forget(key)
         snapshot = self.poller.poll()
         report = self.engine.analyse(snapshot)
         self._last_keys = tuple(s.key for s in report.servers)

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from kvwall.app import pools
-from kvwall.budget.report import ServerReport, StatusReport
+from kvwall.budget.report import MemoryEvent, PoolForecast, ServerReport, StatusReport
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QSystemTrayIcon
 
@@ -109,6 +108,11 @@ class Thresholds:
     grab_percent: float = 10.0
     # A forecast from a single turn is a guess: forecasts warn only from this confidence.
     min_confidence: float = 0.25
+    # A memory pool forecast to run out (kind pool_forecast): minutes left, and the
+    # confidence of the trend it needs (a model being loaded is a jump, not a trend).
+    pool_warn_minutes: float = 15.0
+    pool_critical_minutes: float = 5.0
+    pool_min_confidence: float = 0.5
     kinds: frozenset[str] = field(default_factory=lambda: frozenset({
         "free_memory", "pool_forecast", "slot_forecast", "slot_full",
         "server_unreachable", "process_grab"}))
@@ -134,11 +138,11 @@ class Thresholds:
             "grab": AlertRule("process_grab", "GPU share taken %", self.grab_percent,
                               min(100.0, 2 * self.grab_percent), self.grab_percent / 2,
                               below=False),
+            "pool": AlertRule("pool_forecast", "minutes until the pool is full",
+                              self.pool_warn_minutes, self.pool_critical_minutes,
+                              max(1.0, self.pool_warn_minutes / 5)),
             "down": AlertRule("server_unreachable", "unreachable", 1.0, 1.0, 0.5, below=False),
         }
-
-
-GRAB_WINDOW_S = 60.0
 
 
 class NotificationRules:
@@ -158,7 +162,6 @@ class NotificationRules:
         self.cooldown_s = cooldown_s
         self._levels: dict[tuple[str, str], str] = {}
         self._last_fired: dict[tuple[str, str], float] = {}
-        self._other_history: dict[str, deque[tuple[float, int]]] = {}
         self._paused_until: float | None = None
         self.set_thresholds(thresholds or Thresholds())
 
@@ -206,6 +209,7 @@ class NotificationRules:
             fired.append(make(new_level))
 
         self._eval_free(report, step)
+        self._eval_pool_forecasts(report, step)
         self._eval_grab(report, step)
         for server in report.servers:
             self._eval_server(server, step)
@@ -237,28 +241,60 @@ class NotificationRules:
 
             step("free_memory", d.id, lv, make)
 
+    def _eval_pool_forecasts(self, report: StatusReport, step) -> None:
+        """A memory pool forecast to run out (``StatusReport.pool_forecasts``)."""
+        rule = self._rules["pool"]
+        names = {d.id: d.name for d in report.devices}
+        for fc in getattr(report, "pool_forecasts", ()):
+            subject = f"memory:{fc.device_id}"
+            prev = self._levels.get(("pool_forecast", subject), OK)
+            if fc.bytes_per_minute is None:
+                minutes = None  # not enough history yet: unknown is not a recovery
+            elif fc.seconds_left is None:
+                minutes = float("inf")  # flat or shrinking: recovered
+            elif fc.confidence < self.thresholds.pool_min_confidence:
+                minutes = None  # a jump or noise: keep the level as it is
+            else:
+                minutes = fc.seconds_left / 60.0
+            lv = level_for(rule, minutes, prev)
+
+            def make(level, fc=fc):
+                return _pool_forecast_notification(
+                    level, fc, names.get(fc.device_id, fc.device_id),
+                    _biggest_server(report, fc.device_id))
+
+            step("pool_forecast", subject, lv, make)
+
     def _eval_grab(self, report: StatusReport, step) -> None:
+        """Another process took a large share of a GPU (``StatusReport.memory_events``).
+
+        The events say what is sudden (budget/events.py); the level is the largest share
+        taken on the device in percent, at least the warning level while an event lasts.
+        """
         rule = self._rules["grab"]
+        events: dict[str, list[MemoryEvent]] = {}
+        for e in getattr(report, "memory_events", ()):
+            if e.kind == "process_grab":
+                events.setdefault(e.device_id, []).append(e)
         for d in report.devices:
-            if d.kind == "host" or not d.total_bytes:
+            if d.kind == "host":
                 continue
-            other = pools.other_process_bytes(d, report.servers)
-            if other is None:
-                continue
-            hist = self._other_history.setdefault(d.id, deque())
-            hist.append((report.timestamp, other))
-            while hist and report.timestamp - hist[0][0] > GRAB_WINDOW_S:
-                hist.popleft()
-            grown = other - min(b for _, b in hist)
-            pct = 100.0 * grown / d.total_bytes
+            mine = events.get(d.id, [])
+            pct = max((100.0 * e.share for e in mine), default=0.0)
+            if mine:
+                pct = max(pct, rule.warn)
             key = ("process_grab", d.id)
             lv = level_for(rule, pct, self._levels.get(key, OK))
 
-            def make(level, d=d, grown=grown, pct=pct):
+            def make(level, d=d, mine=mine):
+                top = max(mine, key=lambda ev: ev.grown_bytes)
                 biggest = _biggest_server(report, d.id)
                 advice = _top_advice(biggest)
-                msg = (f"Another process took {pools.format_bytes(grown)} ({pct:.0f}%) of "
-                       f"{d.name} within a minute.")
+                who = f"{top.name or 'a process'} (pid {top.pid})"
+                share = f" ({100.0 * top.share:.0f}%)" if top.share else ""
+                msg = (f"Another process, {who}, took {pools.format_bytes(top.grown_bytes)}"
+                       f"{share} of {d.name} within {pools.format_duration(top.window_s)}; "
+                       f"{pools.format_bytes(d.free_bytes)} free now.")
                 return Notification("process_grab", level, d.id,
                                     "kvwall: memory taken by another process",
                                     _with_advice(msg, advice), biggest.key if biggest else None,
@@ -333,6 +369,20 @@ def _forecast_notification(kind, level, subject, server, slot) -> Notification:
     msg = _with_advice(phrase[0].upper() + phrase[1:] + ".", advice)
     title = "kvwall: context running out" if level == WARNING else "kvwall: context almost full"
     return Notification(kind, level, subject, title, msg, server.key, advice)
+
+
+def _pool_forecast_notification(level: str, fc: PoolForecast, name: str,
+                                server: ServerReport | None) -> Notification:
+    advice = _top_advice(server)
+    msg = (f"{name}: {pools.format_bytes(fc.free_bytes)} free, "
+           f"{pools.format_bytes(fc.bytes_per_minute)} more used every minute: "
+           f"full in ~{pools.format_duration(fc.seconds_left)}.")
+    if server is not None:
+        msg += f" {server.name} runs on it."
+    title = ("kvwall: memory running out" if level == WARNING
+             else "kvwall: memory almost gone")
+    return Notification("pool_forecast", level, f"memory:{fc.device_id}", title,
+                        _with_advice(msg, advice), server.key if server else None, advice)
 
 
 def _full_notification(level, subject, server, slot) -> Notification:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import gui_factories as f
 from kvwall.app.notifications import (
     CRITICAL,
@@ -13,6 +15,10 @@ from kvwall.app.notifications import (
     Thresholds,
     level_for,
 )
+from kvwall.app.pools import format_bytes
+from kvwall.budget.events import GrabDetector
+from kvwall.budget.forecast import PoolTracker
+from kvwall.monitors.snapshot import DeviceMemory, ProcessMemory
 
 
 class FakeClock:
@@ -57,7 +63,7 @@ def test_slot_forecast_fires_once_per_crossing_and_rearms_after_hysteresis():
     fired = rules.evaluate(_slot_report(5))
     assert [(n.kind, n.level) for n in fired] == [("slot_forecast", WARNING)]
     assert fired[0].server_key == "pid:100"
-    assert "slot 0 of qwen3-32b full in ~5 turns" in fired[0].message.lower()
+    assert "slot 0 of qwen3-32b full in ~5 " in fired[0].message.lower()
     # Staying in the band, or hovering just outside it (within hysteresis): silence.
     for turns in (4, 5, 6, 4, 6, 5):
         clock.t += 10
@@ -119,18 +125,124 @@ def test_unreachable_server_and_process_grab():
     assert [(n.kind, n.subject) for n in fired] == [("server_unreachable", "pid:100")]
     assert rules.evaluate(_slot_report(None, t=4, health="unreachable")) == []
 
-    # Another process takes 4 GiB of a 24 GiB GPU within a minute (17%): one warning.
-    srv = f.server()
-    base = f.report([srv], [f.device(total=24 * f.GiB, used=12 * f.GiB)], t=10)
-    grab = f.report([srv], [f.device(total=24 * f.GiB, used=16 * f.GiB)], t=20)
-    rules2 = NotificationRules(Thresholds(grab_percent=10), clock=clock)
-    assert rules2.evaluate(base) == []
-    fired = rules2.evaluate(grab)
-    assert [(n.kind, n.level) for n in fired] == [("process_grab", WARNING)]
-    assert "4.00 GiB" in fired[0].message
-    # The new level is the new normal after the window: no repeat.
-    later = f.report([srv], [f.device(total=24 * f.GiB, used=16 * f.GiB)], t=200)
-    assert rules2.evaluate(later) == []
+
+
+def _gpu(used_by: dict[int, int], total=24 * f.GiB):
+    """A GPU whose per-process use is ``used_by`` (pid -> bytes); pid 100 is the server."""
+    procs = tuple(ProcessMemory(pid, b, "llama-server" if pid == 100 else "python")
+                  for pid, b in used_by.items())
+    used = sum(used_by.values())
+    return DeviceMemory("nvidia:0", "nvidia", "NVIDIA RTX 4090", False, total, used,
+                        total - used, procs)
+
+
+def _grab_report(detector, t, used_by, advice=()):
+    """A report whose memory_events come from the real detector (budget/events.py)."""
+    dev = _gpu(used_by)
+    srv = f.server(measured=used_by.get(100, 0), advice=advice)
+    events = detector.observe([dev], t, server_pids={100})
+    return replace(f.report([srv], [dev], t=t), memory_events=events)
+
+
+def test_process_grab_fires_once_from_the_budget_events_and_opens_the_server():
+    clock = FakeClock()
+    rules = NotificationRules(Thresholds(grab_percent=10), clock=clock)
+    detector = GrabDetector(share=0.10, grown_bytes=4 * f.GiB, window_s=60)
+    adv = (f.advice("Use a q8_0 KV cache", 2 * f.GiB),)
+    assert rules.evaluate(_grab_report(detector, 10, {100: 7 * f.GiB, 555: 1 * f.GiB})) == []
+    # The server itself growing by 5 GiB (its KV cache, a reload) is not a grab.
+    assert rules.evaluate(_grab_report(detector, 15, {100: 12 * f.GiB, 555: 1 * f.GiB})) == []
+    # Another process takes 4 GiB of the 24 GiB GPU within 10 s (17%): one warning.
+    clock.t += 10
+    fired = rules.evaluate(_grab_report(detector, 25, {100: 12 * f.GiB, 555: 5 * f.GiB}, adv))
+    assert [(n.kind, n.level, n.subject) for n in fired] == [("process_grab", WARNING,
+                                                              "nvidia:0")]
+    assert "python (pid 555), took 4.00 GiB (17%) of NVIDIA RTX 4090" in fired[0].message
+    assert "Use a q8_0 KV cache (saves 2.00 GiB)" in fired[0].message
+    assert fired[0].server_key == "pid:100"
+    # While the grab is within the window, and once it is the new normal: silence.
+    for t in (35, 60, 90, 200):
+        clock.t += 30
+        assert rules.evaluate(_grab_report(detector, t, {100: 12 * f.GiB, 555: 5 * f.GiB})) == []
+    assert rules.level("process_grab", "nvidia:0") == OK
+    # A second, larger grab later (a new process with 6 GiB, 25%) is a new crossing; above
+    # twice the user's share it is critical.
+    clock.t += 300
+    assert rules.evaluate(_grab_report(detector, 480, {100: 12 * f.GiB, 555: 5 * f.GiB})) == []
+    fired = rules.evaluate(_grab_report(detector, 500, {100: 12 * f.GiB, 555: 5 * f.GiB,
+                                                        777: 6 * f.GiB}))
+    grabs = [n for n in fired if n.kind == "process_grab"]
+    assert [n.level for n in grabs] == [CRITICAL] and "pid 777" in grabs[0].message
+
+
+def _pool_report(tracker, t, free, advice=(), device_id="host"):
+    dev = DeviceMemory(device_id, "host", "Host RAM", True, 64 * f.GiB, 64 * f.GiB - free,
+                       free)
+    srv = f.server(device=device_id, advice=advice)
+    tracker.observe([dev], t)
+    return replace(f.report([srv], [dev], t=t), pool_forecasts=tracker.forecasts([dev]))
+
+
+def test_pool_forecast_to_run_out_fires_once_per_crossing_with_hysteresis():
+    clock = FakeClock()
+    rules = NotificationRules(Thresholds(pool_warn_minutes=15, pool_critical_minutes=5),
+                              clock=clock, cooldown_s=60)
+    tracker = PoolTracker(bucket_s=10, window_s=300)
+    adv = (f.advice("Lower --cache-ram to 2048 MiB", 6 * f.GiB),)
+    t, free = 0.0, 20 * f.GiB
+    fired_all = []
+    free_at = []
+
+    def poll(rate_per_min, seconds=10.0):
+        nonlocal t, free
+        t += seconds
+        clock.t = t
+        free -= int(rate_per_min * seconds / 60)
+        fired = [n for n in rules.evaluate(_pool_report(tracker, t, free, adv))
+                 if n.kind == "pool_forecast"]  # free_memory speaks for itself below 10%
+        fired_all.extend(fired)
+        free_at.extend(free for _ in fired)
+
+    # The prompt cache eats 1 GiB of host RAM a minute: 20 GiB free lasts 20 minutes.
+    # Nothing while more than 15 minutes are left; then exactly one warning.
+    while free > 14 * f.GiB:
+        poll(f.GiB)
+    assert [(n.kind, n.level) for n in fired_all] == [("pool_forecast", WARNING)]
+    assert 14 * f.GiB < free_at[0] <= 15 * f.GiB  # fired at the 15-minute crossing
+    first = fired_all[0]
+    assert first.subject == "memory:host" and first.server_key == "pid:100"
+    assert f"Host RAM: {format_bytes(free_at[0])} free, 1024 MiB more used every minute" \
+        in first.message and "full in ~14 min" in first.message
+    assert "Lower --cache-ram to 2048 MiB (saves 6.00 GiB)" in first.message
+    # Still eating: critical once under 5 minutes, once.
+    while free > 2 * f.GiB:
+        poll(f.GiB)
+    assert [n.level for n in fired_all] == [WARNING, CRITICAL]
+    assert 4 * f.GiB < free_at[1] <= 5 * f.GiB
+    # The growth stops (the cache reached its ceiling): the trend flattens, the level
+    # clears, and nothing fires meanwhile.
+    for _ in range(60):
+        poll(0)
+    assert rules.level("pool_forecast", "memory:host") == OK
+    assert len(fired_all) == 2
+    # Memory is freed (1 GiB/min for 20 min): shrinking use is no forecast either.
+    for _ in range(120):
+        poll(-f.GiB)
+    assert len(fired_all) == 2 and rules.level("pool_forecast", "memory:host") == OK
+    # A new steady growth (1 GiB/min from 22 GiB free) is a new crossing.
+    while free > 8 * f.GiB:
+        poll(f.GiB)
+    assert [n.level for n in fired_all] == [WARNING, CRITICAL, WARNING]
+
+
+def test_a_jump_in_memory_is_not_a_pool_forecast():
+    rules = NotificationRules(Thresholds(), clock=FakeClock())
+    tracker = PoolTracker()
+    fired = []
+    for i in range(60):  # a model is loaded once (12 GiB), otherwise flat
+        free = 20 * f.GiB if i < 30 else 8 * f.GiB
+        fired += rules.evaluate(_pool_report(tracker, 10.0 * i, free))
+    assert fired == []
 
 
 def test_disabled_kinds_and_pause_are_silent():
