@@ -112,7 +112,7 @@ class Thresholds:
     # confidence of the trend it needs (a model being loaded is a jump, not a trend).
     pool_warn_minutes: float = 15.0
     pool_critical_minutes: float = 5.0
-    pool_min_confidence: float = 0.5
+    pool_min_confidence: float = 0.6
     kinds: frozenset[str] = field(default_factory=lambda: frozenset({
         "free_memory", "pool_forecast", "slot_forecast", "slot_full",
         "server_unreachable", "process_grab"}))

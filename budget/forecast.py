@@ -354,11 +354,14 @@ def forecast_pool(
     Least squares of free bytes over time on the points of the last ``window_s`` seconds.
     A flat trend (less than :data:`POOL_MIN_GROWTH_PER_MIN`), a shrinking one, or one not
     distinguishable from noise (slope under two standard errors) gives no ``seconds_left``.
+    The time left is counted from the fitted level at the latest point, so one noisy
+    reading does not move it.
 
     Args:
         device_id: the pool's ``DeviceMemory.id``.
         points: ``(timestamp_s, free_bytes)`` oldest first (downsampled or raw).
-        free_bytes: free memory now (the value the time left counts down from).
+        free_bytes: free memory now (reported as is; the time left counts down from the
+            fitted level).
         floor_bytes: free memory that counts as run out.
         window_s: seconds of the most recent history fitted.
 
@@ -379,7 +382,7 @@ def forecast_pool(
     if len(recent) < POOL_MIN_POINTS or span < POOL_MIN_SPAN_S:
         return PoolForecast(device_id, free_bytes, span_s=span, floor_bytes=floor_bytes)
     try:
-        slope, _b, r2, stderr = _least_squares(recent)
+        slope, intercept, r2, stderr = _least_squares(recent)
     except ValueError:
         return PoolForecast(device_id, free_bytes, span_s=span, floor_bytes=floor_bytes)
     growth_per_min = -slope * 60.0  # used memory grows as free memory shrinks
@@ -387,7 +390,9 @@ def forecast_pool(
     seconds_left = None
     confidence = 0.0
     if growing:
-        remaining = (free_bytes if free_bytes is not None else recent[-1][1]) - floor_bytes
+        # Counted from the fitted level now, not the last sample: one noisy reading
+        # does not move the time left.
+        remaining = intercept + slope * recent[-1][0] - floor_bytes
         seconds_left = 0.0 if remaining <= 0 else remaining / -slope
         half = len(recent) // 2
         try:
