@@ -190,17 +190,24 @@ class PoolGauge(QWidget):
         return self.bar.segments()
 
 
-class Legend(QWidget):
-    """The colour key for the gauges."""
+# Always in the key; the others only while a bar shows them (recurrent models, a
+# measurement the model cannot explain).
+BASE_KINDS = (pools.OTHER, pools.OVERHEAD, pools.WEIGHTS, pools.KV, pools.COMPUTE, pools.FREE)
+ALL_KINDS = (pools.OTHER, pools.OVERHEAD, pools.WEIGHTS, pools.KV, pools.RECURRENT,
+             pools.COMPUTE, pools.UNATTRIBUTED, pools.FREE)
 
-    def __init__(self, kinds: Sequence[str] = (pools.OTHER, pools.OVERHEAD, pools.WEIGHTS,
-                                              pools.KV, pools.COMPUTE, pools.FREE),
-                 parent: QWidget | None = None) -> None:
+
+class Legend(QWidget):
+    """The colour key for the gauges: :data:`BASE_KINDS`, plus the other kinds while
+    :meth:`show_kinds` says a bar draws them."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         lay = QHBoxLayout(self)
         lay.setContentsMargins(0, 0, 0, 0)
         lay.setSpacing(12)
-        for kind in kinds:
+        self._entries: dict[str, tuple[QWidget, QLabel]] = {}
+        for kind in ALL_KINDS:
             swatch = _Swatch(kind)
             label = QLabel(pools.LABEL[kind])
             label.setToolTip(pools.MEANING[kind])
@@ -210,7 +217,18 @@ class Legend(QWidget):
             row.addWidget(swatch)
             row.addWidget(label)
             lay.addLayout(row)
+            self._entries[kind] = (swatch, label)
         lay.addStretch(1)
+        self.show_kinds(())
+
+    def show_kinds(self, kinds: Sequence[str]) -> None:
+        """Show the keys of :data:`BASE_KINDS` and of ``kinds``."""
+        for kind, widgets in self._entries.items():
+            for w in widgets:
+                w.setVisible(kind in BASE_KINDS or kind in kinds)
+
+    def shown_kinds(self) -> tuple[str, ...]:
+        return tuple(k for k, (_, label) in self._entries.items() if not label.isHidden())
 
 
 class _Swatch(QWidget):
@@ -253,6 +271,7 @@ class GaugePanel(QWidget):
                 self._layout.insertWidget(i, g)
         for v in views:
             self._gauges[v.device.id].set_view(v)
+        self.legend.show_kinds({s.kind for v in views for s in v.segments})
 
     def gauges(self) -> dict[str, PoolGauge]:
         return dict(self._gauges)

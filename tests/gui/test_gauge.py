@@ -89,3 +89,14 @@ def test_one_gauge_per_pool_and_unknown_used(qtbot):
     assert panel.gauges()["host"].segments() == ()
     panel.set_report(f.report([], [gpu]))
     assert list(panel.gauges()) == ["nvidia:0"]
+
+
+def test_legend_keys_every_colour_the_bars_draw(qtbot):
+    panel = GaugePanel()
+    qtbot.addWidget(panel)
+    panel.set_report(f.report([f.server()], [f.device()]))
+    assert pools.UNATTRIBUTED not in panel.legend.shown_kinds()
+    panel.set_report(_two_server_report())  # llama-8b has bytes the model cannot explain
+    drawn = {s.kind for s in panel.gauges()["nvidia:0"].segments()}
+    assert drawn <= set(panel.legend.shown_kinds())
+    assert pools.UNATTRIBUTED in panel.legend.shown_kinds()
