@@ -172,6 +172,9 @@ def test_added_url_reaches_the_poller_with_its_key(qtbot, tmp_path):
         app.window.empty.url_edit.setText("10.1.2.3:8080")
         app.window.empty.add_button.click()
         assert told[-1] == (["http://10.1.2.3:8080"], {})
+        app.window.empty.url_edit.setText("http://10.1.2.3:8080/")  # the same server again
+        app.window.empty.add_button.click()
+        assert [s.url for s in app.settings.servers] == ["http://10.1.2.3:8080"]
         app.apply_settings(app.settings.replace(
             servers=[{"url": "http://10.1.2.3:8080", "api_key": "k-123"}]))
         assert told[-1] == (["http://10.1.2.3:8080"], {"http://10.1.2.3:8080": "k-123"})
