@@ -80,6 +80,7 @@ class LiveSource:
         self.engine = engine or Engine()
         self._lock = threading.Lock()
         self._pending: tuple[tuple[str, ...], dict[str, str]] | None = None
+        self._grab_share: float | None = None
         self._last_keys: tuple[str, ...] = ()
 
     def set_servers(self, extra_urls: Sequence[str], api_keys: Mapping[str, str]) -> None:
@@ -87,9 +88,20 @@ class LiveSource:
         with self._lock:
             self._pending = (tuple(extra_urls), dict(api_keys))
 
+    def set_grab_share(self, fraction: float) -> None:
+        """Report another process's growth from ``fraction`` of a GPU on (any thread;
+        applied at the next poll). The app passes the user's ``grab_percent / 100`` so
+        the notification threshold can be lower than the engine's default."""
+        with self._lock:
+            self._grab_share = fraction
+
     def __call__(self, resumed: bool = False) -> PollResult:
         with self._lock:
             pending, self._pending = self._pending, None
+            share, self._grab_share = self._grab_share, None
+        detector = getattr(self.engine, "grab_detector", None)
+        if share is not None and share > 0 and detector is not None:
+            detector.share = share
         if pending is not None:
             self.poller.extra_urls, self.poller.api_keys = pending[0], pending[1]
         if resumed:

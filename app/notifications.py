@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from kvwall.app import pools
+from kvwall.budget.events import GRAB_BYTES
 from kvwall.budget.report import MemoryEvent, PoolForecast, ServerReport, StatusReport
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QSystemTrayIcon
@@ -269,7 +270,9 @@ class NotificationRules:
         """Another process took a large share of a GPU (``StatusReport.memory_events``).
 
         The events say what is sudden (budget/events.py); the level is the largest share
-        taken on the device in percent, at least the warning level while an event lasts.
+        taken on the device in percent (the user's ``grab_percent`` decides), at least the
+        warning level while a grab of :data:`~kvwall.budget.events.GRAB_BYTES` or more
+        lasts.
         """
         rule = self._rules["grab"]
         events: dict[str, list[MemoryEvent]] = {}
@@ -281,8 +284,8 @@ class NotificationRules:
                 continue
             mine = events.get(d.id, [])
             pct = max((100.0 * e.share for e in mine), default=0.0)
-            if mine:
-                pct = max(pct, rule.warn)
+            if any(e.grown_bytes >= GRAB_BYTES for e in mine):
+                pct = max(pct, rule.warn)  # gigabytes taken matter whatever the GPU's size
             key = ("process_grab", d.id)
             lv = level_for(rule, pct, self._levels.get(key, OK))
 

@@ -285,3 +285,46 @@ def test_a_forecast_from_one_turn_does_not_warn_yet():
                                                       turns_seen=3))
     assert [n.kind for n in rules.evaluate(f.report([f.server(slots=[sure])]))] == [
         "slot_forecast"]
+
+
+class _Poller:
+    """Returns the given snapshots in turn (what monitors/poller.py would have seen)."""
+
+    def __init__(self, snapshots):
+        self.snapshots = list(snapshots)
+
+    def poll(self):
+        return self.snapshots.pop(0)
+
+    def close(self):
+        pass
+
+
+def _gpu_snapshot(t, other_bytes):
+    from kvwall.monitors.snapshot import MemorySnapshot, Snapshot
+
+    dev = _gpu({555: other_bytes})
+    return Snapshot(t, MemorySnapshot(t, (dev,)), ())
+
+
+def test_the_users_grab_share_reaches_the_engine_through_the_live_source():
+    from kvwall.app.live import LiveSource
+    from kvwall.budget.engine import Engine
+
+    # A 2 GiB grab on a 24 GiB GPU (8%): under the engine's default 10% and 4 GiB.
+    def run(grab_percent):
+        source = LiveSource(poller=_Poller([_gpu_snapshot(0, f.GiB),
+                                            _gpu_snapshot(5, 3 * f.GiB)]), engine=Engine())
+        source.set_grab_share(grab_percent / 100)
+        rules = NotificationRules(Thresholds(grab_percent=grab_percent), clock=FakeClock())
+        fired = []
+        for _ in range(2):
+            result = source()
+            fired += rules.evaluate(result.report)
+        return result.report.memory_events, [n.kind for n in fired]
+
+    events, kinds = run(5.0)
+    assert [e.pid for e in events] == [555] and kinds == ["process_grab"]
+    events, kinds = run(20.0)
+    assert events == () and kinds == []
+
