@@ -74,7 +74,8 @@ class MainWindow(QMainWindow):
         # re-measures every cell each time one changes.
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
-        self.table_model.modelReset.connect(self.table.resizeColumnsToContents)
+        self.table_model.modelReset.connect(self._rows_reset)
+        self._column_chars: dict[int, int] = {}
         self.table.setWordWrap(False)
         self.table.selectionModel().selectionChanged.connect(self._table_selection)
 
@@ -156,12 +157,25 @@ class MainWindow(QMainWindow):
                 "restart from now.", 15000)
 
     def _grow_columns(self) -> None:
-        """Widen a column whose text outgrew it (never shrink: no jitter)."""
+        """Widen a column whose text outgrew it (never shrink: no jitter).
+
+        Measuring a column asks the model for every cell, so a column is measured only
+        when its longest text grew (a poll usually changes digits, not lengths).
+        """
         last = self.table_model.columnCount() - 1
+        rows = self.table_model.rows()
         for c in range(last):  # the last one stretches
+            chars = max((len(r.cells[c]) for r in rows), default=0)
+            if chars <= self._column_chars.get(c, 0):
+                continue
+            self._column_chars[c] = chars
             hint = self.table.sizeHintForColumn(c)
             if hint > self.table.columnWidth(c):
                 self.table.setColumnWidth(c, hint)
+
+    def _rows_reset(self) -> None:
+        self.table.resizeColumnsToContents()
+        self._column_chars = {}
 
     def result(self) -> PollResult | None:
         return self._result
