@@ -33,7 +33,7 @@ CAPACITY = 6 * 3600
 WINDOWS = (("5 min", 300), ("15 min", 900), ("1 hour", 3600), ("6 hours", 6 * 3600))
 MEMORY_KINDS = (pools.OTHER, pools.OVERHEAD, pools.WEIGHTS, pools.KV, pools.COMPUTE)
 MAX_SLOT_CURVES = 16
-MIN_SPAN_S = 60.0  # the plots never show less than this much time
+MIN_SPAN_S = 30.0  # the plots never show less than this much time
 MIN_REPAINT_S = 2.0
 SLOT_COLORS = ("#f29d38", "#4a7fd4", "#5cb85c", "#ab47bc", "#26a69a", "#e05d5d", "#8d6e63",
                "#fdd835")
@@ -383,7 +383,7 @@ class HistoryView(QWidget):
 
 
 def _left_edge(start: float, first_sample: float, now: float) -> float:
-    """The plot's left edge: the first sample in the window, but at least a minute back
+    """The plot's left edge: the first sample in the window, but at least MIN_SPAN_S back
     (one sample alone would give the time axis a zero span and unreadable ticks)."""
     return max(start, min(first_sample, now - MIN_SPAN_S))
 

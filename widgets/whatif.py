@@ -126,7 +126,9 @@ class WhatIfPanel(QWidget):
         self.command_view = QPlainTextEdit()
         self.command_view.setReadOnly(True)
         self.command_view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        self.command_view.setMaximumHeight(64)
+        # Four lines: a typical command (binary, model path, flags) shows whole.
+        self.command_view.setMaximumHeight(
+            4 * self.command_view.fontMetrics().lineSpacing() + 14)
         self.copy_button = QPushButton("Copy command")
         self.copy_button.clicked.connect(self.copy_command)
         self.copy_button.setEnabled(False)
