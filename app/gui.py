@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from kvwall.app.notifications import NotificationCenter, NotificationRules, Thresholds
@@ -183,7 +184,7 @@ class KvwallApp(QObject):
             self.rules.resume()
             self._pause_timer.stop()
         if self.tray is not None:
-            self.tray.set_paused(paused)
+            self.tray.set_paused(paused, time.time() + PAUSE_SECONDS if paused else None)
 
     def _window_closed(self) -> None:
         if not self.window.hide_on_close and not self._stopped:

@@ -4,6 +4,7 @@ report each time it opens."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from kvwall.app import pools
@@ -131,6 +132,7 @@ class Tray(QObject):
         self.icon.activated.connect(self._activated)
         self._report: StatusReport | None = None
         self._paused = False
+        self._paused_until: float | None = None
         self._state: TrayState | None = None
         self.set_report(None)
         self.rebuild_menu()
@@ -141,8 +143,10 @@ class Tray(QObject):
     def hide(self) -> None:
         self.icon.hide()
 
-    def set_paused(self, paused: bool) -> None:
+    def set_paused(self, paused: bool, until_wall: float | None = None) -> None:
+        """Show notifications as paused (until ``until_wall``, a time.time() value)."""
         self._paused = paused
+        self._paused_until = until_wall if paused else None
 
     def set_report(self, report: StatusReport | None) -> None:
         self._report = report
@@ -174,7 +178,11 @@ class Tray(QObject):
                 m.addAction(act)
         m.addSeparator()
         m.addAction("Open kvwall", self.open_window.emit)
-        pause = QAction("Pause notifications for an hour", m)
+        text = "Pause notifications for an hour"
+        if self._paused and self._paused_until is not None:
+            until = time.strftime("%H:%M", time.localtime(self._paused_until))
+            text = f"Notifications paused until {until} (click to resume)"
+        pause = QAction(text, m)
         pause.setCheckable(True)
         pause.setChecked(self._paused)
         pause.toggled.connect(self._pause_toggled)

@@ -140,6 +140,15 @@ def test_tray_menu_is_rebuilt_from_the_latest_report(qtbot):
     with qtbot.waitSignal(tray.pause_toggled) as sig:
         next(a for a in tray.menu.actions() if a.isCheckable()).trigger()
     assert sig.args == [True]
+    import time
+
+    until = time.time() + 3600  # the app answers the toggle with the end of the pause
+    tray.set_paused(True, until)
+    tray.rebuild_menu()
+    pause = next(a for a in tray.menu.actions() if a.isCheckable())
+    assert pause.isChecked()
+    assert pause.text() == (f"Notifications paused until "
+                            f"{time.strftime('%H:%M', time.localtime(until))} (click to resume)")
     tray.set_report(f.report([]))
     tray.rebuild_menu()
     assert tray.menu.actions()[0].text() == "No llama.cpp server running"
