@@ -92,6 +92,7 @@ class KvwallApp(QObject):
     def _window_thresholds(self) -> None:
         self.window.slot_full_percent = self.thresholds.slot_full_percent
         self.window.slot_warn_turns = self.thresholds.slot_warn_turns
+        self.window.slot_critical_turns = self.thresholds.slot_critical_turns
 
     def _make_tray(self) -> None:
         self.tray = Tray(self.thresholds, self)

@@ -147,6 +147,22 @@ def slot_fill(slot: SlotReport) -> float | None:
     return min(1.0, slot.tokens / slot.n_ctx)
 
 
+def slot_level(slot: SlotReport, full_percent: float, warn_turns: int,
+               critical_turns: int) -> str:
+    """``"critical"`` when the slot is ``full_percent`` full or ``critical_turns`` requests
+    from full, ``"warning"`` within ``warn_turns``, else ``"ok"`` (the tray and the table
+    colour a slot alike)."""
+    fill = slot_fill(slot)
+    if fill is not None and 100 * fill >= full_percent:
+        return "critical"
+    t = slot.forecast.turns_left
+    if t is not None and 0 < t <= critical_turns:
+        return "critical"
+    if t is not None and 0 < t <= warn_turns:
+        return "warning"
+    return "ok"
+
+
 def nearest_forecast(report: StatusReport) -> tuple[ServerReport, SlotReport] | None:
     """The slot (or unified pool) that fills first: fewest seconds, then fewest turns."""
     best = None

@@ -53,14 +53,9 @@ def tray_state(report: StatusReport | None, thresholds: Thresholds) -> TrayState
         if server.health in UNREACHABLE_HEALTH:
             levels.append(WARNING)
         for slot in list(server.slots) + ([server.pool] if server.pool else []):
-            fill = pools.slot_fill(slot)
-            if fill is not None and 100 * fill >= thresholds.slot_full_percent:
-                levels.append(CRITICAL)
-            t = slot.forecast.turns_left
-            if t is not None and 0 < t <= thresholds.slot_critical_turns:
-                levels.append(CRITICAL)
-            elif t is not None and 0 < t <= thresholds.slot_warn_turns:
-                levels.append(WARNING)
+            levels.append(pools.slot_level(slot, thresholds.slot_full_percent,
+                                           thresholds.slot_warn_turns,
+                                           thresholds.slot_critical_turns))
     nearest = pools.nearest_forecast(report)
     if nearest is not None:
         lines.append(pools.forecast_phrase(*nearest))

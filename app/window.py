@@ -55,6 +55,7 @@ class MainWindow(QMainWindow):
         # When a slot row turns warning/critical: the user's thresholds (set by the app).
         self.slot_full_percent = 95.0
         self.slot_warn_turns = 5
+        self.slot_critical_turns = 2
 
         self.gauges = GaugePanel()
         gauge_box = QGroupBox("Memory")
@@ -134,7 +135,7 @@ class MainWindow(QMainWindow):
         report = result.report
         self.gauges.set_report(report)
         self.table_model.set_rows(table_rows(report, self.slot_full_percent,
-                                             self.slot_warn_turns))
+                                             self.slot_warn_turns, self.slot_critical_turns))
         self._grow_columns()
         self.history.add_report(report)
         has_servers = bool(report.servers)

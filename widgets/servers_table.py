@@ -39,18 +39,8 @@ def _fmt_int(n: int | float | None) -> str:
     return "–" if n is None else f"{int(round(n)):,}"
 
 
-def _slot_level(slot: SlotReport, full_percent: float, warn_turns: int) -> str:
-    fill = pools.slot_fill(slot)
-    if fill is not None and fill * 100 >= full_percent:
-        return "critical"
-    t = slot.forecast.turns_left
-    if t is not None and t <= warn_turns:
-        return "warning"
-    return "ok"
-
-
 def slot_row(server: ServerReport, slot: SlotReport, label: str, full_percent: float = 95.0,
-             warn_turns: int = 5) -> TableRow:
+             warn_turns: int = 5, critical_turns: int = 2) -> TableRow:
     f = slot.forecast
     fill = pools.slot_fill(slot)
     fill_text = "–" if fill is None else f"{fill:.0%}  ({_fmt_int(slot.tokens)})"
@@ -64,7 +54,7 @@ def slot_row(server: ServerReport, slot: SlotReport, label: str, full_percent: f
                     (label, "", _fmt_int(slot.n_ctx), fill_text,
                      "–" if f.tokens_per_turn is None else f"{f.tokens_per_turn:,.0f}",
                      turns, time_left, state),
-                    _slot_level(slot, full_percent, warn_turns), tip)
+                    pools.slot_level(slot, full_percent, warn_turns, critical_turns), tip)
 
 
 def server_row(server: ServerReport) -> TableRow:
@@ -84,18 +74,19 @@ def server_row(server: ServerReport) -> TableRow:
                     level, tip or who)
 
 
-def table_rows(report: StatusReport, full_percent: float = 95.0,
-               warn_turns: int = 5) -> tuple[TableRow, ...]:
-    """Rows for ``report``; a slot is coloured critical from ``full_percent`` full and
-    warning from ``warn_turns`` requests left (the user's notification thresholds)."""
+def table_rows(report: StatusReport, full_percent: float = 95.0, warn_turns: int = 5,
+               critical_turns: int = 2) -> tuple[TableRow, ...]:
+    """Rows for ``report``; slots coloured by :func:`kvwall.app.pools.slot_level` with the
+    user's notification thresholds."""
     rows: list[TableRow] = []
     for server in report.servers:
         rows.append(server_row(server))
         for slot in server.slots:
-            rows.append(slot_row(server, slot, f"    slot {slot.id}", full_percent, warn_turns))
+            rows.append(slot_row(server, slot, f"    slot {slot.id}", full_percent, warn_turns,
+                                 critical_turns))
         if server.pool is not None:
             rows.append(slot_row(server, server.pool, "    shared pool", full_percent,
-                                 warn_turns))
+                                 warn_turns, critical_turns))
     return tuple(rows)
 
 
