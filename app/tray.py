@@ -25,6 +25,9 @@ from PySide6.QtWidgets import QMenu, QSystemTrayIcon
 
 LEVEL_COLORS = {OK: QColor("#43a047"), WARNING: QColor("#f5a623"), CRITICAL: QColor("#e53935")}
 UNKNOWN_COLOR = QColor("#9e9e9e")
+# Server states the tooltip names (besides unreachable): kvwall cannot watch it until
+# someone acts.
+NEEDS_USER_HEALTH = frozenset({"needs API key", "error"})
 
 
 @dataclass(frozen=True)
@@ -50,8 +53,9 @@ def tray_state(report: StatusReport | None, thresholds: Thresholds) -> TrayState
         levels.append(level_for(rule, free_pct))
         lines.append(f"{d.name}: {pools.format_bytes(d.free_bytes)} free ({free_pct:.0f}%)")
     for server in report.servers:
-        if server.health in UNREACHABLE_HEALTH:
+        if server.health in UNREACHABLE_HEALTH or server.health in NEEDS_USER_HEALTH:
             levels.append(WARNING)
+            lines.append(f"{server.name}: {server.health}")
         for slot in list(server.slots) + ([server.pool] if server.pool else []):
             levels.append(pools.slot_level(slot, thresholds.slot_full_percent,
                                            thresholds.slot_warn_turns,

@@ -113,6 +113,10 @@ def test_tray_state_colour_and_tooltip():
     assert "slot 1 of qwen3-32b: the next request fills it" in tray_state(
         _report(turns_left=1), th).tooltip
     assert tray_state(_report(turns_left=4), th).level == WARNING
+    locked = f.report([f.server(health="needs API key", slots=[f.slot(0, 16384, 100)])],
+                      [f.device(total=24 * f.GiB, used=2 * f.GiB)])
+    st_locked = tray_state(locked, th)
+    assert st_locked.level == WARNING and "qwen3-32b: needs API key" in st_locked.tooltip
     assert tray_state(_report(tokens=16000, turns_left=1), th).level == CRITICAL
     full = f.report([f.server()], [f.device(total=24 * f.GiB, used=23 * f.GiB)])
     assert tray_state(full, th).level == CRITICAL
