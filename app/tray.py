@@ -133,6 +133,14 @@ class Tray(QObject):
         self._paused = False
         self._paused_until: float | None = None
         self._state: TrayState | None = None
+        self.icon_updates = 0
+        if dark is None:  # follow the desktop when it switches between light and dark
+            from PySide6.QtGui import QGuiApplication
+
+            app = QGuiApplication.instance()
+            hints = app.styleHints() if app is not None else None
+            if hints is not None and hasattr(hints, "colorSchemeChanged"):
+                hints.colorSchemeChanged.connect(self._color_scheme_changed)
         self.set_report(None)
         self.rebuild_menu()
 
@@ -151,11 +159,18 @@ class Tray(QObject):
         self._report = report
         state = tray_state(report, self.thresholds)
         if state != self._state:
-            if self._state is None or (state.fill, state.level) != (self._state.fill,
-                                                                     self._state.level):
+            # The used share moves a little every poll; the icon is redrawn (and sent to
+            # the tray host) only when its gauge would look different.
+            if self._state is None or _icon_key(state) != _icon_key(self._state):
                 self.icon.setIcon(gauge_icon(state.fill, state.level, self._dark))
+                self.icon_updates += 1
             self.icon.setToolTip(state.tooltip)
             self._state = state
+
+    def _color_scheme_changed(self, *_args) -> None:
+        self._dark = _system_is_dark()
+        if self._state is not None:
+            self.icon.setIcon(gauge_icon(self._state.fill, self._state.level, self._dark))
 
     def state(self) -> TrayState | None:
         return self._state
@@ -212,6 +227,14 @@ def _server_line(server) -> str:
     if worst_slot is not None:
         bits.append(f"fullest slot {worst_slot:.0%}")
     return "  ·  ".join(bits)
+
+
+ICON_STEPS = 40  # fill steps the icon can show (its gauge is at most ~40 px tall)
+
+
+def _icon_key(state: TrayState) -> tuple:
+    fill = None if state.fill is None else round(max(0.0, min(1.0, state.fill)) * ICON_STEPS)
+    return fill, state.level
 
 
 def _system_is_dark() -> bool:

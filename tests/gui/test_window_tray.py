@@ -180,3 +180,16 @@ def test_table_colours_slots_with_the_users_thresholds(qtbot):
     w.set_result(PollResult(_report(turns_left=6, t=1001.0, wall=1_760_000_001.0)))
     assert w.table_model.rows()[2].level == "warning"
     assert w.table_model.index(2, 5).data(Qt.ItemDataRole.ForegroundRole) is not None
+
+
+def test_tray_icon_is_redrawn_only_when_the_gauge_changes(qtbot):
+    tray = Tray(dark=False)
+    used = 20 * f.GiB
+    tray.set_report(f.report([], [f.device(total=24 * f.GiB, used=used)]))
+    before = tray.icon_updates
+    for i in range(1, 30):  # a few MiB up and down every poll: same picture
+        tray.set_report(f.report([], [f.device(total=24 * f.GiB, used=used + i * f.MiB)]))
+    assert tray.icon_updates == before
+    tray.set_report(f.report([], [f.device(total=24 * f.GiB, used=23 * f.GiB)]))
+    assert tray.icon_updates == before + 1  # fuller, and now critical
+    assert tray.state().fill == 23 / 24
