@@ -269,15 +269,14 @@ class MainWindow(QMainWindow):
 
 
 def app_icon() -> QIcon:
+    """kvwall's icon from ``resources/kvwall.svg`` (a drawn gauge if it is missing)."""
     from importlib.resources import files
 
     icon = QIcon()
     try:
-        base = files("kvwall.resources")
-        for name in ("kvwall.svg",):
-            p = base / name
-            if p.is_file():
-                icon.addFile(str(p))
+        path = files("kvwall.resources") / "kvwall.svg"
+        if path.is_file():
+            icon.addFile(str(path))
     except (ModuleNotFoundError, OSError):
         pass
     if icon.isNull():
