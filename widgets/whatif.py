@@ -97,10 +97,10 @@ class WhatIfPanel(QWidget):
         form.addWidget(QLabel("Slots (-np)"), 0, 4)
         form.addWidget(self.slots_box, 0, 5)
         form.addWidget(QLabel("Context (-c)"), 1, 0)
-        form.addWidget(self.ctx_box, 1, 1, 1, 3)
-        form.addWidget(QLabel("FA"), 1, 4)
-        form.addWidget(self.fa_box, 1, 5)
-        form.addWidget(self.custom_button, 2, 0, 1, 6)
+        form.addWidget(self.ctx_box, 1, 1)
+        form.addWidget(QLabel("FA"), 1, 2)
+        form.addWidget(self.fa_box, 1, 3)
+        form.addWidget(self.custom_button, 1, 4, 1, 2)
 
         self.current_bar = StackedBar(height=20)
         self.new_bar = StackedBar(height=20)
@@ -136,7 +136,11 @@ class WhatIfPanel(QWidget):
         result = QFrame()
         rl = QVBoxLayout(result)
         rl.setContentsMargins(0, 0, 0, 0)
-        rl.addWidget(self.result_title)
+        # Copy sits beside the title: visible even when the panel is short.
+        title_row = QHBoxLayout()
+        title_row.addWidget(self.result_title, 1)
+        title_row.addWidget(self.copy_button)
+        rl.addLayout(title_row)
         rl.addLayout(bars)
         facts = self._facts = QFormLayout()
         facts.addRow("Memory saved", self.saved_label)
@@ -146,10 +150,6 @@ class WhatIfPanel(QWidget):
         rl.addWidget(self.caveat_label)
         rl.addWidget(self.refused_label)
         rl.addWidget(self.command_view)
-        row = QHBoxLayout()
-        row.addStretch(1)
-        row.addWidget(self.copy_button)
-        rl.addLayout(row)
         self.result_frame = result
 
         lay = QVBoxLayout(self)
