@@ -88,10 +88,17 @@ def run_what_if(
     """Simulate ``changes`` and forecast the fullest slot against its new limit."""
     if simulate is None:
         from kvwall.budget.memory import simulate
-    from kvwall.budget.forecast import forecast_fill
 
     wi = simulate(inputs.model, inputs.config, changes, memory_bytes=inputs.memory_bytes,
                   gpu_names=inputs.gpu_names, label=label)
+    return with_turns(wi, server)
+
+
+def with_turns(wi: WhatIf, server: ServerReport | None) -> WhatIfResult:
+    """``wi`` with the requests the server's fullest slot has left now and would have
+    under it (cheap: call it again on each poll to keep the figures current)."""
+    from kvwall.budget.forecast import forecast_fill
+
     now = after = None
     slot = _fullest(server.slots) if server is not None else None
     if slot is not None:

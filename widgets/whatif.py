@@ -14,6 +14,7 @@ from kvwall.app.whatif_inputs import (
     WhatIfResult,
     quick_changes,
     run_what_if,
+    with_turns,
 )
 from kvwall.budget.config import CACHE_TYPES
 from kvwall.budget.memory import MemoryPlan
@@ -194,6 +195,12 @@ class WhatIfPanel(QWidget):
         self.result_frame.setVisible(ready)
         if changed_server or not ready:
             self._clear_result()
+        elif self._result is not None and not self._result.what_if.refused:
+            # Same server, newer poll: the slot grew, so "full in" moves on.
+            fresh = with_turns(self._result.what_if, server)
+            if fresh != self._result:
+                self._result = fresh
+                self._show_turns(fresh)
 
     def _set_enabled(self, on: bool) -> None:
         for b in self.buttons.values():
@@ -305,15 +312,18 @@ class WhatIfPanel(QWidget):
             f"{pools.format_bytes(saved)}" if saved >= 0
             else f"costs {pools.format_bytes(-saved)} more")
         self.max_ctx_label.setText(f"{wi.max_ctx:,} tokens (-c) with the memory free now")
+        self._show_turns(result)
+        self.caveat_label.setText(f"<i>{wi.caveat}</i>" if wi.caveat else "")
+        self._set_command(wi.command)
+        self._sync_visibility()
+
+    def _show_turns(self, result: WhatIfResult) -> None:
         if result.turns_left_after is None:
             self.turns_label.setText("– (no finished request seen yet)")
         else:
             self.turns_label.setText(
                 f"{pools.requests_left(result.turns_left_after)} "
                 f"(now {pools.requests_left(result.turns_left_now)})")
-        self.caveat_label.setText(f"<i>{wi.caveat}</i>" if wi.caveat else "")
-        self._set_command(wi.command)
-        self._sync_visibility()
 
     def result(self) -> WhatIfResult | None:
         return self._result

@@ -128,3 +128,18 @@ def test_a_server_that_cannot_be_simulated_shows_no_bar_of_the_previous_one(qtbo
     assert not panel.result_frame.isVisibleTo(panel)
     assert "cannot be simulated" in panel.heading.text()
     assert not any(b.isEnabled() for b in panel.buttons.values())
+
+
+def test_turns_left_follow_the_next_polls(qtbot, tiny):
+    panel, plan, _ = _panel(qtbot, tiny, tokens=1500, per_turn=100.0)
+    half = panel.try_quick("half_slots")
+    assert half.turns_left_after == 26  # (4096 - 1500) / 100, rounded up
+    # The next poll: the slot grew by 1000 cells and now has 2 requests left.
+    srv = panel._server
+    grown = f.slot(0, plan.n_ctx_seq, 2500, per_turn=100.0, turns_left=2)
+    from dataclasses import replace
+
+    panel.set_server(replace(srv, slots=(grown, *srv.slots[1:])), panel._inputs)
+    assert panel.result().what_if is half.what_if  # the same simulation, not redone
+    assert panel.result().turns_left_after == 16 and panel.result().turns_left_now == 2
+    assert panel.turns_label.text() == "~16 requests (now ~2 requests)"
