@@ -71,7 +71,8 @@ class EmptyState(QWidget):
         lay.addLayout(row)
         lay.addWidget(self.url_message)
         lay.addSpacing(12)
-        lay.addWidget(QLabel("<b>No server yet?</b> See what a model would need:"))
+        lay.addWidget(QLabel("<b>No server yet?</b> See what a model would need, or run "
+                             "<code>kvwall --demo</code> to watch a tiny server fill up:"))
         plan_row = QHBoxLayout()
         plan_row.addWidget(self.plan_button)
         plan_row.addStretch(1)
