@@ -362,6 +362,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     instance = SingleInstance()
     if not instance.claim():
         print("kvwall is already running; its window was raised.")
+        if opts.demo:
+            print("kvwall --demo: the demo starts with kvwall itself: quit the running "
+                  "kvwall (tray menu > Quit kvwall) and run kvwall --demo again.",
+                  file=sys.stderr)
+            return 2
         return 0
     try:
         from kvwall.app.settings import install_desktop_entry
