@@ -88,6 +88,7 @@ class KvwallApp(QObject):
         self._pause_timer.timeout.connect(lambda: self.set_paused(False))
         self._stopped = False
         self.results = 0
+        self._settings_dialog = None
 
     def _window_thresholds(self) -> None:
         self.window.slot_full_percent = self.thresholds.slot_full_percent
@@ -199,8 +200,15 @@ class KvwallApp(QObject):
         self.worker.request_poll()
 
     def open_settings(self) -> None:
+        """Open the settings dialog (or raise the one already open)."""
+        import shiboken6
         from kvwall.widgets.settings_dialog import SettingsDialog
 
+        open_one = self._settings_dialog
+        if open_one is not None and shiboken6.isValid(open_one) and open_one.isVisible():
+            open_one.raise_()
+            open_one.activateWindow()
+            return
         dialog = SettingsDialog(self.settings, self.window)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.accepted.connect(lambda: self.apply_settings(dialog.new_settings))

@@ -42,13 +42,11 @@ class MainWindow(QMainWindow):
     url_added = Signal(str)
     server_selected = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None, simulate=None,
-                 clock=time.time) -> None:
+    def __init__(self, parent: QWidget | None = None, simulate=None) -> None:
         super().__init__(parent)
         self.setWindowTitle("kvwall")
         self.setObjectName("kvwall-main")
         self.resize(1180, 820)
-        self._clock = clock
         self._result: PollResult | None = None
         self._selected: str | None = None
         self.hide_on_close = True

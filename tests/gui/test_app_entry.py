@@ -250,3 +250,22 @@ def test_sigterm_quits_cleanly_and_stops_the_demo_server():
     left = [p.pid for p in psutil.process_iter(["cmdline"])
             if any(demo_dir in (arg or "") for arg in (p.info["cmdline"] or []))]
     assert left == [], "the demo's llama-server outlived kvwall"
+
+
+def test_settings_opened_twice_is_one_dialog(qtbot, tmp_path):
+    import gui_factories as f
+    from kvwall.app.gui import KvwallApp
+    from kvwall.app.settings import SettingsStore
+    from kvwall.widgets.settings_dialog import SettingsDialog
+
+    app = KvwallApp(lambda resumed: f.report(), SettingsStore(tmp_path / "s.json"),
+                    use_tray=False)
+    qtbot.addWidget(app.window)
+    try:
+        app.open_settings()
+        app.open_settings()  # the tray's Settings… clicked again
+        dialogs = [d for d in app.window.findChildren(SettingsDialog) if d.isVisible()]
+        assert len(dialogs) == 1
+        dialogs[0].reject()
+    finally:
+        app.stop()
