@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+from kvwall.app import pools
 from kvwall.app.poll_worker import PollResult
 from kvwall.budget.report import ServerReport, StatusReport
 from kvwall.widgets.empty_state import EmptyState
@@ -152,8 +153,9 @@ class MainWindow(QMainWindow):
                                 f"{errors}")
         if result.resumed_after_s:
             self.statusBar().showMessage(
-                f"Resumed after {result.resumed_after_s / 60:.0f} min asleep: forecasts "
-                "restart from now.", 15000)
+                f"Polling resumed after a {pools.format_duration(result.resumed_after_s)} "
+                "gap (the computer slept, or a poll stalled): forecasts restart from now.",
+                15000)
 
     def _grow_columns(self) -> None:
         """Widen a column whose text outgrew it (never shrink: no jitter).
