@@ -89,6 +89,7 @@ class KvwallApp(QObject):
         self._stopped = False
         self.results = 0
         self._settings_dialog = None
+        self._told_still_running = False
 
     def _window_thresholds(self) -> None:
         self.window.slot_full_percent = self.thresholds.slot_full_percent
@@ -191,6 +192,13 @@ class KvwallApp(QObject):
     def _window_closed(self) -> None:
         if not self.window.hide_on_close and not self._stopped:
             self.quit()
+        elif self.tray is not None and not self._told_still_running and not self._stopped:
+            # Once per run: closing the window is not quitting, say where kvwall went.
+            self._told_still_running = True
+            self.tray.icon.showMessage(
+                "kvwall is still running",
+                "It keeps watching your servers from the tray. Quit it from the tray menu.",
+                QSystemTrayIcon.MessageIcon.Information, 8000)
 
     def add_server_url(self, url: str) -> None:
         """Watch ``url`` from now on (saved; a URL already watched is not added twice)."""

@@ -269,3 +269,26 @@ def test_settings_opened_twice_is_one_dialog(qtbot, tmp_path):
         dialogs[0].reject()
     finally:
         app.stop()
+
+
+@pytest.mark.qt_log_ignore("systemTrayWindowChanged", "does not support raise",
+                         "does not support propagateSizeHints")  # offscreen: no tray, no WM
+def test_closing_the_window_keeps_kvwall_in_the_tray_and_says_so_once(qtbot, tmp_path):
+    import gui_factories as f
+    from kvwall.app.gui import KvwallApp
+    from kvwall.app.settings import SettingsStore
+
+    app = KvwallApp(lambda resumed: f.report(), SettingsStore(tmp_path / "s.json"),
+                    use_tray=True)
+    qtbot.addWidget(app.window)
+    shown = []
+    app.tray.icon.showMessage = lambda title, *rest: shown.append(title)
+    try:
+        app.start(show_window=True)
+        for _ in range(2):
+            app.show_window()
+            app.window.close()
+            assert not app.window.isVisible() and not app._stopped
+        assert shown == ["kvwall is still running"]
+    finally:
+        app.stop()
