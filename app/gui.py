@@ -35,6 +35,8 @@ class KvwallApp(QObject):
         store: where settings live.
         use_tray: None = use a tray when the desktop has one.
         on_servers_changed: told the configured server URLs and keys when they change.
+        on_settings_applied: told the new settings each time the user applies them
+            (the poll source's own thresholds, such as the GPU-grab share, follow them).
         simulate: the what-if function (default ``kvwall.budget.memory.simulate``).
 
     Signals:
@@ -48,6 +50,7 @@ class KvwallApp(QObject):
     def __init__(self, poll_fn: Callable, store: SettingsStore | None = None, *,
                  use_tray: bool | None = None,
                  on_servers_changed: Callable[[Sequence[str], dict], None] | None = None,
+                 on_settings_applied: Callable[[Settings], None] | None = None,
                  simulate=None, autostart_home=None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.store = store or SettingsStore()
@@ -55,6 +58,7 @@ class KvwallApp(QObject):
         self.settings: Settings = loaded.settings
         self.startup_message = loaded.message
         self._on_servers_changed = on_servers_changed
+        self._on_settings_applied = on_settings_applied
         self._autostart_home = autostart_home
         self.thresholds = Thresholds.from_settings(self.settings.values)
         self.rules = NotificationRules(self.thresholds)
@@ -239,6 +243,8 @@ class KvwallApp(QObject):
         self._window_thresholds()
         if settings["poll_interval_s"] != old["poll_interval_s"]:
             self.worker.request_interval(settings["poll_interval_s"])
+        if self._on_settings_applied is not None:
+            self._on_settings_applied(settings)
         if settings.servers != old.servers and self._on_servers_changed is not None:
             self._on_servers_changed([s.url for s in settings.servers],
                                      {s.url: s.api_key for s in settings.servers if s.api_key})
@@ -410,10 +416,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     source = kv = None
     try:
         source = LiveSource()  # the demo server is found like any other process
-        kv = KvwallApp(source, SettingsStore(), on_servers_changed=source.set_servers)
+        kv = KvwallApp(source, SettingsStore(), on_servers_changed=source.set_servers,
+                       on_settings_applied=lambda s: source.set_grab_share(s["grab_percent"] / 100))
         # Settings are read once, by the app (so a recovery message is shown, not lost).
         source.set_servers([s.url for s in kv.settings.servers],
                            {s.url: s.api_key for s in kv.settings.servers if s.api_key})
+        source.set_grab_share(kv.settings["grab_percent"] / 100)
         instance.activated.connect(kv.show_window)
         quit_signals.requested.connect(kv.quit)
         kv.start(show_window=opts.show or opts.demo or None)

@@ -28,7 +28,7 @@ SETTINGS_FILE = "settings.json"
 # Notification kinds, in the user's words (ids are stable, used as keys in the file).
 NOTIFY_KINDS: dict[str, str] = {
     "free_memory": "Free memory below the threshold",
-    "pool_forecast": "A unified KV pool forecast to run out",
+    "pool_forecast": "A memory pool (or a unified KV pool) forecast to run out",
     "slot_forecast": "A slot forecast to fill soon",
     "slot_full": "A slot that is full",
     "server_unreachable": "A server that became unreachable",

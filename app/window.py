@@ -269,12 +269,17 @@ class MainWindow(QMainWindow):
 
 
 def app_icon() -> QIcon:
-    """kvwall's icon from ``resources/kvwall.svg`` (a drawn gauge if it is missing)."""
+    """kvwall's icon for the current theme (``resources/kvwall-dark.svg`` on a dark
+    palette, ``kvwall-light.svg`` on a light one; a drawn gauge if they are missing)."""
     from importlib.resources import files
 
+    from PySide6.QtGui import QGuiApplication
+
+    app = QGuiApplication.instance()
+    dark = app is not None and app.palette().window().color().lightness() < 128
     icon = QIcon()
     try:
-        path = files("kvwall.resources") / "kvwall.svg"
+        path = files("kvwall.resources") / ("kvwall-dark.svg" if dark else "kvwall-light.svg")
         if path.is_file():
             icon.addFile(str(path))
     except (ModuleNotFoundError, OSError):

@@ -184,6 +184,31 @@ def test_added_url_reaches_the_poller_with_its_key(qtbot, tmp_path):
         app.stop()
 
 
+def test_changed_grab_threshold_reaches_the_poll_source(qtbot, tmp_path):
+    """The 'another process takes a GPU share' level the user sets is the one the engine
+    detects with (the live source follows applied settings)."""
+    import gui_factories as f
+    from kvwall.app.gui import KvwallApp
+    from kvwall.app.live import LiveSource
+    from kvwall.app.settings import SettingsStore
+
+    source = LiveSource()
+    try:
+        app = KvwallApp(lambda resumed: f.report(), SettingsStore(tmp_path / "s.json"),
+                        use_tray=False,
+                        on_settings_applied=lambda s: source.set_grab_share(s["grab_percent"] / 100))
+        qtbot.addWidget(app.window)
+        app.start(show_window=False)
+        try:
+            app.apply_settings(app.settings.replace(grab_percent=25.0))
+            source(False)  # the share is applied on the poll thread, at the next poll
+            assert source.engine.grab_detector.share == 0.25
+        finally:
+            app.stop()
+    finally:
+        source.close()
+
+
 def test_demo_runs_a_real_server_and_stops_it_on_exit():
     import psutil
     from kvwall.app.llamabin import INSTALL_HINT, find_llama_server
