@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from kvwall.budget.config import ServerConfig
-from kvwall.budget.memory import MemoryPlan, plan_memory, simulate
+from kvwall.budget.memory import MemoryPlan, largest_fitting, plan_memory, simulate
 from kvwall.budget.report import Advice
 from kvwall.monitors.gguf import ModelInfo
 from kvwall.monitors.snapshot import SlotState
@@ -110,18 +110,7 @@ def largest_context(
         p = plan_fn(model, config.replace(n_ctx=k * step), gpu_names=gpu_names)
         return not p.errors and pool_bytes(p, pool) <= budget_bytes
 
-    if not fits(1):
-        return 0
-    lo, hi = 1, k_max
-    if fits(hi):
-        return hi * step
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
-    return lo * step
+    return largest_fitting(fits, k_max) * step
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from kvwall.budget.config import CACHE_TYPES, ServerConfig, render_command
@@ -999,10 +999,17 @@ def max_context(
         )
         return plan.ok and _budget_total(plan, gpu_names) <= memory_bytes
 
+    return largest_fitting(fits, hi) * step
+
+
+def largest_fitting(fits: Callable[[int], bool], hi: int) -> int:
+    """The largest ``k`` in ``1..hi`` with ``fits(k)``, for ``fits`` true up to some point
+    and false after it (memory grows with the context); 0 when ``fits(1)`` is false.
+    Binary search: about log2(hi) plans."""
     if not fits(1):
         return 0
     if fits(hi):
-        return hi * step
+        return hi
     lo = 1
     while hi - lo > 1:
         mid = (lo + hi) // 2
@@ -1010,7 +1017,7 @@ def max_context(
             lo = mid
         else:
             hi = mid
-    return lo * step
+    return lo
 
 
 def _budget_total(plan: MemoryPlan, gpu_names: Sequence[str]) -> int:

@@ -114,21 +114,8 @@ def argv_value(args: Iterable[str], *names: str) -> str | None:
 
     Accepts ``--flag value`` and ``--flag=value``. None when absent.
     """
-    wanted = {_norm_flag(n) for n in names}
-    found: str | None = None
-    args = list(args)
-    i = 0
-    while i < len(args):
-        flag, eq, val = args[i].partition("=")
-        flag = _norm_flag(flag)
-        if flag in wanted:
-            if eq:
-                found = val
-            elif i + 1 < len(args):
-                found = args[i + 1]
-                i += 1
-        i += 1
-    return found
+    values = argv_values(args, *names)
+    return values[-1] if values else None
 
 
 def argv_values(args: Iterable[str], *names: str) -> list[str]:
