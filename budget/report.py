@@ -1,6 +1,6 @@
 """What a poll means for the user: attribution, forecasts and advice per server.
 
-INTERFACE (frozen; fields may be added, never renamed). Built by ``kvwall.budget.engine``
+A stable contract: fields may be added (with defaults), never renamed. Built by ``kvwall.budget.engine``
 from a ``kvwall.monitors.snapshot.Snapshot``; rendered by ``kvwall status`` and the GUI.
 """
 

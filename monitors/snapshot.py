@@ -1,6 +1,7 @@
 """Immutable, timestamped snapshots: the only things that cross threads.
 
-INTERFACE (frozen; fields may be added, never renamed).
+A stable contract: fields may be added (with defaults), never renamed; the status JSON
+and the GUI are built from these.
 """
 
 from __future__ import annotations
