@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests check behaviour, not speed: no per-example deadline (a loaded 2-core CI
+# machine would make them flaky). Under CI the examples are derandomized so a run can be
+# reproduced; locally every run explores new ones.
+settings.register_profile(
+    "kvwall",
+    deadline=None,
+    derandomize=bool(os.environ.get("CI")),
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile("kvwall")
 
 
 @pytest.fixture(autouse=True)
@@ -20,8 +33,6 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     ):
         (home / sub).mkdir()
         monkeypatch.setenv(var, str(home / sub))
-    import os
-
     for var in list(os.environ):
         if var.startswith("LLAMA_"):
             monkeypatch.delenv(var)
