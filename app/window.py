@@ -88,24 +88,15 @@ class MainWindow(QMainWindow):
         # Never narrower than the panel itself: it would be cut, not wrapped.
         scroll.setMinimumWidth(self.whatif.minimumSizeHint().width()
                                + scroll.verticalScrollBar().sizeHint().width() + 4)
-        whatif_box = QGroupBox("What if")
-        wl = QVBoxLayout(whatif_box)
-        wl.setContentsMargins(4, 4, 4, 4)
-        wl.addWidget(scroll)
-        history_box = QGroupBox("History")
-        hl = QVBoxLayout(history_box)
-        hl.setContentsMargins(4, 4, 4, 4)
-        hl.addWidget(self.history)
+        whatif_box = _boxed("What if", scroll)
+        history_box = _boxed("History", self.history)
 
         bottom = QSplitter(Qt.Orientation.Horizontal)
         bottom.addWidget(history_box)
         bottom.addWidget(whatif_box)
         bottom.setStretchFactor(0, 3)
         bottom.setStretchFactor(1, 2)
-        table_box = QGroupBox("Servers and slots")
-        tl = QVBoxLayout(table_box)
-        tl.setContentsMargins(4, 4, 4, 4)
-        tl.addWidget(self.table)
+        table_box = _boxed("Servers and slots", self.table)
         main = QSplitter(Qt.Orientation.Vertical)
         main.addWidget(table_box)
         main.addWidget(bottom)
@@ -266,6 +257,15 @@ class MainWindow(QMainWindow):
         else:
             event.accept()
         self.close_requested.emit()
+
+
+def _boxed(title: str, widget: QWidget) -> QGroupBox:
+    """``widget`` in a titled group box with tight margins."""
+    box = QGroupBox(title)
+    layout = QVBoxLayout(box)
+    layout.setContentsMargins(4, 4, 4, 4)
+    layout.addWidget(widget)
+    return box
 
 
 def app_icon() -> QIcon:

@@ -6,7 +6,7 @@ import dataclasses
 import re
 import shlex
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -546,9 +546,9 @@ def _format_value(name: str, value: object) -> str | None:
     return str(value)
 
 
-def _occurrences(argv: list[str], start: int, opt: _Option) -> list[tuple[int, int, bool, bool]]:
-    """(index, token count, positive, inline) for each use of ``opt`` in argv."""
-    out = []
+def _walk(argv: list[str], start: int) -> Iterator[tuple[int, str, str | None, _Option, bool, int]]:
+    """Each known option in ``argv[start:]``: (index, flag, inline value or None, option,
+    positive, tokens it takes). Unknown words are stepped over one at a time."""
     i = start
     while i < len(argv):
         flag, inline = _split_eq(argv[i])
@@ -556,12 +556,16 @@ def _occurrences(argv: list[str], start: int, opt: _Option) -> list[tuple[int, i
         if found is None:
             i += 1
             continue
-        this, positive = found
-        n = 1 if inline is not None else 1 + this.n_values
-        if this is opt:
-            out.append((i, n, positive, inline is not None))
+        opt, positive = found
+        n = 1 if inline is not None else 1 + opt.n_values
+        yield i, flag, inline, opt, positive, n
         i += n
-    return out
+
+
+def _occurrences(argv: list[str], start: int, opt: _Option) -> list[tuple[int, int, bool, bool]]:
+    """(index, token count, positive, inline) for each use of ``opt`` in argv."""
+    return [(i, n, positive, inline is not None)
+            for i, _, inline, this, positive, n in _walk(argv, start) if this is opt]
 
 
 def _apply_change(argv: list[str], start: int, name: str, value: object) -> list[str]:
@@ -618,19 +622,12 @@ def _drop(argv: list[str], start: int, opt: _Option, *, keep_first: bool) -> lis
 
 def _mask_secrets(argv: list[str], start: int) -> list[str]:
     out = list(argv)
-    i = start
-    while i < len(out):
-        flag, inline = _split_eq(out[i])
-        found = _lookup(flag)
-        if found is None:
-            i += 1
-            continue
-        opt = found[0]
+    for i, flag, inline, opt, _, _ in _walk(argv, start):
         placeholder = next((p for f, p in _SECRET_FLAGS.items() if f in opt.flags), None)
-        if placeholder is not None:
-            if inline is not None:
-                out[i] = f"{flag}={placeholder}"
-            elif i + 1 < len(out):
-                out[i + 1] = placeholder
-        i += 1 if inline is not None else 1 + opt.n_values
+        if placeholder is None:
+            continue
+        if inline is not None:
+            out[i] = f"{flag}={placeholder}"
+        elif i + 1 < len(out):
+            out[i + 1] = placeholder
     return out
