@@ -34,11 +34,11 @@ Run `kvwall COMMAND --help` for a command's options.
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "plan":
-        from kvwall.app.cli_plan import main as plan_main
+        from kvwall.app.headless.plan import main as plan_main
 
         return plan_main(args[1:])
     if args and args[0] == "status":
-        from kvwall.app.cli_status import main as status_main
+        from kvwall.app.headless.status import main as status_main
 
         return status_main(args[1:])
     if args and args[0] in ("-h", "--help", "help"):
@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(f"kvwall {version('kvwall')}")
         return 0
-    from kvwall.app.gui import main as gui_main
+    from kvwall.app.desktop.gui import main as gui_main
 
     return gui_main(args)
 

@@ -12,8 +12,8 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from kvwall.app.llamabin import INSTALL_HINT, find_llama_server
-from kvwall.app.tinymodels import write_model
+from kvwall.app.demo.llamabin import INSTALL_HINT, find_llama_server
+from kvwall.app.demo.tinymodels import write_model
 
 START_DEADLINE_S = 60.0
 

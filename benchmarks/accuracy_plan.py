@@ -18,17 +18,19 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kvwall.app.llamabin import find_llama_server
-from kvwall.app.tinymodels import write_model
+from kvwall.app.demo.llamabin import find_llama_server
+from kvwall.app.demo.tinymodels import write_model
 from kvwall.budget.config import parse_command_line
 from kvwall.budget.memory import plan_memory
 from kvwall.monitors.gguf import read_model
-from kvwall.monitors.llamalog import parse_load_log
 
 MIB = 1024 * 1024
 
-# the cases of tests/integration/test_plan_vs_server.py (one source of truth)
+# the log oracle (tests/oracles/) and the cases of tests/integration/test_plan_vs_server.py
+# (one source of truth)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
+from oracles.llamalog import parse_load_log  # noqa: E402
 from test_plan_vs_server import REFUSED, STARTS  # noqa: E402
 
 CASES: list[tuple[str, dict, tuple[str, ...]]] = [(k, o, a) for _, k, o, a in STARTS] + [

@@ -30,10 +30,10 @@ def main() -> int:
     args = ap.parse_args()
 
     import psutil
-    from kvwall.app.demo import Demo
-    from kvwall.app.gui import KvwallApp
-    from kvwall.app.live import LiveSource
-    from kvwall.app.settings import SettingsStore, defaults
+    from kvwall.app.demo.session import Demo
+    from kvwall.app.desktop.gui import KvwallApp
+    from kvwall.app.desktop.live import LiveSource
+    from kvwall.app.desktop.settings import SettingsStore, defaults
     from kvwall.monitors.devices import MemorySources
     from kvwall.monitors.discovery import Discovery, scan
     from kvwall.monitors.poller import Poller

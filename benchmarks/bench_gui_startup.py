@@ -30,9 +30,9 @@ def child(t_spawn: float) -> None:
     t_qt = time.time()
     from pathlib import Path
 
-    from kvwall.app.gui import KvwallApp
-    from kvwall.app.live import LiveSource
-    from kvwall.app.settings import SettingsStore
+    from kvwall.app.desktop.gui import KvwallApp
+    from kvwall.app.desktop.live import LiveSource
+    from kvwall.app.desktop.settings import SettingsStore
 
     t_import = time.time()
     marks: dict[str, float] = {}

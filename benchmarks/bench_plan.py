@@ -53,8 +53,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=11, help="runs per figure (median)")
     args = ap.parse_args()
 
-    from kvwall.app.cli_plan import main as plan_main
-    from kvwall.app.tinymodels import write_model
+    from kvwall.app.demo.tinymodels import write_model
+    from kvwall.app.headless.plan import main as plan_main
     from kvwall.budget.config import parse_command_line
     from kvwall.budget.memory import plan_memory, what_if_table
     from kvwall.monitors.gguf import read_model

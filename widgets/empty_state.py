@@ -9,7 +9,7 @@ import logging
 import shlex
 from dataclasses import dataclass
 
-from kvwall.app import pools
+from kvwall.widgets.viewmodels import pools
 from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, Signal
 from PySide6.QtWidgets import (
     QDialog,
@@ -81,7 +81,7 @@ class EmptyState(QWidget):
         self.dialog: PlanDialog | None = None
 
     def _add(self) -> None:
-        from kvwall.app.settings import InvalidSetting, normalise_url
+        from kvwall.app.desktop.settings import InvalidSetting, normalise_url
 
         try:
             url = normalise_url(self.url_edit.text())

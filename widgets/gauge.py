@@ -1,6 +1,6 @@
 """Memory gauges: a stacked bar per pool (other processes, each server's parts, free).
 
-A bar reads a :class:`kvwall.app.pools.PoolView`; it repaints only when the view changes.
+A bar reads a :class:`kvwall.widgets.viewmodels.pools.PoolView`; it repaints only when the view changes.
 Hovering a segment shows its bytes and what it is.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kvwall.app import pools
-from kvwall.app.pools import PoolView, Segment
 from kvwall.budget.report import StatusReport
+from kvwall.widgets.viewmodels import pools
+from kvwall.widgets.viewmodels.pools import PoolView, Segment
 from PySide6.QtCore import QEvent, QRectF, QSize, Qt
 from PySide6.QtGui import QColor, QHelpEvent, QPainter, QPainterPath, QPalette, QPen
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QToolTip, QVBoxLayout, QWidget

@@ -15,8 +15,8 @@ os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
 
 import numpy as np  # noqa: E402
 import pyqtgraph as pg  # noqa: E402
-from kvwall.app import pools  # noqa: E402
 from kvwall.budget.report import ServerReport, StatusReport  # noqa: E402
+from kvwall.widgets.viewmodels import pools  # noqa: E402
 from PySide6.QtCore import Qt, QTimer  # noqa: E402
 from PySide6.QtGui import QColor, QPalette  # noqa: E402
 from PySide6.QtWidgets import (  # noqa: E402

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from kvwall.app import pools
 from kvwall.budget.report import ServerReport, SlotReport, StatusReport
+from kvwall.widgets.viewmodels import pools
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont
 
@@ -76,7 +76,7 @@ def server_row(server: ServerReport) -> TableRow:
 
 def table_rows(report: StatusReport, full_percent: float = 95.0, warn_turns: int = 5,
                critical_turns: int = 2) -> tuple[TableRow, ...]:
-    """Rows for ``report``; slots coloured by :func:`kvwall.app.pools.slot_level` with the
+    """Rows for ``report``; slots coloured by :func:`kvwall.widgets.viewmodels.pools.slot_level` with the
     user's notification thresholds."""
     rows: list[TableRow] = []
     for server in report.servers:

@@ -1,8 +1,8 @@
-"""The preferences dialog, generated from ``kvwall.app.settings.SCHEMA``."""
+"""The preferences dialog, generated from ``kvwall.app.desktop.settings.SCHEMA``."""
 
 from __future__ import annotations
 
-from kvwall.app.settings import (
+from kvwall.app.desktop.settings import (
     NOTIFY_KINDS,
     SCHEMA,
     InvalidSetting,

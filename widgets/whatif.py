@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kvwall.app import pools
-from kvwall.app.pools import Segment
-from kvwall.app.whatif_inputs import (
+from kvwall.budget.config import CACHE_TYPES
+from kvwall.budget.memory import MemoryPlan
+from kvwall.budget.report import ServerReport
+from kvwall.widgets.gauge import StackedBar
+from kvwall.widgets.viewmodels import pools
+from kvwall.widgets.viewmodels.pools import Segment
+from kvwall.widgets.viewmodels.whatif_inputs import (
     QUICK_CHANGES,
     QUICK_LABELS,
     WhatIfInputs,
@@ -16,10 +20,6 @@ from kvwall.app.whatif_inputs import (
     run_what_if,
     with_turns,
 )
-from kvwall.budget.config import CACHE_TYPES
-from kvwall.budget.memory import MemoryPlan
-from kvwall.budget.report import ServerReport
-from kvwall.widgets.gauge import StackedBar
 from PySide6.QtCore import Signal
 from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (

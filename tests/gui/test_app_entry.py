@@ -10,7 +10,7 @@ import sys
 import uuid
 
 import pytest
-from kvwall.app.single_instance import SingleInstance
+from kvwall.app.desktop.single_instance import SingleInstance
 
 
 def _env(**extra):
@@ -95,7 +95,7 @@ def test_empty_state_adds_a_url(qtbot):
 
 @pytest.fixture(scope="module")
 def tiny_path(tmp_path_factory):
-    from kvwall.app.tinymodels import write_model
+    from kvwall.app.demo.tinymodels import write_model
 
     return str(write_model("qwen3", tmp_path_factory.mktemp("m") / "plan-me.gguf",
                            n_ctx_train=8192))
@@ -119,7 +119,7 @@ def test_planner_dialog_plans_a_gguf_file(qtbot, tiny_path):
     text = dialog.view.toPlainText()
     assert "4,096 cells, 2,048 per slot × 2 slot(s)" in text
     assert "q8_0 cache" in text  # the what-if table
-    from kvwall.app.pools import format_bytes
+    from kvwall.widgets.viewmodels.pools import format_bytes
 
     assert format_bytes(plan.total_bytes) in text
     # A refused configuration shows llama.cpp's reason, a bad file a clear error.
@@ -159,8 +159,8 @@ def test_entry_point_recovers_a_corrupt_settings_file():
 
 def test_added_url_reaches_the_poller_with_its_key(qtbot, tmp_path):
     import gui_factories as f
-    from kvwall.app.gui import KvwallApp
-    from kvwall.app.settings import SettingsStore
+    from kvwall.app.desktop.gui import KvwallApp
+    from kvwall.app.desktop.settings import SettingsStore
 
     told = []
     app = KvwallApp(lambda resumed: f.report(), SettingsStore(tmp_path / "s.json"),
@@ -188,9 +188,9 @@ def test_changed_grab_threshold_reaches_the_poll_source(qtbot, tmp_path):
     """The 'another process takes a GPU share' level the user sets is the one the engine
     detects with (the live source follows applied settings)."""
     import gui_factories as f
-    from kvwall.app.gui import KvwallApp
-    from kvwall.app.live import LiveSource
-    from kvwall.app.settings import SettingsStore
+    from kvwall.app.desktop.gui import KvwallApp
+    from kvwall.app.desktop.live import LiveSource
+    from kvwall.app.desktop.settings import SettingsStore
 
     source = LiveSource()
     try:
@@ -211,7 +211,7 @@ def test_changed_grab_threshold_reaches_the_poll_source(qtbot, tmp_path):
 
 def test_demo_runs_a_real_server_and_stops_it_on_exit():
     import psutil
-    from kvwall.app.llamabin import INSTALL_HINT, find_llama_server
+    from kvwall.app.demo.llamabin import INSTALL_HINT, find_llama_server
 
     if find_llama_server() is None:
         pytest.fail(INSTALL_HINT)
@@ -238,7 +238,7 @@ def test_sigterm_quits_cleanly_and_stops_the_demo_server():
     import time
 
     import psutil
-    from kvwall.app.llamabin import INSTALL_HINT, find_llama_server
+    from kvwall.app.demo.llamabin import INSTALL_HINT, find_llama_server
 
     if find_llama_server() is None:
         pytest.fail(INSTALL_HINT)
@@ -279,8 +279,8 @@ def test_sigterm_quits_cleanly_and_stops_the_demo_server():
 
 def test_settings_opened_twice_is_one_dialog(qtbot, tmp_path):
     import gui_factories as f
-    from kvwall.app.gui import KvwallApp
-    from kvwall.app.settings import SettingsStore
+    from kvwall.app.desktop.gui import KvwallApp
+    from kvwall.app.desktop.settings import SettingsStore
     from kvwall.widgets.settings_dialog import SettingsDialog
 
     app = KvwallApp(lambda resumed: f.report(), SettingsStore(tmp_path / "s.json"),
@@ -300,8 +300,8 @@ def test_settings_opened_twice_is_one_dialog(qtbot, tmp_path):
                          "does not support propagateSizeHints")  # offscreen: no tray, no WM
 def test_closing_the_window_keeps_kvwall_in_the_tray_and_says_so_once(qtbot, tmp_path):
     import gui_factories as f
-    from kvwall.app.gui import KvwallApp
-    from kvwall.app.settings import SettingsStore
+    from kvwall.app.desktop.gui import KvwallApp
+    from kvwall.app.desktop.settings import SettingsStore
 
     app = KvwallApp(lambda resumed: f.report(), SettingsStore(tmp_path / "s.json"),
                     use_tray=True)

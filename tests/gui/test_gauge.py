@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import gui_factories as f
 import pytest
-from kvwall.app import pools
 from kvwall.widgets.gauge import GaugePanel, tooltip_text
+from kvwall.widgets.viewmodels import pools
 
 
 def _two_server_report():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import gui_factories as f
-from kvwall.app.notifications import (
+from kvwall.app.desktop.notifications import (
     CRITICAL,
     OK,
     WARNING,
@@ -15,10 +15,10 @@ from kvwall.app.notifications import (
     Thresholds,
     level_for,
 )
-from kvwall.app.pools import format_bytes
 from kvwall.budget.events import GrabDetector
 from kvwall.budget.forecast import PoolTracker
 from kvwall.monitors.snapshot import DeviceMemory, ProcessMemory
+from kvwall.widgets.viewmodels.pools import format_bytes
 
 
 class FakeClock:
@@ -308,7 +308,7 @@ def _gpu_snapshot(t, other_bytes):
 
 
 def test_the_users_grab_share_reaches_the_engine_through_the_live_source():
-    from kvwall.app.live import LiveSource
+    from kvwall.app.desktop.live import LiveSource
     from kvwall.budget.engine import Engine
 
     # A 2 GiB grab on a 24 GiB GPU (8%): under the engine's default 10% and 4 GiB.

@@ -7,9 +7,9 @@ import logging
 import threading
 
 import gui_factories as f
-from kvwall.app.gui import KvwallApp
-from kvwall.app.poll_worker import PollResult, PollThread, PollWorker
-from kvwall.app.settings import SettingsStore, defaults
+from kvwall.app.desktop.gui import KvwallApp
+from kvwall.app.desktop.poll_worker import PollResult, PollThread, PollWorker
+from kvwall.app.desktop.settings import SettingsStore, defaults
 from PySide6.QtCore import QTimer
 
 

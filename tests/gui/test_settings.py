@@ -10,7 +10,7 @@ import stat
 
 import gui_factories as f
 import pytest
-from kvwall.app.settings import (
+from kvwall.app.desktop.settings import (
     SCHEMA,
     InvalidSetting,
     SettingsStore,
@@ -110,7 +110,7 @@ def test_autostart_desktop_entry(tmp_path):
 
 
 def test_recovery_message_is_shown_in_the_window(qtbot, tmp_path):
-    from kvwall.app.gui import KvwallApp
+    from kvwall.app.desktop.gui import KvwallApp
 
     path = tmp_path / "settings.json"
     path.write_text("\x00\x01garbage")

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import gui_factories as f
 import pytest
-from kvwall.app import pools
-from kvwall.app.whatif_inputs import WhatIfInputs
 from kvwall.budget.config import parse_command_line
 from kvwall.budget.memory import plan_memory
 from kvwall.monitors.gguf import read_model
+from kvwall.widgets.viewmodels import pools
+from kvwall.widgets.viewmodels.whatif_inputs import WhatIfInputs
 from kvwall.widgets.whatif import WhatIfPanel, plan_segments
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
@@ -19,7 +19,7 @@ BUDGET = 64 * f.MiB
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    from kvwall.app.tinymodels import write_model
+    from kvwall.app.demo.tinymodels import write_model
 
     path = write_model("llama", tmp_path_factory.mktemp("m") / "tiny.gguf", n_ctx_train=16384)
     return read_model(path), str(path)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from kvwall.app.llamabin import INSTALL_HINT, find_llama_server
+from kvwall.app.demo.llamabin import INSTALL_HINT, find_llama_server
 
 START_DEADLINE_S = 60.0
 
@@ -193,7 +193,7 @@ def llama_server(tmp_path, llama_server_exe) -> Iterator:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """Factory: ``tiny_model(kind, **overrides)`` -> Path, written once per session."""
-    from kvwall.app.tinymodels import write_model
+    from kvwall.app.demo.tinymodels import write_model
 
     cache: dict[tuple, Path] = {}
     root = tmp_path_factory.mktemp("models")

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from agent import ScriptedAgent
 from fake_servers import DyingServer, GarbageServer, HangingServer
-from kvwall.app.llamabin import find_llama_server
+from kvwall.app.demo.llamabin import find_llama_server
 from kvwall.monitors.discovery import Discovery, scan
 from kvwall.monitors.llama_http import LlamaClient
 from kvwall.monitors.poller import ClientPool, Poller
@@ -170,7 +170,7 @@ def test_unified_binary_with_port_from_environment(tmp_path, tiny_model):
 
 
 def test_router_and_its_child(tmp_path, tiny_model):
-    from kvwall.app.tinymodels import write_model
+    from kvwall.app.demo.tinymodels import write_model
 
     models = tmp_path / "models"
     models.mkdir()

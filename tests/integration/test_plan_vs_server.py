@@ -3,7 +3,7 @@ weights to 0.1 %, the compute buffers to 15 %, and the same refusals.
 
 Each case starts llama-server (``-lv 4``, so it logs its buffers) on a tiny generated model
 of one architecture (plain GQA, explicit key/value length, SWA, MLA, recurrent, hybrid,
-MoE), parses the log with ``kvwall.monitors.llamalog`` and compares it with
+MoE), parses the log with ``oracles.llamalog`` and compares it with
 ``plan_memory`` for the same command line. ``--fit`` is modelled as on this CPU-only
 machine: llama.cpp compares against the host's total RAM.
 """
@@ -20,7 +20,7 @@ import pytest
 from kvwall.budget.config import ConfigError, parse_command_line
 from kvwall.budget.memory import plan_memory
 from kvwall.monitors.gguf import read_model
-from kvwall.monitors.llamalog import parse_load_log
+from oracles.llamalog import parse_load_log
 
 MiB = 1 << 20
 LOG_RESOLUTION_MIB = 0.005  # llama.cpp prints MiB with two decimals

@@ -262,7 +262,7 @@ def _wait_for(what: str, check, proc: subprocess.Popen, deadline_s: float = 60.0
 
 
 def test_router_and_its_child_model_server(llama_server, tmp_path):
-    from kvwall.app.tinymodels import write_model
+    from kvwall.app.demo.tinymodels import write_model
 
     models = tmp_path / "models"
     models.mkdir()

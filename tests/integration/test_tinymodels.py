@@ -4,8 +4,8 @@ memory shape of the architecture they stand for (read back from the server's own
 from __future__ import annotations
 
 import pytest
-from kvwall.app.tinymodels import DEFAULTS, KINDS, TinyModelError, shard_paths, write_model
-from kvwall.monitors.llamalog import parse_load_log
+from kvwall.app.demo.tinymodels import DEFAULTS, KINDS, TinyModelError, shard_paths, write_model
+from oracles.llamalog import parse_load_log
 
 MIB = 1024 * 1024
 

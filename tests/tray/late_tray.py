@@ -20,8 +20,8 @@ def spin(seconds: float) -> None:
 
 
 def main(out: Path) -> dict:
-    from kvwall.app.gui import KvwallApp
-    from kvwall.app.settings import SettingsStore
+    from kvwall.app.desktop.gui import KvwallApp
+    from kvwall.app.desktop.settings import SettingsStore
     from kvwall.budget.report import StatusReport
     from kvwall.monitors.snapshot import DeviceMemory
 

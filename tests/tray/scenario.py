@@ -1,7 +1,7 @@
 """End-to-end scenario run by test_tray_e2e.py in its own process (Qt's xcb platform on the
 Xvfb display that pytest-xvfb started, with ``trayer`` as the tray host).
 
-It starts a real tiny llama-server with a growing agent (``kvwall.app.demo``), runs the real
+It starts a real tiny llama-server with a growing agent (``kvwall.app.demo.session``), runs the real
 app against the real machine (``LiveSource``), observes what a user would see, takes the
 screenshots and writes everything to ``OUT/result.json``. It asserts nothing itself: the
 test reads the JSON and asserts. Usage: ``python scenario.py OUT [SCREENSHOT_DIR]``.
@@ -41,10 +41,10 @@ def wait_for(app: QApplication, what: str, predicate, timeout: float) -> None:
 
 
 def main(out: Path, shots: Path | None) -> dict:
-    from kvwall.app.demo import Demo
-    from kvwall.app.gui import KvwallApp
-    from kvwall.app.live import LiveSource
-    from kvwall.app.settings import SettingsStore, defaults
+    from kvwall.app.demo.session import Demo
+    from kvwall.app.desktop.gui import KvwallApp
+    from kvwall.app.desktop.live import LiveSource
+    from kvwall.app.desktop.settings import SettingsStore, defaults
 
     result: dict = {"steps": []}
     app = QApplication(["kvwall"])

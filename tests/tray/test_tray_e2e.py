@@ -27,7 +27,7 @@ def _free_port() -> int:
 
 
 def test_tray_window_forecast_notification_and_what_if(tray_host, tmp_path):
-    from kvwall.app.llamabin import INSTALL_HINT, find_llama_server
+    from kvwall.app.demo.llamabin import INSTALL_HINT, find_llama_server
 
     if find_llama_server() is None:
         pytest.fail(INSTALL_HINT)
@@ -64,7 +64,7 @@ def test_tray_window_forecast_notification_and_what_if(tray_host, tmp_path):
     assert wi["shown_command"] == wi["command"] == r["clipboard"]
 
     # Started as a second llama-server, it allocates the KV the what-if promised.
-    from kvwall.monitors.llamalog import MIB, parse_load_log
+    from oracles.llamalog import MIB, parse_load_log
 
     argv = shlex.split(wi["command"])
     argv[argv.index("--port") + 1] = str(_free_port())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from kvwall.app.tinymodels import write_model
+from kvwall.app.demo.tinymodels import write_model
 from kvwall.budget.advice import POOL_GPU, POOL_TOTAL, advise, largest_context, pool_bytes
 from kvwall.budget.config import parse_command_line
 from kvwall.budget.memory import plan_memory

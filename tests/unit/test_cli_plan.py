@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from kvwall.app.cli_plan import HELP, main
-from kvwall.app.tinymodels import write_model
+from kvwall.app.demo.tinymodels import write_model
+from kvwall.app.headless.plan import HELP, main
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "json-schema.md"
 MiB = 1 << 20

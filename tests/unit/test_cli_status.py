@@ -6,8 +6,8 @@ import io
 import json
 
 import pytest
-from kvwall.app.cli_status import main
-from kvwall.app.tinymodels import write_model
+from kvwall.app.demo.tinymodels import write_model
+from kvwall.app.headless.status import main
 from kvwall.monitors.snapshot import (
     HEALTH_OK,
     DeviceMemory,

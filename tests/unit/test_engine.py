@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from kvwall.app.tinymodels import write_model
+from kvwall.app.demo.tinymodels import write_model
 from kvwall.budget.config import parse_command_line
 from kvwall.budget.engine import POOL_SLOT_ID, Engine
 from kvwall.budget.memory import plan_memory

@@ -867,7 +867,7 @@ def test_damaged_files_raise_only_gguf_error(tmp_path, sample_bytes, data):
 
 def _fit_params() -> str | None:
     try:
-        from kvwall.app.llamabin import find_llama_server
+        from kvwall.app.demo.llamabin import find_llama_server
     except ImportError:  # pragma: no cover - the lead's locator not there yet
         return None
     server = find_llama_server()
@@ -926,7 +926,7 @@ ORACLE_CASES = [
     "kind,overrides", ORACLE_CASES, ids=[f"{k}{o or ''}" for k, o in ORACLE_CASES]
 )
 def test_agrees_with_llama_cpp(tmp_path, kind, overrides):
-    from kvwall.app.tinymodels import write_model
+    from kvwall.app.demo.tinymodels import write_model
 
     path = write_model(kind, tmp_path / f"{kind}.gguf", **overrides)
     m = read_model(str(path))

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kvwall.monitors.llamalog import LoadLog, parse_load_log, strip_line
+from oracles.llamalog import LoadLog, parse_load_log, strip_line
 
 LOGS = Path(__file__).resolve().parents[1] / "fixtures" / "logs"
 INDEX = json.loads((LOGS / "index.json").read_text())

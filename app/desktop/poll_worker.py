@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kvwall.app.logging_setup import FailureLog
+from kvwall.app.desktop.logging_setup import FailureLog
 from kvwall.budget.report import StatusReport
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
@@ -31,7 +31,7 @@ class PollResult:
 
     Attributes:
         report: the analysed poll.
-        what_if: server key -> ``kvwall.app.whatif_inputs.WhatIfInputs`` (servers that can
+        what_if: server key -> ``kvwall.widgets.viewmodels.whatif_inputs.WhatIfInputs`` (servers that can
             be simulated).
         resumed_after_s: set on the first poll after a sleep/resume or a long stall.
         poll_seconds: how long the poll took (monotonic).

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import time
 
-from kvwall.app import pools
-from kvwall.app.poll_worker import PollResult
+from kvwall.app.desktop.poll_worker import PollResult
 from kvwall.budget.report import ServerReport, StatusReport
 from kvwall.widgets.empty_state import EmptyState
 from kvwall.widgets.gauge import GaugePanel
 from kvwall.widgets.history import HistoryView
 from kvwall.widgets.servers_table import ServersTableModel, table_rows
+from kvwall.widgets.viewmodels import pools
 from kvwall.widgets.whatif import WhatIfPanel
 from PySide6.QtCore import QItemSelectionModel, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QIcon
@@ -285,7 +285,7 @@ def app_icon() -> QIcon:
     except (ModuleNotFoundError, OSError):
         pass
     if icon.isNull():
-        from kvwall.app.tray import gauge_icon
+        from kvwall.app.desktop.tray import gauge_icon
 
         icon = gauge_icon(0.6, "ok")
     return icon

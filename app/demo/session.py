@@ -192,7 +192,7 @@ class Demo:
         return f"http://127.0.0.1:{self.port}"
 
     def model_path(self) -> Path:
-        from kvwall.app.tinymodels import write_model
+        from kvwall.app.demo.tinymodels import write_model
 
         path = self.workdir / "kvwall-demo.gguf"
         if not path.is_file():
@@ -201,7 +201,7 @@ class Demo:
         return path
 
     def start(self, deadline_s: float = START_DEADLINE_S) -> None:
-        from kvwall.app.llamabin import find_llama_server
+        from kvwall.app.demo.llamabin import find_llama_server
 
         exe = find_llama_server()
         if exe is None:

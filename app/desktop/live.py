@@ -7,10 +7,10 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 
-from kvwall.app.poll_worker import PollResult
-from kvwall.app.whatif_inputs import WhatIfInputs
+from kvwall.app.desktop.poll_worker import PollResult
 from kvwall.budget.report import ServerReport, StatusReport
 from kvwall.monitors.snapshot import DeviceMemory, ServerState, Snapshot
+from kvwall.widgets.viewmodels.whatif_inputs import WhatIfInputs
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ every code path that allocates memory in llama.cpp runs for real.
 
 Usage::
 
-    from kvwall.app.tinymodels import KINDS, write_model
+    from kvwall.app.demo.tinymodels import KINDS, write_model
     path = write_model("qwen3", tmp_path / "q.gguf", n_ctx_train=8192)
 
 Qt-free: imported by the CLI's ``--demo`` and by the test suites.
@@ -655,7 +655,7 @@ def _add_kv(writer: Any, key: str, typ: str, value: Any) -> None:
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m kvwall.app.tinymodels KIND PATH [key=value...]`` (a debugging aid)."""
+    """``python -m kvwall.app.demo.tinymodels KIND PATH [key=value...]`` (a debugging aid)."""
     import ast
     import sys
 

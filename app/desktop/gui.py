@@ -13,11 +13,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from kvwall.app.notifications import NotificationCenter, NotificationRules, Thresholds
-from kvwall.app.poll_worker import PollResult, PollThread, PollWorker
-from kvwall.app.settings import Settings, SettingsStore, set_autostart
-from kvwall.app.tray import Tray
-from kvwall.app.window import MainWindow, app_icon
+from kvwall.app.desktop.notifications import NotificationCenter, NotificationRules, Thresholds
+from kvwall.app.desktop.poll_worker import PollResult, PollThread, PollWorker
+from kvwall.app.desktop.settings import Settings, SettingsStore, set_autostart
+from kvwall.app.desktop.tray import Tray
+from kvwall.app.desktop.window import MainWindow, app_icon
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
 
@@ -355,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
 
     os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
-    from kvwall.app.logging_setup import install_qt_message_handler, setup_logging
+    from kvwall.app.desktop.logging_setup import install_qt_message_handler, setup_logging
 
     try:
         log_path = setup_logging()
@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quit_signals = QuitSignals(app)
     log.info("kvwall starting (log: %s)", log_path)
 
-    from kvwall.app.single_instance import SingleInstance
+    from kvwall.app.desktop.single_instance import SingleInstance
 
     instance = SingleInstance()
     if not instance.claim():
@@ -391,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return 0
     try:
-        from kvwall.app.settings import install_desktop_entry
+        from kvwall.app.desktop.settings import install_desktop_entry
 
         install_desktop_entry()
     except OSError as exc:
@@ -399,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     demo = None
     if opts.demo:
-        from kvwall.app.demo import Demo, DemoUnavailable
+        from kvwall.app.demo.session import Demo, DemoUnavailable
 
         demo = Demo()
         try:
@@ -411,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             instance.release()
             return 2
 
-    from kvwall.app.live import LiveSource
+    from kvwall.app.desktop.live import LiveSource
 
     source = kv = None
     try:

@@ -7,8 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from kvwall.app import pools
-from kvwall.app.notifications import (
+from kvwall.app.desktop.notifications import (
     CRITICAL,
     OK,
     UNREACHABLE_HEALTH,
@@ -19,6 +18,7 @@ from kvwall.app.notifications import (
     worst,
 )
 from kvwall.budget.report import StatusReport
+from kvwall.widgets.viewmodels import pools
 from PySide6.QtCore import QObject, QRectF, Qt, Signal
 from PySide6.QtGui import QAction, QColor, QIcon, QPainter, QPainterPath, QPen, QPixmap
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon

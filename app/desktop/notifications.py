@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from kvwall.app import pools
 from kvwall.budget.events import GRAB_BYTES
 from kvwall.budget.report import MemoryEvent, PoolForecast, ServerReport, StatusReport
+from kvwall.widgets.viewmodels import pools
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QSystemTrayIcon
 
@@ -33,7 +33,7 @@ class AlertRule:
     """One threshold rule.
 
     Attributes:
-        kind: the notification kind (``kvwall.app.settings.NOTIFY_KINDS``).
+        kind: the notification kind (``kvwall.app.desktop.settings.NOTIFY_KINDS``).
         metric: what the value is, in the user's words (``free %``, ``turns left``).
         warn, critical: the levels; crossing one raises the alert level.
         hysteresis: how far back past a level the value must go before it re-arms.

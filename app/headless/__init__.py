@@ -1,0 +1,1 @@
+"""The headless front ends: ``kvwall plan`` and ``kvwall status``. Never imports Qt."""
