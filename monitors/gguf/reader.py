@@ -15,7 +15,7 @@ import stat
 import struct
 import sys
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import NamedTuple, TypeAlias
 
 from kvwall.monitors.gguf.keys import GGML_QUANT_SIZES, K_ALIGNMENT, VT, GGMLQuantizationType
 from kvwall.monitors.gguf.model import GGUFError, Scalar, gguf_error
@@ -85,8 +85,7 @@ RawValue: TypeAlias = Scalar | tuple[Scalar, ...] | SkippedArray | SkippedString
 """A metadata value as parsed: decoded, or skipped (too long to be worth decoding)."""
 
 
-@dataclass(frozen=True)
-class RawTensor:
+class RawTensor(NamedTuple):
     """One tensor-table entry as parsed: name, ggml type, ggml-order shape, data bytes."""
 
     name: str
@@ -366,8 +365,7 @@ class _Preamble:
     n_kv: int
 
 
-@dataclass(frozen=True)
-class _TensorEntry:
+class _TensorEntry(NamedTuple):
     """A tensor-table entry with the data offset it claims (checked against the layout)."""
 
     tensor: RawTensor
