@@ -119,14 +119,17 @@ class Parser:
         self._u64 = struct.Struct("<Q")
 
     def fail(self, msg: str) -> GGUFError:
+        """An error naming this file."""
         return gguf_error(self.path, msg)
 
     def set_endian(self, endian: str) -> None:
+        """Read what follows as ``<`` (little) or ``>`` (big) endian."""
         self.endian = endian
         self._u32 = struct.Struct(endian + "I")
         self._u64 = struct.Struct(endian + "Q")
 
     def need(self, n: int, what: str) -> None:
+        """Fail unless ``n`` more bytes (for ``what``) are in the file."""
         if n < 0 or self.pos + n > self.size:
             raise self.fail(
                 f"file is truncated: {what} needs {n} bytes at offset {self.pos}, "
@@ -134,6 +137,7 @@ class Parser:
             )
 
     def u32(self, what: str) -> int:
+        """The next uint32."""
         self.need(4, what)
         v: int
         (v,) = self._u32.unpack_from(self.buf, self.pos)
@@ -141,6 +145,7 @@ class Parser:
         return v
 
     def u64(self, what: str) -> int:
+        """The next uint64."""
         self.need(8, what)
         v: int
         (v,) = self._u64.unpack_from(self.buf, self.pos)
