@@ -378,50 +378,68 @@ def amd_device(
         ``min(pool headroom, host available)``.
     """
     procs = processes or {}
-    notes: list[str] = []
-    if card.is_apu:
-        use_gtt = (card.gtt_total_bytes or 0) >= (card.vram_total_bytes or 0)
-        total = card.gtt_total_bytes if use_gtt else card.vram_total_bytes
-        used = card.gtt_used_bytes if use_gtt else card.vram_used_bytes
-        label = "GTT" if use_gtt else "VRAM carve-out"
-        name = f"{card.display_name} ({label})"
-        free: int | None = None
-        if total is not None and used is not None:
-            free = max(0, total - used)
-            if host is not None and host.available_bytes < free:
-                free = host.available_bytes
-            used = total - free
-        else:
-            notes.append(f"{label} usage could not be read")
-        per_process = tuple(
-            ProcessMemory(pid=pid, used_bytes=vram + gtt, name=pname)
-            for pid, (vram, gtt, pname) in sorted(procs.items())
-        )
-        unified = True
-    else:
-        total = card.vram_total_bytes
-        used = card.vram_used_bytes
-        free = None if total is None or used is None else max(0, total - used)
-        if free is None:
-            notes.append("VRAM usage could not be read")
-        name = card.display_name
-        per_process = tuple(
-            ProcessMemory(pid=pid, used_bytes=vram, name=pname)
-            for pid, (vram, _gtt, pname) in sorted(procs.items())
-        )
-        unified = False
+    pool = _apu_pool(card, host, procs) if card.is_apu else _dgpu_pool(card, procs)
     return DeviceMemory(
         id=f"amd:{card.card}",
         kind="amd",
-        name=name,
-        unified=unified,
-        total_bytes=total,
-        used_bytes=used,
-        free_bytes=free,
-        processes=per_process,
+        name=pool.name,
+        unified=card.is_apu,
+        total_bytes=pool.total_bytes,
+        used_bytes=pool.used_bytes,
+        free_bytes=pool.free_bytes,
+        processes=pool.processes,
         llama_device=None if ordinal is None else f"ROCm{ordinal}",
-        error=("AMD GPU " + "; ".join(notes) + ".") if notes else None,
+        error=("AMD GPU " + "; ".join(pool.notes) + ".") if pool.notes else None,
     )
+
+
+@dataclass(frozen=True)
+class _Pool:
+    """The memory pool of one card, as :func:`amd_device` reports it."""
+
+    name: str
+    total_bytes: int | None
+    used_bytes: int | None
+    free_bytes: int | None
+    processes: tuple[ProcessMemory, ...]
+    notes: tuple[str, ...]
+
+
+def _apu_pool(
+    card: AmdCard, host: HostPool | None, procs: Mapping[int, tuple[int, int, str]]
+) -> _Pool:
+    """An APU: the larger of GTT and the VRAM carve-out, its free space bounded by host RAM."""
+    use_gtt = (card.gtt_total_bytes or 0) >= (card.vram_total_bytes or 0)
+    total = card.gtt_total_bytes if use_gtt else card.vram_total_bytes
+    used = card.gtt_used_bytes if use_gtt else card.vram_used_bytes
+    label = "GTT" if use_gtt else "VRAM carve-out"
+    notes: tuple[str, ...] = ()
+    free: int | None = None
+    if total is not None and used is not None:
+        free = max(0, total - used)
+        if host is not None and host.available_bytes < free:
+            free = host.available_bytes
+        used = total - free
+    else:
+        notes = (f"{label} usage could not be read",)
+    per_process = tuple(
+        ProcessMemory(pid=pid, used_bytes=vram + gtt, name=pname)
+        for pid, (vram, gtt, pname) in sorted(procs.items())
+    )
+    return _Pool(f"{card.display_name} ({label})", total, used, free, per_process, notes)
+
+
+def _dgpu_pool(card: AmdCard, procs: Mapping[int, tuple[int, int, str]]) -> _Pool:
+    """A discrete GPU: its VRAM."""
+    total = card.vram_total_bytes
+    used = card.vram_used_bytes
+    free = None if total is None or used is None else max(0, total - used)
+    notes = ("VRAM usage could not be read",) if free is None else ()
+    per_process = tuple(
+        ProcessMemory(pid=pid, used_bytes=vram, name=pname)
+        for pid, (vram, _gtt, pname) in sorted(procs.items())
+    )
+    return _Pool(card.display_name, total, used, free, per_process, notes)
 
 
 class AmdMonitor:

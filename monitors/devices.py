@@ -9,13 +9,14 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from kvwall.monitors.amd import AmdMonitor
 from kvwall.monitors.apple import AppleMonitor
 from kvwall.monitors.hostmem import (
     HostMemoryError,
     HostPool,
+    VirtualMemory,
     host_device,
     host_device_error,
     read_host_pool,
@@ -24,6 +25,8 @@ from kvwall.monitors.nvml import STATE_ABSENT, STATE_ERROR, NvmlMonitor
 from kvwall.monitors.snapshot import DeviceMemory, MemorySnapshot
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 NVIDIA_VENDOR = "0x10de"
 
@@ -70,7 +73,7 @@ class MemorySources:
         nvml: NvmlMonitor | None = None,
         amd: AmdMonitor | None = None,
         apple: AppleMonitor | None = None,
-        virtual_memory: Callable[[], Any] | None = None,
+        virtual_memory: Callable[[], VirtualMemory] | None = None,
         root: str | os.PathLike[str] = "/",
     ) -> None:
         self._clock = clock
@@ -88,7 +91,7 @@ class MemorySources:
             self._logged.add(message)
             log.warning("%s", message)
 
-    def _guard(self, what: str, fn: Callable[[], Any], errors: list[str]) -> Any:
+    def _guard(self, what: str, fn: Callable[[], _T], errors: list[str]) -> _T | None:
         try:
             return fn()
         except Exception as exc:  # a source's bug must never cost the whole poll

@@ -39,7 +39,7 @@ REDACTED = "<redacted>"
 _LOOPBACK_ALIASES = {"", "0.0.0.0", "::", "[::]", "*"}
 
 
-class RedactedArgv(tuple):
+class RedactedArgv(tuple[str, ...]):
     """A command line (a plain tuple of str) whose ``repr`` hides ``--api-key`` values.
 
     Equality, hashing, indexing and iteration are the tuple's: the planner parses it as is.
@@ -74,6 +74,10 @@ def redact_argv(argv: Iterable[str]) -> list[str]:
     return out
 
 
+ServerKey = tuple[int | None, str]
+"""A server's identity across polls: (pid, url); see :func:`server_key`."""
+
+
 @dataclass(frozen=True)
 class Discovery:
     """One scan: the servers found, and what could not be read.
@@ -86,7 +90,7 @@ class Discovery:
     """
 
     servers: tuple[ServerProcess, ...] = ()
-    notes: Mapping[tuple[int | None, str], tuple[str, ...]] = field(default_factory=dict)
+    notes: Mapping[ServerKey, tuple[str, ...]] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
 
     def notes_for(self, server: ServerProcess) -> tuple[str, ...]:
@@ -94,7 +98,7 @@ class Discovery:
         return tuple(self.notes.get(server_key(server), ()))
 
 
-def server_key(server: ServerProcess) -> tuple[int | None, str]:
+def server_key(server: ServerProcess) -> ServerKey:
     """A stable identity for a server across polls: (pid, url)."""
     return (server.pid, server.url)
 
@@ -278,19 +282,45 @@ def make_url(host: str, port: int, api_prefix: str = "") -> str:
     return f"http://{connect_host(host)}:{port}{prefix.rstrip('/')}"
 
 
-def normalize_url(url: str) -> str:
-    """A configured URL in canonical form: scheme, lower-case host, port, no trailing slash.
+class InvalidURL(ValueError):
+    """A server URL kvwall cannot poll; the message says why (callers add their context)."""
+
+
+def normalize_url(url: str, *, require_scheme: bool = False) -> str:
+    """A server URL in canonical form: scheme, lower-case host, port, no trailing slash.
+
+    This is kvwall's one URL normaliser: the process scan, the settings and ``kvwall
+    status --url`` all key servers by what it returns, so one server has one URL.
+
+    Args:
+        url: ``http(s)://host[:port][/prefix]``; ``host:port`` means ``http://host:port``
+            unless ``require_scheme``. Surrounding blanks are ignored.
+        require_scheme: reject a URL without ``http://`` or ``https://`` (the command line
+            asks for one, so that a typo is not silently taken for a host).
+
+    Returns:
+        ``scheme://host:port[/prefix]``; the port defaults to 80 (http) or 443 (https),
+        IPv6 hosts are bracketed, query and fragment are dropped.
 
     Raises:
-        ValueError: not an http(s) URL with a host.
+        InvalidURL: empty, no ``http``/``https`` scheme (or none at all with
+            ``require_scheme``), no host, or a port that is not a number in 0..65535.
     """
-    raw = url.strip()
+    raw = url.strip() if isinstance(url, str) else ""
+    if not raw:
+        raise InvalidURL("empty URL")
     if "://" not in raw:
+        if require_scheme:
+            raise InvalidURL(f"not an http:// or https:// URL: {url!r}")
         raw = "http://" + raw
     parts = urlsplit(raw)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
-    port = parts.port or (443 if parts.scheme == "https" else 80)
+        raise InvalidURL(f"not an http(s) URL: {url!r}")
+    try:
+        explicit_port = parts.port
+    except ValueError:
+        raise InvalidURL(f"bad port in URL: {url!r}") from None
+    port = explicit_port or (443 if parts.scheme == "https" else 80)
     host = parts.hostname.lower()
     if ":" in host:
         host = f"[{host}]"
@@ -344,14 +374,16 @@ def resolve_api_key(
         if key:
             return key
     # In llama.cpp's order: the files on the command line, then the environment.
-    sources = [(None, path) for path in argv_values(args, "--api-key-file")]
+    sources: list[tuple[str | None, str | None]] = [
+        (None, path) for path in argv_values(args, "--api-key-file")
+    ]
     sources.append((env.get("LLAMA_API_KEY"), None))
     sources.append((None, env.get("LLAMA_ARG_API_KEY_FILE")))
-    for value, path in sources:
-        if value:
-            key = _first_key(value)
-            if key:
-                return key
+    for env_value, path in sources:
+        if env_value:
+            from_env = _first_key(env_value)
+            if from_env:
+                return from_env
         if not path:
             continue
         if not read_files:
@@ -433,14 +465,28 @@ class _Static:
     cwd: str | None = None
 
 
+_ProcKey = tuple[int, float | None, str]
+"""A process's identity for the caches: (pid, start time, name)."""
+
+
 @dataclass
 class _Found:
+    """A llama.cpp process of this scan: what it runs and what changes per poll."""
+
     pid: int
     ppid: int | None
     static: _Static
     rss_bytes: int | None
-    proc: Any
-    key: tuple
+    proc: Any  # a psutil.Process (or a test's fake)
+    key: _ProcKey
+
+
+@dataclass(frozen=True)
+class _Placed:
+    """A process found to be a server to poll, with what could not be read about it."""
+
+    server: ServerProcess
+    notes: tuple[str, ...]
 
 
 class Scanner:
@@ -462,15 +508,16 @@ class Scanner:
             import psutil as psutil_mod  # noqa: PLC0415
         self.psutil = psutil_mod
         self.read_text = read_text
-        self._static: dict[tuple, _Static | None] = {}
-        self._listen: dict[tuple, list[tuple[str, int]]] = {}
+        self._static: dict[_ProcKey, _Static | None] = {}
+        self._listen: dict[_ProcKey, list[tuple[str, int]]] = {}
 
     def __call__(self, extra_urls: Iterable[str] = (),
                  api_keys: Mapping[str, str] | None = None) -> Discovery:
         """One scan; see :func:`scan`."""
         return self.scan(extra_urls=extra_urls, api_keys=api_keys)
 
-    def _key(self, proc: Any, name: str) -> tuple:
+    def _key(self, proc: Any, name: str) -> _ProcKey:
+        started: float | None
         try:
             started = proc.create_time()
         except (AttributeError, OSError):
@@ -550,7 +597,7 @@ class Scanner:
             out.append(proc)
         return out
 
-    def _listening(self, key: tuple, proc: Any) -> list[tuple[str, int]] | None:
+    def _listening(self, key: _ProcKey, proc: Any) -> list[tuple[str, int]] | None:
         cached = self._listen.get(key)
         if cached:
             return cached
@@ -571,133 +618,176 @@ class Scanner:
         Returns:
             A :class:`Discovery`. Never raises for a process that vanishes or is not ours.
         """
-        psutil_mod = self.psutil
-        configured_keys = {}
-        for url, key in (api_keys or {}).items():
-            try:
-                configured_keys[normalize_url(url)] = key
-            except ValueError:
-                continue
-        errors: list[str] = []
-        found: list[_Found] = []
-        gone = (psutil_mod.NoSuchProcess, psutil_mod.ZombieProcess, psutil_mod.AccessDenied)
+        configured_keys = _configured_keys(api_keys)
         try:
             procs = self._candidates()
         except Exception as e:  # noqa: BLE001 - the scan must not stop the poll
             return Discovery(errors=(f"Could not list processes: {e}.",))
-        seen: set[tuple] = set()
+        found = self._inspect_all(procs)
+        routers = {f.pid for f in found
+                   if f.static.kind == "server" and ROUTER_CHILD_ENV not in f.static.env
+                   and is_router(f.static.args, f.static.env)}
+        errors: list[str] = []
+        servers: list[ServerProcess] = []
+        notes: dict[ServerKey, tuple[str, ...]] = {}
+        for f in found:
+            placed = self._place(f, routers, configured_keys)
+            if isinstance(placed, str):
+                errors.append(placed)
+            elif placed is not None:
+                servers.append(placed.server)
+                if placed.notes:
+                    notes[server_key(placed.server)] = placed.notes
+        servers += _configured_servers(extra_urls, {s.url for s in servers}, configured_keys,
+                                       errors)
+        return Discovery(servers=tuple(servers), notes=notes, errors=tuple(errors))
+
+    def _inspect_all(self, procs: list[Any]) -> list[_Found]:
+        """The llama.cpp servers among ``procs``; caches of vanished processes dropped."""
+        found: list[_Found] = []
+        seen: set[_ProcKey] = set()
         for proc in procs:
             try:
-                info = getattr(proc, "info", None) or {}
-                name = info.get("name") or proc.name() or ""
-                # Cheap pre-filter on the process name before reading the command line.
-                if "llama" not in name.lower() and not _is_python(name):
-                    continue
-                key = self._key(proc, name)
-                seen.add(key)
-                if key in self._static:
-                    static = self._static[key]
-                else:
-                    static = self._read_static(proc, name)
-                    self._static[key] = static
-                if static is None:
-                    continue
-                try:
-                    rss = int(proc.memory_info().rss)
-                except gone:
-                    rss = None
-                try:
-                    ppid = proc.ppid()
-                except gone:
-                    ppid = None
-                found.append(_Found(pid=proc.pid, ppid=ppid, static=static, rss_bytes=rss,
-                                    proc=proc, key=key))
-            except gone:
+                f = self._inspect(proc, seen)
+            except self._gone:
                 continue
             except Exception as e:  # noqa: BLE001
                 log.debug("skipping process %s: %s", getattr(proc, "pid", "?"), e)
                 continue
-        for cache in (self._static, self._listen):
-            for key in [k for k in cache if k not in seen]:
-                del cache[key]
+            if f is not None:
+                found.append(f)
+        for key in [k for k in self._static if k not in seen]:
+            del self._static[key]
+        for key in [k for k in self._listen if k not in seen]:
+            del self._listen[key]
+        return found
 
-        routers = {f.pid for f in found
-                   if f.static.kind == "server" and ROUTER_CHILD_ENV not in f.static.env
-                   and is_router(f.static.args, f.static.env)}
-        servers: list[ServerProcess] = []
-        notes: dict[tuple[int | None, str], tuple[str, ...]] = {}
-        for f in found:
-            st = f.static
-            own_notes: list[str] = []
-            if not st.env_readable:
-                own_notes.append(
-                    "Its environment is not readable (another user's process): "
-                    "configuration read from the command line only.")
-            try:
-                ep = endpoint_from_config(st.args, st.env)
-            except ValueError:
-                errors.append(f"llama.cpp process {f.pid} has an unreadable --port; skipped.")
-                continue
-            listen: tuple[str, int] | None = None
-            # The process's own listening sockets (cached) win over its configuration:
-            # llama-cli picks a random port, ``--port 0`` too.
-            ports = self._listening(f.key, f.proc)
-            if st.kind == "cli" or ep.port == 0 or ep.host is None:
-                listen = _pick_listen(ports or [], None)
-                if ports is None:
-                    own_notes.append("Its listening port is not visible (not permitted).")
-            elif ports and all(p != ep.port for _, p in ports):
-                listen = _pick_listen(ports, None)
-            if ep.host is None and listen is None:
-                errors.append(
-                    f"llama.cpp server {f.pid} listens only on a unix socket "
+    @property
+    def _gone(self) -> tuple[type[BaseException], ...]:
+        psutil_mod = self.psutil
+        return (psutil_mod.NoSuchProcess, psutil_mod.ZombieProcess, psutil_mod.AccessDenied)
+
+    def _inspect(self, proc: Any, seen: set[_ProcKey]) -> _Found | None:
+        """One process: what it runs (cached), its memory and parent; None if no server."""
+        info = getattr(proc, "info", None) or {}
+        name = info.get("name") or proc.name() or ""
+        # Cheap pre-filter on the process name before reading the command line.
+        if "llama" not in name.lower() and not _is_python(name):
+            return None
+        key = self._key(proc, name)
+        seen.add(key)
+        if key in self._static:
+            static = self._static[key]
+        else:
+            static = self._read_static(proc, name)
+            self._static[key] = static
+        if static is None:
+            return None
+        gone = self._gone
+        rss: int | None
+        try:
+            rss = int(proc.memory_info().rss)
+        except gone:
+            rss = None
+        ppid: int | None
+        try:
+            ppid = proc.ppid()
+        except gone:
+            ppid = None
+        return _Found(pid=proc.pid, ppid=ppid, static=static, rss_bytes=rss, proc=proc, key=key)
+
+    def _place(self, f: _Found, routers: set[int],
+               configured_keys: Mapping[str, str]) -> _Placed | str | None:
+        """The server a process is, or why it is skipped (a sentence), or None (silently)."""
+        st = f.static
+        own_notes: list[str] = []
+        if not st.env_readable:
+            own_notes.append(
+                "Its environment is not readable (another user's process): "
+                "configuration read from the command line only.")
+        try:
+            ep = endpoint_from_config(st.args, st.env)
+        except ValueError:
+            return f"llama.cpp process {f.pid} has an unreadable --port; skipped."
+        ports = self._listening(f.key, f.proc)
+        address = self._address(f, ep, ports, own_notes)
+        if not isinstance(address, tuple):
+            return address
+        url = make_url(address[0], address[1], ep.api_prefix)
+        key = resolve_api_key(st.args, {**st.env, **st.secret_env}, configured_keys.get(url),
+                              self.read_text, own_notes, read_files=st.own, cwd=st.cwd)
+        is_child = ROUTER_CHILD_ENV in st.env or (f.ppid in routers and f.pid not in routers)
+        server = ServerProcess(
+            url=url, pid=f.pid, argv=RedactedArgv(st.cmdline),
+            env={k: v for k, v in st.env.items() if k.startswith("LLAMA_ARG_")},
+            api_key=key, source="router-child" if is_child else "process",
+            parent_pid=f.ppid if is_child else None, rss_bytes=f.rss_bytes, name=st.name,
+        )
+        return _Placed(server, tuple(own_notes))
+
+    def _address(self, f: _Found, ep: Endpoint, ports: list[tuple[str, int]] | None,
+                 own_notes: list[str]) -> tuple[str, int] | str | None:
+        """The local (host, port) to poll; else why not (a sentence) or None (silently)."""
+        st = f.static
+        listen: tuple[str, int] | None = None
+        # The process's own listening sockets (cached) win over its configuration:
+        # llama-cli picks a random port, ``--port 0`` too.
+        if st.kind == "cli" or ep.port == 0 or ep.host is None:
+            listen = _pick_listen(ports or [], None)
+            if ports is None:
+                own_notes.append("Its listening port is not visible (not permitted).")
+        elif ports and all(p != ep.port for _, p in ports):
+            listen = _pick_listen(ports, None)
+        if ep.host is None and listen is None:
+            return (f"llama.cpp server {f.pid} listens only on a unix socket "
                     f"({', '.join(ep.unix_sockets)}); kvwall talks TCP only, skipped.")
-                continue
-            if st.kind == "cli" and listen is None:
-                continue  # an embedded server we cannot reach: nothing to poll
-            if listen is not None:
-                host = listen[0] if ep.host is None or ep.host in _LOOPBACK_ALIASES else ep.host
-                port = listen[1]
-            else:
-                host, port = ep.host or DEFAULT_HOST, ep.port
-            if not is_local_address(host, psutil_mod):
-                # A name, or an address that is not this machine's: use the address the
-                # process really listens on when it is local, else do not poll it.
-                local = [(ip, p) for ip, p in (ports or []) if p == port
-                         and is_local_address(ip, psutil_mod)]
-                if not local:
-                    errors.append(
-                        f"llama.cpp server {f.pid} listens on {host}:{port}, which kvwall "
-                        "cannot tell is this machine; add its URL in the settings "
-                        "(or --url) to poll it.")
-                    continue
-                host = local[0][0]
-            url = make_url(host, port, ep.api_prefix)
-            key = resolve_api_key(st.args, {**st.env, **st.secret_env}, configured_keys.get(url),
-                                  self.read_text, own_notes, read_files=st.own, cwd=st.cwd)
-            is_child = ROUTER_CHILD_ENV in st.env or (f.ppid in routers and f.pid not in routers)
-            server = ServerProcess(
-                url=url, pid=f.pid, argv=RedactedArgv(st.cmdline),
-                env={k: v for k, v in st.env.items() if k.startswith("LLAMA_ARG_")},
-                api_key=key, source="router-child" if is_child else "process",
-                parent_pid=f.ppid if is_child else None, rss_bytes=f.rss_bytes, name=st.name,
-            )
-            servers.append(server)
-            if own_notes:
-                notes[server_key(server)] = tuple(own_notes)
+        if st.kind == "cli" and listen is None:
+            return None  # an embedded server we cannot reach: nothing to poll
+        if listen is not None:
+            host = listen[0] if ep.host is None or ep.host in _LOOPBACK_ALIASES else ep.host
+            port = listen[1]
+        else:
+            host, port = ep.host or DEFAULT_HOST, ep.port
+        if is_local_address(host, self.psutil):
+            return host, port
+        # A name, or an address that is not this machine's: use the address the
+        # process really listens on when it is local, else do not poll it.
+        local = [(ip, p) for ip, p in (ports or []) if p == port
+                 and is_local_address(ip, self.psutil)]
+        if not local:
+            return (f"llama.cpp server {f.pid} listens on {host}:{port}, which kvwall "
+                    "cannot tell is this machine; add its URL in the settings "
+                    "(or --url) to poll it.")
+        return local[0][0], port
 
-        seen_urls = {s.url for s in servers}
-        for raw in extra_urls:
-            try:
-                url = normalize_url(raw)
-            except ValueError as e:
-                errors.append(f"Configured server URL ignored: {e}.")
-                continue
-            if url in seen_urls:
-                continue
-            seen_urls.add(url)
-            servers.append(ServerProcess(url=url, api_key=configured_keys.get(url), source="url"))
-        return Discovery(servers=tuple(servers), notes=notes, errors=tuple(errors))
+
+def _configured_keys(api_keys: Mapping[str, str] | None) -> dict[str, str]:
+    """The user's API keys by normalised URL (unusable URLs left out)."""
+    configured_keys: dict[str, str] = {}
+    for url, key in (api_keys or {}).items():
+        try:
+            configured_keys[normalize_url(url)] = key
+        except ValueError:
+            continue
+    return configured_keys
+
+
+def _configured_servers(extra_urls: Iterable[str], seen_urls: set[str],
+                        configured_keys: Mapping[str, str],
+                        errors: list[str]) -> list[ServerProcess]:
+    """The configured URLs not found by the process scan, once each."""
+    servers: list[ServerProcess] = []
+    for raw in extra_urls:
+        try:
+            url = normalize_url(raw)
+        except ValueError as e:
+            errors.append(f"Configured server URL ignored: {e}.")
+            continue
+        if url in seen_urls:
+            continue
+        seen_urls.add(url)
+        servers.append(ServerProcess(url=url, api_key=configured_keys.get(url), source="url"))
+    return servers
 
 
 def scan(
@@ -737,6 +827,7 @@ def discover(
 
 __all__ = [
     "Discovery",
+    "InvalidURL",
     "RedactedArgv",
     "Scanner",
     "argv_value",
@@ -751,4 +842,5 @@ __all__ = [
     "resolve_api_key",
     "scan",
     "server_key",
+    "ServerKey",
 ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from kvwall.monitors.snapshot import DeviceMemory
 
@@ -39,13 +39,36 @@ class HostPool:
         return self.total_bytes - self.available_bytes
 
 
-def _default_virtual_memory() -> Any:
+class VirtualMemory(Protocol):
+    """What ``psutil.virtual_memory()`` returns, as far as kvwall reads it (bytes)."""
+
+    @property
+    def total(self) -> int: ...
+
+    @property
+    def available(self) -> int: ...
+
+
+class _MemoryInfo(Protocol):
+    @property
+    def rss(self) -> int: ...
+
+
+class ProcessInfo(Protocol):
+    """What kvwall reads of a ``psutil.Process``."""
+
+    def memory_info(self) -> _MemoryInfo: ...
+
+    def name(self) -> str: ...
+
+
+def _default_virtual_memory() -> VirtualMemory:
     import psutil
 
     return psutil.virtual_memory()
 
 
-def read_host_pool(virtual_memory: Callable[[], Any] | None = None) -> HostPool:
+def read_host_pool(virtual_memory: Callable[[], VirtualMemory] | None = None) -> HostPool:
     """Read host RAM.
 
     Args:
@@ -99,13 +122,13 @@ def host_device_error(message: str) -> DeviceMemory:
     )
 
 
-def _default_process(pid: int) -> Any:
+def _default_process(pid: int) -> ProcessInfo:
     import psutil
 
     return psutil.Process(pid)
 
 
-def process_rss(pid: int, process: Callable[[int], Any] | None = None) -> int | None:
+def process_rss(pid: int, process: Callable[[int], ProcessInfo] | None = None) -> int | None:
     """Resident memory of one process (bytes), or None when it is gone or not readable.
 
     Args:
@@ -123,7 +146,7 @@ def process_rss(pid: int, process: Callable[[int], Any] | None = None) -> int | 
         return None
 
 
-def process_name(pid: int, process: Callable[[int], Any] | None = None) -> str:
+def process_name(pid: int, process: Callable[[int], ProcessInfo] | None = None) -> str:
     """The executable name of a process (``llama-server``), or ``""`` when not readable."""
     factory = process or _default_process
     try:

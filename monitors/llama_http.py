@@ -8,7 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from kvwall.monitors.snapshot import (
@@ -20,10 +20,14 @@ from kvwall.monitors.snapshot import (
     HEALTH_TIMEOUT,
     HEALTH_UNAUTHORIZED,
     HEALTH_UNREACHABLE,
+    Health,
+    JSONObject,
     ServerProcess,
     ServerState,
     SlotState,
 )
+
+_T = TypeVar("_T")
 
 CONNECT_TIMEOUT_S = 0.5
 READ_TIMEOUT_S = 1.5
@@ -58,7 +62,7 @@ def _snippet(body: bytes | str, n: int = 60) -> str:
     return repr(text[:n] + ("..." if len(text) > n else ""))
 
 
-def _json(body: bytes | str, what: str) -> Any:
+def _json(body: bytes | str, what: str) -> object:
     if isinstance(body, bytes):
         try:
             body = body.decode("utf-8")
@@ -70,7 +74,7 @@ def _json(body: bytes | str, what: str) -> Any:
         raise ResponseError(f"{what}: not JSON: {_snippet(body)}") from None
 
 
-def _int_or_none(value: Any) -> int | None:
+def _int_or_none(value: object) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
@@ -93,7 +97,7 @@ def parse_health(body: bytes | str) -> str:
     return str(status)
 
 
-def parse_props(body: bytes | str) -> Mapping[str, Any]:
+def parse_props(body: bytes | str) -> JSONObject:
     """``GET /props`` body -> a read-only mapping of its fields (missing keys simply absent).
 
     Useful keys: ``total_slots``, ``default_generation_settings.n_ctx`` (per slot),
@@ -109,7 +113,7 @@ def parse_props(body: bytes | str) -> Mapping[str, Any]:
     return data
 
 
-def props_n_ctx_slot(props: Mapping[str, Any]) -> int | None:
+def props_n_ctx_slot(props: JSONObject) -> int | None:
     """Per-slot context from ``/props`` (``default_generation_settings.n_ctx``), or None."""
     dgs = props.get("default_generation_settings")
     if isinstance(dgs, Mapping):
@@ -195,7 +199,7 @@ def parse_metrics(text: bytes | str) -> Mapping[str, float]:
     return out
 
 
-def parse_models(body: bytes | str) -> tuple[Mapping[str, Any], ...]:
+def parse_models(body: bytes | str) -> tuple[JSONObject, ...]:
     """``GET /v1/models`` or router ``GET /models`` body -> its ``data`` items.
 
     Raises:
@@ -213,7 +217,7 @@ def parse_models(body: bytes | str) -> tuple[Mapping[str, Any], ...]:
     return tuple(items)
 
 
-def model_meta(items: tuple[Mapping[str, Any], ...]) -> Mapping[str, Any] | None:
+def model_meta(items: tuple[JSONObject, ...]) -> JSONObject | None:
     """``data[0].meta`` of a ``/v1/models`` answer (n_ctx_train, n_vocab, size...), or None."""
     if items and isinstance(items[0].get("meta"), Mapping):
         return dict(items[0]["meta"])
@@ -360,7 +364,7 @@ def http_get(url: str, headers: Mapping[str, str], connect_timeout: float,
 # ---------------------------------------------------------------------------- client
 
 
-_HEALTH_BY_KIND = {
+_HEALTH_BY_KIND: dict[str, Health] = {
     "timeout": HEALTH_TIMEOUT,
     "refused": HEALTH_UNREACHABLE,
     "closed": HEALTH_UNREACHABLE,
@@ -372,7 +376,7 @@ _HEALTH_BY_KIND = {
 class _Stop(Exception):
     """Ends a poll early with a final health."""
 
-    def __init__(self, health: str, message: str | None):
+    def __init__(self, health: Health, message: str | None):
         super().__init__(message)
         self.health = health
         self.message = message
@@ -413,7 +417,7 @@ class LlamaClient:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._lock = threading.Lock()
-        self._meta_cache: tuple[str, Mapping[str, Any] | None] | None = None
+        self._meta_cache: tuple[str, JSONObject | None] | None = None
 
     def __repr__(self) -> str:
         return f"LlamaClient({self.process.url!r}, busy={self.busy})"
@@ -484,6 +488,7 @@ class LlamaClient:
                 state = replace(state, health=HEALTH_SLEEPING)
                 self._idle_slots = None
             elif props.get("endpoint_slots", True) is not False:
+                slots: tuple[SlotState, ...] | None
                 if self._idle_slots is not None and not active and (
                     ts - self._idle_read_at < self._sleep_s() + SLEEP_REFRESH_MARGIN_S
                 ):
@@ -535,7 +540,7 @@ class LlamaClient:
                 msg = f"{path}: {e}."
             raise _Stop(health, msg) from None
 
-    def check_health(self) -> str:
+    def check_health(self) -> Health:
         """``GET /health`` only (public even with an API key): one of the HEALTH_* values.
 
         Never raises.
@@ -572,7 +577,7 @@ class LlamaClient:
         return ("The server needs an API key (HTTP 401): give kvwall its key for this URL "
                 "(kvwall status --api-key URL=KEY, or the app's settings).")
 
-    def _read_props(self) -> Mapping[str, Any]:
+    def _read_props(self) -> JSONObject:
         resp = self._request("/props")
         if resp.status == 503:
             raise _Stop(HEALTH_LOADING, None)
@@ -586,7 +591,9 @@ class LlamaClient:
         except ResponseError as e:
             raise _Stop(HEALTH_ERROR, f"Garbage answer: {e}.") from None
 
-    def _read_json(self, path: str, parser: Callable[[bytes], Any], errors: list[str]) -> Any:
+    def _read_json(
+        self, path: str, parser: Callable[[bytes], _T], errors: list[str]
+    ) -> _T | None:
         """A secondary endpoint: failures become notes, the poll goes on."""
         try:
             resp = self._get(path)
@@ -614,7 +621,7 @@ class LlamaClient:
             errors.append(f"Garbage answer: {e}.")
             return None
 
-    def _read_meta(self, props: Mapping[str, Any], errors: list[str]) -> Mapping[str, Any] | None:
+    def _read_meta(self, props: JSONObject, errors: list[str]) -> JSONObject | None:
         # /v1/models is static for a loaded model: read it once per model path.
         ident = f"{props.get('model_path')}|{props.get('build_info')}"
         if self._meta_cache is not None and self._meta_cache[0] == ident:

@@ -28,17 +28,22 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 
 from kvwall.monitors.hostmem import HostPool, process_name
 from kvwall.monitors.snapshot import DeviceMemory, ProcessMemory
 
 log = logging.getLogger(__name__)
 
-STATE_NOT_STARTED = "not started"
-STATE_OK = "ok"
-STATE_ABSENT = "absent"
-STATE_ERROR = "error"
+NvmlState = Literal["not started", "ok", "absent", "error"]
+"""Where the NVML monitor stands (see :class:`NvmlStatus`)."""
+STATE_NOT_STARTED: NvmlState = "not started"
+STATE_OK: NvmlState = "ok"
+STATE_ABSENT: NvmlState = "absent"
+STATE_ERROR: NvmlState = "error"
+
+NvmlErrorKind = Literal["unsupported", "fallback", "uninitialized", "transient"]
+"""How an NVML error is handled: see :func:`_classify`."""
 
 NO_GPU = "no NVIDIA GPU"
 
@@ -59,7 +64,7 @@ class NvmlStatus:
         driver_version: the NVIDIA driver version when known.
     """
 
-    state: str
+    state: NvmlState
     message: str | None = None
     hint: str | None = None
     driver_version: str | None = None
@@ -76,7 +81,8 @@ def import_pynvml() -> ModuleType:
     """
     import pynvml
 
-    return pynvml
+    module: ModuleType = pynvml
+    return module
 
 
 def cuda_ordinals(
@@ -115,8 +121,8 @@ def cuda_ordinals(
     return mapping
 
 
-def _classify(nvml: Any, exc: BaseException) -> str:
-    """``absent`` | ``unsupported`` | ``fallback`` | ``uninitialized`` | ``transient``."""
+def _classify(nvml: Any, exc: BaseException) -> NvmlErrorKind:
+    """``unsupported`` | ``fallback`` | ``uninitialized`` | ``transient``."""
 
     def is_(name: str) -> bool:
         cls = getattr(nvml, name, None)
@@ -221,7 +227,8 @@ class NvmlMonitor:
         backoff_max_s: float = BACKOFF_MAX_S,
     ) -> None:
         self._nvml_injected = nvml
-        self._nvml: Any | None = None
+        # the pynvml module (untyped) or a test's fake of it; None until first use
+        self._nvml: Any = None
         self._clock = clock
         if cuda_visible_devices is ...:
             cuda_visible_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -455,7 +462,7 @@ class NvmlMonitor:
         dev.last_error = None
         return result
 
-    def _memory_info(self, handle: Any) -> tuple[int, int] | str:
+    def _memory_info(self, handle: Any) -> tuple[int, int] | Literal["unified", "denied"]:
         """(total, free) bytes, or why not: ``unified`` when the device does not support
         memory info (its pool is host RAM), ``denied`` when NVML refuses the query.
 

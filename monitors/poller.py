@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from kvwall.monitors.discovery import Discovery, Scanner, server_key
@@ -27,6 +27,15 @@ log = logging.getLogger(__name__)
 
 POLL_DEADLINE_S = 2.0
 MAX_WORKERS = 16
+
+
+@dataclass(frozen=True)
+class _Request:
+    """One server's request of this poll; ``future`` None when its client is still busy."""
+
+    process: ServerProcess
+    client: LlamaClient
+    future: Future[ServerState] | None
 
 
 class MemorySource(Protocol):
@@ -177,71 +186,71 @@ class Poller:
     def _poll(self, ts: float) -> Snapshot:
         if self._closed:
             raise RuntimeError("poller is closed")
-        start = time.monotonic()
-        deadline = start + self.deadline_s
-        errors: list[str] = []
-        # A source still stuck from a previous poll is not asked again (no pile-up).
-        if self._disc_future is None or self._disc_future.done():
-            self._disc_future = self._pool.submit(self._discover)
-        disc_future = self._disc_future
-
-        wait_futures([disc_future], timeout=max(0.0, deadline - time.monotonic()))
-        if disc_future.done() and disc_future.exception() is None:
-            discovery = disc_future.result()
-            self._last_discovery = discovery
-        else:
-            discovery = self._last_discovery
-            if disc_future.done():
-                errors.append(f"Server discovery failed: {disc_future.exception()}; "
-                              "showing the servers found last time.")
-            else:
-                errors.append("Server discovery did not finish in time; "
-                              "showing the servers found last time.")
+        deadline = time.monotonic() + self.deadline_s
+        discovery, errors = self._discovery_until(deadline)
         errors.extend(discovery.errors)
         servers = discovery.servers
         self.clients.retain(servers)
+        # A source still stuck from a previous poll is not asked again (no pile-up).
         if self._mem_future is None or self._mem_future.done():
             pids = tuple(s.pid for s in servers if s.pid is not None)
             self._mem_future = self._pool.submit(self._poll_memory, pids)
         mem_future = self._mem_future
+        requests = [self._request(proc) for proc in servers]
+        wait_futures([r.future for r in requests if r.future is not None],
+                     timeout=max(0.0, deadline - time.monotonic()))
+        wait_futures([mem_future], timeout=max(0.0, deadline - time.monotonic()))
+        states = [self._state(r, discovery.notes_for(r.process)) for r in requests]
+        return Snapshot(timestamp=ts, memory=self._memory_result(mem_future, ts),
+                        servers=tuple(states), errors=tuple(errors))
 
-        futures: list[tuple[ServerProcess, LlamaClient, Future[ServerState] | None]] = []
-        for proc in servers:
-            client = self.clients.get(proc)
-            if client.busy:
-                futures.append((proc, client, None))  # do not pile up requests
-            else:
-                futures.append((proc, client, self._pool.submit(client.poll)))
-
-        pending = [f for _, _, f in futures if f is not None] + [mem_future]
-        wait_futures(pending, timeout=max(0.0, deadline - time.monotonic()))
-
-        states: list[ServerState] = []
-        for proc, client, fut in futures:
-            notes = discovery.notes_for(proc)
-            if fut is None:
-                state = client.busy_state()
-            elif not fut.done():
-                state = ServerState(
-                    process=proc, timestamp=self.clock(), health=HEALTH_TIMEOUT,
-                    errors=(f"Not responding: no answer within {self.deadline_s:g} s.",))
-            elif fut.exception() is not None:
-                state = ServerState(process=proc, timestamp=self.clock(), health=HEALTH_ERROR,
-                                    errors=(f"Poll failed: {fut.exception()}",))
-            else:
-                state = fut.result()
-            if state.process is not proc:
-                state = replace(state, process=proc)
-            if notes:
-                state = replace(state, errors=tuple(state.errors) + notes)
-            states.append(state)
-
-        if mem_future.done() and mem_future.exception() is None:
-            memory = mem_future.result()
+    def _discovery_until(self, deadline: float) -> tuple[Discovery, list[str]]:
+        """This poll's discovery (or the last one, with why) by ``deadline``."""
+        if self._disc_future is None or self._disc_future.done():
+            self._disc_future = self._pool.submit(self._discover)
+        disc_future = self._disc_future
+        wait_futures([disc_future], timeout=max(0.0, deadline - time.monotonic()))
+        if disc_future.done() and disc_future.exception() is None:
+            self._last_discovery = disc_future.result()
+            return self._last_discovery, []
+        if disc_future.done():
+            error = (f"Server discovery failed: {disc_future.exception()}; "
+                     "showing the servers found last time.")
         else:
-            reason = (f"failed: {mem_future.exception()}" if mem_future.done()
-                      else f"did not answer within {self.deadline_s:g} s")
-            memory = MemorySnapshot(timestamp=ts, devices=(),
-                                    errors=(f"Memory sources {reason}.",))
-        return Snapshot(timestamp=ts, memory=memory, servers=tuple(states),
-                        errors=tuple(errors))
+            error = ("Server discovery did not finish in time; "
+                     "showing the servers found last time.")
+        return self._last_discovery, [error]
+
+    def _request(self, proc: ServerProcess) -> _Request:
+        """Start polling one server, unless its previous request is still running."""
+        client = self.clients.get(proc)
+        if client.busy:
+            return _Request(proc, client, None)  # do not pile up requests
+        return _Request(proc, client, self._pool.submit(client.poll))
+
+    def _state(self, r: _Request, notes: tuple[str, ...]) -> ServerState:
+        """A server's state from its request, whatever became of it by the deadline."""
+        proc, fut = r.process, r.future
+        if fut is None:
+            state = r.client.busy_state()
+        elif not fut.done():
+            state = ServerState(
+                process=proc, timestamp=self.clock(), health=HEALTH_TIMEOUT,
+                errors=(f"Not responding: no answer within {self.deadline_s:g} s.",))
+        elif fut.exception() is not None:
+            state = ServerState(process=proc, timestamp=self.clock(), health=HEALTH_ERROR,
+                                errors=(f"Poll failed: {fut.exception()}",))
+        else:
+            state = fut.result()
+        if state.process is not proc:
+            state = replace(state, process=proc)
+        if notes:
+            state = replace(state, errors=tuple(state.errors) + notes)
+        return state
+
+    def _memory_result(self, mem_future: Future[MemorySnapshot], ts: float) -> MemorySnapshot:
+        if mem_future.done() and mem_future.exception() is None:
+            return mem_future.result()
+        reason = (f"failed: {mem_future.exception()}" if mem_future.done()
+                  else f"did not answer within {self.deadline_s:g} s")
+        return MemorySnapshot(timestamp=ts, devices=(), errors=(f"Memory sources {reason}.",))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeAlias
 
 
 @dataclass(frozen=True)
@@ -110,14 +110,23 @@ class SlotState:
 
 
 # ServerState.health values, in the user's words.
-HEALTH_OK = "ok"
-HEALTH_LOADING = "loading"
-HEALTH_SLEEPING = "sleeping"
-HEALTH_UNREACHABLE = "unreachable"
-HEALTH_UNAUTHORIZED = "needs API key"
-HEALTH_TIMEOUT = "not responding"
-HEALTH_ERROR = "error"
-HEALTH_ROUTER = "router"
+Health = Literal[
+    "ok", "loading", "sleeping", "unreachable", "needs API key", "not responding", "error",
+    "router",
+]
+"""A server's health as one poll saw it (also the text shown and the status JSON value)."""
+HEALTH_OK: Health = "ok"
+HEALTH_LOADING: Health = "loading"
+HEALTH_SLEEPING: Health = "sleeping"
+HEALTH_UNREACHABLE: Health = "unreachable"
+HEALTH_UNAUTHORIZED: Health = "needs API key"
+HEALTH_TIMEOUT: Health = "not responding"
+HEALTH_ERROR: Health = "error"
+HEALTH_ROUTER: Health = "router"
+
+JSONObject: TypeAlias = Mapping[str, Any]
+"""A JSON object decoded from a llama-server answer. Values are unchecked JSON (str, int,
+float, bool, None, list, dict): readers check the type of what they read."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +147,12 @@ class ServerState:
 
     process: ServerProcess
     timestamp: float
-    health: str
-    props: Mapping[str, Any] | None = None
+    health: Health
+    props: JSONObject | None = None
     slots: tuple[SlotState, ...] | None = None
     metrics: Mapping[str, float] | None = None
-    model_meta: Mapping[str, Any] | None = None
-    router_models: tuple[Mapping[str, Any], ...] | None = None
+    model_meta: JSONObject | None = None
+    router_models: tuple[JSONObject, ...] | None = None
     errors: tuple[str, ...] = ()
 
 

@@ -1,4 +1,11 @@
-"""Test helpers that write small, odd or huge-but-sparse GGUF files with gguf-py's GGUFWriter."""
+"""Test helpers that write small, odd or huge-but-sparse GGUF headers with gguf-py's GGUFWriter.
+
+kvwall writes every test GGUF with gguf-py's ``GGUFWriter``: loadable models with
+weights through :func:`kvwall.app.demo.tinymodels.write_model`, headers whose tensor data
+is a sparse hole through :func:`write_gguf` here. The hand-packed bytes at the end are
+only for the malformed files GGUFWriter refuses to write (bad magic or version, absurd
+counts, truncated records), which the reader must reject.
+"""
 
 from __future__ import annotations
 
