@@ -86,7 +86,7 @@ class Discovery:
     """
 
     servers: tuple[ServerProcess, ...] = ()
-    notes: Mapping[tuple[int | None, str], tuple[str, ...]] = field(default_factory=dict)
+    notes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     errors: tuple[str, ...] = ()
 
     def notes_for(self, server: ServerProcess) -> tuple[str, ...]:
@@ -94,9 +94,12 @@ class Discovery:
         return tuple(self.notes.get(server_key(server), ()))
 
 
-def server_key(server: ServerProcess) -> tuple[int | None, str]:
-    """A stable identity for a server across polls: (pid, url)."""
-    return (server.pid, server.url)
+def server_key(server: ServerProcess) -> str:
+    """A server's stable identity across polls: ``pid:1234``, or its URL without a pid.
+
+    The one server key: ``ServerReport.key``, what the GUI selects and the JSON shows.
+    """
+    return f"pid:{server.pid}" if server.pid is not None else server.url
 
 
 # ---------------------------------------------------------------------------- argv parsing
@@ -625,7 +628,7 @@ class Scanner:
                    if f.static.kind == "server" and ROUTER_CHILD_ENV not in f.static.env
                    and is_router(f.static.args, f.static.env)}
         servers: list[ServerProcess] = []
-        notes: dict[tuple[int | None, str], tuple[str, ...]] = {}
+        notes: dict[str, tuple[str, ...]] = {}
         for f in found:
             st = f.static
             own_notes: list[str] = []
