@@ -104,7 +104,7 @@ class Engine:
             working directory.
         plan_fn: the memory model (default :func:`kvwall.budget.memory.plan_memory`).
         pool_tracker: the memory-pool trend tracker (default a fresh :class:`PoolTracker`).
-        grab_detector: finds other processes that suddenly take a pool's memory (default a
+        grab_detector: finds other processes that suddenly take a memory pool's memory (default a
             fresh :class:`~kvwall.budget.events.GrabDetector`).
     """
 
@@ -171,7 +171,7 @@ class Engine:
                             pool_forecasts=forecasts, memory_events=events)
 
     def forget_history(self) -> None:
-        """Drop every history (slots, pools, processes): after a sleep/resume, growth
+        """Drop every history (slots, shared KV pools, memory pools, processes): after a sleep/resume, growth
         measured across the gap is not growth."""
         self.tracker.clear()
         self.pool_tracker.forget()
@@ -181,7 +181,7 @@ class Engine:
 
     def _memory_trends(self, snapshot: Snapshot, devices: tuple[DeviceMemory, ...]
                        ) -> tuple[tuple[PoolForecast, ...], tuple[MemoryEvent, ...]]:
-        """Pool forecasts and sudden grabs by other processes; never raises."""
+        """Memory pool forecasts and sudden grabs by other processes; never raises."""
         try:
             ts = float(snapshot.memory.timestamp)
         except Exception:  # noqa: BLE001
@@ -288,7 +288,7 @@ class Engine:
             if (ctx, seq) != (plan.n_ctx_slot, plan.n_seq):
                 capped = slot_ctx is not None and slot_ctx >= model.n_ctx_train
                 if capped and seq == plan.n_seq:
-                    pass  # the slot context is capped to n_ctx_train: the pool size is unknown
+                    pass  # the slot context is capped to n_ctx_train: the total cells are unknown
                 else:
                     n_ctx = ctx if plan.kv_unified else ctx * seq
                     fixed = config.replace(n_ctx=n_ctx, n_parallel=seq,
@@ -412,7 +412,7 @@ class Engine:
     def _fit(self, key: str, state: ServerState, devices: tuple[DeviceMemory, ...],
              read: _ModelRead, planned: _Planned, memory: tuple[Attribution, ...],
              ids: tuple[str, ...]) -> _Fit:
-        """What fits in the free memory of the server's pool: contexts, advice, more."""
+        """What fits in the free memory of the server's memory pool: contexts, advice, more."""
         plan, config, model = planned.plan, planned.config, read.model
         if plan is None or model is None or config is None:
             return _Fit()
@@ -519,7 +519,7 @@ class _Followed:
 
 @dataclass(frozen=True)
 class _Fit:
-    """The fit step: what the free memory of the server's pool still holds."""
+    """The fit step: what the free memory of the server's memory pool still holds."""
 
     max_ctx: dict[str, int] = field(default_factory=dict)
     advice: tuple[Advice, ...] = ()

@@ -61,7 +61,7 @@ class SlotReport:
 
 @dataclass(frozen=True)
 class Attribution:
-    """One server's memory on one pool, split by what llama.cpp allocated.
+    """One server's memory on one memory pool, split by what llama.cpp allocated.
 
     ``overhead_bytes = measured - (weights + kv + compute)`` when positive and plausible;
     ``unattributed_bytes`` is what overhead cannot explain (measured far above or
@@ -90,7 +90,7 @@ class Advice:
         action: stable machine id: ``cache-q8_0``, ``cache-q4_0``, ``flash-attn-on``,
             ``fewer-slots``, ``kv-unified``, ``cache-ram``, ``ubatch``, ``cpu-moe``.
         title: one line for people.
-        saves_bytes: memory it frees (on the server's pool).
+        saves_bytes: memory it frees (on the server's memory pool).
         max_ctx: the largest context that fits after it.
         command: the exact llama-server command line (the user's own, edited).
         caveat: the trade-off.
@@ -129,7 +129,7 @@ class ServerReport:
     notes: tuple[str, ...] = ()  # assumptions and corrections, in the user's words
     more_slots_fit: int | None = None  # slots of the same per-slot context free memory holds
     # Added for the what-if panel: what the engine's own budget and advice used.
-    restart_budget_bytes: int | None = None  # free memory on its pool + what it holds there
+    restart_budget_bytes: int | None = None  # free memory on its memory pool + what it holds there
     device_ids: tuple[str, ...] = ()  # llama.cpp device ids it offloads to (CUDA0...)
 
 
@@ -138,7 +138,7 @@ class PoolForecast:
     """When a memory pool's free memory runs out, from its trend over the last minutes.
 
     Attributes:
-        device_id: the pool (``DeviceMemory.id``: ``host``, ``nvidia:0``...).
+        device_id: the memory pool (``DeviceMemory.id``: ``host``, ``nvidia:0``...).
         free_bytes: free memory now (the latest sample).
         bytes_per_minute: growth of the used memory (bytes per minute) fitted over the
             last minutes; negative when memory is being freed; None until enough samples.
@@ -166,7 +166,7 @@ class MemoryEvent:
 
     Attributes:
         kind: ``process_grab``.
-        device_id: the pool (``nvidia:0``...).
+        device_id: the memory pool (``nvidia:0``...).
         pid: the process; name its executable name ("" when unknown).
         grown_bytes: bytes it took within ``window_s`` seconds.
         used_bytes: what it holds now.
