@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import cast
 
 from kvwall.budget.advice import (
     POOL_GPU,
@@ -69,7 +69,7 @@ def _default_read_model(path: str) -> ModelInfo:
     return read_model(path)
 
 
-def _props_slot_ctx(props: Mapping[str, Any] | None) -> int | None:
+def _props_slot_ctx(props: Mapping[str, object] | None) -> int | None:
     if not props:
         return None
     dgs = props.get("default_generation_settings")
@@ -80,7 +80,7 @@ def _props_slot_ctx(props: Mapping[str, Any] | None) -> int | None:
     return None
 
 
-def _props_int(props: Mapping[str, Any] | None, name: str) -> int | None:
+def _props_int(props: Mapping[str, object] | None, name: str) -> int | None:
     if not props:
         return None
     n = props.get(name)
@@ -606,7 +606,7 @@ def _display_name(state: ServerState, config: ServerConfig | None, path: str | N
     return name or proc.name or proc.url
 
 
-def _router_models_text(items: Sequence[Mapping[str, Any]] | None) -> str:
+def _router_models_text(items: Sequence[Mapping[str, object]] | None) -> str:
     """``llama (loaded), qwen3 (unloaded)`` from a router's ``/models`` items."""
     parts = []
     for item in items or ():
