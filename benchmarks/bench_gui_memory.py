@@ -64,10 +64,10 @@ def main() -> int:
     ap.add_argument("--hours", type=float, default=2.0)
     args = ap.parse_args()
     import psutil
-    from kvwall.app.desktop.notifications import NotificationRules
     from kvwall.app.desktop.poll_worker import PollResult
     from kvwall.app.desktop.tray import Tray
     from kvwall.app.desktop.window import MainWindow
+    from kvwall.budget.alerts import NotificationRules
     from PySide6.QtCore import QCoreApplication
     from PySide6.QtWidgets import QApplication
 

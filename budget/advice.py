@@ -10,16 +10,19 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from kvwall.budget.config import ServerConfig
-from kvwall.budget.memory import MemoryPlan, largest_fitting, plan_memory, simulate
-from kvwall.budget.report import Advice
+from kvwall.budget.memory import MemoryPlan, WhatIf, largest_fitting, plan_memory, simulate
+from kvwall.budget.report import Advice, AdviceAction
 from kvwall.monitors.gguf import ModelInfo
 from kvwall.monitors.snapshot import SlotState
 
 MIB = 1024**2
-POOL_TOTAL = "total"  # the server lives in one pool: host RAM or unified memory
-POOL_GPU = "gpu"  # discrete accelerators: only the non-host rows count
+# Which memory pool a server's savings count on (a memory pool, not a shared KV pool).
+MemoryPoolKind = Literal["total", "gpu"]
+POOL_TOTAL: MemoryPoolKind = "total"  # one pool: host RAM or unified memory
+POOL_GPU: MemoryPoolKind = "gpu"  # discrete accelerators: only the non-host rows count
 
 # bytes per element of each cache type (ggml block size / type size)
 _CACHE_BPE = {
@@ -27,7 +30,7 @@ _CACHE_BPE = {
     "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32,
 }
 
-CAVEATS = {
+CAVEATS: dict[AdviceAction, str] = {
     "cache-q8_0": "Halves the KV cache; the quality cost is negligible for almost every model.",
     "cache-q4_0": (
         "Quarters the KV cache; quality loss depends on the task (long-context recall, code "
@@ -58,9 +61,10 @@ CAVEATS = {
 MIN_SAVING_FRACTION = 0.01
 
 PlanFn = Callable[..., MemoryPlan]
+SimulateFn = Callable[..., WhatIf]
 
 
-def pool_bytes(plan: MemoryPlan, pool: str = POOL_TOTAL) -> int:
+def pool_bytes(plan: MemoryPlan, pool: MemoryPoolKind = POOL_TOTAL) -> int:
     """What ``plan`` allocates on the server's pool (bytes).
 
     Args:
@@ -79,7 +83,7 @@ def largest_context(
     budget_bytes: int,
     *,
     gpu_names: Sequence[str] = (),
-    pool: str = POOL_TOTAL,
+    pool: MemoryPoolKind = POOL_TOTAL,
     plan_fn: PlanFn = plan_memory,
 ) -> int:
     """The largest ``-c`` whose plan fits ``budget_bytes`` on the server's pool.
@@ -115,9 +119,9 @@ def largest_context(
 
 @dataclass(frozen=True)
 class _Candidate:
-    action: str
+    action: AdviceAction
     title: str
-    changes: dict
+    changes: dict[str, object]
 
 
 def _candidates(
@@ -125,7 +129,7 @@ def _candidates(
     config: ServerConfig,
     plan: MemoryPlan,
     slots: Sequence[SlotState] | None,
-    pool: str,
+    pool: MemoryPoolKind,
 ) -> list[_Candidate]:
     out: list[_Candidate] = []
     fa_off = config.flash_attn == "off"
@@ -184,12 +188,12 @@ def advise(
     *,
     budget_bytes: int,
     gpu_names: Sequence[str] = (),
-    pool: str = POOL_TOTAL,
+    pool: MemoryPoolKind = POOL_TOTAL,
     slots: Sequence[SlotState] | None = None,
     host_total_bytes: int | None = None,
     host_free_bytes: int | None = None,
     plan_fn: PlanFn = plan_memory,
-    simulate_fn: Callable[..., object] = simulate,
+    simulate_fn: SimulateFn = simulate,
 ) -> tuple[Advice, ...]:
     """Ranked advice for one server.
 
@@ -242,8 +246,10 @@ def advise(
 CACHE_RAM_SUGGESTED_MIB = 1024
 
 
-def _cache_ram_advice(model, config, plan, budget_bytes, gpu_names, pool, host_total,
-                      host_free, plan_fn, simulate_fn) -> Advice | None:
+def _cache_ram_advice(model: ModelInfo, config: ServerConfig, plan: MemoryPlan,
+                      budget_bytes: int, gpu_names: Sequence[str], pool: MemoryPoolKind,
+                      host_total: int | None, host_free: int | None, plan_fn: PlanFn,
+                      simulate_fn: SimulateFn) -> Advice | None:
     mib = config.cache_ram_mib
     if mib == 0 or host_free is None:
         return None

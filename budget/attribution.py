@@ -10,6 +10,7 @@ pool that reports no per-process figure. What the model cannot explain is shown 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from kvwall.budget.memory import DeviceBudget, MemoryPlan
 from kvwall.budget.report import Attribution
@@ -33,6 +34,38 @@ def _mib(n: int) -> str:
     return f"{n / 1024**2:,.0f} MiB"
 
 
+@dataclass(frozen=True)
+class _Split:
+    """How a measurement compares with the model: overhead, unattributed, why."""
+
+    overhead_bytes: int
+    unattributed_bytes: int
+    notes: tuple[str, ...]
+
+
+def _compare(measured_bytes: int, modeled: int, weights: int, resident: bool) -> _Split:
+    """Overhead when the excess is plausible, else unattributed bytes with a note."""
+    diff = measured_bytes - modeled
+    limit = max(OVERHEAD_MIN_BYTES, int(OVERHEAD_FRACTION * modeled))
+    if 0 <= diff <= limit:
+        return _Split(diff, 0, ())
+    if diff > limit:
+        return _Split(0, diff, (
+            f"{_mib(diff)} more than the model explains (over {_mib(limit)} of plausible "
+            "overhead): another model or context in the process (draft, projector), a "
+            "grown GPU memory pool, or a configuration kvwall could not read",))
+    if measured_bytes >= SHORTFALL_FRACTION * modeled:
+        return _Split(0, diff, ())
+    if resident and weights:
+        return _Split(0, diff, (
+            f"{_mib(-diff)} less than modeled: memory-mapped weights are not all "
+            "resident (not touched yet, or evicted)",))
+    return _Split(0, diff, (
+        f"{_mib(-diff)} less than modeled: the running configuration may "
+        "differ from the one kvwall read (e.g. --fit lowered -ngl or the "
+        "context)",))
+
+
 def split_measured(
     device_id: str,
     measured_bytes: int | None,
@@ -43,7 +76,7 @@ def split_measured(
     """Split one measurement by the modeled buffers of ``rows``.
 
     Args:
-        device_id: the snapshot's pool id (``nvidia:0``, ``host``...).
+        device_id: the snapshot's memory pool id (``nvidia:0``, ``host``...).
         measured_bytes: what the pool reports for the process; None when unknown.
         rows: the plan's budget rows living in that pool (one GPU row, the Host row, or
             all rows on a unified pool). The output (logits) buffer counts as compute.
@@ -58,48 +91,20 @@ def split_measured(
     kv = sum(r.kv_bytes for r in rows)
     recurrent = sum(r.recurrent_bytes for r in rows)
     compute = sum(r.compute_bytes + r.output_bytes for r in rows)
-    modeled = weights + kv + recurrent + compute
-    notes: list[str] = []
-    overhead = 0
-    unattributed = 0
     if measured_bytes is None:
-        notes.append("the process's use of this pool is not reported; modeled figures only")
+        split = _Split(0, 0, ("the process's use of this pool is not reported; modeled "
+                              "figures only",))
     else:
-        diff = measured_bytes - modeled
-        limit = max(OVERHEAD_MIN_BYTES, int(OVERHEAD_FRACTION * modeled))
-        if 0 <= diff <= limit:
-            overhead = diff
-        elif diff > limit:
-            unattributed = diff
-            notes.append(
-                f"{_mib(diff)} more than the model explains (over {_mib(limit)} of plausible "
-                "overhead): another model or context in the process (draft, projector), a "
-                "grown GPU memory pool, or a configuration kvwall could not read"
-            )
-        else:
-            unattributed = diff
-            if measured_bytes < SHORTFALL_FRACTION * modeled:
-                if resident and weights:
-                    notes.append(
-                        f"{_mib(-diff)} less than modeled: memory-mapped weights are not all "
-                        "resident (not touched yet, or evicted)"
-                    )
-                else:
-                    notes.append(
-                        f"{_mib(-diff)} less than modeled: the running configuration may "
-                        "differ from the one kvwall read (e.g. --fit lowered -ngl or the "
-                        "context)"
-                    )
-    if resident and measured_bytes is not None:
-        notes.append(RSS_NOTE)
+        split = _compare(measured_bytes, weights + kv + recurrent + compute, weights, resident)
+    notes = split.notes + ((RSS_NOTE,) if resident and measured_bytes is not None else ())
     return Attribution(
         device_id=device_id,
         measured_bytes=measured_bytes,
         weights_bytes=weights,
         kv_bytes=kv,
         compute_bytes=compute,
-        overhead_bytes=overhead,
-        unattributed_bytes=unattributed,
+        overhead_bytes=split.overhead_bytes,
+        unattributed_bytes=split.unattributed_bytes,
         recurrent_bytes=recurrent,
         note="; ".join(notes) or None,
     )
@@ -135,12 +140,12 @@ def server_devices(server: ServerState, devices: Sequence[DeviceMemory]) -> list
     ]
 
 
-def gpu_names(server: ServerState, devices: Sequence[DeviceMemory]) -> tuple[str, ...]:
-    """llama.cpp device names (``CUDA0``...) of :func:`server_devices`, for the plan."""
-    names = []
+def device_ids(server: ServerState, devices: Sequence[DeviceMemory]) -> tuple[str, ...]:
+    """llama.cpp device ids (``CUDA0``...) of :func:`server_devices`, for the plan."""
+    ids = []
     for i, dev in enumerate(server_devices(server, devices)):
-        names.append(dev.llama_device or f"{dev.kind.upper()}{i}")
-    return tuple(names)
+        ids.append(dev.llama_device or f"{dev.kind.upper()}{i}")
+    return tuple(ids)
 
 
 def attribute(
@@ -150,7 +155,7 @@ def attribute(
     *,
     weights_hint_bytes: int | None = None,
 ) -> tuple[Attribution, ...]:
-    """Attribute one server's memory on every pool it uses.
+    """Attribute one server's memory on every memory pool it uses.
 
     Args:
         server: the server as polled (pid, RSS).
@@ -166,7 +171,6 @@ def attribute(
         against the RSS on that pool and there is no separate host row.
     """
     pid = server.process.pid
-    rss = server.process.rss_bytes
     host = next((d for d in devices if d.kind == "host"), None)
     host_id = host.id if host is not None else "host"
     on = server_devices(server, devices)
@@ -175,30 +179,43 @@ def attribute(
         if plan is None:
             return ()
         return (split_measured(host_id if not on else on[0].id, None, plan.devices),)
-
     if plan is None:
-        out = []
-        for dev in on:
-            measured = _process_bytes(dev, pid)
-            if measured is not None:
-                out.append(split_measured(dev.id, measured, ()))
-        host_rows = ()
-        if weights_hint_bytes and not out:
-            host_rows = (DeviceBudget("Host", True, weights_hint_bytes, 0, 0, 0, 0,
-                                      weights_hint_bytes),)
-        out.append(split_measured(host_id, rss, host_rows, resident=True))
-        return tuple(out)
-
+        return _attribute_measured(server, on, host_id, weights_hint_bytes)
     gpu_rows = [r for r in plan.devices if not r.is_host]
-    host_rows = [r for r in plan.devices if r.is_host]
-    out = []
     if gpu_rows and on and all(_process_bytes(d, pid) is None for d in on) and any(
         d.unified for d in on
     ):
         # Apple Silicon and friends: GPU buffers are system RAM and the only measurement
         # is the process's resident memory.
-        return (split_measured(on[0].id, rss, plan.devices, resident=True),)
-    remaining = list(gpu_rows)
+        return (split_measured(on[0].id, server.process.rss_bytes, plan.devices,
+                               resident=True),)
+    host_rows = [r for r in plan.devices if r.is_host]
+    return (*_attribute_accelerators(pid, plan, on, devices),
+            split_measured(host_id, server.process.rss_bytes, host_rows, resident=True))
+
+
+def _attribute_measured(server: ServerState, on: Sequence[DeviceMemory], host_id: str,
+                        weights_hint_bytes: int | None) -> tuple[Attribution, ...]:
+    """Without a plan: what each pool measures, the model size from /v1/models on host."""
+    pid = server.process.pid
+    out = []
+    for dev in on:
+        measured = _process_bytes(dev, pid)
+        if measured is not None:
+            out.append(split_measured(dev.id, measured, ()))
+    host_rows: tuple[DeviceBudget, ...] = ()
+    if weights_hint_bytes and not out:
+        host_rows = (DeviceBudget("Host", True, weights_hint_bytes, 0, 0, 0, 0,
+                                  weights_hint_bytes),)
+    out.append(split_measured(host_id, server.process.rss_bytes, host_rows, resident=True))
+    return tuple(out)
+
+
+def _attribute_accelerators(pid: int, plan: MemoryPlan, on: Sequence[DeviceMemory],
+                            devices: Sequence[DeviceMemory]) -> list[Attribution]:
+    """Each accelerator's per-process figure against the plan's row for that device."""
+    remaining = [r for r in plan.devices if not r.is_host]
+    out = []
     for i, dev in enumerate(on):
         row = next((r for r in remaining if r.name == dev.llama_device), None)
         if row is None and remaining and (dev.llama_device is None or i < len(remaining)):
@@ -207,7 +224,6 @@ def attribute(
             remaining.remove(row)
         out.append(split_measured(dev.id, _process_bytes(dev, pid), (row,) if row else ()))
     for row in remaining:
-        dev = next((d for d in devices if d.llama_device == row.name), None)
-        out.append(split_measured(dev.id if dev else row.name, None, (row,)))
-    out.append(split_measured(host_id, rss, host_rows, resident=True))
-    return tuple(out)
+        match = next((d for d in devices if d.llama_device == row.name), None)
+        out.append(split_measured(match.id if match else row.name, None, (row,)))
+    return out

@@ -12,11 +12,18 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import cast
 
-from kvwall.budget.advice import POOL_GPU, POOL_TOTAL, advise, largest_context, pool_bytes
-from kvwall.budget.attribution import attribute, server_devices
-from kvwall.budget.attribution import gpu_names as server_gpu_names
+from kvwall.budget.advice import (
+    POOL_GPU,
+    POOL_TOTAL,
+    MemoryPoolKind,
+    advise,
+    largest_context,
+    pool_bytes,
+)
+from kvwall.budget.attribution import attribute, device_ids, server_devices
 from kvwall.budget.config import ConfigError, ServerConfig, parse_command_line
 from kvwall.budget.events import GrabDetector
 from kvwall.budget.forecast import ContextTracker, PoolTracker
@@ -25,17 +32,20 @@ from kvwall.budget.report import (
     Advice,
     Attribution,
     Forecast,
+    Health,
     MemoryEvent,
     PoolForecast,
     ServerReport,
     SlotReport,
     StatusReport,
 )
+from kvwall.monitors.discovery import server_key
 from kvwall.monitors.gguf import ModelInfo
 from kvwall.monitors.snapshot import (
     HEALTH_LOADING,
     HEALTH_SLEEPING,
     DeviceMemory,
+    ServerProcess,
     ServerState,
     SlotState,
     Snapshot,
@@ -48,7 +58,7 @@ RESTART_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 # What-ifs are recomputed when the memory budget moves by more than this fraction.
 BUDGET_TOLERANCE = 0.02
 MODEL_CACHE_SIZE = 32
-POOL_SLOT_ID = -1  # SlotReport.id of a unified server's shared pool
+KV_POOL_SLOT_ID = -1  # SlotReport.id of a unified server's shared KV pool
 
 ReadModel = Callable[[str], ModelInfo]
 
@@ -59,13 +69,7 @@ def _default_read_model(path: str) -> ModelInfo:
     return read_model(path)
 
 
-def server_report_key(state: ServerState) -> str:
-    """Stable identity of a server across polls: ``pid:1234`` or its URL."""
-    pid = state.process.pid
-    return f"pid:{pid}" if pid is not None else state.process.url
-
-
-def _props_slot_ctx(props: Mapping[str, Any] | None) -> int | None:
+def _props_slot_ctx(props: Mapping[str, object] | None) -> int | None:
     if not props:
         return None
     dgs = props.get("default_generation_settings")
@@ -76,7 +80,7 @@ def _props_slot_ctx(props: Mapping[str, Any] | None) -> int | None:
     return None
 
 
-def _props_int(props: Mapping[str, Any] | None, name: str) -> int | None:
+def _props_int(props: Mapping[str, object] | None, name: str) -> int | None:
     if not props:
         return None
     n = props.get(name)
@@ -87,18 +91,6 @@ def _unified_guess(config: ServerConfig) -> bool:
     if config.kv_unified is not None:
         return config.kv_unified
     return config.n_parallel == -1
-
-
-class _Cached:
-    """Budget-dependent results of one server (max_ctx, advice...), with their inputs."""
-
-    __slots__ = ("inputs", "budget", "max_ctx", "advice")
-
-    def __init__(self, inputs: tuple, budget: int, max_ctx: dict, advice: tuple[Advice, ...]):
-        self.inputs = inputs
-        self.budget = budget
-        self.max_ctx = max_ctx
-        self.advice = advice
 
 
 class Engine:
@@ -112,7 +104,7 @@ class Engine:
             working directory.
         plan_fn: the memory model (default :func:`kvwall.budget.memory.plan_memory`).
         pool_tracker: the memory-pool trend tracker (default a fresh :class:`PoolTracker`).
-        grab_detector: finds other processes that suddenly take a pool's memory (default a
+        grab_detector: finds other processes that suddenly take a memory pool's memory (default a
             fresh :class:`~kvwall.budget.events.GrabDetector`).
     """
 
@@ -134,10 +126,13 @@ class Engine:
         self.grab_detector = grab_detector if grab_detector is not None else GrabDetector()
         self._proc_root = proc_root
         self._plan_fn = plan_fn
-        self._models: OrderedDict[str, tuple[tuple, ModelInfo | None, str | None]] = OrderedDict()
-        self._plans: dict[str, tuple[tuple, MemoryPlan | None, ServerConfig, tuple[str, ...]]] = {}
+        self._models: OrderedDict[str, tuple[tuple[int, int], ModelInfo | None, str | None]] = (
+            OrderedDict())
+        self._plans: dict[str, tuple[tuple[object, ...], MemoryPlan | None, ServerConfig,
+                                     tuple[str, ...]]] = {}
         self._cached: dict[str, _Cached] = {}
-        self._configs: OrderedDict[tuple, tuple[ServerConfig | None, str | None]] = OrderedDict()
+        self._configs: OrderedDict[tuple[object, ...],
+                                   tuple[ServerConfig | None, str | None]] = OrderedDict()
 
     # ------------------------------------------------------------------ public
 
@@ -163,7 +158,7 @@ class Engine:
         except Exception as e:  # noqa: BLE001
             return StatusReport(snapshot_ts(snapshot), wall, (), (),
                                 (f"kvwall could not read this poll: {type(e).__name__}: {e}",))
-        reports = []
+        reports: list[ServerReport] = []
         for state in snapshot.servers:
             try:
                 reports.append(self._analyse_server(state, devices))
@@ -176,7 +171,7 @@ class Engine:
                             pool_forecasts=forecasts, memory_events=events)
 
     def forget_history(self) -> None:
-        """Drop every history (slots, pools, processes): after a sleep/resume, growth
+        """Drop every history (slots, shared KV pools, memory pools, processes): after a sleep/resume, growth
         measured across the gap is not growth."""
         self.tracker.clear()
         self.pool_tracker.forget()
@@ -186,7 +181,7 @@ class Engine:
 
     def _memory_trends(self, snapshot: Snapshot, devices: tuple[DeviceMemory, ...]
                        ) -> tuple[tuple[PoolForecast, ...], tuple[MemoryEvent, ...]]:
-        """Pool forecasts and sudden grabs by other processes; never raises."""
+        """Memory pool forecasts and sudden grabs by other processes; never raises."""
         try:
             ts = float(snapshot.memory.timestamp)
         except Exception:  # noqa: BLE001
@@ -199,7 +194,7 @@ class Engine:
         except Exception:  # noqa: BLE001 - a forecast must not break the report
             log.exception("pool forecast failed")
         try:
-            pids = set()
+            pids: set[int] = set()
             for state in snapshot.servers:
                 for pid in (state.process.pid, state.process.parent_pid):
                     if pid is not None:
@@ -272,7 +267,7 @@ class Engine:
         key: str,
         state: ServerState,
         model: ModelInfo,
-        model_version: tuple,
+        model_version: tuple[object, ...],
         config: ServerConfig,
         gpus: tuple[str, ...],
     ) -> tuple[MemoryPlan | None, ServerConfig, tuple[str, ...]]:
@@ -293,7 +288,7 @@ class Engine:
             if (ctx, seq) != (plan.n_ctx_slot, plan.n_seq):
                 capped = slot_ctx is not None and slot_ctx >= model.n_ctx_train
                 if capped and seq == plan.n_seq:
-                    pass  # the slot context is capped to n_ctx_train: the pool size is unknown
+                    pass  # the slot context is capped to n_ctx_train: the total cells are unknown
                 else:
                     n_ctx = ctx if plan.kv_unified else ctx * seq
                     fixed = config.replace(n_ctx=n_ctx, n_parallel=seq,
@@ -313,185 +308,305 @@ class Engine:
         self._plans[key] = (inputs, plan, config, tuple(notes))
         return plan, config, tuple(notes)
 
-    def _analyse_server(self, state: ServerState, devices: tuple[DeviceMemory, ...]) -> ServerReport:
-        key = server_report_key(state)
+    def _analyse_server(self, state: ServerState, devices: tuple[DeviceMemory, ...]
+                        ) -> ServerReport:
+        """One server's report: configuration, model, plan, attribution, slots, fit."""
+        key = server_key(state.process)
+        found = self._find_config(state)
+        read = self._find_model(state, found.config)
+        ids = device_ids(state, devices)
+        planned = self._planned(key, state, read, found.config, ids)
+        memory, memory_notes = _attribute(state, planned.plan, devices)
+        unified = planned.plan.kv_unified if planned.plan is not None else (
+            _unified_guess(planned.config) if planned.config is not None else False)
+        followed = self._follow_slots(key, state, planned.plan, unified)
+        fit = self._fit(key, state, devices, read, planned, memory, ids)
+        errors = state.errors + found.errors + read.errors + planned.errors
+        notes = (found.notes + read.notes + planned.notes + memory_notes + followed.notes)
+        return ServerReport(
+            key=key, pid=state.process.pid, url=state.process.url,
+            name=_display_name(state, planned.config, read.path), model_path=read.path,
+            health=_health(state), plan=planned.plan, memory=memory, slots=followed.slots,
+            pool=followed.kv_pool, max_ctx=fit.max_ctx, more_servers_fit=fit.more_servers,
+            advice=fit.advice, errors=tuple(dict.fromkeys(errors)), config=planned.config,
+            notes=tuple(dict.fromkeys(notes)), more_slots_fit=fit.more_slots,
+            restart_budget_bytes=fit.restart_budget_bytes, device_ids=ids,
+        )
+
+    def _find_config(self, state: ServerState) -> _Found:
+        """The server's configuration from its command line (defaults for a URL)."""
         proc = state.process
-        errors = list(state.errors)
-        notes: list[str] = []
-        config: ServerConfig | None
         if proc.argv:
             config, error = self._parse(tuple(proc.argv), proc.env)
-            if error:
-                errors.append(error)
-        else:
-            config = ServerConfig()
-            if state.props:
-                notes.append("no command line (a server given by URL): llama-server's "
-                             "defaults assumed for what /props and /slots do not tell (cache "
-                             "type, flash attention, batch sizes)")
+            return _Found(config, (error,) if error else ())
+        notes: tuple[str, ...] = ()
+        if state.props:
+            notes = ("no command line (a server given by URL): llama-server's "
+                     "defaults assumed for what /props and /slots do not tell (cache "
+                     "type, flash attention, batch sizes)",)
+        return _Found(ServerConfig(), (), notes)
 
+    def _find_model(self, state: ServerState, config: ServerConfig | None) -> _ModelRead:
+        """The model file the server runs and its header; router notes when it has none."""
+        proc = state.process
         path = self._model_path(state, config)
-        model: ModelInfo | None = None
-        model_version: tuple = ()
+        notes: list[str] = []
         if path is not None:
             model, error = self.model(path)
             if error:
-                errors.append(error)
-            else:
-                model_version = (path,) + self._models[path][0]
-        elif proc.pid is not None and (config is None or config.model_path is None):
-            if state.props and state.props.get("role") == "router" or (
-                state.router_models is not None
-            ):
-                notes.append("router: each model runs in its own child llama-server")
-                listed = _router_models_text(state.router_models)
-                if listed:
-                    notes.append(f"router models: {listed}")
-        if proc.source == "router-child":
-            notes.append(
-                f"started by the router (pid {proc.parent_pid}): put the advised flags in "
-                "the router's command line or its model preset, not in this child's line"
-                if proc.parent_pid is not None else
-                "started by a router: put the advised flags in the router's command line or "
-                "its model preset")
+                return _ModelRead(path, None, (), (error,), _child_notes(proc))
+            return _ModelRead(path, model, (path, *self._models[path][0]), (),
+                              _child_notes(proc))
+        if proc.pid is not None and (config is None or config.model_path is None) and (
+            state.props and state.props.get("role") == "router"
+            or state.router_models is not None
+        ):
+            notes.append("router: each model runs in its own child llama-server")
+            listed = _router_models_text(state.router_models)
+            if listed:
+                notes.append(f"router models: {listed}")
+        return _ModelRead(None, None, (), (), (*notes, *_child_notes(proc)))
 
-        gpus = server_gpu_names(state, devices)
-        plan: MemoryPlan | None = None
-        if model is not None and config is not None:
-            plan, config, plan_notes = self._plan(key, state, model, model_version, config, gpus)
-            notes.extend(plan_notes)
-            if plan is not None and plan.errors:
-                errors.extend(f"llama.cpp would refuse this configuration: {e}"
-                              for e in plan.errors)
-                plan = None
-            elif plan is not None:
-                notes.extend(plan.assumptions)
-        elif model is None and state.model_meta:
-            notes.append("the model file is not readable here: weights from /v1/models; KV "
-                         "cache and compute buffers unknown")
+    def _planned(self, key: str, state: ServerState, read: _ModelRead,
+                 config: ServerConfig | None, ids: tuple[str, ...]) -> _Planned:
+        """The memory plan (None when the model is unknown or llama.cpp would refuse)."""
+        if read.model is None or config is None:
+            notes: tuple[str, ...] = ()
+            if read.model is None and state.model_meta:
+                notes = ("the model file is not readable here: weights from /v1/models; KV "
+                         "cache and compute buffers unknown",)
+            return _Planned(None, config, (), notes)
+        plan, config, plan_notes = self._plan(key, state, read.model, read.version, config, ids)
+        if plan is not None and plan.errors:
+            return _Planned(None, config, tuple(
+                f"llama.cpp would refuse this configuration: {e}" for e in plan.errors),
+                plan_notes)
+        assumptions = plan.assumptions if plan is not None else ()
+        return _Planned(plan, config, (), plan_notes + tuple(assumptions))
 
-        meta_size = None
-        if state.model_meta:
-            size = state.model_meta.get("size")
-            if isinstance(size, int) and size > 0:
-                meta_size = size
-        if state.health in (HEALTH_SLEEPING, HEALTH_LOADING) and plan is not None:
-            # The buffers are not (or not yet) allocated: comparing with the plan would
-            # only say "less than modeled". Show what is measured; the plan stays for
-            # what it takes once awake/loaded.
-            memory = attribute(state, None, devices)
-            notes.append(
-                "sleeping: the model, KV cache and compute buffers are freed until the next "
-                "request; the plan shows what it takes again" if state.health == HEALTH_SLEEPING
-                else "loading: memory is still being allocated")
-        else:
-            memory = attribute(state, plan, devices, weights_hint_bytes=meta_size)
-
-        unified = plan.kv_unified if plan is not None else (
-            _unified_guess(config) if config is not None else False)
-        slots = state.slots
+    def _follow_slots(self, key: str, state: ServerState, plan: MemoryPlan | None,
+                      unified: bool) -> _Followed:
+        """Slot reports with their forecasts, and the shared KV pool of a unified server."""
+        notes: tuple[str, ...] = ()
         if state.props and state.props.get("endpoint_slots") is False:
-            notes.append("slot monitoring is off on this server (--no-slots): each "
-                         "conversation's context cannot be followed; start it with --slots "
-                         "(the default) to see the slots and their forecasts")
-        slot_reports: tuple[SlotReport, ...] = ()
-        pool_report: SlotReport | None = None
-        if slots is not None:
-            self.tracker.observe(key, slots, state.timestamp, unified=unified)
-            slot_reports = tuple(
-                SlotReport(s.id, s.n_ctx, _slot_tokens(s), s.is_processing,
-                           self.tracker.slot_forecast(key, s))
-                for s in slots
-            )
-            if unified and slots:
-                cells = plan.n_ctx if plan is not None else max(s.n_ctx for s in slots)
-                fc = self.tracker.pool_forecast(key, cells) or Forecast()
-                pool_report = SlotReport(POOL_SLOT_ID, cells, self.tracker.pool_tokens(key),
-                                         any(s.is_processing for s in slots), fc)
-
-        max_ctx: dict = {}
-        more_servers: int | None = None
-        more_slots: int | None = None
-        advice: tuple[Advice, ...] = ()
-        if plan is not None and model is not None and config is not None:
-            pool, free, host_total, host_free = pool_of(state, devices)
-            modeled = pool_bytes(plan, pool)
-            if free is not None:
-                budget = free + modeled
-                cached = self._budgeted(key, model, model_version, config, plan, gpus, pool,
-                                        budget, slots, host_total, host_free)
-                max_ctx, advice = cached.max_ctx, cached.advice
-                used = _measured_on_pool(memory, state, devices, pool)
-                per_server = used if used else modeled
-                if per_server > 0:
-                    more_servers = max(0, free // per_server)
-                per_slot = plan.kv_bytes * plan.n_ctx_slot / max(1, plan.n_ctx) + (
-                    plan.recurrent_bytes / max(1, plan.n_seq))
-                if per_slot > 0:
-                    more_slots = max(0, int(free // per_slot))
-
-        name = ""
-        if state.props:
-            alias = state.props.get("model_alias")
-            if isinstance(alias, str) and alias and alias != "llama-server":
-                # llama-server's default alias is the -m path: show the file's stem.
-                name = alias
-                if "/" in alias or "\\" in alias or alias.endswith(".gguf"):
-                    name = os.path.basename(alias.replace("\\", "/")).removesuffix(".gguf")
-        if not name and config is not None and config.alias:
-            name = config.alias
-        if not name and path:
-            name = os.path.basename(path).removesuffix(".gguf")
-        if not name:
-            name = proc.name or proc.url
-
-        return ServerReport(
-            key=key, pid=proc.pid, url=proc.url, name=name, model_path=path,
-            health=state.health, plan=plan, memory=memory, slots=slot_reports,
-            pool=pool_report, max_ctx=max_ctx, more_servers_fit=more_servers,
-            advice=advice, errors=tuple(dict.fromkeys(errors)), config=config,
-            notes=tuple(dict.fromkeys(notes)), more_slots_fit=more_slots,
+            notes = ("slot monitoring is off on this server (--no-slots): each "
+                     "conversation's context cannot be followed; start it with --slots "
+                     "(the default) to see the slots and their forecasts",)
+        slots = state.slots
+        if slots is None:
+            return _Followed((), None, notes)
+        self.tracker.observe(key, slots, state.timestamp, unified=unified)
+        reports = tuple(
+            SlotReport(s.id, s.n_ctx, _slot_tokens(s), s.is_processing,
+                       self.tracker.slot_forecast(key, s))
+            for s in slots
         )
+        kv_pool: SlotReport | None = None
+        if unified and slots:
+            cells = plan.n_ctx if plan is not None else max(s.n_ctx for s in slots)
+            fc = self.tracker.kv_pool_forecast(key, cells) or Forecast()
+            kv_pool = SlotReport(KV_POOL_SLOT_ID, cells, self.tracker.kv_pool_tokens(key),
+                                 any(s.is_processing for s in slots), fc)
+        return _Followed(reports, kv_pool, notes)
 
-    def _budgeted(self, key, model, model_version, config, plan, gpus, pool, budget, slots,
-                  host_total, host_free) -> _Cached:
+    def _fit(self, key: str, state: ServerState, devices: tuple[DeviceMemory, ...],
+             read: _ModelRead, planned: _Planned, memory: tuple[Attribution, ...],
+             ids: tuple[str, ...]) -> _Fit:
+        """What fits in the free memory of the server's memory pool: contexts, advice, more."""
+        plan, config, model = planned.plan, planned.config, read.model
+        if plan is None or model is None or config is None:
+            return _Fit()
+        where = pool_of(state, devices)
+        modeled = pool_bytes(plan, where.kind)
+        if where.free_bytes is None:
+            return _Fit()
+        budget = where.free_bytes + modeled
+        cached = self._budgeted(key, _Budgeting(
+            model, read.version, config, plan, ids, where, budget, state.slots))
+        used = _measured_on_pool(memory, state, devices, where.kind)
+        per_server = used if used else modeled
+        more_servers = max(0, where.free_bytes // per_server) if per_server > 0 else None
+        per_slot = plan.kv_bytes * plan.n_ctx_slot / max(1, plan.n_ctx) + (
+            plan.recurrent_bytes / max(1, plan.n_seq))
+        more_slots = max(0, int(where.free_bytes // per_slot)) if per_slot > 0 else None
+        return _Fit(cached.max_ctx, cached.advice, more_servers, more_slots, budget)
+
+    def _budgeted(self, key: str, b: _Budgeting) -> _Cached:
         """max_ctx per cache type and advice, recomputed only when their inputs move."""
+        config = b.config
         active = None
-        if slots is not None:
-            active = sum(1 for s in slots if s.is_processing or (s.n_tokens or 0) > 0)
+        if b.slots is not None:
+            active = sum(1 for s in b.slots if s.is_processing or (s.n_tokens or 0) > 0)
+        host_total, host_free = b.where.host_total_bytes, b.where.host_free_bytes
         ram_short = host_free is not None and config.cache_ram_mib != 0 and (
             host_free < (config.cache_ram_mib * 1024**2 if config.cache_ram_mib > 0
                          else (host_total or 0)))
-        inputs = (model_version, config.argv, tuple(sorted(config.env.items())), config.n_ctx,
-                  config.n_parallel, gpus, pool, active, ram_short)
+        inputs = (b.model_version, config.argv, tuple(sorted(config.env.items())),
+                  config.n_ctx, config.n_parallel, b.device_ids, b.where.kind, active,
+                  ram_short)
         hit = self._cached.get(key)
         if hit is not None and hit.inputs == inputs and (
-            abs(hit.budget - budget) <= BUDGET_TOLERANCE * max(hit.budget, 1)
+            abs(hit.budget - b.budget) <= BUDGET_TOLERANCE * max(hit.budget, 1)
         ):
             return hit
-        max_ctx = {}
-        for ctype in RESTART_CACHE_TYPES:
-            changes: dict = {"cache_type_k": ctype, "cache_type_v": ctype}
-            if ctype != "f16" and config.flash_attn == "off":
-                changes["flash_attn"] = "on"
-            try:
-                variant = config.replace(**changes)
-                if self._plan_fn(model, variant.replace(n_ctx=256), gpu_names=gpus).errors:
-                    continue  # llama.cpp would refuse this cache type for this model
-                max_ctx[ctype] = largest_context(model, variant, budget,
-                                                 gpu_names=gpus, pool=pool,
-                                                 plan_fn=self._plan_fn)
-            except Exception:  # noqa: BLE001 - one odd what-if must not hide the rest
-                log.exception("max_ctx failed for %s", ctype)
-        advice = advise(model, config, plan, budget_bytes=budget, gpu_names=gpus, pool=pool,
-                        slots=slots, host_total_bytes=host_total, host_free_bytes=host_free,
+        max_ctx = self._restart_contexts(b)
+        advice = advise(b.model, config, b.plan, budget_bytes=b.budget,
+                        gpu_names=b.device_ids, pool=b.where.kind, slots=b.slots,
+                        host_total_bytes=host_total, host_free_bytes=host_free,
                         plan_fn=self._plan_fn)
-        cached = _Cached(inputs, budget, max_ctx, advice)
+        cached = _Cached(inputs, b.budget, max_ctx, advice)
         self._cached[key] = cached
         return cached
 
+    def _restart_contexts(self, b: _Budgeting) -> dict[str, int]:
+        """The largest context of each of :data:`RESTART_CACHE_TYPES` that llama.cpp takes."""
+        max_ctx: dict[str, int] = {}
+        for ctype in RESTART_CACHE_TYPES:
+            changes: dict[str, object] = {"cache_type_k": ctype, "cache_type_v": ctype}
+            if ctype != "f16" and b.config.flash_attn == "off":
+                changes["flash_attn"] = "on"
+            try:
+                variant = b.config.replace(**changes)
+                if self._plan_fn(b.model, variant.replace(n_ctx=256),
+                                 gpu_names=b.device_ids).errors:
+                    continue  # llama.cpp would refuse this cache type for this model
+                max_ctx[ctype] = largest_context(b.model, variant, b.budget,
+                                                 gpu_names=b.device_ids, pool=b.where.kind,
+                                                 plan_fn=self._plan_fn)
+            except Exception:  # noqa: BLE001 - one odd what-if must not hide the rest
+                log.exception("max_ctx failed for %s", ctype)
+        return max_ctx
 
-def _router_models_text(items: Sequence[Mapping[str, Any]] | None) -> str:
+
+@dataclass(frozen=True)
+class _Found:
+    """The configuration step: the parsed command line (None: unreadable)."""
+
+    config: ServerConfig | None
+    errors: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _ModelRead:
+    """The model step: the file, its header and its version (path, mtime, size)."""
+
+    path: str | None
+    model: ModelInfo | None
+    version: tuple[object, ...]
+    errors: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """The plan step: the plan and the configuration it used (corrected from /slots)."""
+
+    plan: MemoryPlan | None
+    config: ServerConfig | None
+    errors: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Followed:
+    """The slot step: each slot's report, and the shared KV pool's (unified servers)."""
+
+    slots: tuple[SlotReport, ...]
+    kv_pool: SlotReport | None
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Fit:
+    """The fit step: what the free memory of the server's memory pool still holds."""
+
+    max_ctx: dict[str, int] = field(default_factory=dict)
+    advice: tuple[Advice, ...] = ()
+    more_servers: int | None = None
+    more_slots: int | None = None
+    restart_budget_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class _Budgeting:
+    """Inputs of the budget-dependent what-ifs (restart contexts and advice)."""
+
+    model: ModelInfo
+    model_version: tuple[object, ...]
+    config: ServerConfig
+    plan: MemoryPlan
+    device_ids: tuple[str, ...]
+    where: PoolPlacement
+    budget: int
+    slots: tuple[SlotState, ...] | None
+
+
+@dataclass(frozen=True)
+class _Cached:
+    """Budget-dependent results of one server (max_ctx, advice), with their inputs."""
+
+    inputs: tuple[object, ...]
+    budget: int
+    max_ctx: dict[str, int]
+    advice: tuple[Advice, ...]
+
+
+def _health(state: ServerState) -> Health:
+    # monitors/snapshot.py sets only its HEALTH_* values, which Health spells out.
+    return cast("Health", state.health)
+
+
+def _attribute(state: ServerState, plan: MemoryPlan | None, devices: tuple[DeviceMemory, ...]
+               ) -> tuple[tuple[Attribution, ...], tuple[str, ...]]:
+    """The attribution, set against the plan unless the buffers are not allocated."""
+    if state.health in (HEALTH_SLEEPING, HEALTH_LOADING) and plan is not None:
+        # The buffers are not (or not yet) allocated: comparing with the plan would
+        # only say "less than modeled". Show what is measured; the plan stays for
+        # what it takes once awake/loaded.
+        note = ("sleeping: the model, KV cache and compute buffers are freed until the next "
+                "request; the plan shows what it takes again" if state.health == HEALTH_SLEEPING
+                else "loading: memory is still being allocated")
+        return attribute(state, None, devices), (note,)
+    return attribute(state, plan, devices, weights_hint_bytes=_meta_size(state)), ()
+
+
+def _meta_size(state: ServerState) -> int | None:
+    """The model size ``/v1/models`` reports (bytes), None when it does not."""
+    size = state.model_meta.get("size") if state.model_meta else None
+    return size if isinstance(size, int) and size > 0 else None
+
+
+def _child_notes(proc: ServerProcess) -> tuple[str, ...]:
+    """Where the advised flags go for a server a router started."""
+    if proc.source != "router-child":
+        return ()
+    if proc.parent_pid is not None:
+        return (f"started by the router (pid {proc.parent_pid}): put the advised flags in "
+                "the router's command line or its model preset, not in this child's line",)
+    return ("started by a router: put the advised flags in the router's command line or "
+            "its model preset",)
+
+
+def _display_name(state: ServerState, config: ServerConfig | None, path: str | None) -> str:
+    """The name people know the server by: its alias, the model file's stem, its URL."""
+    proc = state.process
+    name = ""
+    if state.props:
+        alias = state.props.get("model_alias")
+        if isinstance(alias, str) and alias and alias != "llama-server":
+            # llama-server's default alias is the -m path: show the file's stem.
+            name = alias
+            if "/" in alias or "\\" in alias or alias.endswith(".gguf"):
+                name = os.path.basename(alias.replace("\\", "/")).removesuffix(".gguf")
+    if not name and config is not None and config.alias:
+        name = config.alias
+    if not name and path:
+        name = os.path.basename(path).removesuffix(".gguf")
+    return name or proc.name or proc.url
+
+
+def _router_models_text(items: Sequence[Mapping[str, object]] | None) -> str:
     """``llama (loaded), qwen3 (unloaded)`` from a router's ``/models`` items."""
     parts = []
     for item in items or ():
@@ -512,7 +627,8 @@ def _slot_tokens(slot: SlotState) -> int | None:
     return slot.n_tokens
 
 
-def snapshot_ts(snapshot: Any) -> float:
+def snapshot_ts(snapshot: Snapshot) -> float:
+    """The snapshot's monotonic timestamp, 0.0 when a broken snapshot has none."""
     try:
         return float(snapshot.timestamp)
     except Exception:  # noqa: BLE001
@@ -522,23 +638,32 @@ def snapshot_ts(snapshot: Any) -> float:
 def _failed_report(state: ServerState, error: Exception) -> ServerReport:
     proc = state.process
     return ServerReport(
-        key=server_report_key(state), pid=proc.pid, url=proc.url, name=proc.name or proc.url,
-        model_path=None, health=state.health, plan=None, memory=(), slots=(), pool=None,
+        key=server_key(proc), pid=proc.pid, url=proc.url, name=proc.name or proc.url,
+        model_path=None, health=_health(state), plan=None, memory=(), slots=(), pool=None,
         max_ctx={}, more_servers_fit=None, advice=(),
         errors=tuple(state.errors) + (
             f"kvwall could not analyse this server ({type(error).__name__}: {error})",),
     )
 
 
-def pool_of(
-    state: ServerState, devices: Sequence[DeviceMemory]
-) -> tuple[str, int | None, int | None, int | None]:
+@dataclass(frozen=True)
+class PoolPlacement:
     """Where a server lives and what is free there.
 
-    Returns:
-        (pool kind: ``POOL_GPU`` for discrete accelerators else ``POOL_TOTAL``, free bytes
-        on that pool (None if unknown), host RAM total, host RAM free).
+    Attributes:
+        kind: ``POOL_GPU`` for discrete accelerators, else ``POOL_TOTAL``.
+        free_bytes: free bytes on that memory pool (None if unknown).
+        host_total_bytes, host_free_bytes: host RAM (None if unknown).
     """
+
+    kind: MemoryPoolKind
+    free_bytes: int | None
+    host_total_bytes: int | None
+    host_free_bytes: int | None
+
+
+def pool_of(state: ServerState, devices: Sequence[DeviceMemory]) -> PoolPlacement:
+    """Where a server lives and what is free there (see :class:`PoolPlacement`)."""
     host = next((d for d in devices if d.kind == "host"), None)
     host_total = host.total_bytes if host else None
     host_free = host.free_bytes if host else None
@@ -546,15 +671,16 @@ def pool_of(
     discrete = [d for d in on if not d.unified]
     if discrete:
         frees = [d.free_bytes for d in discrete]
-        free = None if any(f is None for f in frees) else sum(frees)
-        return POOL_GPU, free, host_total, host_free
+        free = None if None in frees else sum(f for f in frees if f is not None)
+        return PoolPlacement(POOL_GPU, free, host_total, host_free)
     if on:
-        return POOL_TOTAL, on[0].free_bytes, host_total, host_free
-    return POOL_TOTAL, host_free, host_total, host_free
+        return PoolPlacement(POOL_TOTAL, on[0].free_bytes, host_total, host_free)
+    return PoolPlacement(POOL_TOTAL, host_free, host_total, host_free)
 
 
 def _measured_on_pool(
-    memory: Sequence[Attribution], state: ServerState, devices: Sequence[DeviceMemory], pool: str
+    memory: Sequence[Attribution], state: ServerState, devices: Sequence[DeviceMemory],
+    pool: MemoryPoolKind,
 ) -> int:
     ids = {d.id for d in server_devices(state, devices) if not d.unified} if pool == POOL_GPU \
         else None
@@ -567,4 +693,4 @@ def _measured_on_pool(
     return total
 
 
-__all__ = ["Engine", "POOL_SLOT_ID", "RESTART_CACHE_TYPES", "pool_of", "server_report_key"]
+__all__ = ["KV_POOL_SLOT_ID", "RESTART_CACHE_TYPES", "Engine", "PoolPlacement", "pool_of"]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Collection, Iterable
+from typing import Final
 
-from kvwall.budget.report import MemoryEvent
+from kvwall.budget.report import MemoryEvent, MemoryEventKind
 from kvwall.monitors.snapshot import DeviceMemory
 
-PROCESS_GRAB = "process_grab"
+PROCESS_GRAB: Final[MemoryEventKind] = "process_grab"
 
 # Defaults: a process that grew by 10% of the pool, or by 4 GiB, within 60 seconds.
 GRAB_SHARE = 0.10

@@ -1,4 +1,4 @@
-"""Forecasts: when each slot (or the unified KV pool), and each memory pool, hits the wall.
+"""Forecasts: when each slot (or a shared KV pool), and each memory pool, hits the wall.
 
 Pure and clock-free: every sample carries the snapshot's monotonic timestamp. A
 :class:`ContextTracker` follows the KV cells each slot holds, poll after poll, detects the
@@ -29,6 +29,63 @@ FORGET_AFTER_S = 1800.0
 RESET_FRACTION = 0.9
 
 
+@dataclass(frozen=True)
+class _Growth:
+    """How fast a slot fills: per finished request and per minute (None: not seen yet)."""
+
+    recent: tuple[float, ...]  # the last RATE_WINDOW per-turn figures
+    tokens_per_turn: float | None
+    tokens_per_minute: float | None
+
+
+def _growth(per_turn: Sequence[float], turn_points: Sequence[tuple[float, int]]) -> _Growth:
+    recent = tuple(float(d) for d in per_turn[-RATE_WINDOW:])
+    tokens_per_turn = None
+    if recent:
+        # The mean is what the wall sees; with enough figures the extremes are trimmed so
+        # one odd request (a pasted file, an empty reply) does not swing the forecast.
+        kept = sorted(recent)[1:-1] if len(recent) >= 5 else list(recent)
+        tokens_per_turn = statistics.fmean(kept)
+    tokens_per_minute = None
+    points = list(turn_points[-(RATE_WINDOW + 1):])
+    if len(points) >= 2:
+        (t0, v0), (t1, v1) = points[0], points[-1]
+        if t1 > t0 and v1 >= v0:
+            tokens_per_minute = (v1 - v0) / (t1 - t0) * 60.0
+    return _Growth(recent, tokens_per_turn, tokens_per_minute)
+
+
+def _time_left(capacity: int, tokens: int | None, growth: _Growth
+               ) -> tuple[int | None, float | None]:
+    """(turns left, seconds left) until ``tokens`` reaches ``capacity`` at ``growth``."""
+    if tokens is None or capacity <= 0:
+        return None, None
+    remaining = capacity - tokens
+    if remaining <= 0:
+        return 0, 0.0
+    turns_left = None
+    seconds_left = None
+    if growth.tokens_per_turn is not None and growth.tokens_per_turn > 0:
+        turns_left = math.ceil(remaining / growth.tokens_per_turn)
+    if growth.tokens_per_minute is not None and growth.tokens_per_minute > 0:
+        seconds_left = remaining / growth.tokens_per_minute * 60.0
+    return turns_left, seconds_left
+
+
+def _fill_confidence(growth: _Growth, turns_seen: int) -> float:
+    """Grows with the turns seen (full from 4 on), drops with the growth's variation."""
+    recent = growth.recent
+    if not recent or growth.tokens_per_turn is None or growth.tokens_per_turn <= 0:
+        return 0.0
+    amount = min(1.0, turns_seen / 4.0)
+    if len(recent) >= 2:
+        mean = statistics.fmean(recent)
+        cv = statistics.pstdev(recent) / mean if mean > 0 else 1.0
+    else:
+        cv = 0.5  # one figure says nothing about its spread
+    return round(max(0.0, amount * (1.0 - min(1.0, cv))), 3)
+
+
 def forecast_fill(
     capacity: int,
     tokens: int | None,
@@ -38,7 +95,7 @@ def forecast_fill(
     """Forecast when ``tokens`` reaches ``capacity``.
 
     Args:
-        capacity: KV cells available (the slot's ``n_ctx``, or the pool's cells).
+        capacity: KV cells available (the slot's ``n_ctx``, or the shared KV pool's cells).
         tokens: cells held now; None when unknown.
         per_turn: cells added by each finished request of the current conversation,
             oldest first (the last :data:`RATE_WINDOW` are used).
@@ -51,57 +108,21 @@ def forecast_fill(
         unknown or zero. ``confidence`` grows with the turns seen (full from 4 on) and
         drops with the coefficient of variation of the growth.
     """
-    recent = [float(d) for d in per_turn[-RATE_WINDOW:]]
-    turns_seen = len(per_turn)
-    tokens_per_turn = None
-    if recent:
-        # The mean is what the wall sees; with enough figures the extremes are trimmed so
-        # one odd request (a pasted file, an empty reply) does not swing the forecast.
-        kept = sorted(recent)[1:-1] if len(recent) >= 5 else recent
-        tokens_per_turn = statistics.fmean(kept)
-
-    tokens_per_minute = None
-    points = list(turn_points[-(RATE_WINDOW + 1):])
-    if len(points) >= 2:
-        (t0, v0), (t1, v1) = points[0], points[-1]
-        if t1 > t0 and v1 >= v0:
-            tokens_per_minute = (v1 - v0) / (t1 - t0) * 60.0
-
-    turns_left = None
-    seconds_left = None
-    if tokens is not None and capacity > 0:
-        remaining = capacity - tokens
-        if remaining <= 0:
-            turns_left = 0
-            seconds_left = 0.0
-        else:
-            if tokens_per_turn is not None and tokens_per_turn > 0:
-                turns_left = math.ceil(remaining / tokens_per_turn)
-            if tokens_per_minute is not None and tokens_per_minute > 0:
-                seconds_left = remaining / tokens_per_minute * 60.0
-
-    confidence = 0.0
-    if recent and tokens_per_turn is not None and tokens_per_turn > 0:
-        amount = min(1.0, turns_seen / 4.0)
-        if len(recent) >= 2:
-            mean = statistics.fmean(recent)
-            cv = statistics.pstdev(recent) / mean if mean > 0 else 1.0
-        else:
-            cv = 0.5  # one figure says nothing about its spread
-        confidence = round(max(0.0, amount * (1.0 - min(1.0, cv))), 3)
+    growth = _growth(per_turn, turn_points)
+    turns_left, seconds_left = _time_left(capacity, tokens, growth)
     return Forecast(
-        tokens_per_turn=tokens_per_turn,
-        tokens_per_minute=tokens_per_minute,
+        tokens_per_turn=growth.tokens_per_turn,
+        tokens_per_minute=growth.tokens_per_minute,
         turns_left=turns_left,
         seconds_left=seconds_left,
-        confidence=confidence,
-        turns_seen=turns_seen,
+        confidence=_fill_confidence(growth, len(per_turn)),
+        turns_seen=len(per_turn),
     )
 
 
 @dataclass
 class _Series:
-    """Mutable history of one slot (or pool); private to the tracker."""
+    """Mutable history of one slot (or shared KV pool); private to the tracker."""
 
     reset_on_drop: bool
     last_seen: float = 0.0
@@ -112,8 +133,9 @@ class _Series:
     base: int | None = None
     # Requests that finished since ``base`` without a readable value (missed ends).
     pending: int = 0
-    per_turn: deque = field(default_factory=lambda: deque(maxlen=MAX_TURNS))
-    turn_points: deque = field(default_factory=lambda: deque(maxlen=RATE_WINDOW + 1))
+    per_turn: deque[float] = field(default_factory=lambda: deque(maxlen=MAX_TURNS))
+    turn_points: deque[tuple[float, int]] = field(
+        default_factory=lambda: deque(maxlen=RATE_WINDOW + 1))
 
     def restart(self, value: int, timestamp: float) -> None:
         """A new conversation: forget the growth figures, keep ``value`` as baseline."""
@@ -170,7 +192,7 @@ def _slot_turn_end(prev: _Series, slot: SlotState) -> tuple[bool, bool]:
 class ContextTracker:
     """Follows every slot's KV fill across polls and forecasts when it is full.
 
-    Keyed by (server key, slot id); a unified server's shared pool is tracked as well.
+    Keyed by (server key, slot id); a unified server's shared KV pool is tracked as well.
     Memory is bounded: at most :data:`MAX_TURNS` figures per slot, and slots or servers
     not seen for ``forget_after_s`` seconds are dropped.
 
@@ -181,7 +203,7 @@ class ContextTracker:
     def __init__(self, *, forget_after_s: float = FORGET_AFTER_S) -> None:
         self._forget_after_s = forget_after_s
         self._slots: dict[tuple[str, int], _Series] = {}
-        self._pools: dict[str, _Series] = {}
+        self._kv_pools: dict[str, _Series] = {}
 
     def observe(
         self,
@@ -201,52 +223,53 @@ class ContextTracker:
                 cells) is tracked too.
         """
         slots = list(slots)
-        ended_now = 0
-        for slot in slots:
-            key = (server_key, slot.id)
-            series = self._slots.get(key)
-            if series is None:
-                series = _Series(reset_on_drop=True, last_seen=timestamp)
-                self._slots[key] = series
-                if not slot.is_processing and slot.id_task is not None and slot.n_tokens:
-                    series.restart(slot.n_tokens, timestamp)
-                series.id_task = slot.id_task
-                series.is_processing = slot.is_processing
-                series.tokens = slot.n_tokens
-                continue
-            cleared = (
-                not slot.is_processing
-                and slot.id_task == series.id_task
-                and slot.n_tokens == 0
-            )
-            ended, readable = _slot_turn_end(series, slot)
-            if ended:
-                ended_now += 1
-                value = slot.n_tokens if readable and slot.n_tokens else None
-                series.turn_ended(value, timestamp)
-            elif cleared:
-                # Unified KV parks idle slots in the RAM prompt cache and clears them;
-                # the conversation goes on from there: keep its history.
-                pass
+        ended_now = sum(self._observe_slot(server_key, slot, timestamp) for slot in slots)
+        if unified and slots:
+            self._observe_kv_pool(server_key, slots, timestamp, ended_now)
+        self._forget(timestamp)
+
+    def _observe_slot(self, server_key: str, slot: SlotState, timestamp: float) -> bool:
+        """Feed one slot; True when a request of it ended since the last poll."""
+        key = (server_key, slot.id)
+        series = self._slots.get(key)
+        if series is None:
+            series = _Series(reset_on_drop=True, last_seen=timestamp)
+            self._slots[key] = series
+            if not slot.is_processing and slot.id_task is not None and slot.n_tokens:
+                series.restart(slot.n_tokens, timestamp)
             series.id_task = slot.id_task
             series.is_processing = slot.is_processing
             series.tokens = slot.n_tokens
-            series.last_seen = timestamp
-        if unified and slots:
-            pool = self._pools.get(server_key)
-            used = sum(s.n_tokens or 0 for s in slots)
-            if pool is None:
-                pool = _Series(reset_on_drop=False)
-                self._pools[server_key] = pool
-                if not any(s.is_processing for s in slots) and used:
-                    pool.restart(used, timestamp)
-            elif ended_now and not any(s.is_processing for s in slots):
-                pool.turn_ended(used, timestamp, ended_now)
-            elif ended_now:
-                pool.turn_ended(None, timestamp, ended_now)
-            pool.tokens = used
-            pool.last_seen = timestamp
-        self._forget(timestamp)
+            return False
+        # A slot cleared without a new task (unified KV parks idle slots in the RAM
+        # prompt cache and clears them) is not a turn: its conversation goes on.
+        ended, readable = _slot_turn_end(series, slot)
+        if ended:
+            value = slot.n_tokens if readable and slot.n_tokens else None
+            series.turn_ended(value, timestamp)
+        series.id_task = slot.id_task
+        series.is_processing = slot.is_processing
+        series.tokens = slot.n_tokens
+        series.last_seen = timestamp
+        return ended
+
+    def _observe_kv_pool(self, server_key: str, slots: Sequence[SlotState], timestamp: float,
+                         ended_now: int) -> None:
+        """Feed a unified server's shared KV pool: the sum of its slots' cells."""
+        kv_pool = self._kv_pools.get(server_key)
+        used = sum(s.n_tokens or 0 for s in slots)
+        busy = any(s.is_processing for s in slots)
+        if kv_pool is None:
+            kv_pool = _Series(reset_on_drop=False)
+            self._kv_pools[server_key] = kv_pool
+            if not busy and used:
+                kv_pool.restart(used, timestamp)
+        elif ended_now and not busy:
+            kv_pool.turn_ended(used, timestamp, ended_now)
+        elif ended_now:
+            kv_pool.turn_ended(None, timestamp, ended_now)
+        kv_pool.tokens = used
+        kv_pool.last_seen = timestamp
 
     def slot_forecast(self, server_key: str, slot: SlotState) -> Forecast:
         """The forecast for one slot, from what was observed so far.
@@ -262,43 +285,44 @@ class ContextTracker:
             slot.n_ctx, slot.n_tokens, tuple(series.per_turn), tuple(series.turn_points)
         )
 
-    def pool_forecast(self, server_key: str, n_cells: int) -> Forecast | None:
-        """The forecast for a unified server's shared pool of ``n_cells`` KV cells.
+    def kv_pool_forecast(self, server_key: str, n_cells: int) -> Forecast | None:
+        """The forecast for a unified server's shared KV pool of ``n_cells`` cells.
 
         Returns:
             None when the server was never observed as unified.
         """
-        pool = self._pools.get(server_key)
-        if pool is None:
+        kv_pool = self._kv_pools.get(server_key)
+        if kv_pool is None:
             return None
-        return forecast_fill(n_cells, pool.tokens, tuple(pool.per_turn), tuple(pool.turn_points))
+        return forecast_fill(n_cells, kv_pool.tokens, tuple(kv_pool.per_turn),
+                             tuple(kv_pool.turn_points))
 
-    def pool_tokens(self, server_key: str) -> int | None:
-        """Cells the unified pool holds now (sum over its slots), None if unknown."""
-        pool = self._pools.get(server_key)
-        return None if pool is None else pool.tokens
+    def kv_pool_tokens(self, server_key: str) -> int | None:
+        """Cells the shared KV pool holds now (sum over its slots), None if unknown."""
+        kv_pool = self._kv_pools.get(server_key)
+        return None if kv_pool is None else kv_pool.tokens
 
     def forget(self, server_key: str) -> None:
         """Drop everything known about one server."""
         for key in [k for k in self._slots if k[0] == server_key]:
             del self._slots[key]
-        self._pools.pop(server_key, None)
+        self._kv_pools.pop(server_key, None)
 
     def clear(self) -> None:
         """Drop everything known about every server."""
         self._slots.clear()
-        self._pools.clear()
+        self._kv_pools.clear()
 
     def __len__(self) -> int:
-        """Number of slots tracked (pools excluded)."""
+        """Number of slots tracked (shared KV pools excluded)."""
         return len(self._slots)
 
     def _forget(self, now: float) -> None:
         limit = now - self._forget_after_s
         for key in [k for k, s in self._slots.items() if s.last_seen < limit]:
             del self._slots[key]
-        for key in [k for k, s in self._pools.items() if s.last_seen < limit]:
-            del self._pools[key]
+        for server in [k for k, s in self._kv_pools.items() if s.last_seen < limit]:
+            del self._kv_pools[server]
 
 
 # --------------------------------------------------------------------------- memory pools
@@ -373,46 +397,65 @@ def forecast_pool(
     """
     if free_bytes is None and points:
         free_bytes = int(points[-1][1])
-    empty = PoolForecast(device_id, free_bytes, floor_bytes=floor_bytes)
     if not points:
-        return empty
+        return PoolForecast(device_id, free_bytes, floor_bytes=floor_bytes)
     end = points[-1][0]
     recent = [(t, float(y)) for t, y in points if t >= end - window_s]
     span = recent[-1][0] - recent[0][0] if recent else 0.0
-    if len(recent) < POOL_MIN_POINTS or span < POOL_MIN_SPAN_S:
+    trend = None
+    if len(recent) >= POOL_MIN_POINTS and span >= POOL_MIN_SPAN_S:
+        trend = _pool_trend(recent, span, floor_bytes)
+    if trend is None:
         return PoolForecast(device_id, free_bytes, span_s=span, floor_bytes=floor_bytes)
+    return PoolForecast(device_id, free_bytes, bytes_per_minute=trend.bytes_per_minute,
+                        seconds_left=trend.seconds_left, confidence=trend.confidence,
+                        span_s=span, floor_bytes=floor_bytes)
+
+
+@dataclass(frozen=True)
+class _PoolTrend:
+    """The fitted trend of a memory pool's free bytes (see :func:`forecast_pool`)."""
+
+    bytes_per_minute: float
+    seconds_left: float | None
+    confidence: float
+
+
+def _pool_trend(recent: Sequence[tuple[float, float]], span: float,
+                floor_bytes: int) -> _PoolTrend | None:
+    """The trend of ``recent`` points (None when they cannot be fitted)."""
     try:
         slope, intercept, r2, stderr = _least_squares(recent)
     except ValueError:
-        return PoolForecast(device_id, free_bytes, span_s=span, floor_bytes=floor_bytes)
+        return None
     growth_per_min = -slope * 60.0  # used memory grows as free memory shrinks
     growing = growth_per_min >= POOL_MIN_GROWTH_PER_MIN and -slope > 2.0 * stderr
-    seconds_left = None
-    confidence = 0.0
-    if growing:
-        # Counted from the fitted level now, not the last sample: one noisy reading
-        # does not move the time left.
-        remaining = intercept + slope * recent[-1][0] - floor_bytes
-        seconds_left = 0.0 if remaining <= 0 else remaining / -slope
-        half = len(recent) // 2
-        try:
-            first = -_least_squares(recent[: half + 1])[0]
-            second = -_least_squares(recent[half:])[0]
-            steady = (min(first, second) / max(first, second)
-                      if min(first, second) > 0 else 0.0)
-        except ValueError:
-            steady = 0.0
-        confidence = round(r2 * min(1.0, span / POOL_FULL_SPAN_S) * steady, 3)
-    return PoolForecast(device_id, free_bytes, bytes_per_minute=growth_per_min,
-                        seconds_left=seconds_left, confidence=confidence, span_s=span,
-                        floor_bytes=floor_bytes)
+    if not growing:
+        return _PoolTrend(growth_per_min, None, 0.0)
+    # Counted from the fitted level now, not the last sample: one noisy reading
+    # does not move the time left.
+    remaining = intercept + slope * recent[-1][0] - floor_bytes
+    seconds_left = 0.0 if remaining <= 0 else remaining / -slope
+    confidence = round(r2 * min(1.0, span / POOL_FULL_SPAN_S) * _steadiness(recent), 3)
+    return _PoolTrend(growth_per_min, seconds_left, confidence)
+
+
+def _steadiness(recent: Sequence[tuple[float, float]]) -> float:
+    """The smaller over the larger growth rate of the window's two halves (0..1)."""
+    half = len(recent) // 2
+    try:
+        first = -_least_squares(recent[: half + 1])[0]
+        second = -_least_squares(recent[half:])[0]
+    except ValueError:
+        return 0.0
+    return min(first, second) / max(first, second) if min(first, second) > 0 else 0.0
 
 
 @dataclass
 class _PoolSeries:
     """Downsampled free-bytes history of one pool; private to :class:`PoolTracker`."""
 
-    points: deque  # (mean timestamp, mean free bytes) per finished bucket
+    points: deque[tuple[float, float]]  # (mean timestamp, mean free bytes) per finished bucket
     bucket: int | None = None
     sum_t: float = 0.0
     sum_free: float = 0.0

@@ -7,17 +7,29 @@ from a ``kvwall.monitors.snapshot.Snapshot``; rendered by ``kvwall status`` and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # annotations only: keeps this module (and budget.forecast) light to import
     from kvwall.budget.config import ServerConfig
     from kvwall.budget.memory import MemoryPlan
     from kvwall.monitors.snapshot import DeviceMemory
 
+# A server's health, as ``kvwall.monitors.snapshot`` sets ``ServerState.health`` (its
+# HEALTH_* values): display text and JSON value at once, so the words never change.
+Health = Literal["ok", "loading", "sleeping", "unreachable", "needs API key",
+                 "not responding", "error", "router"]
+
+# MemoryEvent.kind: the kinds of memory event (one so far).
+MemoryEventKind = Literal["process_grab"]
+
+# Advice.action: a stable machine id (JSON ``advice[].action``).
+AdviceAction = Literal["cache-q8_0", "cache-q4_0", "flash-attn-on", "fewer-slots",
+                       "kv-unified", "cache-ram", "ubatch", "cpu-moe"]
+
 
 @dataclass(frozen=True)
 class Forecast:
-    """When a slot (or the unified pool) will be full.
+    """When a slot (or a unified server's shared KV pool) will be full.
 
     Attributes:
         tokens_per_turn: mean KV cells added per finished request (None until seen).
@@ -49,7 +61,7 @@ class SlotReport:
 
 @dataclass(frozen=True)
 class Attribution:
-    """One server's memory on one pool, split by what llama.cpp allocated.
+    """One server's memory on one memory pool, split by what llama.cpp allocated.
 
     ``overhead_bytes = measured - (weights + kv + compute)`` when positive and plausible;
     ``unattributed_bytes`` is what overhead cannot explain (measured far above or
@@ -78,13 +90,13 @@ class Advice:
         action: stable machine id: ``cache-q8_0``, ``cache-q4_0``, ``flash-attn-on``,
             ``fewer-slots``, ``kv-unified``, ``cache-ram``, ``ubatch``, ``cpu-moe``.
         title: one line for people.
-        saves_bytes: memory it frees (on the server's pool).
+        saves_bytes: memory it frees (on the server's memory pool).
         max_ctx: the largest context that fits after it.
         command: the exact llama-server command line (the user's own, edited).
         caveat: the trade-off.
     """
 
-    action: str
+    action: AdviceAction
     title: str
     saves_bytes: int
     max_ctx: int
@@ -101,12 +113,14 @@ class ServerReport:
     url: str
     name: str  # model alias / file stem, for people
     model_path: str | None
-    health: str
+    health: Health
     plan: MemoryPlan | None
     memory: tuple[Attribution, ...]
     slots: tuple[SlotReport, ...]
-    pool: SlotReport | None  # unified KV: the shared pool as one "slot" (n_ctx = cells)
-    max_ctx: dict  # cache type -> largest context that fits on a restart
+    # The shared KV pool of a unified server (--kv-unified) as one "slot" (n_ctx = cells);
+    # not a memory pool. The name is the JSON field's ("pool"), kept by the contract.
+    pool: SlotReport | None
+    max_ctx: dict[str, int]  # cache type -> largest context that fits on a restart
     more_servers_fit: int | None
     advice: tuple[Advice, ...]
     errors: tuple[str, ...]
@@ -114,6 +128,9 @@ class ServerReport:
     config: ServerConfig | None = None  # the configuration the plan used (corrected from /slots)
     notes: tuple[str, ...] = ()  # assumptions and corrections, in the user's words
     more_slots_fit: int | None = None  # slots of the same per-slot context free memory holds
+    # Added for the what-if panel: what the engine's own budget and advice used.
+    restart_budget_bytes: int | None = None  # free memory on its memory pool + what it holds there
+    device_ids: tuple[str, ...] = ()  # llama.cpp device ids it offloads to (CUDA0...)
 
 
 @dataclass(frozen=True)
@@ -121,7 +138,7 @@ class PoolForecast:
     """When a memory pool's free memory runs out, from its trend over the last minutes.
 
     Attributes:
-        device_id: the pool (``DeviceMemory.id``: ``host``, ``nvidia:0``...).
+        device_id: the memory pool (``DeviceMemory.id``: ``host``, ``nvidia:0``...).
         free_bytes: free memory now (the latest sample).
         bytes_per_minute: growth of the used memory (bytes per minute) fitted over the
             last minutes; negative when memory is being freed; None until enough samples.
@@ -145,11 +162,11 @@ class PoolForecast:
 
 @dataclass(frozen=True)
 class MemoryEvent:
-    """Another process (not a known server) suddenly took a large share of a pool.
+    """Another process (not a known server) suddenly took a large share of a memory pool.
 
     Attributes:
         kind: ``process_grab``.
-        device_id: the pool (``nvidia:0``...).
+        device_id: the memory pool (``nvidia:0``...).
         pid: the process; name its executable name ("" when unknown).
         grown_bytes: bytes it took within ``window_s`` seconds.
         used_bytes: what it holds now.
@@ -159,7 +176,7 @@ class MemoryEvent:
         timestamp: monotonic seconds of the poll that saw it.
     """
 
-    kind: str
+    kind: MemoryEventKind
     device_id: str
     pid: int
     name: str

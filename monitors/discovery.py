@@ -74,7 +74,7 @@ def redact_argv(argv: Iterable[str]) -> list[str]:
     return out
 
 
-ServerKey = tuple[int | None, str]
+ServerKey = str
 """A server's identity across polls: (pid, url); see :func:`server_key`."""
 
 
@@ -99,8 +99,11 @@ class Discovery:
 
 
 def server_key(server: ServerProcess) -> ServerKey:
-    """A stable identity for a server across polls: (pid, url)."""
-    return (server.pid, server.url)
+    """A server's stable identity across polls: ``pid:1234``, or its URL without a pid.
+
+    The one server key: ``ServerReport.key``, what the GUI selects and the JSON shows.
+    """
+    return f"pid:{server.pid}" if server.pid is not None else server.url
 
 
 # ---------------------------------------------------------------------------- argv parsing

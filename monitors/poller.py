@@ -65,7 +65,7 @@ class ClientPool:
 
     def __init__(self, factory: Callable[[ServerProcess], LlamaClient] | None = None) -> None:
         self._factory = factory or (lambda p: LlamaClient(p))
-        self._clients: dict[tuple[int | None, str], LlamaClient] = {}
+        self._clients: dict[str, LlamaClient] = {}
         self._lock = threading.Lock()
 
     def get(self, process: ServerProcess) -> LlamaClient:

@@ -13,11 +13,12 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 
-from kvwall.app.desktop.notifications import NotificationCenter, NotificationRules, Thresholds
+from kvwall.app.desktop.notifications import NotificationCenter
 from kvwall.app.desktop.poll_worker import PollResult, PollThread, PollWorker
 from kvwall.app.desktop.settings import Settings, SettingsStore, set_autostart
 from kvwall.app.desktop.tray import Tray
 from kvwall.app.desktop.window import MainWindow, app_icon
+from kvwall.budget.alerts import NotificationRules, Thresholds
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
 

@@ -6,52 +6,38 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from kvwall.app.desktop.poll_worker import PollResult
-from kvwall.budget.report import ServerReport, StatusReport
-from kvwall.monitors.snapshot import DeviceMemory, ServerState, Snapshot
+from kvwall.budget.report import StatusReport
 from kvwall.widgets.viewmodels.whatif_inputs import WhatIfInputs
+
+if TYPE_CHECKING:  # the engine and the poller are imported when a LiveSource is made
+    from kvwall.budget.engine import Engine
+    from kvwall.monitors.devices import MemorySources
+    from kvwall.monitors.poller import Poller
 
 log = logging.getLogger(__name__)
 
 
-def what_if_budget(state: ServerState, server: ServerReport,
-                   devices: Sequence[DeviceMemory]) -> int | None:
-    """Bytes the server could use on a restart: free memory on its pool plus what it holds
-    there now (the engine's own budget, so the panel agrees with the advice)."""
-    from kvwall.budget.advice import pool_bytes
-    from kvwall.budget.engine import pool_of
+def build_what_if_inputs(engine: Engine, report: StatusReport) -> dict[str, WhatIfInputs]:
+    """Model + configuration + budget for every server that can be simulated.
 
-    if server.plan is None:
-        return None
-    pool, free, _total, _host_free = pool_of(state, devices)
-    if free is None:
-        return None
-    return free + pool_bytes(server.plan, pool)
-
-
-def build_what_if_inputs(engine, snapshot: Snapshot, report: StatusReport) -> dict[str, WhatIfInputs]:
-    """Model + configuration + budget for every server that can be simulated."""
-    from kvwall.budget.attribution import gpu_names
-    from kvwall.budget.engine import server_report_key
-
-    states = {server_report_key(s): s for s in snapshot.servers}
+    The budget and device ids are the engine's own (``ServerReport.restart_budget_bytes``,
+    ``device_ids``), so the what-if panel agrees with the advice.
+    """
     out: dict[str, WhatIfInputs] = {}
     for server in report.servers:
-        state = states.get(server.key)
-        config = getattr(server, "config", None)
-        if state is None or config is None or server.plan is None or not server.model_path:
+        config = server.config
+        budget = server.restart_budget_bytes
+        if config is None or server.plan is None or not server.model_path or budget is None:
             continue
         if not config.argv:
             continue  # URL-only: no command line to edit
-        model, error = engine.model(server.model_path)
+        model, _error = engine.model(server.model_path)
         if model is None:
             continue
-        budget = what_if_budget(state, server, report.devices)
-        if budget is None:
-            continue
-        out[server.key] = WhatIfInputs(server.key, model, config, budget,
-                                       tuple(gpu_names(state, report.devices)))
+        out[server.key] = WhatIfInputs(server.key, model, config, budget, server.device_ids)
     return out
 
 
@@ -64,14 +50,14 @@ class LiveSource:
     """
 
     def __init__(self, extra_urls: Sequence[str] = (), api_keys: Mapping[str, str] | None = None,
-                 *, poller=None, engine=None) -> None:
+                 *, poller: Poller | None = None, engine: Engine | None = None) -> None:
         from kvwall.budget.engine import Engine
 
         if poller is None:
             from kvwall.monitors.devices import MemorySources
             from kvwall.monitors.poller import Poller
 
-            self._memory = MemorySources()
+            self._memory: MemorySources | None = MemorySources()
             poller = Poller(memory_sources=self._memory, extra_urls=extra_urls,
                             api_keys=dict(api_keys or {}))
         else:
@@ -117,7 +103,7 @@ class LiveSource:
         report = self.engine.analyse(snapshot)
         self._last_keys = tuple(s.key for s in report.servers)
         try:
-            inputs = build_what_if_inputs(self.engine, snapshot, report)
+            inputs = build_what_if_inputs(self.engine, report)
         except Exception:  # what-ifs are optional; the report is not
             log.exception("what-if inputs failed")
             inputs = {}

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from kvwall.app.desktop.notifications import (
+from kvwall.budget.alerts import (
     CRITICAL,
     OK,
     UNREACHABLE_HEALTH,

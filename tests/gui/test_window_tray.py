@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import gui_factories as f
 import numpy as np
-from kvwall.app.desktop.notifications import CRITICAL, OK, WARNING, Thresholds
 from kvwall.app.desktop.poll_worker import PollResult
 from kvwall.app.desktop.tray import LEVEL_COLORS, Tray, gauge_pixmap, tray_state
 from kvwall.app.desktop.window import MainWindow
+from kvwall.budget.alerts import CRITICAL, OK, WARNING, Thresholds
 from kvwall.widgets.history import HistoryView, RingBuffer
 from PySide6.QtCore import Qt
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from kvwall.budget.attribution import RSS_NOTE, attribute, gpu_names, split_measured
+from kvwall.budget.attribution import RSS_NOTE, attribute, device_ids, split_measured
 from kvwall.budget.memory import DeviceBudget, MemoryPlan
 from kvwall.monitors.snapshot import DeviceMemory, ProcessMemory, ServerProcess, ServerState
 
@@ -120,19 +120,19 @@ def test_two_gpus_matched_by_llama_device_name():
     assert set(by_id) == {"nvidia:0", "nvidia:1", "host"}
 
 
-def test_gpu_names_follow_the_pools_that_list_the_process():
+def test_device_ids_follow_the_pools_that_list_the_process():
     devices = (host(), nvidia(0, [ProcessMemory(5, GIB)]), nvidia(1, [ProcessMemory(100, GIB)]))
-    assert gpu_names(server(), devices) == ("CUDA1",)
+    assert device_ids(server(), devices) == ("CUDA1",)
     # A GPU that lists other processes but not this one: a CPU build of llama-server.
-    assert gpu_names(server(pid=42), devices) == ()
+    assert device_ids(server(pid=42), devices) == ()
     idle_gpu = (host(), nvidia(0, []))
-    assert gpu_names(server(), idle_gpu) == ()
+    assert device_ids(server(), idle_gpu) == ()
 
 
 def test_apple_unified_pool_sets_the_whole_plan_against_rss():
     apple = DeviceMemory("apple", "apple", "Apple M3 Max", True, 64 * GIB, 20 * GIB, 44 * GIB,
                          llama_device="MTL0")
-    assert gpu_names(server(), (host(), apple)) == ("MTL0",)
+    assert device_ids(server(), (host(), apple)) == ("MTL0",)
     p = plan(row("MTL0", 4 * GIB, GIB, 300 * MIB), row("Host", 200 * MIB, 0, 10 * MIB))
     (only,) = attribute(server(rss=6 * GIB), p, (host(), apple))
     assert only.device_id == "apple"

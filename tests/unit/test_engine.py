@@ -7,7 +7,7 @@ import os
 import pytest
 from kvwall.app.demo.tinymodels import write_model
 from kvwall.budget.config import parse_command_line
-from kvwall.budget.engine import POOL_SLOT_ID, Engine
+from kvwall.budget.engine import KV_POOL_SLOT_ID, Engine
 from kvwall.budget.memory import plan_memory
 from kvwall.monitors.gguf import read_model
 from kvwall.monitors.snapshot import (
@@ -105,7 +105,7 @@ def test_unified_server_reports_the_shared_pool(model_path):
     slots = tuple(idle(i, 4096, n, i + 1) for i, n in enumerate((700, 300, 0, 0)))
     (server,) = Engine().analyse(snap(state(argv, slots=slots))).servers
     assert server.plan.kv_unified
-    assert server.pool.id == POOL_SLOT_ID
+    assert server.pool.id == KV_POOL_SLOT_ID
     assert server.pool.n_ctx == server.plan.n_ctx == 4096
     assert server.pool.tokens == 1000
 

@@ -233,14 +233,14 @@ def test_unified_pool_forecast_sums_the_slots():
         tracker.observe(KEY, [a.busy(), b.busy()], t, unified=True)
         t += 10
         tracker.observe(KEY, [a.idle(), b.idle()], t, unified=True)
-    pool = tracker.pool_forecast(KEY, 8192)
-    assert tracker.pool_tokens(KEY) == a.tokens + b.tokens
+    pool = tracker.kv_pool_forecast(KEY, 8192)
+    assert tracker.kv_pool_tokens(KEY) == a.tokens + b.tokens
     assert pool.tokens_per_turn == pytest.approx(150)  # 300 cells per 2 requests
     free = 8192 - (a.tokens + b.tokens)
     assert pool.turns_left == -(-free // 150)
     # The pool fills long before either slot's own limit.
     assert pool.turns_left < tracker.slot_forecast(KEY, b.idle()).turns_left
-    assert tracker.pool_forecast("pid:other", 8192) is None
+    assert tracker.kv_pool_forecast("pid:other", 8192) is None
 
 
 def test_memory_is_bounded_and_unseen_servers_are_forgotten():
