@@ -13,7 +13,6 @@ from typing import Literal
 
 from kvwall.budget.events import GRAB_BYTES, PROCESS_GRAB
 from kvwall.budget.report import (
-    Health,
     MemoryEvent,
     PoolForecast,
     ServerReport,
@@ -21,7 +20,7 @@ from kvwall.budget.report import (
     StatusReport,
 )
 from kvwall.budget.units import format_bytes, format_duration
-from kvwall.monitors.snapshot import DeviceMemory
+from kvwall.monitors.snapshot import DeviceMemory, Health
 
 Level = Literal["ok", "warning", "critical"]
 OK: Level = "ok"

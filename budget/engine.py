@@ -13,7 +13,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 from kvwall.budget.advice import (
     POOL_GPU,
@@ -32,7 +31,6 @@ from kvwall.budget.report import (
     Advice,
     Attribution,
     Forecast,
-    Health,
     MemoryEvent,
     PoolForecast,
     ServerReport,
@@ -326,7 +324,7 @@ class Engine:
         return ServerReport(
             key=key, pid=state.process.pid, url=state.process.url,
             name=_display_name(state, planned.config, read.path), model_path=read.path,
-            health=_health(state), plan=planned.plan, memory=memory, slots=followed.slots,
+            health=state.health, plan=planned.plan, memory=memory, slots=followed.slots,
             pool=followed.kv_pool, max_ctx=fit.max_ctx, more_servers_fit=fit.more_servers,
             advice=fit.advice, errors=tuple(dict.fromkeys(errors)), config=planned.config,
             notes=tuple(dict.fromkeys(notes)), more_slots_fit=fit.more_slots,
@@ -552,10 +550,6 @@ class _Cached:
     advice: tuple[Advice, ...]
 
 
-def _health(state: ServerState) -> Health:
-    # monitors/snapshot.py sets only its HEALTH_* values, which Health spells out.
-    return cast("Health", state.health)
-
 
 def _attribute(state: ServerState, plan: MemoryPlan | None, devices: tuple[DeviceMemory, ...]
                ) -> tuple[tuple[Attribution, ...], tuple[str, ...]]:
@@ -639,7 +633,7 @@ def _failed_report(state: ServerState, error: Exception) -> ServerReport:
     proc = state.process
     return ServerReport(
         key=server_key(proc), pid=proc.pid, url=proc.url, name=proc.name or proc.url,
-        model_path=None, health=_health(state), plan=None, memory=(), slots=(), pool=None,
+        model_path=None, health=state.health, plan=None, memory=(), slots=(), pool=None,
         max_ctx={}, more_servers_fit=None, advice=(),
         errors=tuple(state.errors) + (
             f"kvwall could not analyse this server ({type(error).__name__}: {error})",),

@@ -12,12 +12,8 @@ from typing import TYPE_CHECKING, Literal
 if TYPE_CHECKING:  # annotations only: keeps this module (and budget.forecast) light to import
     from kvwall.budget.config import ServerConfig
     from kvwall.budget.memory import MemoryPlan
-    from kvwall.monitors.snapshot import DeviceMemory
+    from kvwall.monitors.snapshot import DeviceMemory, Health
 
-# A server's health, as ``kvwall.monitors.snapshot`` sets ``ServerState.health`` (its
-# HEALTH_* values): display text and JSON value at once, so the words never change.
-Health = Literal["ok", "loading", "sleeping", "unreachable", "needs API key",
-                 "not responding", "error", "router"]
 
 # MemoryEvent.kind: the kinds of memory event (one so far).
 MemoryEventKind = Literal["process_grab"]

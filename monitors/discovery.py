@@ -75,7 +75,7 @@ def redact_argv(argv: Iterable[str]) -> list[str]:
 
 
 ServerKey = str
-"""A server's identity across polls: (pid, url); see :func:`server_key`."""
+"""A server's identity across polls (``pid:1234`` or a URL); see :func:`server_key`."""
 
 
 @dataclass(frozen=True)
