@@ -1,6 +1,6 @@
 """Advice: ranked configuration changes that free memory, each a valid llama-server command.
 
-Every suggestion is simulated with the memory model (:func:`kvwall.budget.memory.simulate`);
+Every suggestion is simulated with the memory model (:func:`kvwall.budget.whatif.simulate`);
 anything llama.cpp would refuse, or that saves nothing on the server's pool, is dropped.
 The rest is ranked by the bytes it frees, most first.
 """
@@ -11,9 +11,11 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from kvwall.budget.cachetypes import TYPE_SIZES, cache_type_changes
 from kvwall.budget.config import ServerConfig
-from kvwall.budget.memory import MemoryPlan, largest_fitting, plan_memory, simulate
+from kvwall.budget.memory import MemoryPlan, largest_fitting, plan_memory
 from kvwall.budget.report import Advice
+from kvwall.budget.whatif import WhatIf, simulate
 from kvwall.monitors.gguf import ModelInfo
 from kvwall.monitors.snapshot import SlotState
 
@@ -21,11 +23,8 @@ MIB = 1024**2
 POOL_TOTAL = "total"  # the server lives in one pool: host RAM or unified memory
 POOL_GPU = "gpu"  # discrete accelerators: only the non-host rows count
 
-# bytes per element of each cache type (ggml block size / type size)
-_CACHE_BPE = {
-    "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
-    "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32,
-}
+# bytes per element of each cache type (ggml type size / block size)
+_CACHE_BPE = {name: size / blck for name, (blck, size) in TYPE_SIZES.items()}
 
 CAVEATS = {
     "cache-q8_0": "Halves the KV cache; the quality cost is negligible for almost every model.",
@@ -58,6 +57,7 @@ CAVEATS = {
 MIN_SAVING_FRACTION = 0.01
 
 PlanFn = Callable[..., MemoryPlan]
+SimulateFn = Callable[..., WhatIf]
 
 
 def pool_bytes(plan: MemoryPlan, pool: str = POOL_TOTAL) -> int:
@@ -117,7 +117,7 @@ def largest_context(
 class _Candidate:
     action: str
     title: str
-    changes: dict
+    changes: dict[str, object]
 
 
 def _candidates(
@@ -134,10 +134,9 @@ def _candidates(
     for ctype, action in (("q8_0", "cache-q8_0"), ("q4_0", "cache-q4_0")):
         if max(bpe_k, bpe_v) <= _CACHE_BPE[ctype]:
             continue
-        changes: dict = {"cache_type_k": ctype, "cache_type_v": ctype}
+        changes: dict[str, object] = dict(cache_type_changes(ctype, config.flash_attn))
         title = f"{ctype} KV cache (-ctk {ctype} -ctv {ctype})"
-        if fa_off:
-            changes["flash_attn"] = "on"  # llama.cpp refuses a quantized V without FA
+        if "flash_attn" in changes:
             title += " with flash attention"
         out.append(_Candidate(action, title, changes))
     if fa_off:
@@ -189,7 +188,7 @@ def advise(
     host_total_bytes: int | None = None,
     host_free_bytes: int | None = None,
     plan_fn: PlanFn = plan_memory,
-    simulate_fn: Callable[..., object] = simulate,
+    simulate_fn: SimulateFn = simulate,
 ) -> tuple[Advice, ...]:
     """Ranked advice for one server.
 
@@ -242,8 +241,18 @@ def advise(
 CACHE_RAM_SUGGESTED_MIB = 1024
 
 
-def _cache_ram_advice(model, config, plan, budget_bytes, gpu_names, pool, host_total,
-                      host_free, plan_fn, simulate_fn) -> Advice | None:
+def _cache_ram_advice(
+    model: ModelInfo,
+    config: ServerConfig,
+    plan: MemoryPlan,
+    budget_bytes: int,
+    gpu_names: Sequence[str],
+    pool: str,
+    host_total: int | None,
+    host_free: int | None,
+    plan_fn: PlanFn,
+    simulate_fn: SimulateFn,
+) -> Advice | None:
     mib = config.cache_ram_mib
     if mib == 0 or host_free is None:
         return None

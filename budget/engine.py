@@ -17,6 +17,7 @@ from typing import Any
 from kvwall.budget.advice import POOL_GPU, POOL_TOTAL, advise, largest_context, pool_bytes
 from kvwall.budget.attribution import attribute, server_devices
 from kvwall.budget.attribution import gpu_names as server_gpu_names
+from kvwall.budget.cachetypes import CacheType, cache_type_changes
 from kvwall.budget.config import ConfigError, ServerConfig, parse_command_line
 from kvwall.budget.events import GrabDetector
 from kvwall.budget.forecast import ContextTracker, PoolTracker
@@ -44,7 +45,7 @@ from kvwall.monitors.snapshot import (
 log = logging.getLogger(__name__)
 
 # Cache types whose largest context is reported for a restart.
-RESTART_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+RESTART_CACHE_TYPES: tuple[CacheType, ...] = ("f16", "q8_0", "q4_0")
 # What-ifs are recomputed when the memory budget moves by more than this fraction.
 BUDGET_TOLERANCE = 0.02
 MODEL_CACHE_SIZE = 32
@@ -471,9 +472,7 @@ class Engine:
             return hit
         max_ctx = {}
         for ctype in RESTART_CACHE_TYPES:
-            changes: dict = {"cache_type_k": ctype, "cache_type_v": ctype}
-            if ctype != "f16" and config.flash_attn == "off":
-                changes["flash_attn"] = "on"
+            changes = cache_type_changes(ctype, config.flash_attn)
             try:
                 variant = config.replace(**changes)
                 if self._plan_fn(model, variant.replace(n_ctx=256), gpu_names=gpus).errors:

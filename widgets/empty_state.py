@@ -120,7 +120,8 @@ class PlanOutcome:
 def plan_html(path: str, flags: str, memory_bytes: int | None) -> PlanOutcome:
     """Read the model and plan it (file I/O: call it off the GUI thread)."""
     from kvwall.budget.config import ConfigError, parse_command_line
-    from kvwall.budget.memory import plan_memory, what_if_table
+    from kvwall.budget.memory import plan_memory
+    from kvwall.budget.whatif import what_if_table
     from kvwall.monitors.gguf import GGUFError, read_model
 
     try:

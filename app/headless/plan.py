@@ -76,7 +76,7 @@ class _Args:
 
 
 def _split_args(argv: Sequence[str], environ: Mapping[str, str]) -> _Args:
-    from kvwall.budget.config import CACHE_TYPES
+    from kvwall.budget.cachetypes import CACHE_TYPES
     from kvwall.budget.units import parse_size
 
     own: dict[str, list[str]] = {name: [] for name in _OWN_VALUE_OPTIONS}
@@ -284,9 +284,9 @@ def _plan_object(model: Any, config: Any, plan: Any, rows: list, budget: _Budget
         "what_if": [],
     }
     if plan.ok:
-        from kvwall.budget.memory import _budget_total
+        from kvwall.budget.memory import budget_total
 
-        used = _budget_total(plan, budget.gpu_names)
+        used = budget_total(plan, budget.gpu_names)
         obj["budget"] = {
             "weights_bytes": plan.weights_bytes,
             "kv_bytes": plan.kv_bytes,
@@ -501,7 +501,8 @@ def main(
         )
         return EXIT_USAGE
 
-    from kvwall.budget.memory import plan_memory, what_if_table
+    from kvwall.budget.memory import plan_memory
+    from kvwall.budget.whatif import what_if_table
 
     try:
         budget = _detect_budget(args)

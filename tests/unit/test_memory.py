@@ -7,15 +7,10 @@ import shlex
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kvwall.budget.config import CACHE_TYPES, parse_command_line
-from kvwall.budget.memory import (
-    TYPE_SIZES,
-    max_context,
-    plan_memory,
-    row_bytes,
-    simulate,
-    what_if_table,
-)
+from kvwall.budget.cachetypes import CACHE_TYPES, TYPE_SIZES, row_bytes
+from kvwall.budget.config import parse_command_line
+from kvwall.budget.memory import max_context, plan_memory
+from kvwall.budget.whatif import simulate, what_if_table
 from kvwall.monitors.gguf import TensorInfo
 from plan_models import make_model
 
