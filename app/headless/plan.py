@@ -466,11 +466,12 @@ def main(
     except ConfigError as exc:
         err.write(f"kvwall plan: {exc}\n")
         return EXIT_USAGE
-    if config.unknown_flags:
-        err.write(
-            f"kvwall plan: llama-server would refuse this command line: invalid argument: "
-            f"{config.unknown_flags[0]} (not an argument of llama-server)\n"
-        )
+    from kvwall.budget.memory import LaunchError, check_command_line, check_model_file
+
+    try:
+        check_command_line(config)
+    except LaunchError as exc:
+        err.write(f"kvwall plan: {exc}\n")
         return EXIT_USAGE
     if not config.model_path:
         hint = " (-hf downloads are not read; pass the local .gguf path)" if _has_hf(config) else ""
@@ -488,17 +489,10 @@ def main(
         err.write(f"kvwall plan: cannot read {config.model_path}: {exc.strerror or exc}\n")
         return EXIT_USAGE
 
-    if model.big_endian and sys.byteorder == "little":
-        err.write(
-            f"kvwall plan: {config.model_path}: a big-endian GGUF; llama-server on this little-endian "
-            "machine refuses it (GGUF version read byte-swapped: endianness mismatch)\n"
-        )
-        return EXIT_USAGE
-    if len(model.paths) > 1 and os.path.abspath(config.model_path) != os.path.abspath(model.path):
-        err.write(
-            f"kvwall plan: {config.model_path}: llama-server loads a split model from its first "
-            f"shard only (it refuses this one: illegal split file idx); use -m {model.path}\n"
-        )
+    try:
+        check_model_file(model, config)
+    except LaunchError as exc:
+        err.write(f"kvwall plan: {exc}\n")
         return EXIT_USAGE
 
     from kvwall.budget.memory import plan_memory
