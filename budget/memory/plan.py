@@ -9,7 +9,7 @@ from kvwall.budget.config import ServerConfig
 from kvwall.budget.memory.alloc import Alloc, allocate
 from kvwall.budget.memory.fit import MiB, fit_context
 from kvwall.budget.memory.layout import KV_PAD, Layout, model_layout, pad
-from kvwall.budget.memory.refusals import apply_refusals
+from kvwall.budget.memory.refusals import check_config
 from kvwall.budget.memory.resolve import Context, Resolved, context, resolve
 from kvwall.budget.memory.results import DeviceBudget, MemoryPlan
 from kvwall.monitors.gguf import ModelInfo
@@ -156,7 +156,9 @@ def _device_rows(rv: Resolved, alloc: Alloc) -> tuple[DeviceBudget, ...]:
     return tuple(devices)
 
 
-def _assemble(config: ServerConfig, rv: Resolved, lay: Layout, alloc: Alloc, n_ctx_slot: int) -> MemoryPlan:
+def _assemble(
+    config: ServerConfig, rv: Resolved, lay: Layout, alloc: Alloc, n_ctx_slot: int, notes: Sequence[str]
+) -> MemoryPlan:
     ctx = alloc.ctx
     weights = sum(alloc.weights.values())
     kv = alloc.kv_k + alloc.kv_v
@@ -187,7 +189,7 @@ def _assemble(config: ServerConfig, rv: Resolved, lay: Layout, alloc: Alloc, n_c
         total_bytes=total,
         kv_bytes_per_cell=alloc.kv_per_cell,
         devices=_device_rows(rv, alloc),
-        assumptions=tuple(dict.fromkeys(rv.assumptions)),
+        assumptions=tuple(dict.fromkeys(notes)),
         errors=(),
         kv_cells_swa=alloc.kv_cells_swa,
         kv_layers=len(lay.kv_layers),
@@ -196,7 +198,9 @@ def _assemble(config: ServerConfig, rv: Resolved, lay: Layout, alloc: Alloc, n_c
     )
 
 
-def _empty_plan(config: ServerConfig, rv: Resolved, ctx: Context | None) -> MemoryPlan:
+def _empty_plan(
+    config: ServerConfig, rv: Resolved, ctx: Context | None, notes: Sequence[str], error: str
+) -> MemoryPlan:
     """A refused plan: no bytes, the reasons in ``errors``."""
     return MemoryPlan(
         n_ctx=ctx.n_ctx if ctx else 0,
@@ -221,9 +225,9 @@ def _empty_plan(config: ServerConfig, rv: Resolved, ctx: Context | None) -> Memo
         total_bytes=0,
         kv_bytes_per_cell=0.0,
         devices=(),
-        assumptions=tuple(dict.fromkeys(rv.assumptions)),
-        errors=tuple(rv.errors),
-        flash_attn_effective=rv.fa != "off",
+        assumptions=tuple(dict.fromkeys(notes)),
+        errors=(error,),
+        flash_attn_effective=rv.fa_effective,
         n_rs_seq=rv.n_rs_seq,
     )
 
@@ -240,35 +244,38 @@ def plan_laid_out(
     """:func:`plan_memory` with the model's layout already computed (for many plans of one
     model); ``quiet`` leaves out the notes that only describe the configuration."""
     rv = resolve(model, config, gpu_names)
+    notes = list(rv.notes)
     if config.n_ctx is not None and config.n_ctx < 0:
-        rv.errors.append(
+        return _empty_plan(config, rv, None, notes, (
             f"-c {config.n_ctx}: a negative context size; llama.cpp aborts "
             "(GGML_ASSERT(n_outputs >= 1) in llama-context.cpp)"
-        )
-        return _empty_plan(config, rv, None)
+        ))  # fmt: skip
     if _sized_by_fit(config):
-        apply_refusals(model, config, rv)  # before --fit sizes anything
-        if rv.errors:
-            return _empty_plan(config, rv, None)
+        verdict = check_config(model, config, rv, 0)  # before --fit sizes anything
+        rv = verdict.rv
+        notes.extend(verdict.notes)
+        if verdict.error:
+            return _empty_plan(config, rv, None, notes, verdict.error)
         choice = fit_context(model, config, rv, layout, free_bytes)
-        rv.n_ctx_req = choice.n_ctx
-        rv.assumptions.append(choice.note)
+        n_ctx_req = choice.n_ctx
+        notes.append(choice.note)
     else:
         request = _requested_context(model, config, rv)
-        rv.n_ctx_req = request.n_ctx_req
+        n_ctx_req = request.n_ctx_req
         if request.note:
-            rv.assumptions.append(request.note)
-        apply_refusals(model, config, rv)
-    if rv.errors:
-        return _empty_plan(config, rv, context(model, config, rv, rv.n_ctx_req))
-    rv.fa_effective = rv.fa != "off"
+            notes.append(request.note)
+        verdict = check_config(model, config, rv, n_ctx_req)
+        rv = verdict.rv
+        notes.extend(verdict.notes)
+        if verdict.error:
+            return _empty_plan(config, rv, context(model, config, rv, n_ctx_req), notes, verdict.error)
     if not quiet:
-        rv.assumptions.extend(_config_notes(model, config, rv, layout))
-    alloc = allocate(model, config, rv, layout, rv.n_ctx_req)
+        notes.extend(_config_notes(model, config, rv, layout))
+    alloc = allocate(model, config, rv, layout, n_ctx_req)
     slots = _slot_capacity(model, config, rv, layout, alloc.ctx)
     if slots.note and not quiet:
-        rv.assumptions.append(slots.note)
-    return _assemble(config, rv, layout, alloc, slots.n_ctx_slot)
+        notes.append(slots.note)
+    return _assemble(config, rv, layout, alloc, slots.n_ctx_slot, notes)
 
 
 def budget_total(plan: MemoryPlan, gpu_names: Sequence[str]) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from kvwall.budget.cachetypes import QUANTIZED, TYPE_SIZES, needs_flash_attention
 from kvwall.budget.config import ServerConfig
@@ -58,36 +59,55 @@ def check_model_file(model: ModelInfo, config: ServerConfig) -> None:
 _Check = Callable[[ModelInfo, ServerConfig, Resolved], "str | None"]
 
 
-def _load_checks(model: ModelInfo, config: ServerConfig, rv: Resolved) -> str | None:
+@dataclass(frozen=True)
+class Verdict:
+    """What llama.cpp's checks make of a configuration.
+
+    Attributes:
+        rv: the resolved configuration, with ``-fa auto`` switched on where required.
+        notes: why flash attention was switched on, in the user's words.
+        error: the first refusal, in llama.cpp's words; None when accepted.
+    """
+
+    rv: Resolved
+    notes: tuple[str, ...]
+    error: str | None
+
+
+def _load_checks(model: ModelInfo, config: ServerConfig, rv: Resolved, n_ctx_req: int) -> str | None:
     """llama_prepare_model_devices (at model load) and the first llama_init_from_model checks."""
     if config.split_mode == "tensor" and not rv.gpu_names:
         return "LLAMA_SPLIT_MODE_TENSOR needs >= 1 devices"
     if config.n_batch == 0 and config.n_ubatch == 0:
         return "n_batch and n_ubatch cannot both be zero"
-    if model.n_ctx_train == 0 and rv.n_ctx_req == 0:
+    if model.n_ctx_train == 0 and n_ctx_req == 0:
         return "n_ctx and model->hparams.n_ctx_train cannot both be zero"
     return None
 
 
-def _flash_attn_checks(model: ModelInfo, config: ServerConfig, rv: Resolved) -> str | None:
-    """What needs flash attention; ``-fa auto`` is switched on (``rv.fa``) where needed."""
+def _flash_attn_checks(model: ModelInfo, config: ServerConfig, rv: Resolved) -> Verdict:
+    """What needs flash attention; ``-fa auto`` is switched on where it is needed."""
     tk, tv = config.cache_type_k, config.cache_type_v
+    fa = rv.fa
+    notes: list[str] = []
+
+    def verdict(error: str | None) -> Verdict:
+        return Verdict(replace(rv, fa=fa), tuple(notes), error)
+
     if config.split_mode == "tensor":
-        if rv.fa == "auto":
-            rv.fa = "on"
-            rv.assumptions.append("flash attention switched on: llama.cpp requires it for -sm tensor")
-        elif rv.fa == "off":
-            return "SPLIT_MODE_TENSOR requires flash_attn to be enabled"
+        if fa == "auto":
+            fa = "on"
+            notes.append("flash attention switched on: llama.cpp requires it for -sm tensor")
+        elif fa == "off":
+            return verdict("SPLIT_MODE_TENSOR requires flash_attn to be enabled")
     if (model.is_mla or model.architecture == "deepseek4") and tk != tv:
-        return f"model does not support different K ({tk}) and V ({tv}) cache types"
-    if needs_flash_attention(tv) and rv.fa != "on":
-        if rv.fa != "auto":
-            return "quantized V cache requires flash_attn to be enabled"
-        rv.fa = "on"
-        rv.assumptions.append(
-            f"flash attention switched on: llama.cpp requires it for the quantized V cache ({tv})"
-        )
-    return None
+        return verdict(f"model does not support different K ({tk}) and V ({tv}) cache types")
+    if needs_flash_attention(tv) and fa != "on":
+        if fa != "auto":
+            return verdict("quantized V cache requires flash_attn to be enabled")
+        fa = "on"
+        notes.append(f"flash attention switched on: llama.cpp requires it for the quantized V cache ({tv})")
+    return verdict(None)
 
 
 def _row_block_checks(model: ModelInfo, config: ServerConfig, rv: Resolved) -> str | None:
@@ -140,19 +160,26 @@ def _context_checks(model: ModelInfo, config: ServerConfig, rv: Resolved) -> str
     return None
 
 
-_CHECKS: tuple[_Check, ...] = (
-    _load_checks,
-    _flash_attn_checks,
-    _row_block_checks,
-    _head_block_checks,
-    _context_checks,
-)
+_LATER_CHECKS: tuple[_Check, ...] = (_row_block_checks, _head_block_checks, _context_checks)
 
 
-def apply_refusals(model: ModelInfo, config: ServerConfig, rv: Resolved) -> None:
-    """llama.cpp's configuration checks, in its order: the first failure goes to ``rv.errors``."""
-    for check in _CHECKS:
-        error = check(model, config, rv)
+def check_config(model: ModelInfo, config: ServerConfig, rv: Resolved, n_ctx_req: int) -> Verdict:
+    """llama.cpp's configuration checks, in its order, up to the first refusal.
+
+    Args:
+        model: the GGUF header.
+        config: the parsed command line.
+        rv: the resolved configuration.
+        n_ctx_req: the context asked of llama_context (0 = the trained context).
+    """
+    error = _load_checks(model, config, rv, n_ctx_req)
+    if error:
+        return Verdict(rv, (), error)
+    verdict = _flash_attn_checks(model, config, rv)
+    if verdict.error:
+        return verdict
+    for check in _LATER_CHECKS:
+        error = check(model, config, verdict.rv)
         if error:
-            rv.errors.append(error)
-            return
+            return replace(verdict, error=error)
+    return verdict

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from kvwall.budget.config import ServerConfig
 from kvwall.budget.memory.layout import pad
@@ -17,9 +17,9 @@ _RS_ROLLBACK_ARCHS = frozenset(
 _SPEC_TYPES_WITH_RS = ("draft-mtp", "draft-eagle3", "draft-dflash", "draft-dspark")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Resolved:
-    """The resolved configuration of one plan; the planning steps add notes and errors.
+    """The resolved configuration of one plan, and the notes resolving it gave.
 
     ``gpu_names`` holds llama.cpp device names (``CUDA0``), the offload targets.
     """
@@ -27,15 +27,17 @@ class Resolved:
     n_seq: int
     unified: bool
     n_stream: int
-    n_ctx_req: int  # what llama_context receives (after fit / per-slot sizing), 0 = n_ctx_train
     fa: str  # requested after forcing: on/off/auto
-    fa_effective: bool
     n_rs_seq: int
     n_gpu_layers: int  # resolved count incl. output layer
     gpu_names: tuple[str, ...]
-    splits: tuple[float, ...] = ()  # -ts shares per GPU; empty = equal shares
-    assumptions: list[str] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    splits: tuple[float, ...]  # -ts shares per GPU; empty = equal shares
+    notes: tuple[str, ...]
+
+    @property
+    def fa_effective(self) -> bool:
+        """Whether attention runs with flash attention (``auto`` assumed to mean on)."""
+        return self.fa != "off"
 
 
 @dataclass(frozen=True)
@@ -149,12 +151,10 @@ def resolve(model: ModelInfo, config: ServerConfig, gpu_names: Sequence[str]) ->
         n_seq=slots.n_seq,
         unified=slots.unified,
         n_stream=1 if slots.unified else slots.n_seq,
-        n_ctx_req=0,
         fa=fa,
-        fa_effective=fa != "off",
         n_rs_seq=_rollback_rows(model, config),
         n_gpu_layers=offload.n_gpu_layers,
         gpu_names=offload.gpu_names,
         splits=offload.splits,
-        assumptions=notes,
+        notes=tuple(notes),
     )
