@@ -56,7 +56,8 @@ def main() -> None:
     from kvwall.app.demo.tinymodels import write_model
     from kvwall.app.headless.plan import main as plan_main
     from kvwall.budget.config import parse_command_line
-    from kvwall.budget.memory import plan_memory, what_if_table
+    from kvwall.budget.memory import plan_memory
+    from kvwall.budget.whatif import what_if_table
     from kvwall.monitors.gguf import read_model
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))

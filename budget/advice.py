@@ -1,6 +1,6 @@
 """Advice: ranked configuration changes that free memory, each a valid llama-server command.
 
-Every suggestion is simulated with the memory model (:func:`kvwall.budget.memory.simulate`);
+Every suggestion is simulated with the memory model (:func:`kvwall.budget.whatif.simulate`);
 anything llama.cpp would refuse, or that saves nothing on the server's pool, is dropped.
 The rest is ranked by the bytes it frees, most first.
 """
@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from kvwall.budget.cachetypes import TYPE_SIZES, CacheType, cache_type_changes
 from kvwall.budget.config import ServerConfig
-from kvwall.budget.memory import MemoryPlan, WhatIf, largest_fitting, plan_memory, simulate
+from kvwall.budget.memory import MemoryPlan, largest_fitting, plan_memory
 from kvwall.budget.report import Advice, AdviceAction
+from kvwall.budget.whatif import WhatIf, simulate
 from kvwall.monitors.gguf import ModelInfo
 from kvwall.monitors.snapshot import SlotState
 
@@ -24,11 +26,8 @@ MemoryPoolKind = Literal["total", "gpu"]
 POOL_TOTAL: MemoryPoolKind = "total"  # one pool: host RAM or unified memory
 POOL_GPU: MemoryPoolKind = "gpu"  # discrete accelerators: only the non-host rows count
 
-# bytes per element of each cache type (ggml block size / type size)
-_CACHE_BPE = {
-    "f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q5_1": 24 / 32, "q5_0": 22 / 32,
-    "q4_1": 20 / 32, "q4_0": 18 / 32, "iq4_nl": 18 / 32,
-}
+# bytes per element of each cache type (ggml type size / block size)
+_CACHE_BPE = {name: size / blck for name, (blck, size) in TYPE_SIZES.items()}
 
 CAVEATS: dict[AdviceAction, str] = {
     "cache-q8_0": "Halves the KV cache; the quality cost is negligible for almost every model.",
@@ -135,13 +134,14 @@ def _candidates(
     fa_off = config.flash_attn == "off"
     bpe_k = _CACHE_BPE.get(plan.cache_type_k, 2.0)
     bpe_v = _CACHE_BPE.get(plan.cache_type_v, 2.0)
-    for ctype, action in (("q8_0", "cache-q8_0"), ("q4_0", "cache-q4_0")):
+    cache_actions: tuple[tuple[CacheType, AdviceAction], ...] = (
+        ("q8_0", "cache-q8_0"), ("q4_0", "cache-q4_0"))
+    for ctype, action in cache_actions:
         if max(bpe_k, bpe_v) <= _CACHE_BPE[ctype]:
             continue
-        changes: dict = {"cache_type_k": ctype, "cache_type_v": ctype}
+        changes: dict[str, object] = dict(cache_type_changes(ctype, config.flash_attn))
         title = f"{ctype} KV cache (-ctk {ctype} -ctv {ctype})"
-        if fa_off:
-            changes["flash_attn"] = "on"  # llama.cpp refuses a quantized V without FA
+        if "flash_attn" in changes:
             title += " with flash attention"
         out.append(_Candidate(action, title, changes))
     if fa_off:

@@ -10,10 +10,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+from kvwall.budget.cachetypes import CACHE_TYPES
 from kvwall.budget.llama_args import OPTIONS
-
-# llama.cpp's allowed --cache-type-k/-v values (common/arg.cpp kv_cache_types).
-CACHE_TYPES: tuple[str, ...] = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
 
 # Placeholders written instead of secrets when a command line is rendered.
 API_KEY_PLACEHOLDER = "$LLAMA_API_KEY"

@@ -23,6 +23,7 @@ from kvwall.budget.advice import (
     pool_bytes,
 )
 from kvwall.budget.attribution import attribute, device_ids, server_devices
+from kvwall.budget.cachetypes import CacheType, cache_type_changes
 from kvwall.budget.config import ConfigError, ServerConfig, parse_command_line
 from kvwall.budget.events import GrabDetector
 from kvwall.budget.forecast import ContextTracker, PoolTracker
@@ -52,7 +53,7 @@ from kvwall.monitors.snapshot import (
 log = logging.getLogger(__name__)
 
 # Cache types whose largest context is reported for a restart.
-RESTART_CACHE_TYPES = ("f16", "q8_0", "q4_0")
+RESTART_CACHE_TYPES: tuple[CacheType, ...] = ("f16", "q8_0", "q4_0")
 # What-ifs are recomputed when the memory budget moves by more than this fraction.
 BUDGET_TOLERANCE = 0.02
 MODEL_CACHE_SIZE = 32
@@ -460,9 +461,7 @@ class Engine:
         """The largest context of each of :data:`RESTART_CACHE_TYPES` that llama.cpp takes."""
         max_ctx: dict[str, int] = {}
         for ctype in RESTART_CACHE_TYPES:
-            changes: dict[str, object] = {"cache_type_k": ctype, "cache_type_v": ctype}
-            if ctype != "f16" and b.config.flash_attn == "off":
-                changes["flash_attn"] = "on"
+            changes = cache_type_changes(ctype, b.config.flash_attn)
             try:
                 variant = b.config.replace(**changes)
                 if self._plan_fn(b.model, variant.replace(n_ctx=256),

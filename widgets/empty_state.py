@@ -120,13 +120,16 @@ class PlanOutcome:
 def plan_html(path: str, flags: str, memory_bytes: int | None) -> PlanOutcome:
     """Read the model and plan it (file I/O: call it off the GUI thread)."""
     from kvwall.budget.config import ConfigError, parse_command_line
-    from kvwall.budget.memory import plan_memory, what_if_table
+    from kvwall.budget.memory import check_command_line, check_model_file, plan_memory
+    from kvwall.budget.whatif import what_if_table
     from kvwall.monitors.gguf import GGUFError, read_model
 
     try:
         extra = shlex.split(flags)
         config = parse_command_line(["llama-server", "-m", path, *extra])
+        check_command_line(config)  # LaunchError is a ValueError: shown as the error
         model = read_model(path)
+        check_model_file(model, config)
         plan = plan_memory(model, config, free_bytes=memory_bytes)
         table = (what_if_table(model, config, memory_bytes=memory_bytes)
                  if memory_bytes and plan.ok else [])

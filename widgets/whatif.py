@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kvwall.budget.config import CACHE_TYPES
+from kvwall.budget.cachetypes import CACHE_TYPES
 from kvwall.budget.memory import MemoryPlan
 from kvwall.budget.report import ServerReport
 from kvwall.widgets.gauge import StackedBar

@@ -38,7 +38,7 @@ class KvwallApp(QObject):
         on_servers_changed: told the configured server URLs and keys when they change.
         on_settings_applied: told the new settings each time the user applies them
             (the poll source's own thresholds, such as the GPU-grab share, follow them).
-        simulate: the what-if function (default ``kvwall.budget.memory.simulate``).
+        simulate: the what-if function (default ``kvwall.budget.whatif.simulate``).
 
     Signals:
         result_shown(PollResult): a poll result reached the window and tray.

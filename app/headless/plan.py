@@ -76,7 +76,7 @@ class _Args:
 
 
 def _split_args(argv: Sequence[str], environ: Mapping[str, str]) -> _Args:
-    from kvwall.budget.config import CACHE_TYPES
+    from kvwall.budget.cachetypes import CACHE_TYPES
     from kvwall.budget.units import parse_size
 
     own: dict[str, list[str]] = {name: [] for name in _OWN_VALUE_OPTIONS}
@@ -284,9 +284,9 @@ def _plan_object(model: Any, config: Any, plan: Any, rows: list, budget: _Budget
         "what_if": [],
     }
     if plan.ok:
-        from kvwall.budget.memory import _budget_total
+        from kvwall.budget.memory import budget_total
 
-        used = _budget_total(plan, budget.gpu_names)
+        used = budget_total(plan, budget.gpu_names)
         obj["budget"] = {
             "weights_bytes": plan.weights_bytes,
             "kv_bytes": plan.kv_bytes,
@@ -466,11 +466,12 @@ def main(
     except ConfigError as exc:
         err.write(f"kvwall plan: {exc}\n")
         return EXIT_USAGE
-    if config.unknown_flags:
-        err.write(
-            f"kvwall plan: llama-server would refuse this command line: invalid argument: "
-            f"{config.unknown_flags[0]} (not an argument of llama-server)\n"
-        )
+    from kvwall.budget.memory import LaunchError, check_command_line, check_model_file
+
+    try:
+        check_command_line(config)
+    except LaunchError as exc:
+        err.write(f"kvwall plan: {exc}\n")
         return EXIT_USAGE
     if not config.model_path:
         hint = " (-hf downloads are not read; pass the local .gguf path)" if _has_hf(config) else ""
@@ -488,20 +489,14 @@ def main(
         err.write(f"kvwall plan: cannot read {config.model_path}: {exc.strerror or exc}\n")
         return EXIT_USAGE
 
-    if model.big_endian and sys.byteorder == "little":
-        err.write(
-            f"kvwall plan: {config.model_path}: a big-endian GGUF; llama-server on this little-endian "
-            "machine refuses it (GGUF version read byte-swapped: endianness mismatch)\n"
-        )
-        return EXIT_USAGE
-    if len(model.paths) > 1 and os.path.abspath(config.model_path) != os.path.abspath(model.path):
-        err.write(
-            f"kvwall plan: {config.model_path}: llama-server loads a split model from its first "
-            f"shard only (it refuses this one: illegal split file idx); use -m {model.path}\n"
-        )
+    try:
+        check_model_file(model, config)
+    except LaunchError as exc:
+        err.write(f"kvwall plan: {exc}\n")
         return EXIT_USAGE
 
-    from kvwall.budget.memory import plan_memory, what_if_table
+    from kvwall.budget.memory import plan_memory
+    from kvwall.budget.whatif import what_if_table
 
     try:
         budget = _detect_budget(args)

@@ -7,15 +7,10 @@ import shlex
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kvwall.budget.config import CACHE_TYPES, parse_command_line
-from kvwall.budget.memory import (
-    TYPE_SIZES,
-    max_context,
-    plan_memory,
-    row_bytes,
-    simulate,
-    what_if_table,
-)
+from kvwall.budget.cachetypes import CACHE_TYPES, TYPE_SIZES, row_bytes
+from kvwall.budget.config import parse_command_line
+from kvwall.budget.memory import max_context, plan_memory
+from kvwall.budget.whatif import simulate, what_if_table
 from kvwall.monitors.gguf import TensorInfo
 from plan_models import make_model
 
@@ -395,3 +390,22 @@ def test_cells_no_slot_can_reach_are_pointed_out_with_a_smaller_c():
     # nothing to gain: -c 4000 pads back to the same 4096 cells
     plan = plan_memory(small, cfg("--kv-unified-per-slot 1000"))
     assert not any("capped" in a for a in plan.assumptions)
+
+
+def test_launch_refusals_are_the_cli_s_and_live_in_the_memory_model():
+    import dataclasses
+    import sys
+
+    from kvwall.budget.memory import LaunchError, check_command_line, check_model_file
+
+    check_command_line(cfg("-c 4096"))
+    with pytest.raises(LaunchError, match="invalid argument: --frobnicate"):
+        check_command_line(cfg("--frobnicate"))
+    model = dataclasses.replace(LLAMA8B, path="/models/m-00001-of-00002.gguf",
+                                paths=("/models/m-00001-of-00002.gguf", "/models/m-00002-of-00002.gguf"))
+    check_model_file(model, parse_command_line(["llama-server", "-m", model.path]))
+    with pytest.raises(LaunchError, match="illegal split file idx"):
+        check_model_file(model, parse_command_line(["llama-server", "-m", model.paths[1]]))
+    if sys.byteorder == "little":
+        with pytest.raises(LaunchError, match="big-endian"):
+            check_model_file(dataclasses.replace(LLAMA8B, big_endian=True), cfg())

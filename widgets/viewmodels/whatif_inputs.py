@@ -2,7 +2,7 @@
 
 Qt-free. :class:`WhatIfInputs` is built on the poll thread (reading a GGUF header is file
 I/O) and travels to the GUI with the report; :func:`run_what_if` calls
-``kvwall.budget.memory.simulate`` and the forecast (pure, fast) on the GUI thread.
+``kvwall.budget.whatif.simulate`` and the forecast (pure, fast) on the GUI thread.
 """
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kvwall.budget.cachetypes import cache_type_changes
 from kvwall.budget.config import ServerConfig
-from kvwall.budget.memory import MemoryPlan, WhatIf
+from kvwall.budget.memory import MemoryPlan
 from kvwall.budget.report import ServerReport, SlotReport
+from kvwall.budget.whatif import WhatIf
 from kvwall.monitors.gguf import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -51,10 +53,7 @@ class WhatIfInputs:
 def quick_changes(kind: str, plan: MemoryPlan, config: ServerConfig) -> dict | None:
     """The ServerConfig changes of a one-click what-if; None when it does not apply."""
     if kind in ("q8_0", "q4_0"):
-        changes: dict = {"cache_type_k": kind, "cache_type_v": kind}
-        if config.flash_attn == "off":  # a quantized V cache needs flash attention
-            changes["flash_attn"] = "on"
-        return changes
+        return dict(cache_type_changes(kind, config.flash_attn))
     if kind == "one_fewer_slot":
         return {"n_parallel": plan.n_seq - 1} if plan.n_seq > 1 else None
     if kind == "half_slots":
@@ -87,7 +86,7 @@ def run_what_if(
 ) -> WhatIfResult:
     """Simulate ``changes`` and forecast the fullest slot against its new limit."""
     if simulate is None:
-        from kvwall.budget.memory import simulate
+        from kvwall.budget.whatif import simulate
 
     wi = simulate(inputs.model, inputs.config, changes, memory_bytes=inputs.memory_bytes,
                   gpu_names=inputs.gpu_names, label=label)

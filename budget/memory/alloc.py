@@ -1,0 +1,219 @@
+"""Allocation: which device holds which weights, KV cells, recurrent state and outputs."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from kvwall.budget.cachetypes import row_bytes
+from kvwall.budget.config import ServerConfig
+from kvwall.budget.memory.compute import compute_buffers
+from kvwall.budget.memory.layout import Layout, pad
+from kvwall.budget.memory.resolve import Context, Resolved, context
+from kvwall.monitors.gguf import ModelInfo
+
+# common/common.h LLM_FFN_EXPS_REGEX (what -cmoe / -ncmoe keep on the CPU)
+_FFN_EXPS = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
+_INPUT_TENSORS = ("token_embd.", "token_types.", "position_embd.", "tok_norm.", "token_embd_norm.")
+_BLK = re.compile(r"^blk\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class Alloc:
+    """Bytes per buffer kind and device for one context size."""
+
+    ctx: Context
+    kv_cells_swa: int
+    kv_k: int
+    kv_v: int
+    kv_swa: int
+    recurrent: int
+    weights: dict[str, int]
+    kv: dict[str, int]
+    rs: dict[str, int]
+    compute: dict[str, int]
+    output: int
+    kv_per_cell: float
+
+    def device_total(self, name: str) -> int:
+        """Weights, KV, recurrent state and compute on device ``name``."""
+        return (
+            self.weights.get(name, 0)
+            + self.kv.get(name, 0)
+            + self.rs.get(name, 0)
+            + self.compute.get(name, 0)
+        )
+
+
+@dataclass(frozen=True)
+class _KvCache:
+    cells_swa: int
+    k: int
+    v: int
+    swa: int
+    per_cell: int
+    by_device: dict[str, int]
+
+
+@dataclass(frozen=True)
+class _RecurrentState:
+    total: int
+    by_device: dict[str, int]
+
+
+def layer_device(rv: Resolved, model: ModelInfo, il: int) -> str:
+    """llama_model::load_tensors' layer -> device rule (il == n_layer_all is the output)."""
+    if not rv.gpu_names or rv.n_gpu_layers <= 0:
+        return "Host"
+    n_all = model.n_layer_all
+    start = max(n_all + 1 - rv.n_gpu_layers, 0)
+    act = min(rv.n_gpu_layers, n_all + 1)
+    if il < start or il - start >= act:
+        return "Host"
+    # the first device whose cumulative -ts share exceeds the layer's position
+    # (std::upper_bound); without -ts llama.cpp splits by free memory: equal shares here
+    shares = rv.splits or (1.0,) * len(rv.gpu_names)
+    total = sum(shares)
+    pos = (il - start) / act
+    acc = 0.0
+    for name, share in zip(rv.gpu_names, shares, strict=True):
+        acc += share
+        if acc / total > pos:
+            return name
+    return rv.gpu_names[-1]
+
+
+def _overrides(config: ServerConfig) -> list[tuple[re.Pattern[str], str]]:
+    out: list[tuple[re.Pattern[str], str]] = []
+    for item in config.override_tensor:
+        pattern, _, buft = item.partition("=")
+        try:
+            out.append((re.compile(pattern), buft))
+        except re.error:
+            continue
+    if config.cpu_moe:
+        out.append((re.compile(_FFN_EXPS), "CPU"))
+    for i in range(config.n_cpu_moe):
+        out.append((re.compile(rf"blk\.{i}{_FFN_EXPS}"), "CPU"))
+    return out
+
+
+def _buft_device(buft: str, rv: Resolved) -> str | None:
+    upper = buft.upper()
+    if upper.startswith("CPU") or upper.endswith("_HOST"):
+        return "Host"
+    for name in rv.gpu_names:
+        if buft == name or buft.startswith(name + "_"):
+            return name
+    return None
+
+
+def _weights(model: ModelInfo, config: ServerConfig, rv: Resolved) -> dict[str, int]:
+    out: dict[str, int] = {}
+    overrides = _overrides(config) if rv.gpu_names else []
+    load_mtp = "draft-mtp" in (config.spec_type or "")
+    n_main = model.n_layer
+    output_dev = layer_device(rv, model, model.n_layer_all)
+    has_output = False
+    embd_bytes = 0
+    for t in model.tensors:
+        m = _BLK.match(t.name)
+        if m:
+            il = int(m.group(1))
+            if model.n_layer_nextn > 0 and il >= n_main and not load_mtp:
+                continue  # NextN/MTP layers are skipped at load unless MTP is used
+            dev = layer_device(rv, model, il) if il < model.n_layer_all else output_dev
+        elif t.name.startswith(_INPUT_TENSORS):
+            dev = "Host"
+            if t.name.startswith("token_embd."):
+                embd_bytes += t.n_bytes
+        else:
+            dev = output_dev
+            if t.name.startswith("output.weight"):
+                has_output = True
+        for pattern, buft in overrides:
+            if pattern.search(t.name):
+                dev = _buft_device(buft, rv) or dev
+                break
+        out[dev] = out.get(dev, 0) + t.n_bytes
+    if not has_output and output_dev != "Host" and embd_bytes:
+        # tied embeddings: llama.cpp duplicates token_embd onto the output device
+        out[output_dev] = out.get(output_dev, 0) + embd_bytes
+    return out
+
+
+def _swa_cells(model: ModelInfo, config: ServerConfig, rv: Resolved, lay: Layout, ctx: Context) -> int:
+    """Cells per stream of the SWA cache (0 without SWA layers)."""
+    if not lay.has_swa_cache:
+        return 0
+    if config.swa_full:
+        return ctx.n_ctx_seq
+    n_seq_for_swa = rv.n_seq if rv.unified else 1
+    return pad(min(ctx.n_ctx_seq, model.n_swa * n_seq_for_swa + ctx.n_ubatch))
+
+
+def _kv_cache(model: ModelInfo, config: ServerConfig, rv: Resolved, lay: Layout, ctx: Context) -> _KvCache:
+    """The K and V tensors of every attention layer, and where they live."""
+    tk, tv = config.cache_type_k, config.cache_type_v
+    v_trans = rv.fa == "off"  # decided before the auto probe
+    cells_swa = _swa_cells(model, config, rv, lay, ctx)
+    by_device: dict[str, int] = {}
+    kv_k = kv_v = kv_swa = 0
+    per_cell = 0
+    for il, swa, kw, vw in zip(lay.kv_layers, lay.swa, lay.k_width, lay.v_width, strict=True):
+        cells = cells_swa if swa else ctx.n_ctx_seq
+        k_row = row_bytes(tk, kw)
+        v_row = 0 if lay.is_mla else row_bytes(tv, lay.v_width_max if v_trans else vw)
+        k = rv.n_stream * cells * k_row
+        v = rv.n_stream * cells * v_row
+        if not swa:
+            per_cell += rv.n_stream * (k_row + v_row)
+        kv_k += k
+        kv_v += v
+        if swa:
+            kv_swa += k + v
+        dev = layer_device(rv, model, il) if config.kv_offload else "Host"
+        by_device[dev] = by_device.get(dev, 0) + k + v
+    return _KvCache(cells_swa, kv_k, kv_v, kv_swa, per_cell, by_device)
+
+
+def _recurrent_state(model: ModelInfo, config: ServerConfig, rv: Resolved, lay: Layout) -> _RecurrentState:
+    """The f32 R and S rows of every recurrent layer (one per sequence and rollback step)."""
+    by_device: dict[str, int] = {}
+    total = 0
+    rows = max(1, rv.n_seq) * (1 + rv.n_rs_seq)
+    for il in lay.recurrent_layers:
+        b = (lay.n_embd_r + lay.n_embd_s) * rows * 4
+        total += b
+        dev = layer_device(rv, model, il) if config.kv_offload else "Host"
+        by_device[dev] = by_device.get(dev, 0) + b
+    return _RecurrentState(total, by_device)
+
+
+def allocate(model: ModelInfo, config: ServerConfig, rv: Resolved, lay: Layout, n_ctx_req: int) -> Alloc:
+    """Every buffer llama-server allocates for a requested context of ``n_ctx_req`` cells."""
+    ctx = context(model, config, rv, n_ctx_req)
+    kv = _kv_cache(model, config, rv, lay, ctx)
+    rs = _recurrent_state(model, config, rv, lay)
+    offloaded = bool(rv.gpu_names) and rv.n_gpu_layers > 0
+    devices = {layer_device(rv, model, il) for il in range(model.n_layer_all + 1)} if offloaded else set()
+    compute = compute_buffers(model, rv, lay, ctx, kv.cells_swa, devices)
+    # llama_context::output_reserve(n_seq_max): logits (and embeddings) for n_seq_max rows
+    n_out = rv.n_seq
+    output = model.n_vocab * n_out * 4
+    if config.embedding:
+        output += model.n_embd * n_out * 4
+    return Alloc(
+        ctx=ctx,
+        kv_cells_swa=kv.cells_swa,
+        kv_k=kv.k,
+        kv_v=kv.v,
+        kv_swa=kv.swa,
+        recurrent=rs.total,
+        weights=_weights(model, config, rv),
+        kv=kv.by_device,
+        rs=rs.by_device,
+        compute=compute,
+        output=output,
+        kv_per_cell=float(kv.per_cell),
+    )
