@@ -1,4 +1,4 @@
-"""Byte sizes as people write them (``8G``, ``8GiB``, ``8192M``, ``7.5GB``) and as kvwall prints them."""
+"""Sizes and durations as people write them (``8G``, ``7.5GB``) and as every kvwall front end prints them."""
 
 from __future__ import annotations
 
@@ -36,16 +36,60 @@ def parse_size(text: str) -> int:
     return int(float(number) * scale)
 
 
-def format_bytes(n: int | float) -> str:
-    """``1536`` -> ``"1.50 KiB"``; MiB and GiB with two decimals, like llama.cpp's logs."""
-    sign = "-" if n < 0 else ""
-    n = abs(n)
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{sign}{n / size:.2f} {unit}"
-    return f"{sign}{int(n)} B"
+_BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def format_bytes(n: int | float | None, *, max_decimals: int = 2) -> str:
+    """Bytes for people, in binary units with three significant figures.
+
+    The tray, the window and ``kvwall plan`` print ``1.50 GiB``, ``12.5 GiB``, ``512 MiB``;
+    ``kvwall status`` passes ``max_decimals=1`` so its columns stay narrow (``8.0 GiB``).
+
+    Args:
+        n: a size in bytes; negative sizes keep their sign; None is unknown.
+        max_decimals: the most digits after the point (a value under 10 would get 2).
+
+    Returns:
+        e.g. ``"1.50 GiB"``, ``"-512 MiB"``, ``"900 B"``; ``"?"`` for None.
+    """
+    if n is None:
+        return "?"
+    value = float(n)
+    sign = "-" if value < 0 else ""
+    value = abs(value)
+    for unit in _BINARY_UNITS:
+        if value < 1024 or unit == "TiB":
+            if unit == "B":
+                return f"{sign}{int(value)} B"
+            digits = min(max_decimals, 2 if value < 10 else 1 if value < 100 else 0)
+            return f"{sign}{value:.{digits}f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable: the loop returns at TiB")
 
 
 def format_mib(n: int | float) -> str:
     """Bytes as MiB with two decimals, exactly as llama.cpp prints buffer sizes."""
     return f"{n / (1 << 20):.2f} MiB"
+
+
+def format_duration(seconds: float | None) -> str:
+    """A time span for people: ``45 s``, ``14 min``, ``2 h 05 min``, ``3 days``.
+
+    Args:
+        seconds: the span; negative spans read as ``0 s``; None is unknown.
+
+    Returns:
+        The span in its largest sensible unit; ``"?"`` for None.
+    """
+    if seconds is None:
+        return "?"
+    s = max(0, int(round(seconds)))
+    if s < 90:
+        return f"{s} s"
+    m = s // 60
+    if m < 90:
+        return f"{m} min"
+    h, m = divmod(m, 60)
+    if h < 48:
+        return f"{h} h {m:02d} min"
+    return f"{h // 24} days"

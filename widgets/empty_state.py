@@ -9,7 +9,7 @@ import logging
 import shlex
 from dataclasses import dataclass
 
-from kvwall.widgets.viewmodels import pools
+from kvwall.budget.units import format_bytes
 from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, Signal
 from PySide6.QtWidgets import (
     QDialog,
@@ -142,7 +142,7 @@ def plan_html(path: str, flags: str, memory_bytes: int | None) -> PlanOutcome:
         out.append("<p style='color:#c62828'><b>llama.cpp would refuse this "
                    "configuration:</b><br>" + "<br>".join(e(x) for x in plan.errors) + "</p>")
         return PlanOutcome(path, flags, "".join(out))
-    fb = pools.format_bytes
+    fb = format_bytes
     out.append(f"<p>Context {plan.n_ctx:,} cells, {plan.n_ctx_seq:,} per slot × {plan.n_seq} "
                f"slot(s){' (unified KV)' if plan.kv_unified else ''}; cache "
                f"{e(plan.cache_type_k)}/{e(plan.cache_type_v)}, flash attention "

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kvwall.budget.report import StatusReport
+from kvwall.budget.units import format_bytes
 from kvwall.widgets.viewmodels import pools
 from kvwall.widgets.viewmodels.pools import PoolView, Segment
 from PySide6.QtCore import QEvent, QRectF, QSize, Qt
@@ -122,7 +123,7 @@ class StackedBar(QWidget):
         if scale and self._segments:
             used = sum(s.bytes for s in self._segments if s.kind != pools.FREE)
             p.setPen(pal.color(QPalette.ColorRole.Text))
-            text = f"{pools.format_bytes(used)} used"
+            text = f"{format_bytes(used)} used"
             p.drawText(outline.adjusted(6, 0, -6, 0),
                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, text)
         p.end()
@@ -140,7 +141,7 @@ class StackedBar(QWidget):
 
 def tooltip_text(seg: Segment, scale_bytes: int) -> str:
     share = 100.0 * seg.bytes / scale_bytes if scale_bytes else 0.0
-    return (f"<b>{seg.label}</b><br>{pools.format_bytes(seg.bytes)} "
+    return (f"<b>{seg.label}</b><br>{format_bytes(seg.bytes)} "
             f"({seg.bytes:,} bytes, {share:.1f}%)<br><i>{pools.MEANING[seg.kind]}</i>")
 
 
@@ -174,8 +175,8 @@ class PoolGauge(QWidget):
         self.title.setText(d.name + ("  (unified)" if d.unified and d.kind != "host" else ""))
         bits = []
         if d.free_bytes is not None and d.total_bytes:
-            bits.append(f"{pools.format_bytes(d.free_bytes)} free of "
-                        f"{pools.format_bytes(d.total_bytes)}")
+            bits.append(f"{format_bytes(d.free_bytes)} free of "
+                        f"{format_bytes(d.total_bytes)}")
         if d.error:
             bits.append(d.error)
         self.figures.setText("  ·  ".join(bits))

@@ -16,6 +16,7 @@ os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
 import numpy as np  # noqa: E402
 import pyqtgraph as pg  # noqa: E402
 from kvwall.budget.report import ServerReport, StatusReport  # noqa: E402
+from kvwall.budget.units import format_duration
 from kvwall.widgets.viewmodels import pools  # noqa: E402
 from PySide6.QtCore import Qt, QTimer  # noqa: E402
 from PySide6.QtGui import QColor, QPalette  # noqa: E402
@@ -359,7 +360,7 @@ class HistoryView(QWidget):
                 end = now + f.seconds_left
                 fc.setData([now, end], [tokens, limit])
                 horizon = max(horizon, min(end, now + window))
-                when = pools.format_duration(f.seconds_left)
+                when = format_duration(f.seconds_left)
                 who = "pool" if ids[i] == -1 else f"slot {ids[i]}"
                 if not label:
                     at = time.strftime("%H:%M", time.localtime(end))

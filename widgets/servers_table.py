@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kvwall.budget.report import ServerReport, SlotReport, StatusReport
+from kvwall.budget.units import format_duration
 from kvwall.widgets.viewmodels import pools
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont
@@ -45,7 +46,7 @@ def slot_row(server: ServerReport, slot: SlotReport, label: str, full_percent: f
     fill = pools.slot_fill(slot)
     fill_text = "–" if fill is None else f"{fill:.0%}  ({_fmt_int(slot.tokens)})"
     turns = pools.requests_left(f.turns_left)
-    time_left = "–" if f.seconds_left is None else pools.format_duration(f.seconds_left)
+    time_left = "–" if f.seconds_left is None else format_duration(f.seconds_left)
     state = "busy" if slot.is_processing else "idle"
     tip = (f"forecast confidence {f.confidence:.0%}, from {f.turns_seen} finished "
            f"request{'s' if f.turns_seen != 1 else ''}" if f.turns_seen

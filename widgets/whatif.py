@@ -8,6 +8,7 @@ from collections.abc import Callable
 from kvwall.budget.config import CACHE_TYPES
 from kvwall.budget.memory import MemoryPlan
 from kvwall.budget.report import ServerReport
+from kvwall.budget.units import format_bytes
 from kvwall.widgets.gauge import StackedBar
 from kvwall.widgets.viewmodels import pools
 from kvwall.widgets.viewmodels.pools import Segment
@@ -309,8 +310,8 @@ class WhatIfPanel(QWidget):
         self.new_bar.set_segments(plan_segments(wi.plan), scale)
         saved = wi.saves_bytes
         self.saved_label.setText(
-            f"{pools.format_bytes(saved)}" if saved >= 0
-            else f"costs {pools.format_bytes(-saved)} more")
+            f"{format_bytes(saved)}" if saved >= 0
+            else f"costs {format_bytes(-saved)} more")
         self.max_ctx_label.setText(f"{wi.max_ctx:,} tokens (-c) with the memory free now")
         self._show_turns(result)
         self.caveat_label.setText(f"<i>{wi.caveat}</i>" if wi.caveat else "")

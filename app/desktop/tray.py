@@ -18,6 +18,7 @@ from kvwall.app.desktop.notifications import (
     worst,
 )
 from kvwall.budget.report import StatusReport
+from kvwall.budget.units import format_bytes
 from kvwall.widgets.viewmodels import pools
 from PySide6.QtCore import QObject, QRectF, Qt, Signal
 from PySide6.QtGui import QAction, QColor, QIcon, QPainter, QPainterPath, QPen, QPixmap
@@ -51,7 +52,7 @@ def tray_state(report: StatusReport | None, thresholds: Thresholds) -> TrayState
         rule = AlertRule("free_memory", "free %", thresholds.free_warn_percent,
                          thresholds.free_critical_percent, 0.0)
         levels.append(level_for(rule, free_pct))
-        lines.append(f"{d.name}: {pools.format_bytes(d.free_bytes)} free ({free_pct:.0f}%)")
+        lines.append(f"{d.name}: {format_bytes(d.free_bytes)} free ({free_pct:.0f}%)")
     for server in report.servers:
         if server.health in UNREACHABLE_HEALTH or server.health in NEEDS_USER_HEALTH:
             levels.append(WARNING)

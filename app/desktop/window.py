@@ -7,11 +7,11 @@ import time
 
 from kvwall.app.desktop.poll_worker import PollResult
 from kvwall.budget.report import ServerReport, StatusReport
+from kvwall.budget.units import format_duration
 from kvwall.widgets.empty_state import EmptyState
 from kvwall.widgets.gauge import GaugePanel
 from kvwall.widgets.history import HistoryView
 from kvwall.widgets.servers_table import ServersTableModel, table_rows
-from kvwall.widgets.viewmodels import pools
 from kvwall.widgets.whatif import WhatIfPanel
 from PySide6.QtCore import QItemSelectionModel, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QIcon
@@ -144,7 +144,7 @@ class MainWindow(QMainWindow):
                                 f"{errors}")
         if result.resumed_after_s:
             self.statusBar().showMessage(
-                f"Polling resumed after a {pools.format_duration(result.resumed_after_s)} "
+                f"Polling resumed after a {format_duration(result.resumed_after_s)} "
                 "gap (the computer slept, or a poll stalled): forecasts restart from now.",
                 15000)
 

@@ -7,6 +7,7 @@ import gui_factories as f
 import pytest
 from kvwall.budget.config import parse_command_line
 from kvwall.budget.memory import plan_memory
+from kvwall.budget.units import format_bytes
 from kvwall.monitors.gguf import read_model
 from kvwall.widgets.viewmodels import pools
 from kvwall.widgets.viewmodels.whatif_inputs import WhatIfInputs
@@ -60,7 +61,7 @@ def test_q8_0_click_halves_the_kv_bar_and_gives_the_command(qtbot, tiny):
     assert _kv(panel.current_bar.segments()) == plan.kv_bytes
     # Both bars share one scale, so the new one is drawn shorter.
     assert panel.new_bar.scale_bytes() == panel.current_bar.scale_bytes()
-    assert panel.saved_label.text() == pools.format_bytes(plan.kv_bytes - plan.kv_bytes * 34 // 64)
+    assert panel.saved_label.text() == format_bytes(plan.kv_bytes - plan.kv_bytes * 34 // 64)
     cmd = panel.command_view.toPlainText()
     assert cmd.split() == ["llama-server", "-m", path, "-c", "8192", "-np", "4",
                            "-ctk", "q8_0", "-ctv", "q8_0"]

@@ -11,7 +11,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kvwall.budget.report import Attribution, ServerReport, SlotReport, StatusReport
+from kvwall.budget.units import format_bytes as format_bytes  # re-export: see below
+from kvwall.budget.units import format_duration
 from kvwall.monitors.snapshot import DeviceMemory
+
+# format_bytes is re-exported for app/desktop/notifications.py until that module imports
+# kvwall.budget.units itself; new code imports it from there.
 
 # Segment kinds, in drawing order within a server.
 OTHER = "other"
@@ -178,38 +183,6 @@ def nearest_forecast(report: StatusReport) -> tuple[ServerReport, SlotReport] | 
             if best_key is None or key < best_key:
                 best, best_key = (server, slot), key
     return best
-
-
-def format_bytes(n: int | float | None) -> str:
-    """Binary units, three significant figures: ``1.50 GiB``, ``512 MiB``."""
-    if n is None:
-        return "?"
-    value = float(n)
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            if unit == "B":
-                return f"{sign}{int(value)} B"
-            digits = 2 if value < 10 else 1 if value < 100 else 0
-            return f"{sign}{value:.{digits}f} {unit}"
-        value /= 1024
-    return f"{sign}{value:.0f} TiB"
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    s = max(0, int(round(seconds)))
-    if s < 90:
-        return f"{s} s"
-    m = s // 60
-    if m < 90:
-        return f"{m} min"
-    h, m = divmod(m, 60)
-    if h < 48:
-        return f"{h} h {m:02d} min"
-    return f"{h // 24} days"
 
 
 def requests_left(turns_left: int | None) -> str:
