@@ -81,7 +81,7 @@ class EmptyState(QWidget):
         self.dialog: PlanDialog | None = None
 
     def _add(self) -> None:
-        from kvwall.app.desktop.settings import InvalidSetting, normalise_url
+        from kvwall.widgets.viewmodels.settings_model import InvalidSetting, normalise_url
 
         try:
             url = normalise_url(self.url_edit.text())

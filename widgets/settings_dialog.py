@@ -1,8 +1,8 @@
-"""The preferences dialog, generated from ``kvwall.app.desktop.settings.SCHEMA``."""
+"""The preferences dialog, generated from ``kvwall.widgets.viewmodels.settings_model.SCHEMA``."""
 
 from __future__ import annotations
 
-from kvwall.app.desktop.settings import (
+from kvwall.widgets.viewmodels.settings_model import (
     NOTIFY_KINDS,
     SCHEMA,
     InvalidSetting,

@@ -15,9 +15,10 @@ from collections.abc import Callable, Sequence
 
 from kvwall.app.desktop.notifications import NotificationCenter, NotificationRules, Thresholds
 from kvwall.app.desktop.poll_worker import PollResult, PollThread, PollWorker
-from kvwall.app.desktop.settings import Settings, SettingsStore, set_autostart
+from kvwall.app.desktop.settings import SettingsStore, set_autostart
 from kvwall.app.desktop.tray import Tray
 from kvwall.app.desktop.window import MainWindow, app_icon
+from kvwall.widgets.viewmodels.settings_model import Settings
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
 

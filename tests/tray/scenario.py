@@ -44,7 +44,8 @@ def main(out: Path, shots: Path | None) -> dict:
     from kvwall.app.demo.session import Demo
     from kvwall.app.desktop.gui import KvwallApp
     from kvwall.app.desktop.live import LiveSource
-    from kvwall.app.desktop.settings import SettingsStore, defaults
+    from kvwall.app.desktop.settings import SettingsStore
+    from kvwall.widgets.viewmodels.settings_model import defaults
 
     result: dict = {"steps": []}
     app = QApplication(["kvwall"])
