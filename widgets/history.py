@@ -13,14 +13,14 @@ import time
 
 os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
 
-import numpy as np  # noqa: E402
-import pyqtgraph as pg  # noqa: E402
-from kvwall.budget.report import ServerReport, StatusReport  # noqa: E402
+import numpy as np
+import pyqtgraph as pg
+from kvwall.budget.report import ServerReport, StatusReport
 from kvwall.budget.units import format_duration
-from kvwall.widgets.viewmodels import pools  # noqa: E402
-from PySide6.QtCore import Qt, QTimer  # noqa: E402
-from PySide6.QtGui import QColor, QPalette  # noqa: E402
-from PySide6.QtWidgets import (  # noqa: E402
+from kvwall.widgets.viewmodels import pools
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QColor, QPalette
+from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
     QLabel,

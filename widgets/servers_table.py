@@ -37,7 +37,7 @@ class TableRow:
 
 
 def _fmt_int(n: int | float | None) -> str:
-    return "–" if n is None else f"{int(round(n)):,}"
+    return "–" if n is None else f"{round(n):,}"
 
 
 def slot_row(server: ServerReport, slot: SlotReport, label: str, full_percent: float = 95.0,

@@ -10,7 +10,6 @@ from kvwall.widgets.viewmodels.settings_model import (
     SettingField,
     Settings,
 )
-from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -31,8 +30,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-_KEY_ROLE = Qt.ItemDataRole.UserRole + 1
 
 
 class _KeyDelegate(QStyledItemDelegate):

@@ -32,8 +32,7 @@ DEMO_MODEL = {"n_layer": 4, "n_embd": 256, "n_head": 8, "n_head_kv": 4, "n_ff": 
               "n_ctx_train": 8192, "name": "kvwall-demo"}
 DEMO_ARGS = ("-c", "8192", "-np", "2", "-ctk", "f16", "-ctv", "f16")
 START_DEADLINE_S = 60.0
-WORDS = ("the of and to in is was that for on with as by at from it an be this are or "
-         "hello world model memory cache context token slot server agent llama tiny").split()
+WORDS = ["the", "of", "and", "to", "in", "is", "was", "that", "for", "on", "with", "as", "by", "at", "from", "it", "an", "be", "this", "are", "or", "hello", "world", "model", "memory", "cache", "context", "token", "slot", "server", "agent", "llama", "tiny"]
 
 
 def _die_with_parent() -> None:
@@ -214,7 +213,7 @@ class Demo:
             # The server must not outlive kvwall, even a kvwall that was killed.
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)  # noqa: PLW1509 - prctl only, before exec
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             if self.proc.poll() is not None:

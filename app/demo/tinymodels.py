@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KINDS", "DEFAULTS", "TinyModelError", "write_model", "shard_paths"]
+__all__ = ["DEFAULTS", "KINDS", "TinyModelError", "shard_paths", "write_model"]
 
 
 class TinyModelError(ValueError):
@@ -133,11 +133,7 @@ class _Spec:
 
 # ---------------------------------------------------------------------------- vocab
 
-_WORDS = (
-    "the of and to in is was that for on with as by at from it an be this are or "
-    "his which but not have had were one all their they can has more been its also "
-    "hello world model memory cache context token slot server agent llama tiny"
-).split()
+_WORDS = ["the", "of", "and", "to", "in", "is", "was", "that", "for", "on", "with", "as", "by", "at", "from", "it", "an", "be", "this", "are", "or", "his", "which", "but", "not", "have", "had", "were", "one", "all", "their", "they", "can", "has", "more", "been", "its", "also", "hello", "world", "model", "memory", "cache", "context", "token", "slot", "server", "agent", "llama", "tiny"]
 
 
 def _vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
@@ -514,7 +510,7 @@ def _tensor_data(
     name: str, shape: tuple[int, ...], dtype: str, rng: np.random.Generator
 ) -> np.ndarray:
     np_shape = tuple(reversed(shape))  # numpy is row-major: ggml's ne0 is the last axis
-    if name.endswith("_norm.weight") or name.endswith("norm.weight"):
+    if name.endswith("norm.weight"):  # also "_norm.weight"
         return np.ones(np_shape, dtype=np.float32)
     if name.endswith(".ssm_a"):
         # A = -exp(A_log): negative, so the state decays
@@ -577,8 +573,8 @@ def write_model(kind: str, path: str | pathlib.Path, **overrides: Any) -> pathli
         raise TinyModelError(
             f"n_embd ({params['n_embd']}) must be a multiple of n_head ({params['n_head']})"
         )
-    if isinstance(DEFAULTS[kind]["n_head_kv"], list) and "n_layer" in overrides:
-        if "n_head_kv" not in overrides:
+    if (isinstance(DEFAULTS[kind]["n_head_kv"], list) and "n_layer" in overrides
+            and "n_head_kv" not in overrides):
             # keep the kind's hybrid layout at the new depth: attention every `every` layers
             every = 2 if kind == "lfm2" else 4
             params["n_head_kv"] = [2 if il % every == 1 else 0 for il in range(params["n_layer"])]

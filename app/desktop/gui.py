@@ -208,7 +208,7 @@ class KvwallApp(QObject):
     def add_server_url(self, url: str) -> None:
         """Watch ``url`` from now on (saved; a URL already watched is not added twice)."""
         if url not in {s.url for s in self.settings.servers}:
-            servers = list(self.settings.servers) + [{"url": url}]
+            servers = [*self.settings.servers, {"url": url}]
             self.apply_settings(self.settings.replace(servers=servers))
         self.worker.request_poll()
 

@@ -102,14 +102,6 @@ def setup_logging(level: int = logging.INFO, directory: Path | None = None,
     return path
 
 
-def teardown_logging() -> None:
-    root = logging.getLogger("kvwall")
-    for h in _installed:
-        root.removeHandler(h)
-        h.close()
-    _installed.clear()
-
-
 _qt_log = logging.getLogger("kvwall.qt")
 _qt_failures = FailureLog(_qt_log)
 
@@ -131,9 +123,3 @@ def install_qt_message_handler() -> None:
         _qt_failures.failure(message, "Qt: %s", message, level=level)
 
     qInstallMessageHandler(handler)
-
-
-def uninstall_qt_message_handler() -> None:
-    from PySide6.QtCore import qInstallMessageHandler
-
-    qInstallMessageHandler(None)

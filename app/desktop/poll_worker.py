@@ -142,7 +142,7 @@ class PollWorker(QObject):
         start = self._clock()
         try:
             out = self._poll_fn(gap is not None)
-        except Exception as exc:  # a poll never kills the thread
+        except Exception as exc:  # noqa: BLE001 - a poll never kills the thread
             cause = f"{type(exc).__name__}: {exc}"
             self._failures.failure(type(exc).__name__, "poll failed: %s", cause, exc_info=True)
             self.failed.emit(cause)

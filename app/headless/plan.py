@@ -119,8 +119,7 @@ def _split_args(argv: Sequence[str], environ: Mapping[str, str]) -> _Args:
         out.gpus = () if names in ([], ["none"]) else tuple(names)
     types: list[str] = []
     for item in own["--what-if-cache"]:
-        for t in item.split(","):
-            t = t.strip()
+        for t in (part.strip() for part in item.split(",")):
             if t and t not in CACHE_TYPES:
                 raise UsageError(
                     f"--what-if-cache: Unsupported cache type: {t} (allowed: {', '.join(CACHE_TYPES)})"
@@ -207,7 +206,7 @@ def _gpu_free() -> dict[str, int]:
         from kvwall.monitors.devices import MemorySources
 
         snapshot = MemorySources().poll()
-    except Exception:  # a broken driver must not stop a plan: fall back to host RAM
+    except Exception:  # noqa: BLE001 - a broken driver must not stop a plan: use host RAM
         return {}
     return {
         dev.llama_device: dev.free_bytes
@@ -298,7 +297,7 @@ def _plan_object(model: Any, config: Any, plan: Any, rows: list, budget: _Budget
             "output_bytes": plan.output_bytes,
             "total_bytes": plan.total_bytes,
             "cache_ram_bytes": plan.cache_ram_bytes,
-            "kv_bytes_per_cell": int(round(plan.kv_bytes_per_cell)),
+            "kv_bytes_per_cell": round(plan.kv_bytes_per_cell),
         }
         obj["memory"]["used_bytes"] = used
         obj["memory"]["fits"] = used <= budget.memory_bytes
@@ -505,7 +504,7 @@ def main(
 
     try:
         budget = _detect_budget(args)
-    except Exception as exc:  # memory probing is best effort; a plan without a budget is still useful
+    except Exception as exc:  # noqa: BLE001 - memory probing is best effort
         err.write(f"kvwall plan: cannot read free memory ({_one_line(str(exc))}); use --memory SIZE\n")
         return EXIT_USAGE
     plan = plan_memory(model, config, gpu_names=budget.gpu_names, free_bytes=budget.fit_free_bytes)

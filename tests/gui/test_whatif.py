@@ -87,7 +87,7 @@ def test_slot_buttons_and_turns_left(qtbot, tiny):
 
 
 def test_refused_configuration_is_shown_with_its_reason(qtbot, tiny):
-    panel, plan, _ = _panel(qtbot, tiny, "-fa", "off")
+    panel, _plan, _ = _panel(qtbot, tiny, "-fa", "off")
     panel.ctv.setCurrentText("q4_0")
     with qtbot.waitSignal(panel.simulated, timeout=2000):
         qtbot.mouseClick(panel.custom_button, Qt.MouseButton.LeftButton)
@@ -120,7 +120,7 @@ def test_panel_without_inputs_explains_why(qtbot):
 
 
 def test_a_server_that_cannot_be_simulated_shows_no_bar_of_the_previous_one(qtbot, tiny):
-    panel, plan, _ = _panel(qtbot, tiny)
+    panel, _plan, _ = _panel(qtbot, tiny)
     qtbot.mouseClick(panel.buttons["q8_0"], Qt.MouseButton.LeftButton)
     assert panel.command_view.isVisibleTo(panel)
     url_only = f.server(key="url:http://10.0.0.5:8080", name="10.0.0.5:8080", the_plan=None)

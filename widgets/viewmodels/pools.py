@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kvwall.budget.report import Attribution, ServerReport, SlotReport, StatusReport
-from kvwall.budget.units import format_bytes as format_bytes  # re-export: see below
+from kvwall.budget.units import format_bytes as format_bytes  # noqa: PLC0414 - re-export, below
 from kvwall.budget.units import format_duration
 from kvwall.monitors.snapshot import DeviceMemory
 
