@@ -113,7 +113,20 @@ class HistoryView(QWidget):
         self.tabs.addTab(self.memory_plot, "Memory")
         self.tabs.addTab(self.context_plot, "Context")
         self.tabs.currentChanged.connect(self._redraw)
+        self._make_memory_curves()
+        self._make_context_curves()
 
+        top = QHBoxLayout()
+        top.addStretch(1)
+        top.addWidget(QLabel("Show the last"))
+        top.addWidget(self.window_box)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(top)
+        lay.addWidget(self.tabs, 1)
+
+    def _make_memory_curves(self) -> None:
+        """The memory plot's stacked areas and legend, created once."""
         # Memory: cumulative curves, created once, each filled down to zero and stacked
         # back to front (the largest sum behind), which draws the same picture as fills
         # between neighbours at a fraction of the cost (no path arithmetic per redraw).
@@ -138,6 +151,8 @@ class HistoryView(QWidget):
                                            pen=pg.mkPen("#888", style=Qt.PenStyle.DashLine))
         self.memory_plot.addItem(self._total_line)
 
+    def _make_context_curves(self) -> None:
+        """The context plot's slot, forecast and limit lines, created once."""
         # Context: up to MAX_SLOT_CURVES curves, re-used across servers.
         self._slot_curves = []
         self._forecast_curves = []
@@ -159,15 +174,6 @@ class HistoryView(QWidget):
         self._forecast_label = pg.TextItem(
             anchor=(1, 1), color=self.palette().color(QPalette.ColorRole.Text))
         self.context_plot.addItem(self._forecast_label)
-
-        top = QHBoxLayout()
-        top.addStretch(1)
-        top.addWidget(QLabel("Show the last"))
-        top.addWidget(self.window_box)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addLayout(top)
-        lay.addWidget(self.tabs, 1)
 
     def _make_plot(self, label: str, units: str) -> pg.PlotWidget:
         axis = pg.DateAxisItem(orientation="bottom")

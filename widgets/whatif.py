@@ -66,6 +66,17 @@ class WhatIfPanel(QWidget):
 
         self.heading = QLabel("Select a server to try changes")
         self.heading.setWordWrap(True)
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.heading)
+        lay.addLayout(self._quick_buttons())
+        lay.addWidget(self._custom_box())
+        lay.addWidget(self._result_frame())
+        lay.addStretch(1)
+        self._set_enabled(False)
+        self._clear_result()
+
+    def _quick_buttons(self) -> QGridLayout:
+        """One button per quick change (``q8_0 cache``, ``1 slot`` ...), three a row."""
         self.buttons: dict[str, QPushButton] = {}
         grid = QGridLayout()
         for i, kind in enumerate(QUICK_CHANGES):
@@ -74,7 +85,10 @@ class WhatIfPanel(QWidget):
             b.clicked.connect(lambda _=False, k=kind: self.try_quick(k))
             self.buttons[kind] = b
             grid.addWidget(b, i // 3, i % 3)
+        return grid
 
+    def _custom_box(self) -> QGroupBox:
+        """Cache types, slots, context and flash attention of the user's own choosing."""
         self.ctk = QComboBox()
         self.ctv = QComboBox()
         for box in (self.ctk, self.ctv):
@@ -103,7 +117,10 @@ class WhatIfPanel(QWidget):
         form.addWidget(QLabel("FA"), 1, 2)
         form.addWidget(self.fa_box, 1, 3)
         form.addWidget(self.custom_button, 1, 4, 1, 2)
+        return custom
 
+    def _result_frame(self) -> QFrame:
+        """The before/after bars, the facts, the caveat or refusal, and the command."""
         self.current_bar = StackedBar(height=20)
         self.new_bar = StackedBar(height=20)
         self.current_label = QLabel("Now")
@@ -153,15 +170,7 @@ class WhatIfPanel(QWidget):
         rl.addWidget(self.refused_label)
         rl.addWidget(self.command_view)
         self.result_frame = result
-
-        lay = QVBoxLayout(self)
-        lay.addWidget(self.heading)
-        lay.addLayout(grid)
-        lay.addWidget(custom)
-        lay.addWidget(result)
-        lay.addStretch(1)
-        self._set_enabled(False)
-        self._clear_result()
+        return result
 
     # -- inputs ------------------------------------------------------------------
     def set_server(self, server: ServerReport | None, inputs: WhatIfInputs | None) -> None:

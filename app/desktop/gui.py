@@ -12,6 +12,8 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from kvwall.app.desktop.notifications import NotificationCenter, NotificationRules, Thresholds
 from kvwall.app.desktop.poll_worker import PollResult, PollThread, PollWorker
@@ -21,6 +23,10 @@ from kvwall.app.desktop.window import MainWindow, app_icon
 from kvwall.widgets.viewmodels.settings_model import Settings
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
+
+if TYPE_CHECKING:
+    from kvwall.app.demo.session import Demo
+    from kvwall.app.desktop.single_instance import SingleInstance
 
 log = logging.getLogger(__name__)
 
@@ -356,27 +362,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
 
     os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
-    from kvwall.app.desktop.logging_setup import install_qt_message_handler, setup_logging
-
-    try:
-        log_path = setup_logging()
-    except OSError as exc:
-        print(f"kvwall: cannot write logs ({exc}); continuing without a log file",
-              file=sys.stderr)
-        log_path = None
+    log_path = _start_logging()
     problem = display_problem()
     if problem:
         log.error("cannot start the desktop app: %s", problem)
         print(f"kvwall: {problem}", file=sys.stderr)
         return 2
-    app = QApplication.instance() or QApplication(["kvwall"])
-    app.setApplicationName("kvwall")
-    app.setApplicationDisplayName("kvwall")
-    app.setOrganizationName("kvwall")
-    app.setDesktopFileName("kvwall")
-    app.setWindowIcon(app_icon())
-    app.setQuitOnLastWindowClosed(False)
-    install_qt_message_handler()
+    app = _application()
     quit_signals = QuitSignals(app)
     log.info("kvwall starting (log: %s)", log_path)
 
@@ -411,7 +403,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("demo unavailable: %s", exc)
             instance.release()
             return 2
+    return _run(app, opts, instance, quit_signals, demo)
 
+
+def _start_logging() -> Path | None:
+    """The rotating log file; None when no log file can be written."""
+    from kvwall.app.desktop.logging_setup import setup_logging
+
+    try:
+        return setup_logging()
+    except OSError as exc:
+        print(f"kvwall: cannot write logs ({exc}); continuing without a log file",
+              file=sys.stderr)
+        return None
+
+
+def _application() -> QApplication:
+    """The QApplication, named and iconed, with Qt's own messages routed into logging."""
+    from kvwall.app.desktop.logging_setup import install_qt_message_handler
+
+    app = cast(QApplication, QApplication.instance() or QApplication(["kvwall"]))
+    app.setApplicationName("kvwall")
+    app.setApplicationDisplayName("kvwall")
+    app.setOrganizationName("kvwall")
+    app.setDesktopFileName("kvwall")
+    app.setWindowIcon(app_icon())
+    app.setQuitOnLastWindowClosed(False)
+    install_qt_message_handler()
+    return app
+
+
+def _run(app: QApplication, opts: argparse.Namespace, instance: SingleInstance,
+         quit_signals: QuitSignals, demo: Demo | None) -> int:
+    """Watch, show and run the event loop; stop everything whatever happens."""
     from kvwall.app.desktop.live import LiveSource
 
     source = kv = None
