@@ -13,7 +13,15 @@ from kvwall.budget.units import format_bytes
 from kvwall.widgets.viewmodels import pools
 from kvwall.widgets.viewmodels.pools import PoolView, Segment
 from PySide6.QtCore import QEvent, QRectF, QSize, Qt
-from PySide6.QtGui import QColor, QHelpEvent, QPainter, QPainterPath, QPalette, QPen
+from PySide6.QtGui import (
+    QColor,
+    QHelpEvent,
+    QPainter,
+    QPainterPath,
+    QPaintEvent,
+    QPalette,
+    QPen,
+)
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QToolTip, QVBoxLayout, QWidget
 
 COLORS = {
@@ -90,7 +98,7 @@ class StackedBar(QWidget):
                 return seg
         return None
 
-    def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt API)
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         pal = self.palette()
@@ -128,7 +136,7 @@ class StackedBar(QWidget):
                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, text)
         p.end()
 
-    def event(self, e) -> bool:
+    def event(self, e: QEvent) -> bool:
         if e.type() == QEvent.Type.ToolTip and isinstance(e, QHelpEvent):
             seg = self.segment_at(e.position().x() if hasattr(e, "position") else e.x())
             if seg is None:
@@ -238,7 +246,7 @@ class _Swatch(QWidget):
         self.kind = kind
         self.setFixedSize(12, 12)
 
-    def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt API)
         p = QPainter(self)
         p.setPen(QPen(self.palette().color(QPalette.ColorRole.Mid), 1))
         p.setBrush(segment_color(self.kind, self.palette()))
@@ -272,7 +280,7 @@ class GaugePanel(QWidget):
                 self._layout.insertWidget(i, g)
         for v in views:
             self._gauges[v.device.id].set_view(v)
-        self.legend.show_kinds({s.kind for v in views for s in v.segments})
+        self.legend.show_kinds(sorted({s.kind for v in views for s in v.segments}))
 
     def gauges(self) -> dict[str, PoolGauge]:
         return dict(self._gauges)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from kvwall.budget.report import ServerReport, SlotReport, StatusReport
 from kvwall.budget.units import format_duration
 from kvwall.widgets.viewmodels import pools
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont
 
 COLUMNS = ("Server / slot", "Model", "Context per slot", "Fill", "Tokens per turn",
@@ -94,7 +94,7 @@ def table_rows(report: StatusReport, full_percent: float = 95.0, warn_turns: int
 class ServersTableModel(QAbstractTableModel):
     """Rows from :func:`table_rows`; :meth:`set_rows` emits only what changed."""
 
-    def __init__(self, parent=None) -> None:
+    def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._rows: tuple[TableRow, ...] = ()
         self._bold = QFont()
@@ -131,12 +131,14 @@ class ServersTableModel(QAbstractTableModel):
     def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008,N802
         return 0 if parent.isValid() else len(COLUMNS)
 
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
+    def headerData(self, section: int, orientation: Qt.Orientation,  # noqa: N802 (Qt API)
+                   role: int = Qt.ItemDataRole.DisplayRole) -> object:
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
             return COLUMNS[section]
         return None
 
-    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+    def data(self, index: QModelIndex | QPersistentModelIndex,
+             role: int = Qt.ItemDataRole.DisplayRole) -> object:
         if not index.isValid() or index.row() >= len(self._rows):
             return None
         row = self._rows[index.row()]

@@ -110,7 +110,8 @@ class Settings:
 
     @property
     def servers(self) -> tuple[ServerEntry, ...]:
-        return self.values["servers"]
+        servers: tuple[ServerEntry, ...] = self.values["servers"]
+        return servers
 
 
 def defaults() -> Settings:
@@ -158,6 +159,8 @@ def validate(f: SettingField, value: Any) -> Any:
             raise InvalidSetting(f"{f.key}: expected a list")
         out = []
         for item in value:
+            url: object
+            key: object
             if isinstance(item, ServerEntry):
                 url, key = item.url, item.api_key
             elif isinstance(item, Mapping):
