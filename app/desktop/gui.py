@@ -11,8 +11,9 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, cast
 
 from kvwall.app.desktop.notifications import NotificationCenter, NotificationRules, Thresholds
@@ -27,6 +28,8 @@ from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
 if TYPE_CHECKING:
     from kvwall.app.demo.session import Demo
     from kvwall.app.desktop.single_instance import SingleInstance
+    from kvwall.budget.memory import WhatIf
+    from kvwall.widgets.settings_dialog import SettingsDialog
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +57,12 @@ class KvwallApp(QObject):
     result_shown = Signal(object)
     quitting = Signal()
 
-    def __init__(self, poll_fn: Callable, store: SettingsStore | None = None, *,
+    def __init__(self, poll_fn: Callable[[bool], object], store: SettingsStore | None = None, *,
                  use_tray: bool | None = None,
-                 on_servers_changed: Callable[[Sequence[str], dict], None] | None = None,
+                 on_servers_changed: Callable[[Sequence[str], dict[str, str]], None] | None = None,
                  on_settings_applied: Callable[[Settings], None] | None = None,
-                 simulate=None, autostart_home=None, parent: QObject | None = None) -> None:
+                 simulate: Callable[..., WhatIf] | None = None,
+                 autostart_home: Path | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.store = store or SettingsStore()
         loaded = self.store.load()
@@ -99,7 +103,7 @@ class KvwallApp(QObject):
         self._pause_timer.timeout.connect(lambda: self.set_paused(False))
         self._stopped = False
         self.results = 0
-        self._settings_dialog = None
+        self._settings_dialog: SettingsDialog | None = None
         self._told_still_running = False
 
     def _window_thresholds(self) -> None:
@@ -107,25 +111,26 @@ class KvwallApp(QObject):
         self.window.slot_warn_turns = self.thresholds.slot_warn_turns
         self.window.slot_critical_turns = self.thresholds.slot_critical_turns
 
-    def _make_tray(self) -> None:
-        self.tray = Tray(self.thresholds, self)
-        self.tray.open_window.connect(self.show_window)
-        self.tray.open_server.connect(self.show_server)
-        self.tray.settings_requested.connect(self.open_settings)
-        self.tray.quit_requested.connect(self.quit)
-        self.tray.pause_toggled.connect(self.set_paused)
-        self.notifications.set_tray(self.tray.icon)
+    def _make_tray(self) -> Tray:
+        self.tray = tray = Tray(self.thresholds, self)
+        tray.open_window.connect(self.show_window)
+        tray.open_server.connect(self.show_server)
+        tray.settings_requested.connect(self.open_settings)
+        tray.quit_requested.connect(self.quit)
+        tray.pause_toggled.connect(self.set_paused)
+        self.notifications.set_tray(tray.icon)
         report = self.window.report()
         if report is not None:
-            self.tray.set_report(report)
+            tray.set_report(report)
+        return tray
 
     def _look_for_tray(self) -> None:
         self._tray_deadline -= 1
         if QSystemTrayIcon.isSystemTrayAvailable():
             self._tray_wait.stop()
-            self._make_tray()
+            tray = self._make_tray()
             self.window.hide_on_close = True
-            self.tray.show()
+            tray.show()
             log.info("a system tray appeared; kvwall now lives there")
         elif self._tray_deadline <= 0:
             self._tray_wait.stop()
@@ -262,8 +267,8 @@ class KvwallApp(QObject):
                 self.window.statusBar().showMessage(f"Start on login: {exc.strerror}", 10000)
 
 
-def display_problem(environ=os.environ, platform: str = sys.platform,
-                    find_library=None) -> str | None:
+def display_problem(environ: Mapping[str, str] = os.environ, platform: str = sys.platform,
+                    find_library: Callable[[str], str | None] | None = None) -> str | None:
     """Why Qt would abort at start here, with what to do; None when it should start.
 
     Qt aborts the process (no exception) without a display or without the xcb platform's
@@ -280,7 +285,9 @@ def display_problem(environ=os.environ, platform: str = sys.platform,
     if not environ.get("DISPLAY"):
         return None  # Wayland: Qt picks its wayland platform
     if find_library is None:
-        from ctypes.util import find_library
+        from ctypes.util import find_library as ctypes_find_library
+
+        find_library = ctypes_find_library
     if find_library("xcb-cursor") is None:
         return ("Qt's X11 platform needs libxcb-cursor (Debian/Ubuntu: sudo apt-get install "
                 "libxcb-cursor0; ./bootstrap.sh run installs everything).")
@@ -321,7 +328,7 @@ class QuitSignals(QObject):
                                          self)
         self._notifier.activated.connect(self._readable)
 
-    def _handler(self, signum, _frame) -> None:
+    def _handler(self, signum: int, _frame: FrameType | None) -> None:
         self.received = True
 
     def _readable(self) -> None:

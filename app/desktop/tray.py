@@ -17,7 +17,7 @@ from kvwall.app.desktop.notifications import (
     level_for,
     worst,
 )
-from kvwall.budget.report import StatusReport
+from kvwall.budget.report import ServerReport, StatusReport
 from kvwall.budget.units import format_bytes
 from kvwall.widgets.viewmodels import pools
 from PySide6.QtCore import QObject, QRectF, Qt, Signal
@@ -46,8 +46,8 @@ def tray_state(report: StatusReport | None, thresholds: Thresholds) -> TrayState
     pool = pools.tightest_pool(report)
     levels = [OK]
     lines = []
-    if pool is not None and pool.device.total_bytes and pool.device.free_bytes is not None:
-        d = pool.device
+    d = pool.device if pool is not None else None
+    if d is not None and d.total_bytes and d.free_bytes is not None:
         free_pct = 100.0 * d.free_bytes / d.total_bytes
         rule = AlertRule("free_memory", "free %", thresholds.free_warn_percent,
                          thresholds.free_critical_percent, 0.0)
@@ -139,7 +139,7 @@ class Tray(QObject):
             from PySide6.QtGui import QGuiApplication
 
             app = QGuiApplication.instance()
-            hints = app.styleHints() if app is not None else None
+            hints = app.styleHints() if isinstance(app, QGuiApplication) else None
             if hints is not None and hasattr(hints, "colorSchemeChanged"):
                 hints.colorSchemeChanged.connect(self._color_scheme_changed)
         self.set_report(None)
@@ -168,7 +168,7 @@ class Tray(QObject):
             self.icon.setToolTip(state.tooltip)
             self._state = state
 
-    def _color_scheme_changed(self, *_args) -> None:
+    def _color_scheme_changed(self, *_args: object) -> None:
         self._dark = _system_is_dark()
         if self._state is not None:
             self.icon.setIcon(gauge_icon(self._state.fill, self._state.level, self._dark))
@@ -210,13 +210,13 @@ class Tray(QObject):
         self._paused = on
         self.pause_toggled.emit(on)
 
-    def _activated(self, reason) -> None:
+    def _activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
         if reason in (QSystemTrayIcon.ActivationReason.Trigger,
                       QSystemTrayIcon.ActivationReason.DoubleClick):
             self.open_window.emit()
 
 
-def _server_line(server) -> str:
+def _server_line(server: ServerReport) -> str:
     worst_slot = None
     for slot in list(server.slots) + ([server.pool] if server.pool else []):
         fill = pools.slot_fill(slot)
@@ -233,7 +233,7 @@ def _server_line(server) -> str:
 ICON_STEPS = 40  # fill steps the icon can show (its gauge is at most ~40 px tall)
 
 
-def _icon_key(state: TrayState) -> tuple:
+def _icon_key(state: TrayState) -> tuple[int | None, str]:
     fill = None if state.fill is None else round(max(0.0, min(1.0, state.fill)) * ICON_STEPS)
     return fill, state.level
 
@@ -242,9 +242,9 @@ def _system_is_dark() -> bool:
     from PySide6.QtGui import QGuiApplication
 
     app = QGuiApplication.instance()
-    if app is None:
+    if not isinstance(app, QGuiApplication):
         return False
     try:
-        return app.styleHints().colorScheme() == Qt.ColorScheme.Dark
+        return bool(app.styleHints().colorScheme() == Qt.ColorScheme.Dark)
     except AttributeError:  # Qt < 6.5
         return False

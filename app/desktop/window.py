@@ -4,8 +4,10 @@ what-if panel, or the empty state when no server runs."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from kvwall.app.desktop.poll_worker import PollResult
+from kvwall.budget.memory import WhatIf
 from kvwall.budget.report import ServerReport, StatusReport
 from kvwall.budget.units import format_duration
 from kvwall.widgets.empty_state import EmptyState
@@ -43,7 +45,8 @@ class MainWindow(QMainWindow):
     url_added = Signal(str)
     server_selected = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None, simulate=None) -> None:
+    def __init__(self, parent: QWidget | None = None,
+                 simulate: Callable[..., WhatIf] | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("kvwall")
         self.setObjectName("kvwall-main")
@@ -219,12 +222,12 @@ class MainWindow(QMainWindow):
         device_id = None
         if server is not None and server.memory:
             device_id = max(server.memory, key=lambda a: a.measured_bytes or 0).device_id
-        elif self.report() and self.report().devices:
-            device_id = self.report().devices[0].id
+        elif (report := self.report()) is not None and report.devices:
+            device_id = report.devices[0].id
         self.history.select(device_id, server.key if server else None)
         self.whatif.set_server(server, inputs)
 
-    def _table_selection(self, *_args) -> None:
+    def _table_selection(self, *_args: object) -> None:
         rows = self.table.selectionModel().selectedRows()
         if not rows:
             return
@@ -276,7 +279,7 @@ def app_icon() -> QIcon:
     from PySide6.QtGui import QGuiApplication
 
     app = QGuiApplication.instance()
-    dark = app is not None and app.palette().window().color().lightness() < 128
+    dark = isinstance(app, QGuiApplication) and app.palette().window().color().lightness() < 128
     icon = QIcon()
     try:
         path = files("kvwall.resources") / ("kvwall-dark.svg" if dark else "kvwall-light.svg")

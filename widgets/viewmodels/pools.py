@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from kvwall.budget.report import Attribution, ServerReport, SlotReport, StatusReport
 from kvwall.budget.units import format_bytes as format_bytes  # noqa: PLC0414 - re-export, below
-from kvwall.budget.units import format_duration
+from kvwall.budget.units import format_duration as format_duration  # noqa: PLC0414 - as above
 from kvwall.monitors.snapshot import DeviceMemory
 
-# format_bytes is re-exported for app/desktop/notifications.py until that module imports
-# kvwall.budget.units itself; new code imports it from there.
+# format_bytes and format_duration are re-exported for app/desktop/notifications.py until
+# that module imports kvwall.budget.units itself; new code imports them from there.
 
 # Segment kinds, in drawing order within a server.
 OTHER = "other"
