@@ -534,6 +534,24 @@ def _default_poller(urls: Sequence[str], keys: Mapping[str, str],
                   deadline_s=POLL_DEADLINE_S if deadline is None else deadline)
 
 
+def _read_args(args: argparse.Namespace
+               ) -> tuple[list[str], dict[str, str], float | None, float | None]:
+    """(URLs to poll, API key per URL, --watch seconds, --deadline seconds).
+
+    Raises:
+        UsageError: a bad value (one line, exit code 2).
+    """
+    urls = _check_urls(args.url)
+    keys = _parse_keys(args.api_key)
+    watch = _positive_float(args.watch, "--watch", 0.2) if args.watch is not None else None
+    deadline = (_positive_float(args.deadline, "--deadline", 0.05)
+                if args.deadline is not None else None)
+    for url in keys:
+        if url not in urls:
+            urls.append(url)  # a key for a URL means: poll that URL
+    return urls, keys, watch, deadline
+
+
 def main(argv: Sequence[str] | None = None, *, poller: SnapshotSource | None = None,
          out: IO[str] | None = None, sleep: Callable[[float], None] = time.sleep,
          monotonic: Callable[[], float] = time.monotonic) -> int:
@@ -541,14 +559,7 @@ def main(argv: Sequence[str] | None = None, *, poller: SnapshotSource | None = N
     out = out or sys.stdout
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        urls = _check_urls(args.url)
-        keys = _parse_keys(args.api_key)
-        watch = _positive_float(args.watch, "--watch", 0.2) if args.watch is not None else None
-        deadline = (_positive_float(args.deadline, "--deadline", 0.05)
-                    if args.deadline is not None else None)
-        for url in keys:
-            if url not in urls:
-                urls.append(url)  # a key for a URL means: poll that URL
+        urls, keys, watch, deadline = _read_args(args)
     except UsageError as e:
         sys.stderr.write(f"kvwall status: {e}\n")
         return EXIT_USAGE
