@@ -65,23 +65,45 @@ class MainWindow(QMainWindow):
         gl.addWidget(self.gauges)
 
         self.table_model = ServersTableModel(self)
-        self.table = QTableView()
-        self.table.setModel(self.table_model)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setAlternatingRowColors(True)
-        self.table.setShowGrid(False)
-        header = self.table.horizontalHeader()
+        self.table = self._make_table()
+        self.content = self._make_content(simulate)
+
+        self.empty = EmptyState(memory_bytes=self._largest_free)
+        self.empty.url_added.connect(self.url_added)
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.empty)
+        self.stack.addWidget(self.content)
+
+        central = QWidget()
+        lay = QVBoxLayout(central)
+        lay.addWidget(gauge_box)
+        lay.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
+        self.poll_label = QLabel("waiting for the first poll…")
+        self.statusBar().addPermanentWidget(self.poll_label)
+
+    def _make_table(self) -> QTableView:
+        """The servers-and-slots table, one row selectable at a time."""
+        table = QTableView()
+        table.setModel(self.table_model)
+        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        table.verticalHeader().setVisible(False)
+        table.setAlternatingRowColors(True)
+        table.setShowGrid(False)
+        header = table.horizontalHeader()
         # Sized to the contents when rows come or go, not on every poll: ResizeToContents
         # re-measures every cell each time one changes.
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
         self.table_model.modelReset.connect(self._rows_reset)
         self._column_chars: dict[int, int] = {}
-        self.table.setWordWrap(False)
-        self.table.selectionModel().selectionChanged.connect(self._table_selection)
+        table.setWordWrap(False)
+        table.selectionModel().selectionChanged.connect(self._table_selection)
+        return table
 
+    def _make_content(self, simulate: Callable[..., WhatIf] | None) -> QSplitter:
+        """The table above, history and what-if side by side below."""
         self.history = HistoryView()
         self.whatif = WhatIfPanel(simulate=simulate)
         scroll = QScrollArea()
@@ -106,21 +128,7 @@ class MainWindow(QMainWindow):
         main.setStretchFactor(0, 2)
         main.setStretchFactor(1, 5)
         table_box.setMinimumHeight(190)
-        self.content = main
-
-        self.empty = EmptyState(memory_bytes=self._largest_free)
-        self.empty.url_added.connect(self.url_added)
-        self.stack = QStackedWidget()
-        self.stack.addWidget(self.empty)
-        self.stack.addWidget(main)
-
-        central = QWidget()
-        lay = QVBoxLayout(central)
-        lay.addWidget(gauge_box)
-        lay.addWidget(self.stack, 1)
-        self.setCentralWidget(central)
-        self.poll_label = QLabel("waiting for the first poll…")
-        self.statusBar().addPermanentWidget(self.poll_label)
+        return main
 
     # -- data --------------------------------------------------------------------
     def set_result(self, result: PollResult) -> None:
