@@ -33,10 +33,11 @@ def main() -> int:
     from kvwall.app.demo.session import Demo
     from kvwall.app.desktop.gui import KvwallApp
     from kvwall.app.desktop.live import LiveSource
-    from kvwall.app.desktop.settings import SettingsStore, defaults
+    from kvwall.app.desktop.settings import SettingsStore
     from kvwall.monitors.devices import MemorySources
     from kvwall.monitors.discovery import Discovery, scan
     from kvwall.monitors.poller import Poller
+    from kvwall.widgets.viewmodels.settings_model import defaults
     from PySide6.QtCore import QEventLoop, QTimer
     from PySide6.QtWidgets import QApplication
 

@@ -6,6 +6,7 @@ Pure Python with an injected clock, so the tray, the CLI and the tests share one
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -77,7 +78,7 @@ def level_for(rule: AlertRule, value: float | None, previous: Level = OK) -> Lev
     beyond it, so a value hovering at a threshold does not flap. A missing value (None)
     keeps the previous level: unknown is not a recovery. Never raises.
     """
-    if value is None or value != value:  # None or NaN
+    if value is None or math.isnan(value):
         return previous
     raw = _raw_level(rule, float(value), 0.0)
     if _RANK[raw] >= _RANK.get(previous, 0):
@@ -374,6 +375,22 @@ def slot_fill(slot: SlotReport) -> float | None:
     if slot.tokens is None or slot.n_ctx <= 0:
         return None
     return min(1.0, slot.tokens / slot.n_ctx)
+
+
+def slot_level(slot: SlotReport, full_percent: float, warn_turns: int,
+               critical_turns: int) -> Level:
+    """``"critical"`` when the slot is ``full_percent`` full or ``critical_turns`` requests
+    from full, ``"warning"`` within ``warn_turns``, else ``"ok"`` (the tray and the table
+    colour a slot alike)."""
+    fill = slot_fill(slot)
+    if fill is not None and 100 * fill >= full_percent:
+        return CRITICAL
+    t = slot.forecast.turns_left
+    if t is not None and 0 < t <= critical_turns:
+        return CRITICAL
+    if t is not None and 0 < t <= warn_turns:
+        return WARNING
+    return OK
 
 
 def forecast_phrase(server: ServerReport, slot: SlotReport) -> str:

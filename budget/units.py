@@ -83,7 +83,7 @@ def format_duration(seconds: float | None) -> str:
     """
     if seconds is None:
         return "?"
-    s = max(0, int(round(seconds)))
+    s = max(0, round(seconds))
     if s < 90:
         return f"{s} s"
     m = s // 60

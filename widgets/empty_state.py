@@ -5,11 +5,9 @@ server URL, and the planner for a GGUF file chosen from disk (``kvwall plan`` in
 from __future__ import annotations
 
 import html
-import logging
-import shlex
-from dataclasses import dataclass
+from collections.abc import Callable
 
-from kvwall.widgets.viewmodels import pools
+from kvwall.widgets.viewmodels.planner import PlanOutcome, plan_html
 from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, Signal
 from PySide6.QtWidgets import (
     QDialog,
@@ -23,8 +21,6 @@ from PySide6.QtWidgets import (
     QVBoxLayout,
     QWidget,
 )
-
-log = logging.getLogger(__name__)
 
 EXPLANATION = (
     "<h3>No llama.cpp server is running</h3>"
@@ -47,9 +43,10 @@ class EmptyState(QWidget):
 
     url_added = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None, memory_bytes=None) -> None:
+    def __init__(self, parent: QWidget | None = None,
+                 memory_bytes: Callable[[], int | None] | None = None) -> None:
         super().__init__(parent)
-        self._memory_bytes = memory_bytes  # callable -> int | None: free memory now
+        self._memory_bytes = memory_bytes  # free memory now, for the planner
         text = QLabel(EXPLANATION)
         text.setWordWrap(True)
         text.setTextFormat(Qt.TextFormat.RichText)
@@ -81,7 +78,7 @@ class EmptyState(QWidget):
         self.dialog: PlanDialog | None = None
 
     def _add(self) -> None:
-        from kvwall.app.desktop.settings import InvalidSetting, normalise_url
+        from kvwall.widgets.viewmodels.settings_model import InvalidSetting, normalise_url
 
         try:
             url = normalise_url(self.url_edit.text())
@@ -105,77 +102,7 @@ class EmptyState(QWidget):
         return self.dialog
 
 
-# --- the planner -----------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class PlanOutcome:
-    """What planning a model gave: the plan and its what-if table, or an error."""
-
-    path: str
-    flags: str
-    html: str
-    error: str | None = None
-
-
-def plan_html(path: str, flags: str, memory_bytes: int | None) -> PlanOutcome:
-    """Read the model and plan it (file I/O: call it off the GUI thread)."""
-    from kvwall.budget.config import ConfigError, parse_command_line
-    from kvwall.budget.memory import check_command_line, check_model_file, plan_memory
-    from kvwall.budget.whatif import what_if_table
-    from kvwall.monitors.gguf import GGUFError, read_model
-
-    try:
-        extra = shlex.split(flags)
-        config = parse_command_line(["llama-server", "-m", path, *extra])
-        check_command_line(config)  # LaunchError is a ValueError: shown as the error
-        model = read_model(path)
-        check_model_file(model, config)
-        plan = plan_memory(model, config, free_bytes=memory_bytes)
-        table = (what_if_table(model, config, memory_bytes=memory_bytes)
-                 if memory_bytes and plan.ok else [])
-    except (GGUFError, ConfigError, ValueError, OSError) as exc:
-        return PlanOutcome(path, flags, "", str(exc))
-    except Exception as exc:  # never a traceback to the user
-        log.exception("planning %s failed", path)
-        return PlanOutcome(path, flags, "", f"kvwall could not plan this model: {exc}")
-    e = html.escape
-    out = [f"<h3>{e(model.name)}</h3><p>{e(path)}<br>{e(model.architecture)}, "
-           f"{model.n_layer_all} layers, trained context {model.n_ctx_train:,}</p>"]
-    if not plan.ok:
-        out.append("<p style='color:#c62828'><b>llama.cpp would refuse this "
-                   "configuration:</b><br>" + "<br>".join(e(x) for x in plan.errors) + "</p>")
-        return PlanOutcome(path, flags, "".join(out))
-    fb = pools.format_bytes
-    out.append(f"<p>Context {plan.n_ctx:,} cells, {plan.n_ctx_seq:,} per slot × {plan.n_seq} "
-               f"slot(s){' (unified KV)' if plan.kv_unified else ''}; cache "
-               f"{e(plan.cache_type_k)}/{e(plan.cache_type_v)}, flash attention "
-               f"{e(plan.flash_attn)}</p>")
-    out.append("<table cellspacing=0 cellpadding=3 border=1><tr><th>Device</th><th>Weights"
-               "</th><th>KV cache</th><th>Compute</th><th>Total</th></tr>")
-    for d in plan.devices:
-        out.append(f"<tr><td>{e(d.name)}</td><td>{fb(d.weights_bytes)}</td><td>"
-                   f"{fb(d.kv_bytes + d.recurrent_bytes)}</td><td>{fb(d.compute_bytes)}</td>"
-                   f"<td><b>{fb(d.total_bytes)}</b></td></tr>")
-    out.append(f"<tr><td><b>All</b></td><td>{fb(plan.weights_bytes)}</td><td>"
-               f"{fb(plan.kv_bytes + plan.recurrent_bytes)}</td><td>{fb(plan.compute_bytes)}"
-               f"</td><td><b>{fb(plan.total_bytes)}</b></td></tr></table>")
-    if table:
-        out.append(f"<h4>What if (largest context within {fb(memory_bytes)} free)</h4>"
-                   "<table cellspacing=0 cellpadding=3 border=1><tr><th>Change</th>"
-                   "<th>Saves</th><th>Largest -c</th><th>Command</th></tr>")
-        for wi in table:
-            if wi.refused:
-                out.append(f"<tr><td>{e(wi.label)}</td><td colspan=3>refused: "
-                           f"{e('; '.join(wi.plan.errors))}</td></tr>")
-            else:
-                out.append(f"<tr><td>{e(wi.label)}</td><td>{fb(wi.saves_bytes)}</td>"
-                           f"<td>{wi.max_ctx:,}</td><td><code>{e(wi.command)}</code></td></tr>")
-        out.append("</table>")
-    if plan.assumptions:
-        out.append("<h4>Assumptions</h4><ul>" + "".join(
-            f"<li>{e(a)}</li>" for a in plan.assumptions) + "</ul>")
-    return PlanOutcome(path, flags, "".join(out))
-
+# --- the planner dialog (the planning itself: kvwall.widgets.viewmodels.planner) ---------
 
 class _PlanSignals(QObject):
     done = Signal(object)

@@ -9,10 +9,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kvwall.budget.report import StatusReport
+from kvwall.budget.units import format_bytes
 from kvwall.widgets.viewmodels import pools
 from kvwall.widgets.viewmodels.pools import PoolView, Segment
 from PySide6.QtCore import QEvent, QRectF, QSize, Qt
-from PySide6.QtGui import QColor, QHelpEvent, QPainter, QPainterPath, QPalette, QPen
+from PySide6.QtGui import (
+    QColor,
+    QHelpEvent,
+    QPainter,
+    QPainterPath,
+    QPaintEvent,
+    QPalette,
+    QPen,
+)
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QSizePolicy, QToolTip, QVBoxLayout, QWidget
 
 COLORS = {
@@ -89,7 +98,7 @@ class StackedBar(QWidget):
                 return seg
         return None
 
-    def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt API)
         p = QPainter(self)
         p.setRenderHint(QPainter.RenderHint.Antialiasing)
         pal = self.palette()
@@ -122,12 +131,12 @@ class StackedBar(QWidget):
         if scale and self._segments:
             used = sum(s.bytes for s in self._segments if s.kind != pools.FREE)
             p.setPen(pal.color(QPalette.ColorRole.Text))
-            text = f"{pools.format_bytes(used)} used"
+            text = f"{format_bytes(used)} used"
             p.drawText(outline.adjusted(6, 0, -6, 0),
                        Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter, text)
         p.end()
 
-    def event(self, e) -> bool:
+    def event(self, e: QEvent) -> bool:
         if e.type() == QEvent.Type.ToolTip and isinstance(e, QHelpEvent):
             seg = self.segment_at(e.position().x() if hasattr(e, "position") else e.x())
             if seg is None:
@@ -140,7 +149,7 @@ class StackedBar(QWidget):
 
 def tooltip_text(seg: Segment, scale_bytes: int) -> str:
     share = 100.0 * seg.bytes / scale_bytes if scale_bytes else 0.0
-    return (f"<b>{seg.label}</b><br>{pools.format_bytes(seg.bytes)} "
+    return (f"<b>{seg.label}</b><br>{format_bytes(seg.bytes)} "
             f"({seg.bytes:,} bytes, {share:.1f}%)<br><i>{pools.MEANING[seg.kind]}</i>")
 
 
@@ -174,8 +183,8 @@ class PoolGauge(QWidget):
         self.title.setText(d.name + ("  (unified)" if d.unified and d.kind != "host" else ""))
         bits = []
         if d.free_bytes is not None and d.total_bytes:
-            bits.append(f"{pools.format_bytes(d.free_bytes)} free of "
-                        f"{pools.format_bytes(d.total_bytes)}")
+            bits.append(f"{format_bytes(d.free_bytes)} free of "
+                        f"{format_bytes(d.total_bytes)}")
         if d.error:
             bits.append(d.error)
         self.figures.setText("  ·  ".join(bits))
@@ -237,7 +246,7 @@ class _Swatch(QWidget):
         self.kind = kind
         self.setFixedSize(12, 12)
 
-    def paintEvent(self, event) -> None:  # noqa: N802 (Qt API)
+    def paintEvent(self, event: QPaintEvent) -> None:  # noqa: N802 (Qt API)
         p = QPainter(self)
         p.setPen(QPen(self.palette().color(QPalette.ColorRole.Mid), 1))
         p.setBrush(segment_color(self.kind, self.palette()))
@@ -271,7 +280,7 @@ class GaugePanel(QWidget):
                 self._layout.insertWidget(i, g)
         for v in views:
             self._gauges[v.device.id].set_view(v)
-        self.legend.show_kinds({s.kind for v in views for s in v.segments})
+        self.legend.show_kinds(sorted({s.kind for v in views for s in v.segments}))
 
     def gauges(self) -> dict[str, PoolGauge]:
         return dict(self._gauges)

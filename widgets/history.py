@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 
 os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
 
-import numpy as np  # noqa: E402
-import pyqtgraph as pg  # noqa: E402
-from kvwall.budget.report import ServerReport, StatusReport  # noqa: E402
-from kvwall.widgets.viewmodels import pools  # noqa: E402
-from PySide6.QtCore import Qt, QTimer  # noqa: E402
-from PySide6.QtGui import QColor, QPalette  # noqa: E402
-from PySide6.QtWidgets import (  # noqa: E402
+import numpy as np
+import pyqtgraph as pg
+from kvwall.budget.report import ServerReport, SlotReport, StatusReport
+from kvwall.budget.units import format_duration
+from kvwall.widgets.viewmodels import pools
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QColor, QHideEvent, QPalette, QShowEvent
+from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
     QLabel,
@@ -52,7 +54,7 @@ class RingBuffer:
         self._next = 0
         self._size = 0
 
-    def append(self, t: float, values) -> None:
+    def append(self, t: float, values: Sequence[float]) -> None:
         row = self._next
         self._data[row, 0] = t
         self._data[row, 1:] = values
@@ -112,7 +114,20 @@ class HistoryView(QWidget):
         self.tabs.addTab(self.memory_plot, "Memory")
         self.tabs.addTab(self.context_plot, "Context")
         self.tabs.currentChanged.connect(self._redraw)
+        self._make_memory_curves()
+        self._make_context_curves()
 
+        top = QHBoxLayout()
+        top.addStretch(1)
+        top.addWidget(QLabel("Show the last"))
+        top.addWidget(self.window_box)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addLayout(top)
+        lay.addWidget(self.tabs, 1)
+
+    def _make_memory_curves(self) -> None:
+        """The memory plot's stacked areas and legend, created once."""
         # Memory: cumulative curves, created once, each filled down to zero and stacked
         # back to front (the largest sum behind), which draws the same picture as fills
         # between neighbours at a fraction of the cost (no path arithmetic per redraw).
@@ -137,6 +152,8 @@ class HistoryView(QWidget):
                                            pen=pg.mkPen("#888", style=Qt.PenStyle.DashLine))
         self.memory_plot.addItem(self._total_line)
 
+    def _make_context_curves(self) -> None:
+        """The context plot's slot, forecast and limit lines, created once."""
         # Context: up to MAX_SLOT_CURVES curves, re-used across servers.
         self._slot_curves = []
         self._forecast_curves = []
@@ -158,15 +175,6 @@ class HistoryView(QWidget):
         self._forecast_label = pg.TextItem(
             anchor=(1, 1), color=self.palette().color(QPalette.ColorRole.Text))
         self.context_plot.addItem(self._forecast_label)
-
-        top = QHBoxLayout()
-        top.addStretch(1)
-        top.addWidget(QLabel("Show the last"))
-        top.addWidget(self.window_box)
-        lay = QVBoxLayout(self)
-        lay.setContentsMargins(0, 0, 0, 0)
-        lay.addLayout(top)
-        lay.addWidget(self.tabs, 1)
 
     def _make_plot(self, label: str, units: str) -> pg.PlotWidget:
         axis = pg.DateAxisItem(orientation="bottom")
@@ -214,7 +222,7 @@ class HistoryView(QWidget):
             buf = self._memory.get(view.device.id)
             if buf is None:
                 buf = self._memory[view.device.id] = RingBuffer(self.capacity, len(MEMORY_KINDS) + 1)
-            values = [view.bytes_of(k) for k in MEMORY_KINDS[:3]]
+            values: list[float] = [view.bytes_of(k) for k in MEMORY_KINDS[:3]]
             values.append(view.bytes_of(pools.KV) + view.bytes_of(pools.RECURRENT))
             values.append(view.bytes_of(pools.COMPUTE) + view.bytes_of(pools.UNATTRIBUTED))
             values.append(view.device.total_bytes or np.nan)
@@ -253,7 +261,7 @@ class HistoryView(QWidget):
         """About one redraw per pixel of time shown, between 2 and 10 s (painting the
         stacked areas costs ~10 ms of CPU), so a window left open does not repaint on
         every poll."""
-        span = self.window_seconds()
+        span: float = self.window_seconds()
         if self._first_wall is not None:
             span = min(span, max(1.0, self._now_wall - self._first_wall))
         width = max(200, self.memory_plot.width())
@@ -264,13 +272,13 @@ class HistoryView(QWidget):
             self._redraw()
             self._repaint_timer.start(self.repaint_interval_ms())
 
-    def showEvent(self, event) -> None:  # noqa: N802 (Qt API)
+    def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt API)
         super().showEvent(event)
         if self._dirty:
             self._redraw()
         self._repaint_timer.start(self.repaint_interval_ms())
 
-    def hideEvent(self, event) -> None:  # noqa: N802 (Qt API)
+    def hideEvent(self, event: QHideEvent) -> None:  # noqa: N802 (Qt API)
         super().hideEvent(event)
         self._repaint_timer.stop()  # polling goes on; painting waits
 
@@ -287,14 +295,15 @@ class HistoryView(QWidget):
             e[1].nbytes for e in self._slots.values())
 
     # -- drawing -----------------------------------------------------------------
-    def _redraw(self, *_args) -> None:
+    def _redraw(self, *_args: object) -> None:
         """Redraw the plot on the visible tab; the other one catches up when shown."""
         self._dirty = False
         self.redraws += 1
         window = self.window_seconds()
         now = self._now_wall
         start = now - window
-        if self.tabs.currentWidget() is self.memory_plot:
+        showing_memory = self.tabs.currentWidget() is self.memory_plot
+        if showing_memory:
             self._draw_memory(start, now)
             names = self._pool_names
             if self._device_id in names:
@@ -359,7 +368,7 @@ class HistoryView(QWidget):
                 end = now + f.seconds_left
                 fc.setData([now, end], [tokens, limit])
                 horizon = max(horizon, min(end, now + window))
-                when = pools.format_duration(f.seconds_left)
+                when = format_duration(f.seconds_left)
                 who = "pool" if ids[i] == -1 else f"slot {ids[i]}"
                 if not label:
                     at = time.strftime("%H:%M", time.localtime(end))
@@ -388,7 +397,7 @@ def _left_edge(start: float, first_sample: float, now: float) -> float:
     return max(start, min(first_sample, now - MIN_SPAN_S))
 
 
-def _slot_of(server: ServerReport, slot_id: int):
+def _slot_of(server: ServerReport, slot_id: int) -> SlotReport | None:
     if slot_id == -1:
         return server.pool
     for s in server.slots:
@@ -409,6 +418,6 @@ def _blend(color: QColor, background: QColor, alpha: float) -> QColor:
         (color.blue(), background.blue()))))
 
 
-def _tune(curve) -> None:
+def _tune(curve: pg.PlotDataItem) -> None:
     curve.setDownsampling(auto=True, method="peak")
     curve.setClipToView(True)

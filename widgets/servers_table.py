@@ -9,9 +9,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from kvwall.budget.alerts import slot_fill, slot_level
 from kvwall.budget.report import ServerReport, SlotReport, StatusReport
+from kvwall.budget.units import format_duration
 from kvwall.widgets.viewmodels import pools
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont
 
 COLUMNS = ("Server / slot", "Model", "Context per slot", "Fill", "Tokens per turn",
@@ -36,16 +38,16 @@ class TableRow:
 
 
 def _fmt_int(n: int | float | None) -> str:
-    return "–" if n is None else f"{int(round(n)):,}"
+    return "–" if n is None else f"{round(n):,}"
 
 
 def slot_row(server: ServerReport, slot: SlotReport, label: str, full_percent: float = 95.0,
              warn_turns: int = 5, critical_turns: int = 2) -> TableRow:
     f = slot.forecast
-    fill = pools.slot_fill(slot)
+    fill = slot_fill(slot)
     fill_text = "–" if fill is None else f"{fill:.0%}  ({_fmt_int(slot.tokens)})"
     turns = pools.requests_left(f.turns_left)
-    time_left = "–" if f.seconds_left is None else pools.format_duration(f.seconds_left)
+    time_left = "–" if f.seconds_left is None else format_duration(f.seconds_left)
     state = "busy" if slot.is_processing else "idle"
     tip = (f"forecast confidence {f.confidence:.0%}, from {f.turns_seen} finished "
            f"request{'s' if f.turns_seen != 1 else ''}" if f.turns_seen
@@ -54,7 +56,7 @@ def slot_row(server: ServerReport, slot: SlotReport, label: str, full_percent: f
                     (label, "", _fmt_int(slot.n_ctx), fill_text,
                      "–" if f.tokens_per_turn is None else f"{f.tokens_per_turn:,.0f}",
                      turns, time_left, state),
-                    pools.slot_level(slot, full_percent, warn_turns, critical_turns), tip)
+                    slot_level(slot, full_percent, warn_turns, critical_turns), tip)
 
 
 def server_row(server: ServerReport) -> TableRow:
@@ -76,7 +78,7 @@ def server_row(server: ServerReport) -> TableRow:
 
 def table_rows(report: StatusReport, full_percent: float = 95.0, warn_turns: int = 5,
                critical_turns: int = 2) -> tuple[TableRow, ...]:
-    """Rows for ``report``; slots coloured by :func:`kvwall.widgets.viewmodels.pools.slot_level` with the
+    """Rows for ``report``; slots coloured by :func:`kvwall.budget.alerts.slot_level` with the
     user's notification thresholds."""
     rows: list[TableRow] = []
     for server in report.servers:
@@ -93,7 +95,7 @@ def table_rows(report: StatusReport, full_percent: float = 95.0, warn_turns: int
 class ServersTableModel(QAbstractTableModel):
     """Rows from :func:`table_rows`; :meth:`set_rows` emits only what changed."""
 
-    def __init__(self, parent=None) -> None:
+    def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self._rows: tuple[TableRow, ...] = ()
         self._bold = QFont()
@@ -130,12 +132,14 @@ class ServersTableModel(QAbstractTableModel):
     def columnCount(self, parent: QModelIndex | QPersistentModelIndex = QModelIndex()) -> int:  # noqa: B008,N802
         return 0 if parent.isValid() else len(COLUMNS)
 
-    def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):  # noqa: N802
+    def headerData(self, section: int, orientation: Qt.Orientation,  # noqa: N802 (Qt API)
+                   role: int = Qt.ItemDataRole.DisplayRole) -> object:
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
             return COLUMNS[section]
         return None
 
-    def data(self, index, role=Qt.ItemDataRole.DisplayRole):
+    def data(self, index: QModelIndex | QPersistentModelIndex,
+             role: int = Qt.ItemDataRole.DisplayRole) -> object:
         if not index.isValid() or index.row() >= len(self._rows):
             return None
         row = self._rows[index.row()]

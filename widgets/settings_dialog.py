@@ -1,8 +1,10 @@
-"""The preferences dialog, generated from ``kvwall.app.desktop.settings.SCHEMA``."""
+"""The preferences dialog, generated from ``kvwall.widgets.viewmodels.settings_model.SCHEMA``."""
 
 from __future__ import annotations
 
-from kvwall.app.desktop.settings import (
+from typing import Any
+
+from kvwall.widgets.viewmodels.settings_model import (
     NOTIFY_KINDS,
     SCHEMA,
     InvalidSetting,
@@ -10,7 +12,7 @@ from kvwall.app.desktop.settings import (
     SettingField,
     Settings,
 )
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QLocale, QModelIndex, QPersistentModelIndex
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -26,22 +28,22 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSpinBox,
     QStyledItemDelegate,
+    QStyleOptionViewItem,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-_KEY_ROLE = Qt.ItemDataRole.UserRole + 1
-
 
 class _KeyDelegate(QStyledItemDelegate):
     """Shows an API key as dots and edits it in a password field."""
 
-    def displayText(self, value, locale) -> str:  # noqa: N802 (Qt API)
+    def displayText(self, value: object, locale: QLocale | QLocale.Language) -> str:  # noqa: N802 (Qt API)
         return "•" * 8 if value else ""
 
-    def createEditor(self, parent, option, index):  # noqa: N802 (Qt API)
+    def createEditor(self, parent: QWidget, option: QStyleOptionViewItem,  # noqa: N802 (Qt API)
+                     index: QModelIndex | QPersistentModelIndex) -> QWidget:
         edit = QLineEdit(parent)
         edit.setEchoMode(QLineEdit.EchoMode.Password)
         return edit
@@ -78,21 +80,43 @@ class ServersEditor(QWidget):
         self.table.insertRow(row)
         self.table.setItem(row, 0, QTableWidgetItem(url))
         self.table.setItem(row, 1, QTableWidgetItem(key))
-        if edit:
-            self.table.editItem(self.table.item(row, 0))
+        item = self.table.item(row, 0)
+        if edit and item is not None:
+            self.table.editItem(item)
 
     def remove_selected(self) -> None:
         for row in sorted({i.row() for i in self.table.selectedIndexes()}, reverse=True):
             self.table.removeRow(row)
 
-    def value(self) -> list[dict]:
-        out = []
+    def value(self) -> list[dict[str, str | None]]:
+        out: list[dict[str, str | None]] = []
         for row in range(self.table.rowCount()):
-            url = (self.table.item(row, 0).text() if self.table.item(row, 0) else "").strip()
-            key = (self.table.item(row, 1).text() if self.table.item(row, 1) else "").strip()
+            url, key = (self._text(row, 0), self._text(row, 1))
             if url or key:
                 out.append({"url": url, "api_key": key or None})
         return out
+
+    def _text(self, row: int, column: int) -> str:
+        item = self.table.item(row, column)
+        return (item.text() if item else "").strip()
+
+
+class KindsEditor(QWidget):
+    """One check box per notification kind."""
+
+    def __init__(self, chosen: tuple[str, ...], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        v = QVBoxLayout(self)
+        v.setContentsMargins(0, 0, 0, 0)
+        self.checks: dict[str, QCheckBox] = {}
+        for kind, text in NOTIFY_KINDS.items():
+            c = QCheckBox(text)
+            c.setChecked(kind in chosen)
+            self.checks[kind] = c
+            v.addWidget(c)
+
+    def value(self) -> list[str]:
+        return [k for k, c in self.checks.items() if c.isChecked()]
 
 
 class SettingsDialog(QDialog):
@@ -131,54 +155,42 @@ class SettingsDialog(QDialog):
         lay.addWidget(buttons)
         self.new_settings: Settings | None = None
 
-    def _editor(self, f: SettingField, value) -> QWidget:
+    def _editor(self, f: SettingField, value: Any) -> QWidget:
         if f.kind == "bool":
-            w = QCheckBox()
-            w.setChecked(bool(value))
-            return w
+            check = QCheckBox()
+            check.setChecked(bool(value))
+            return check
         if f.kind == "int":
-            w = QSpinBox()
-            w.setRange(int(f.minimum if f.minimum is not None else -1e9),
-                       int(f.maximum if f.maximum is not None else 1e9))
-            w.setValue(int(value))
+            spin = QSpinBox()
+            spin.setRange(int(f.minimum if f.minimum is not None else -1e9),
+                          int(f.maximum if f.maximum is not None else 1e9))
+            spin.setValue(int(value))
             if f.unit:
-                w.setSuffix(f" {f.unit}")
-            return w
+                spin.setSuffix(f" {f.unit}")
+            return spin
         if f.kind == "float":
-            w = QDoubleSpinBox()
-            w.setDecimals(1)
-            w.setRange(f.minimum if f.minimum is not None else -1e9,
-                       f.maximum if f.maximum is not None else 1e9)
-            w.setValue(float(value))
+            fspin = QDoubleSpinBox()
+            fspin.setDecimals(1)
+            fspin.setRange(f.minimum if f.minimum is not None else -1e9,
+                           f.maximum if f.maximum is not None else 1e9)
+            fspin.setValue(float(value))
             if f.unit:
-                w.setSuffix(f" {f.unit}")
-            return w
+                fspin.setSuffix(f" {f.unit}")
+            return fspin
         if f.kind == "kinds":
-            box = QWidget()
-            v = QVBoxLayout(box)
-            v.setContentsMargins(0, 0, 0, 0)
-            box.checks = {}
-            for kind, text in NOTIFY_KINDS.items():
-                c = QCheckBox(text)
-                c.setChecked(kind in value)
-                box.checks[kind] = c
-                v.addWidget(c)
-            return box
+            return KindsEditor(value)
         if f.kind == "servers":
             return ServersEditor(value)
         raise ValueError(f"no editor for {f.kind}")
 
-    def values(self) -> dict:
-        out = {}
+    def values(self) -> dict[str, Any]:
+        """What each editor holds now, by setting key (not yet validated)."""
+        out: dict[str, Any] = {}
         for f in SCHEMA:
             w = self.editors[f.key]
-            if f.kind == "bool":
+            if isinstance(w, QCheckBox):
                 out[f.key] = w.isChecked()
-            elif f.kind in ("int", "float"):
-                out[f.key] = w.value()
-            elif f.kind == "kinds":
-                out[f.key] = [k for k, c in w.checks.items() if c.isChecked()]
-            elif f.kind == "servers":
+            elif isinstance(w, (QSpinBox, QDoubleSpinBox, KindsEditor, ServersEditor)):
                 out[f.key] = w.value()
         return out
 

@@ -4,10 +4,14 @@ would allocate, next to what the server holds now, and copy the command line."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from kvwall.budget.cachetypes import CACHE_TYPES
 from kvwall.budget.memory import MemoryPlan
 from kvwall.budget.report import ServerReport
+from kvwall.budget.units import format_bytes
+from kvwall.budget.whatif import WhatIf
 from kvwall.widgets.gauge import StackedBar
 from kvwall.widgets.viewmodels import pools
 from kvwall.widgets.viewmodels.pools import Segment
@@ -46,6 +50,15 @@ def plan_segments(plan: MemoryPlan) -> tuple[Segment, ...]:
     return tuple(Segment(k, int(b)) for k, b in parts if b > 0)
 
 
+@dataclass(frozen=True)
+class _Ready:
+    """What a simulation needs: the server, its accepted plan and the model inputs."""
+
+    server: ServerReport
+    plan: MemoryPlan
+    inputs: WhatIfInputs
+
+
 class WhatIfPanel(QWidget):
     """What-ifs for one server. Feed it with :meth:`set_server`.
 
@@ -56,7 +69,7 @@ class WhatIfPanel(QWidget):
     simulated = Signal(object)
 
     def __init__(self, parent: QWidget | None = None,
-                 simulate: Callable | None = None) -> None:
+                 simulate: Callable[..., WhatIf] | None = None) -> None:
         super().__init__(parent)
         self._simulate = simulate
         self._inputs: WhatIfInputs | None = None
@@ -65,6 +78,17 @@ class WhatIfPanel(QWidget):
 
         self.heading = QLabel("Select a server to try changes")
         self.heading.setWordWrap(True)
+        lay = QVBoxLayout(self)
+        lay.addWidget(self.heading)
+        lay.addLayout(self._quick_buttons())
+        lay.addWidget(self._custom_box())
+        lay.addWidget(self._result_frame())
+        lay.addStretch(1)
+        self._set_enabled(False)
+        self._clear_result()
+
+    def _quick_buttons(self) -> QGridLayout:
+        """One button per quick change (``q8_0 cache``, ``1 slot`` ...), three a row."""
         self.buttons: dict[str, QPushButton] = {}
         grid = QGridLayout()
         for i, kind in enumerate(QUICK_CHANGES):
@@ -73,7 +97,10 @@ class WhatIfPanel(QWidget):
             b.clicked.connect(lambda _=False, k=kind: self.try_quick(k))
             self.buttons[kind] = b
             grid.addWidget(b, i // 3, i % 3)
+        return grid
 
+    def _custom_box(self) -> QGroupBox:
+        """Cache types, slots, context and flash attention of the user's own choosing."""
         self.ctk = QComboBox()
         self.ctv = QComboBox()
         for box in (self.ctk, self.ctv):
@@ -102,7 +129,10 @@ class WhatIfPanel(QWidget):
         form.addWidget(QLabel("FA"), 1, 2)
         form.addWidget(self.fa_box, 1, 3)
         form.addWidget(self.custom_button, 1, 4, 1, 2)
+        return custom
 
+    def _result_frame(self) -> QFrame:
+        """The before/after bars, the facts, the caveat or refusal, and the command."""
         self.current_bar = StackedBar(height=20)
         self.new_bar = StackedBar(height=20)
         self.current_label = QLabel("Now")
@@ -152,15 +182,7 @@ class WhatIfPanel(QWidget):
         rl.addWidget(self.refused_label)
         rl.addWidget(self.command_view)
         self.result_frame = result
-
-        lay = QVBoxLayout(self)
-        lay.addWidget(self.heading)
-        lay.addLayout(grid)
-        lay.addWidget(custom)
-        lay.addWidget(result)
-        lay.addStretch(1)
-        self._set_enabled(False)
-        self._clear_result()
+        return result
 
     # -- inputs ------------------------------------------------------------------
     def set_server(self, server: ServerReport | None, inputs: WhatIfInputs | None) -> None:
@@ -178,18 +200,19 @@ class WhatIfPanel(QWidget):
                 "simulated).")
         else:
             self.heading.setText(f"What if {server.name} ran with…")
-        ready = server is not None and inputs is not None and plan is not None and plan.ok
+        state = self._ready()
+        ready = state is not None
         self._set_enabled(ready)
-        if ready:
+        if state is not None:
             for kind, b in self.buttons.items():
-                b.setEnabled(quick_changes(kind, plan, inputs.config) is not None)
+                b.setEnabled(quick_changes(kind, state.plan, state.inputs.config) is not None)
             if changed_server:
-                self.ctk.setCurrentText(plan.cache_type_k)
-                self.ctv.setCurrentText(plan.cache_type_v)
-                self.slots_box.setValue(plan.n_seq)
+                self.ctk.setCurrentText(state.plan.cache_type_k)
+                self.ctv.setCurrentText(state.plan.cache_type_v)
+                self.slots_box.setValue(state.plan.n_seq)
                 self.ctx_box.setValue(0)
-                self.fa_box.setCurrentText(inputs.config.flash_attn)
-            self.current_bar.set_segments(plan_segments(plan), self._scale())
+                self.fa_box.setCurrentText(state.inputs.config.flash_attn)
+            self.current_bar.set_segments(plan_segments(state.plan), self._scale())
         else:  # not the previous server's bar under this one's name
             self.current_bar.set_segments(())
         self.result_frame.setVisible(ready)
@@ -216,18 +239,20 @@ class WhatIfPanel(QWidget):
 
     # -- actions -----------------------------------------------------------------
     def try_quick(self, kind: str) -> WhatIfResult | None:
-        if not self._ready():
+        ready = self._ready()
+        if ready is None:
             return None
-        changes = quick_changes(kind, self._server.plan, self._inputs.config)
+        changes = quick_changes(kind, ready.plan, ready.inputs.config)
         if changes is None:
             return None
         return self.try_changes(changes, QUICK_LABELS[kind])
 
     def try_custom(self) -> WhatIfResult | None:
-        if not self._ready():
+        ready = self._ready()
+        if ready is None:
             return None
-        plan = self._server.plan
-        changes: dict = {}
+        plan = ready.plan
+        changes: dict[str, Any] = {}
         if self.ctk.currentText() != plan.cache_type_k:
             changes["cache_type_k"] = self.ctk.currentText()
         if self.ctv.currentText() != plan.cache_type_v:
@@ -236,15 +261,16 @@ class WhatIfPanel(QWidget):
             changes["n_parallel"] = self.slots_box.value()
         if self.ctx_box.value():
             changes["n_ctx"] = self.ctx_box.value()
-        if self.fa_box.currentText() != self._inputs.config.flash_attn:
+        if self.fa_box.currentText() != ready.inputs.config.flash_attn:
             changes["flash_attn"] = self.fa_box.currentText()
         return self.try_changes(changes, None)
 
-    def try_changes(self, changes: dict, label: str | None) -> WhatIfResult | None:
-        if not self._ready():
+    def try_changes(self, changes: dict[str, Any], label: str | None) -> WhatIfResult | None:
+        ready = self._ready()
+        if ready is None:
             return None
         try:
-            result = run_what_if(self._inputs, self._server, changes, label,
+            result = run_what_if(ready.inputs, ready.server, changes, label,
                                  simulate=self._simulate)
         except Exception as exc:  # a bug in the model must not take the window down
             import logging
@@ -258,9 +284,12 @@ class WhatIfPanel(QWidget):
         self.simulated.emit(result)
         return result
 
-    def _ready(self) -> bool:
-        return (self._server is not None and self._inputs is not None
-                and self._server.plan is not None and self._server.plan.ok)
+    def _ready(self) -> _Ready | None:
+        """The server, its plan and the simulator's inputs, when all are there."""
+        server, inputs = self._server, self._inputs
+        if server is None or inputs is None or server.plan is None or not server.plan.ok:
+            return None
+        return _Ready(server, server.plan, inputs)
 
     def _clear_result(self) -> None:
         self._result = None
@@ -305,12 +334,13 @@ class WhatIfPanel(QWidget):
             return
         self.refused_label.setText("")
         scale = self._scale(wi.plan)
-        self.current_bar.set_segments(plan_segments(self._server.plan), scale)
+        current = self._server.plan if self._server is not None else None
+        self.current_bar.set_segments(plan_segments(current) if current is not None else (), scale)
         self.new_bar.set_segments(plan_segments(wi.plan), scale)
         saved = wi.saves_bytes
         self.saved_label.setText(
-            f"{pools.format_bytes(saved)}" if saved >= 0
-            else f"costs {pools.format_bytes(-saved)} more")
+            f"{format_bytes(saved)}" if saved >= 0
+            else f"costs {format_bytes(-saved)} more")
         self.max_ctx_label.setText(f"{wi.max_ctx:,} tokens (-c) with the memory free now")
         self._show_turns(result)
         self.caveat_label.setText(f"<i>{wi.caveat}</i>" if wi.caveat else "")

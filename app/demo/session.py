@@ -16,7 +16,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +34,7 @@ DEMO_MODEL = {"n_layer": 4, "n_embd": 256, "n_head": 8, "n_head_kv": 4, "n_ff": 
               "n_ctx_train": 8192, "name": "kvwall-demo"}
 DEMO_ARGS = ("-c", "8192", "-np", "2", "-ctk", "f16", "-ctv", "f16")
 START_DEADLINE_S = 60.0
-WORDS = ("the of and to in is was that for on with as by at from it an be this are or "
-         "hello world model memory cache context token slot server agent llama tiny").split()
+WORDS = ["the", "of", "and", "to", "in", "is", "was", "that", "for", "on", "with", "as", "by", "at", "from", "it", "an", "be", "this", "are", "or", "hello", "world", "model", "memory", "cache", "context", "token", "slot", "server", "agent", "llama", "tiny"]
 
 
 def _die_with_parent() -> None:
@@ -54,20 +55,22 @@ class DemoUnavailable(RuntimeError):
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def _post(url: str, body: dict, timeout: float) -> dict:
+def _post(url: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
     req = urllib.request.Request(url, data=json.dumps(body).encode(),
                                  headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())
+        answer: dict[str, Any] = json.loads(resp.read())
+        return answer
 
 
 def healthy(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url + "/health", timeout=timeout) as resp:
-            return resp.status == 200
+            return bool(resp.status == 200)
     except (urllib.error.URLError, OSError, ValueError):
         return False
 
@@ -173,7 +176,7 @@ class Demo:
         DemoUnavailable: (from :meth:`start`) no llama-server, or it would not start.
     """
 
-    def __init__(self, workdir: Path | None = None, server_args=DEMO_ARGS,
+    def __init__(self, workdir: Path | None = None, server_args: Sequence[str] = DEMO_ARGS,
                  agent_pause_s: float = 2.0) -> None:
         if workdir is None:
             from platformdirs import user_cache_dir
@@ -182,7 +185,7 @@ class Demo:
         self.workdir = Path(workdir)
         self.server_args = tuple(server_args)
         self.agent_pause_s = agent_pause_s
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.agents: list[ScriptedAgent] = []
         self.log_path = self.workdir / "llama-server.log"
@@ -214,7 +217,7 @@ class Demo:
             # The server must not outlive kvwall, even a kvwall that was killed.
             self.proc = subprocess.Popen(
                 argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)  # noqa: PLW1509 - prctl only, before exec
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             if self.proc.poll() is not None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["KINDS", "DEFAULTS", "TinyModelError", "write_model", "shard_paths"]
+__all__ = ["DEFAULTS", "KINDS", "TinyModelError", "shard_paths", "write_model"]
 
 
 class TinyModelError(ValueError):
@@ -133,11 +133,7 @@ class _Spec:
 
 # ---------------------------------------------------------------------------- vocab
 
-_WORDS = (
-    "the of and to in is was that for on with as by at from it an be this are or "
-    "his which but not have had were one all their they can has more been its also "
-    "hello world model memory cache context token slot server agent llama tiny"
-).split()
+_WORDS = ["the", "of", "and", "to", "in", "is", "was", "that", "for", "on", "with", "as", "by", "at", "from", "it", "an", "be", "this", "are", "or", "his", "which", "but", "not", "have", "had", "were", "one", "all", "their", "they", "can", "has", "more", "been", "its", "also", "hello", "world", "model", "memory", "cache", "context", "token", "slot", "server", "agent", "llama", "tiny"]
 
 
 def _vocab(n_vocab: int) -> tuple[list[str], list[float], list[int]]:
@@ -514,7 +510,7 @@ def _tensor_data(
     name: str, shape: tuple[int, ...], dtype: str, rng: np.random.Generator
 ) -> np.ndarray:
     np_shape = tuple(reversed(shape))  # numpy is row-major: ggml's ne0 is the last axis
-    if name.endswith("_norm.weight") or name.endswith("norm.weight"):
+    if name.endswith("norm.weight"):  # also "_norm.weight"
         return np.ones(np_shape, dtype=np.float32)
     if name.endswith(".ssm_a"):
         # A = -exp(A_log): negative, so the state decays
@@ -557,10 +553,22 @@ def write_model(kind: str, path: str | pathlib.Path, **overrides: Any) -> pathli
     Raises:
         TinyModelError: unknown kind, unknown override, or inconsistent sizes.
     """
-    import gguf  # deferred: numpy-heavy, and only needed when writing
-
     if kind not in _BUILDERS:
         raise TinyModelError(f"unknown tiny model kind {kind!r}; choose one of {', '.join(KINDS)}")
+    params = _params(kind, overrides)
+    spec = _BUILDERS[kind](params)
+    split = int(params["split"])
+    if split < 1 or split > len(spec.tensors):
+        raise TinyModelError(f"split must be in 1..{len(spec.tensors)}, got {split}")
+    out = pathlib.Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_gguf(out, kind, spec, params, split)
+    written = shard_paths(out, split)
+    return written[0]
+
+
+def _params(kind: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The kind's defaults with the overrides applied, checked for consistent sizes."""
     params = dict(DEFAULTS[kind])
     unknown = sorted(set(overrides) - set(params))
     if unknown:
@@ -577,11 +585,11 @@ def write_model(kind: str, path: str | pathlib.Path, **overrides: Any) -> pathli
         raise TinyModelError(
             f"n_embd ({params['n_embd']}) must be a multiple of n_head ({params['n_head']})"
         )
-    if isinstance(DEFAULTS[kind]["n_head_kv"], list) and "n_layer" in overrides:
-        if "n_head_kv" not in overrides:
-            # keep the kind's hybrid layout at the new depth: attention every `every` layers
-            every = 2 if kind == "lfm2" else 4
-            params["n_head_kv"] = [2 if il % every == 1 else 0 for il in range(params["n_layer"])]
+    if (isinstance(DEFAULTS[kind]["n_head_kv"], list) and "n_layer" in overrides
+            and "n_head_kv" not in overrides):
+        # keep the kind's hybrid layout at the new depth: attention every `every` layers
+        every = 2 if kind == "lfm2" else 4
+        params["n_head_kv"] = [2 if il % every == 1 else 0 for il in range(params["n_layer"])]
     if (
         isinstance(params["n_head_kv"], (list, tuple))
         and len(params["n_head_kv"]) != params["n_layer"]
@@ -595,15 +603,15 @@ def write_model(kind: str, path: str | pathlib.Path, **overrides: Any) -> pathli
         if isinstance(params["n_head_kv"], (list, tuple))
         else params["n_head_kv"]
     )
+    return params
 
-    spec = _BUILDERS[kind](params)
+
+def _write_gguf(out: pathlib.Path, kind: str, spec: _Spec, params: dict[str, Any],
+                split: int) -> None:
+    """The header, a tiny vocabulary and random tensors, in ``split`` shards."""
+    import gguf  # deferred: numpy-heavy, and only needed when writing
+
     tokens, scores, types = _vocab(int(params["n_vocab"]))
-
-    split = int(params["split"])
-    if split < 1 or split > len(spec.tensors):
-        raise TinyModelError(f"split must be in 1..{len(spec.tensors)}, got {split}")
-    out = pathlib.Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     per_shard = -(-len(spec.tensors) // split)
     writer = gguf.GGUFWriter(out, spec.arch, split_max_tensors=per_shard if split > 1 else 0)
     writer.add_name(params["name"] or f"tiny-{kind}")
@@ -629,8 +637,6 @@ def write_model(kind: str, path: str | pathlib.Path, **overrides: Any) -> pathli
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    written = shard_paths(out, split)
-    return written[0]
 
 
 def _add_kv(writer: Any, key: str, typ: str, value: Any) -> None:

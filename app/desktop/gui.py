@@ -11,16 +11,26 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, cast
 
 from kvwall.app.desktop.notifications import NotificationCenter
 from kvwall.app.desktop.poll_worker import PollResult, PollThread, PollWorker
-from kvwall.app.desktop.settings import Settings, SettingsStore, set_autostart
+from kvwall.app.desktop.settings import SettingsStore, set_autostart
 from kvwall.app.desktop.tray import Tray
 from kvwall.app.desktop.window import MainWindow, app_icon
 from kvwall.budget.alerts import NotificationRules, Thresholds
+from kvwall.widgets.viewmodels.settings_model import Settings
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtWidgets import QApplication, QMessageBox, QSystemTrayIcon
+
+if TYPE_CHECKING:
+    from kvwall.app.demo.session import Demo
+    from kvwall.app.desktop.single_instance import SingleInstance
+    from kvwall.budget.whatif import WhatIf
+    from kvwall.widgets.settings_dialog import SettingsDialog
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +58,12 @@ class KvwallApp(QObject):
     result_shown = Signal(object)
     quitting = Signal()
 
-    def __init__(self, poll_fn: Callable, store: SettingsStore | None = None, *,
+    def __init__(self, poll_fn: Callable[[bool], object], store: SettingsStore | None = None, *,
                  use_tray: bool | None = None,
-                 on_servers_changed: Callable[[Sequence[str], dict], None] | None = None,
+                 on_servers_changed: Callable[[Sequence[str], dict[str, str]], None] | None = None,
                  on_settings_applied: Callable[[Settings], None] | None = None,
-                 simulate=None, autostart_home=None, parent: QObject | None = None) -> None:
+                 simulate: Callable[..., WhatIf] | None = None,
+                 autostart_home: Path | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.store = store or SettingsStore()
         loaded = self.store.load()
@@ -93,7 +104,7 @@ class KvwallApp(QObject):
         self._pause_timer.timeout.connect(lambda: self.set_paused(False))
         self._stopped = False
         self.results = 0
-        self._settings_dialog = None
+        self._settings_dialog: SettingsDialog | None = None
         self._told_still_running = False
 
     def _window_thresholds(self) -> None:
@@ -101,25 +112,26 @@ class KvwallApp(QObject):
         self.window.slot_warn_turns = self.thresholds.slot_warn_turns
         self.window.slot_critical_turns = self.thresholds.slot_critical_turns
 
-    def _make_tray(self) -> None:
-        self.tray = Tray(self.thresholds, self)
-        self.tray.open_window.connect(self.show_window)
-        self.tray.open_server.connect(self.show_server)
-        self.tray.settings_requested.connect(self.open_settings)
-        self.tray.quit_requested.connect(self.quit)
-        self.tray.pause_toggled.connect(self.set_paused)
-        self.notifications.set_tray(self.tray.icon)
+    def _make_tray(self) -> Tray:
+        self.tray = tray = Tray(self.thresholds, self)
+        tray.open_window.connect(self.show_window)
+        tray.open_server.connect(self.show_server)
+        tray.settings_requested.connect(self.open_settings)
+        tray.quit_requested.connect(self.quit)
+        tray.pause_toggled.connect(self.set_paused)
+        self.notifications.set_tray(tray.icon)
         report = self.window.report()
         if report is not None:
-            self.tray.set_report(report)
+            tray.set_report(report)
+        return tray
 
     def _look_for_tray(self) -> None:
         self._tray_deadline -= 1
         if QSystemTrayIcon.isSystemTrayAvailable():
             self._tray_wait.stop()
-            self._make_tray()
+            tray = self._make_tray()
             self.window.hide_on_close = True
-            self.tray.show()
+            tray.show()
             log.info("a system tray appeared; kvwall now lives there")
         elif self._tray_deadline <= 0:
             self._tray_wait.stop()
@@ -208,7 +220,7 @@ class KvwallApp(QObject):
     def add_server_url(self, url: str) -> None:
         """Watch ``url`` from now on (saved; a URL already watched is not added twice)."""
         if url not in {s.url for s in self.settings.servers}:
-            servers = list(self.settings.servers) + [{"url": url}]
+            servers = [*self.settings.servers, {"url": url}]
             self.apply_settings(self.settings.replace(servers=servers))
         self.worker.request_poll()
 
@@ -256,8 +268,8 @@ class KvwallApp(QObject):
                 self.window.statusBar().showMessage(f"Start on login: {exc.strerror}", 10000)
 
 
-def display_problem(environ=os.environ, platform: str = sys.platform,
-                    find_library=None) -> str | None:
+def display_problem(environ: Mapping[str, str] = os.environ, platform: str = sys.platform,
+                    find_library: Callable[[str], str | None] | None = None) -> str | None:
     """Why Qt would abort at start here, with what to do; None when it should start.
 
     Qt aborts the process (no exception) without a display or without the xcb platform's
@@ -274,7 +286,9 @@ def display_problem(environ=os.environ, platform: str = sys.platform,
     if not environ.get("DISPLAY"):
         return None  # Wayland: Qt picks its wayland platform
     if find_library is None:
-        from ctypes.util import find_library
+        from ctypes.util import find_library as ctypes_find_library
+
+        find_library = ctypes_find_library
     if find_library("xcb-cursor") is None:
         return ("Qt's X11 platform needs libxcb-cursor (Debian/Ubuntu: sudo apt-get install "
                 "libxcb-cursor0; ./bootstrap.sh run installs everything).")
@@ -315,7 +329,7 @@ class QuitSignals(QObject):
                                          self)
         self._notifier.activated.connect(self._readable)
 
-    def _handler(self, signum, _frame) -> None:
+    def _handler(self, signum: int, _frame: FrameType | None) -> None:
         self.received = True
 
     def _readable(self) -> None:
@@ -356,27 +370,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
 
     os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
-    from kvwall.app.desktop.logging_setup import install_qt_message_handler, setup_logging
-
-    try:
-        log_path = setup_logging()
-    except OSError as exc:
-        print(f"kvwall: cannot write logs ({exc}); continuing without a log file",
-              file=sys.stderr)
-        log_path = None
+    log_path = _start_logging()
     problem = display_problem()
     if problem:
         log.error("cannot start the desktop app: %s", problem)
         print(f"kvwall: {problem}", file=sys.stderr)
         return 2
-    app = QApplication.instance() or QApplication(["kvwall"])
-    app.setApplicationName("kvwall")
-    app.setApplicationDisplayName("kvwall")
-    app.setOrganizationName("kvwall")
-    app.setDesktopFileName("kvwall")
-    app.setWindowIcon(app_icon())
-    app.setQuitOnLastWindowClosed(False)
-    install_qt_message_handler()
+    app = _application()
     quit_signals = QuitSignals(app)
     log.info("kvwall starting (log: %s)", log_path)
 
@@ -411,7 +411,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.error("demo unavailable: %s", exc)
             instance.release()
             return 2
+    return _run(app, opts, instance, quit_signals, demo)
 
+
+def _start_logging() -> Path | None:
+    """The rotating log file; None when no log file can be written."""
+    from kvwall.app.desktop.logging_setup import setup_logging
+
+    try:
+        return setup_logging()
+    except OSError as exc:
+        print(f"kvwall: cannot write logs ({exc}); continuing without a log file",
+              file=sys.stderr)
+        return None
+
+
+def _application() -> QApplication:
+    """The QApplication, named and iconed, with Qt's own messages routed into logging."""
+    from kvwall.app.desktop.logging_setup import install_qt_message_handler
+
+    app = cast(QApplication, QApplication.instance() or QApplication(["kvwall"]))
+    app.setApplicationName("kvwall")
+    app.setApplicationDisplayName("kvwall")
+    app.setOrganizationName("kvwall")
+    app.setDesktopFileName("kvwall")
+    app.setWindowIcon(app_icon())
+    app.setQuitOnLastWindowClosed(False)
+    install_qt_message_handler()
+    return app
+
+
+def _run(app: QApplication, opts: argparse.Namespace, instance: SingleInstance,
+         quit_signals: QuitSignals, demo: Demo | None) -> int:
+    """Watch, show and run the event loop; stop everything whatever happens."""
     from kvwall.app.desktop.live import LiveSource
 
     source = kv = None

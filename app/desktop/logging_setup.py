@@ -41,7 +41,7 @@ class FailureLog:
         self._log = logger
         self._active: dict[str, int] = {}
 
-    def failure(self, cause: str, msg: str, *args, exc_info: bool = False,
+    def failure(self, cause: str, msg: str, *args: object, exc_info: bool = False,
                 level: int = logging.WARNING) -> bool:
         """Returns True when this call logged (the first occurrence of ``cause``)."""
         if cause in self._active:
@@ -51,7 +51,7 @@ class FailureLog:
         self._log.log(level, msg, *args, exc_info=exc_info)
         return True
 
-    def recovered(self, cause: str | None, msg: str, *args) -> None:
+    def recovered(self, cause: str | None, msg: str, *args: object) -> None:
         """Clear ``cause`` (or every cause when None), logging once if it was active."""
         causes = list(self._active) if cause is None else [cause]
         for c in causes:
@@ -102,21 +102,13 @@ def setup_logging(level: int = logging.INFO, directory: Path | None = None,
     return path
 
 
-def teardown_logging() -> None:
-    root = logging.getLogger("kvwall")
-    for h in _installed:
-        root.removeHandler(h)
-        h.close()
-    _installed.clear()
-
-
 _qt_log = logging.getLogger("kvwall.qt")
 _qt_failures = FailureLog(_qt_log)
 
 
 def install_qt_message_handler() -> None:
     """Route qDebug/qWarning/qCritical into logging (each distinct message once)."""
-    from PySide6.QtCore import QtMsgType, qInstallMessageHandler
+    from PySide6.QtCore import QMessageLogContext, QtMsgType, qInstallMessageHandler
 
     levels = {
         QtMsgType.QtDebugMsg: logging.DEBUG,
@@ -126,14 +118,8 @@ def install_qt_message_handler() -> None:
         QtMsgType.QtFatalMsg: logging.CRITICAL,
     }
 
-    def handler(mode, context, message) -> None:
+    def handler(mode: QtMsgType, context: QMessageLogContext, message: str) -> None:
         level = levels.get(mode, logging.WARNING)
         _qt_failures.failure(message, "Qt: %s", message, level=level)
 
     qInstallMessageHandler(handler)
-
-
-def uninstall_qt_message_handler() -> None:
-    from PySide6.QtCore import qInstallMessageHandler
-
-    qInstallMessageHandler(None)

@@ -142,7 +142,7 @@ class PollWorker(QObject):
         start = self._clock()
         try:
             out = self._poll_fn(gap is not None)
-        except Exception as exc:  # a poll never kills the thread
+        except Exception as exc:  # noqa: BLE001 - a poll never kills the thread
             cause = f"{type(exc).__name__}: {exc}"
             self._failures.failure(type(exc).__name__, "poll failed: %s", cause, exc_info=True)
             self.failed.emit(cause)
@@ -169,24 +169,26 @@ class PollThread(QObject):
     def __init__(self, worker: PollWorker, parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.worker = worker
-        self.thread = QThread()
-        self.thread.setObjectName("kvwall-poll")
-        worker.moveToThread(self.thread)
-        self.thread.started.connect(worker.start)
-        self.thread.finished.connect(worker.deleteLater)
+        self._qthread = QThread()
+        # Public for tests and callers; it shadows QObject.thread(), which nobody calls here.
+        self.thread = self._qthread  # type: ignore[assignment, method-assign]
+        self._qthread.setObjectName("kvwall-poll")
+        worker.moveToThread(self._qthread)
+        self._qthread.started.connect(worker.start)
+        self._qthread.finished.connect(worker.deleteLater)
 
     def start(self) -> None:
-        self.thread.start()
+        self._qthread.start()
 
     def stop(self, timeout_s: float = 10.0) -> bool:
         """Stop polling and wait for the thread (a running poll finishes first).
 
         Returns False when the thread did not end in time (a poll still blocked).
         """
-        if not self.thread.isRunning():
+        if not self._qthread.isRunning():
             return True
         self.worker.request_stop()
-        ok = self.thread.wait(int(timeout_s * 1000))
+        ok = bool(self._qthread.wait(int(timeout_s * 1000)))
         if not ok:
             log.warning("the poll thread did not stop within %.0f s", timeout_s)
         return ok

@@ -1,8 +1,8 @@
-"""User settings: a schema, a JSON file in the platform config dir (mode 0600), recovery.
+"""The settings store: a JSON file in the platform config dir (mode 0600), recovery, autostart.
 
-Qt-free. The schema (:data:`SCHEMA`) drives both validation here and the preferences
-dialog (``kvwall.widgets.settings_dialog``). API keys live in the same file, which only the
-user can read; they never appear in ``repr``, logs or messages.
+Qt-free. What a setting is (schema, validation, defaults, migration) lives in
+``kvwall.widgets.viewmodels.settings_model``. API keys live in the same file, which only
+the user can read; they never appear in ``repr``, logs or messages.
 """
 
 from __future__ import annotations
@@ -13,208 +13,25 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlsplit
+
+from kvwall.widgets.viewmodels.settings_model import (
+    SCHEMA,
+    SCHEMA_VERSION,
+    InvalidSetting,
+    Settings,
+    defaults,
+    migrate_v1,
+    to_json,
+    validate,
+)
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "kvwall"
-SCHEMA_VERSION = 2
 SETTINGS_FILE = "settings.json"
-
-# Notification kinds, in the user's words (ids are stable, used as keys in the file).
-NOTIFY_KINDS: dict[str, str] = {
-    "free_memory": "Free memory below the threshold",
-    "pool_forecast": "A memory pool (or a unified KV pool) forecast to run out",
-    "slot_forecast": "A slot forecast to fill soon",
-    "slot_full": "A slot that is full",
-    "server_unreachable": "A server that became unreachable",
-    "process_grab": "Another process took a large share of a GPU",
-}
-
-
-@dataclass(frozen=True)
-class SettingField:
-    """One setting: its key, type, default, bounds and the words the dialog shows.
-
-    ``kind`` is ``int`` | ``float`` | ``bool`` | ``kinds`` (a subset of NOTIFY_KINDS) |
-    ``servers`` (a list of ``{"url", "api_key"}``).
-    """
-
-    key: str
-    label: str
-    kind: str
-    default: Any
-    group: str
-    minimum: float | None = None
-    maximum: float | None = None
-    unit: str = ""
-    help: str = ""
-
-
-SCHEMA: tuple[SettingField, ...] = (
-    SettingField("poll_interval_s", "Poll every", "float", 2.0, "Polling", 0.5, 60.0, "s",
-                 "How often kvwall reads memory and asks each server for its slots."),
-    SettingField("free_warn_percent", "Warn when free memory is below", "float", 10.0,
-                 "Thresholds", 0.0, 100.0, "%", "Share of a pool that is still free."),
-    SettingField("free_critical_percent", "Critical when free memory is below", "float", 5.0,
-                 "Thresholds", 0.0, 100.0, "%"),
-    SettingField("slot_warn_turns", "Warn when a slot fills within", "int", 5, "Thresholds",
-                 1, 1000, "requests",
-                 "Requests left before the slot's context is full, counting the one that "
-                 "fills it (1: the next request)."),
-    SettingField("slot_critical_turns", "Critical when a slot fills within", "int", 2,
-                 "Thresholds", 0, 1000, "requests"),
-    SettingField("slot_warn_minutes", "Warn when a slot fills within", "float", 15.0,
-                 "Thresholds", 0.0, 1440.0, "min"),
-    SettingField("slot_critical_minutes", "Critical when a slot fills within", "float", 5.0,
-                 "Thresholds", 0.0, 1440.0, "min"),
-    SettingField("slot_full_percent", "A slot counts as full at", "float", 95.0, "Thresholds",
-                 50.0, 100.0, "%"),
-    SettingField("grab_percent", "Warn when another process takes at least", "float", 10.0,
-                 "Thresholds", 1.0, 100.0, "% of a GPU",
-                 "Growth of other processes' memory within a minute."),
-    SettingField("notify_kinds", "Notify about", "kinds", tuple(NOTIFY_KINDS), "Notifications"),
-    SettingField("servers", "Extra servers", "servers", (), "Servers",
-                 help="Servers kvwall cannot find by itself (remote, containers). "
-                      "The API key is sent only to its own server."),
-    SettingField("start_on_login", "Start kvwall when I log in", "bool", False, "General"),
-)
-
-FIELDS: dict[str, SettingField] = {f.key: f for f in SCHEMA}
-
-
-@dataclass(frozen=True)
-class ServerEntry:
-    """A server URL the user added, with its API key (never shown in repr)."""
-
-    url: str
-    api_key: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Validated settings; build a changed copy with :meth:`replace`."""
-
-    values: Mapping[str, Any] = field(repr=False)
-
-    def __getitem__(self, key: str) -> Any:
-        return self.values[key]
-
-    def __repr__(self) -> str:  # keys masked: the servers list holds API keys
-        shown = {k: v for k, v in self.values.items() if k != "servers"}
-        shown["servers"] = [s.url for s in self.values.get("servers", ())]
-        return f"Settings({shown!r})"
-
-    def replace(self, **changes: Any) -> Settings:
-        merged = dict(self.values)
-        for key, value in changes.items():
-            if key not in FIELDS:
-                raise KeyError(f"unknown setting {key!r}")
-            merged[key] = _validate(FIELDS[key], value)
-        return Settings(merged)
-
-    @property
-    def servers(self) -> tuple[ServerEntry, ...]:
-        return self.values["servers"]
-
-
-def defaults() -> Settings:
-    return Settings({f.key: _validate(f, f.default) for f in SCHEMA})
-
-
-class InvalidSetting(ValueError):
-    """A value that does not fit its field (message names the field)."""
-
-
-def _validate(f: SettingField, value: Any) -> Any:
-    if f.kind == "bool":
-        if not isinstance(value, bool):
-            raise InvalidSetting(f"{f.key}: expected true/false")
-        return value
-    if f.kind in ("int", "float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidSetting(f"{f.key}: expected a number")
-        if f.kind == "int":
-            if int(value) != value:
-                raise InvalidSetting(f"{f.key}: expected a whole number")
-            value = int(value)
-        else:
-            value = float(value)
-        if f.minimum is not None and value < f.minimum:
-            raise InvalidSetting(f"{f.key}: below {f.minimum:g}")
-        if f.maximum is not None and value > f.maximum:
-            raise InvalidSetting(f"{f.key}: above {f.maximum:g}")
-        return value
-    if f.kind == "kinds":
-        if isinstance(value, str) or not isinstance(value, (list, tuple, set, frozenset)):
-            raise InvalidSetting(f"{f.key}: expected a list")
-        unknown = [v for v in value if v not in NOTIFY_KINDS]
-        if unknown:
-            raise InvalidSetting(f"{f.key}: unknown kind {unknown[0]!r}")
-        return tuple(k for k in NOTIFY_KINDS if k in set(value))
-    if f.kind == "servers":
-        if isinstance(value, str) or not isinstance(value, (list, tuple)):
-            raise InvalidSetting(f"{f.key}: expected a list")
-        out = []
-        for item in value:
-            if isinstance(item, ServerEntry):
-                url, key = item.url, item.api_key
-            elif isinstance(item, Mapping):
-                url, key = item.get("url"), item.get("api_key")
-            else:
-                raise InvalidSetting(f"{f.key}: expected url entries")
-            out.append(ServerEntry(normalise_url(url), key or None))
-        return tuple(out)
-    raise InvalidSetting(f"{f.key}: unknown field kind {f.kind}")
-
-
-def normalise_url(url: Any) -> str:
-    """A server base URL: ``host:port`` gets ``http://``; trailing ``/`` dropped.
-
-    Raises:
-        InvalidSetting: not an http(s) URL with a host.
-    """
-    if not isinstance(url, str) or not url.strip():
-        raise InvalidSetting("server URL: empty")
-    text = url.strip()
-    if "://" not in text:
-        text = "http://" + text
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidSetting(f"server URL: {url!r} is not an http(s) URL")
-    try:
-        parts.port  # noqa: B018  (raises on a bad port)
-    except ValueError as exc:
-        raise InvalidSetting(f"server URL: {url!r} has a bad port") from exc
-    return text.rstrip("/")
-
-
-def _to_json(settings: Settings) -> dict:
-    values: dict[str, Any] = {}
-    for f in SCHEMA:
-        v = settings.values[f.key]
-        if f.kind == "servers":
-            v = [{"url": s.url, **({"api_key": s.api_key} if s.api_key else {})} for s in v]
-        elif f.kind == "kinds":
-            v = list(v)
-        values[f.key] = v
-    return {"schema": SCHEMA_VERSION, "values": values}
-
-
-def _migrate_v1(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Version 1 kept the poll interval in milliseconds and URLs as plain strings."""
-    out = dict(values)
-    if "poll_interval_ms" in out:
-        ms = out.pop("poll_interval_ms")
-        if isinstance(ms, (int, float)) and not isinstance(ms, bool):
-            out["poll_interval_s"] = ms / 1000.0
-    if isinstance(out.get("urls"), list):
-        out["servers"] = [{"url": u} for u in out.pop("urls") if isinstance(u, str)]
-    return out
 
 
 @dataclass(frozen=True)
@@ -273,7 +90,7 @@ class SettingsStore:
         values = doc["values"]
         reasons: list[str] = []
         if version < SCHEMA_VERSION:
-            values = _migrate_v1(values)
+            values = migrate_v1(values)
             reasons.append(f"they came from an older kvwall (format {version})")
         elif version > SCHEMA_VERSION:
             reasons.append(f"they came from a newer kvwall (format {version})")
@@ -283,7 +100,7 @@ class SettingsStore:
             if f.key not in values:
                 continue
             try:
-                merged[f.key] = _validate(f, values[f.key])
+                merged[f.key] = validate(f, values[f.key])
             except InvalidSetting:
                 bad.append(f.label.lower() if f.kind != "servers" else "extra servers")
         if bad:
@@ -309,7 +126,7 @@ class SettingsStore:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(_to_json(settings), fh, indent=2)
+                json.dump(to_json(settings), fh, indent=2)
                 fh.write("\n")
             os.chmod(tmp, 0o600)
             os.replace(tmp, self.path)

@@ -13,11 +13,16 @@ from kvwall.budget.alerts import (
     UNREACHABLE_HEALTH,
     WARNING,
     AlertRule,
+    Level,
     Thresholds,
+    forecast_phrase,
     level_for,
+    slot_fill,
+    slot_level,
     worst,
 )
-from kvwall.budget.report import StatusReport
+from kvwall.budget.report import ServerReport, StatusReport
+from kvwall.budget.units import format_bytes
 from kvwall.widgets.viewmodels import pools
 from PySide6.QtCore import QObject, QRectF, Qt, Signal
 from PySide6.QtGui import QAction, QColor, QIcon, QPainter, QPainterPath, QPen, QPixmap
@@ -35,7 +40,7 @@ class TrayState:
     """What the icon shows: fill of the tightest pool (0..1, None unknown) and the level."""
 
     fill: float | None
-    level: str
+    level: Level
     tooltip: str
 
 
@@ -45,24 +50,24 @@ def tray_state(report: StatusReport | None, thresholds: Thresholds) -> TrayState
     pool = pools.tightest_pool(report)
     levels = [OK]
     lines = []
-    if pool is not None and pool.device.total_bytes and pool.device.free_bytes is not None:
-        d = pool.device
+    d = pool.device if pool is not None else None
+    if d is not None and d.total_bytes and d.free_bytes is not None:
         free_pct = 100.0 * d.free_bytes / d.total_bytes
         rule = AlertRule("free_memory", "free %", thresholds.free_warn_percent,
                          thresholds.free_critical_percent, 0.0)
         levels.append(level_for(rule, free_pct))
-        lines.append(f"{d.name}: {pools.format_bytes(d.free_bytes)} free ({free_pct:.0f}%)")
+        lines.append(f"{d.name}: {format_bytes(d.free_bytes)} free ({free_pct:.0f}%)")
     for server in report.servers:
         if server.health in UNREACHABLE_HEALTH or server.health in NEEDS_USER_HEALTH:
             levels.append(WARNING)
             lines.append(f"{server.name}: {server.health}")
         for slot in list(server.slots) + ([server.pool] if server.pool else []):
-            levels.append(pools.slot_level(slot, thresholds.slot_full_percent,
+            levels.append(slot_level(slot, thresholds.slot_full_percent,
                                            thresholds.slot_warn_turns,
                                            thresholds.slot_critical_turns))
     nearest = pools.nearest_forecast(report)
     if nearest is not None:
-        lines.append(pools.forecast_phrase(*nearest))
+        lines.append(forecast_phrase(*nearest))
     if not report.servers:
         lines.append("no llama.cpp server running")
     elif nearest is None:
@@ -72,7 +77,7 @@ def tray_state(report: StatusReport | None, thresholds: Thresholds) -> TrayState
     return TrayState(fill, worst(*levels), "kvwall\n" + "\n".join(lines))
 
 
-def gauge_pixmap(fill: float | None, level: str, size: int = 64, dark: bool = False) -> QPixmap:
+def gauge_pixmap(fill: float | None, level: Level, size: int = 64, dark: bool = False) -> QPixmap:
     """A battery-like vertical gauge: outline, fill from the bottom, level colour."""
     pm = QPixmap(size, size)
     pm.fill(Qt.GlobalColor.transparent)
@@ -98,7 +103,7 @@ def gauge_pixmap(fill: float | None, level: str, size: int = 64, dark: bool = Fa
     return pm
 
 
-def gauge_icon(fill: float | None, level: str, dark: bool = False) -> QIcon:
+def gauge_icon(fill: float | None, level: Level, dark: bool = False) -> QIcon:
     icon = QIcon()
     for size in (16, 22, 24, 32, 48, 64):
         icon.addPixmap(gauge_pixmap(fill, level, size, dark))
@@ -138,7 +143,7 @@ class Tray(QObject):
             from PySide6.QtGui import QGuiApplication
 
             app = QGuiApplication.instance()
-            hints = app.styleHints() if app is not None else None
+            hints = app.styleHints() if isinstance(app, QGuiApplication) else None
             if hints is not None and hasattr(hints, "colorSchemeChanged"):
                 hints.colorSchemeChanged.connect(self._color_scheme_changed)
         self.set_report(None)
@@ -167,7 +172,7 @@ class Tray(QObject):
             self.icon.setToolTip(state.tooltip)
             self._state = state
 
-    def _color_scheme_changed(self, *_args) -> None:
+    def _color_scheme_changed(self, *_args: object) -> None:
         self._dark = _system_is_dark()
         if self._state is not None:
             self.icon.setIcon(gauge_icon(self._state.fill, self._state.level, self._dark))
@@ -209,16 +214,16 @@ class Tray(QObject):
         self._paused = on
         self.pause_toggled.emit(on)
 
-    def _activated(self, reason) -> None:
+    def _activated(self, reason: QSystemTrayIcon.ActivationReason) -> None:
         if reason in (QSystemTrayIcon.ActivationReason.Trigger,
                       QSystemTrayIcon.ActivationReason.DoubleClick):
             self.open_window.emit()
 
 
-def _server_line(server) -> str:
+def _server_line(server: ServerReport) -> str:
     worst_slot = None
     for slot in list(server.slots) + ([server.pool] if server.pool else []):
-        fill = pools.slot_fill(slot)
+        fill = slot_fill(slot)
         if fill is not None and (worst_slot is None or fill > worst_slot):
             worst_slot = fill
     bits = [server.name]
@@ -232,7 +237,7 @@ def _server_line(server) -> str:
 ICON_STEPS = 40  # fill steps the icon can show (its gauge is at most ~40 px tall)
 
 
-def _icon_key(state: TrayState) -> tuple:
+def _icon_key(state: TrayState) -> tuple[int | None, str]:
     fill = None if state.fill is None else round(max(0.0, min(1.0, state.fill)) * ICON_STEPS)
     return fill, state.level
 
@@ -241,9 +246,9 @@ def _system_is_dark() -> bool:
     from PySide6.QtGui import QGuiApplication
 
     app = QGuiApplication.instance()
-    if app is None:
+    if not isinstance(app, QGuiApplication):
         return False
     try:
-        return app.styleHints().colorScheme() == Qt.ColorScheme.Dark
+        return bool(app.styleHints().colorScheme() == Qt.ColorScheme.Dark)
     except AttributeError:  # Qt < 6.5
         return False

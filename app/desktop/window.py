@@ -4,14 +4,16 @@ what-if panel, or the empty state when no server runs."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from kvwall.app.desktop.poll_worker import PollResult
 from kvwall.budget.report import ServerReport, StatusReport
+from kvwall.budget.units import format_duration
+from kvwall.budget.whatif import WhatIf
 from kvwall.widgets.empty_state import EmptyState
 from kvwall.widgets.gauge import GaugePanel
 from kvwall.widgets.history import HistoryView
 from kvwall.widgets.servers_table import ServersTableModel, table_rows
-from kvwall.widgets.viewmodels import pools
 from kvwall.widgets.whatif import WhatIfPanel
 from PySide6.QtCore import QItemSelectionModel, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QIcon
@@ -43,7 +45,8 @@ class MainWindow(QMainWindow):
     url_added = Signal(str)
     server_selected = Signal(str)
 
-    def __init__(self, parent: QWidget | None = None, simulate=None) -> None:
+    def __init__(self, parent: QWidget | None = None,
+                 simulate: Callable[..., WhatIf] | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("kvwall")
         self.setObjectName("kvwall-main")
@@ -62,23 +65,45 @@ class MainWindow(QMainWindow):
         gl.addWidget(self.gauges)
 
         self.table_model = ServersTableModel(self)
-        self.table = QTableView()
-        self.table.setModel(self.table_model)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
-        self.table.verticalHeader().setVisible(False)
-        self.table.setAlternatingRowColors(True)
-        self.table.setShowGrid(False)
-        header = self.table.horizontalHeader()
+        self.table = self._make_table()
+        self.content = self._make_content(simulate)
+
+        self.empty = EmptyState(memory_bytes=self._largest_free)
+        self.empty.url_added.connect(self.url_added)
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.empty)
+        self.stack.addWidget(self.content)
+
+        central = QWidget()
+        lay = QVBoxLayout(central)
+        lay.addWidget(gauge_box)
+        lay.addWidget(self.stack, 1)
+        self.setCentralWidget(central)
+        self.poll_label = QLabel("waiting for the first poll…")
+        self.statusBar().addPermanentWidget(self.poll_label)
+
+    def _make_table(self) -> QTableView:
+        """The servers-and-slots table, one row selectable at a time."""
+        table = QTableView()
+        table.setModel(self.table_model)
+        table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        table.verticalHeader().setVisible(False)
+        table.setAlternatingRowColors(True)
+        table.setShowGrid(False)
+        header = table.horizontalHeader()
         # Sized to the contents when rows come or go, not on every poll: ResizeToContents
         # re-measures every cell each time one changes.
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
         header.setStretchLastSection(True)
         self.table_model.modelReset.connect(self._rows_reset)
         self._column_chars: dict[int, int] = {}
-        self.table.setWordWrap(False)
-        self.table.selectionModel().selectionChanged.connect(self._table_selection)
+        table.setWordWrap(False)
+        table.selectionModel().selectionChanged.connect(self._table_selection)
+        return table
 
+    def _make_content(self, simulate: Callable[..., WhatIf] | None) -> QSplitter:
+        """The table above, history and what-if side by side below."""
         self.history = HistoryView()
         self.whatif = WhatIfPanel(simulate=simulate)
         scroll = QScrollArea()
@@ -103,21 +128,7 @@ class MainWindow(QMainWindow):
         main.setStretchFactor(0, 2)
         main.setStretchFactor(1, 5)
         table_box.setMinimumHeight(190)
-        self.content = main
-
-        self.empty = EmptyState(memory_bytes=self._largest_free)
-        self.empty.url_added.connect(self.url_added)
-        self.stack = QStackedWidget()
-        self.stack.addWidget(self.empty)
-        self.stack.addWidget(main)
-
-        central = QWidget()
-        lay = QVBoxLayout(central)
-        lay.addWidget(gauge_box)
-        lay.addWidget(self.stack, 1)
-        self.setCentralWidget(central)
-        self.poll_label = QLabel("waiting for the first poll…")
-        self.statusBar().addPermanentWidget(self.poll_label)
+        return main
 
     # -- data --------------------------------------------------------------------
     def set_result(self, result: PollResult) -> None:
@@ -144,7 +155,7 @@ class MainWindow(QMainWindow):
                                 f"{errors}")
         if result.resumed_after_s:
             self.statusBar().showMessage(
-                f"Polling resumed after a {pools.format_duration(result.resumed_after_s)} "
+                f"Polling resumed after a {format_duration(result.resumed_after_s)} "
                 "gap (the computer slept, or a poll stalled): forecasts restart from now.",
                 15000)
 
@@ -219,12 +230,12 @@ class MainWindow(QMainWindow):
         device_id = None
         if server is not None and server.memory:
             device_id = max(server.memory, key=lambda a: a.measured_bytes or 0).device_id
-        elif self.report() and self.report().devices:
-            device_id = self.report().devices[0].id
+        elif (report := self.report()) is not None and report.devices:
+            device_id = report.devices[0].id
         self.history.select(device_id, server.key if server else None)
         self.whatif.set_server(server, inputs)
 
-    def _table_selection(self, *_args) -> None:
+    def _table_selection(self, *_args: object) -> None:
         rows = self.table.selectionModel().selectedRows()
         if not rows:
             return
@@ -276,7 +287,7 @@ def app_icon() -> QIcon:
     from PySide6.QtGui import QGuiApplication
 
     app = QGuiApplication.instance()
-    dark = app is not None and app.palette().window().color().lightness() < 128
+    dark = isinstance(app, QGuiApplication) and app.palette().window().color().lightness() < 128
     icon = QIcon()
     try:
         path = files("kvwall.resources") / ("kvwall-dark.svg" if dark else "kvwall-light.svg")

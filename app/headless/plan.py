@@ -14,7 +14,17 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+from kvwall.budget.units import format_bytes, format_mib
+
+if TYPE_CHECKING:  # imported lazily at run time: `kvwall plan` reads only what it needs
+    from kvwall.budget.config import ServerConfig
+    from kvwall.budget.memory import MemoryPlan
+    from kvwall.budget.whatif import WhatIf
+    from kvwall.monitors.gguf import ModelInfo
+
+JsonObject = dict[str, Any]  # a JSON object as json.dumps takes it
 
 SCHEMA_VERSION = 1
 
@@ -75,10 +85,16 @@ class _Args:
     help: bool = False
 
 
-def _split_args(argv: Sequence[str], environ: Mapping[str, str]) -> _Args:
-    from kvwall.budget.cachetypes import CACHE_TYPES
-    from kvwall.budget.units import parse_size
+@dataclass(frozen=True)
+class _Words:
+    """The command line sorted: kvwall's own options and flags, and llama-server's words."""
 
+    own: dict[str, list[str]]  # every value given to each of _OWN_VALUE_OPTIONS
+    flags: frozenset[str]
+    rest: list[str]
+
+
+def _sort_words(argv: Sequence[str]) -> _Words:
     own: dict[str, list[str]] = {name: [] for name in _OWN_VALUE_OPTIONS}
     rest: list[str] = []
     flags: set[str] = set()
@@ -103,10 +119,38 @@ def _split_args(argv: Sequence[str], environ: Mapping[str, str]) -> _Args:
             continue
         rest.append(arg)
         i += 1
+    return _Words(own, frozenset(flags), rest)
 
-    out = _Args(llama_argv=[], env={}, json="--json" in flags, help=bool(flags & {"-h", "--help"}))
+
+def _split_args(argv: Sequence[str], environ: Mapping[str, str]) -> _Args:
+    words = _sort_words(argv)
+    out = _Args(llama_argv=[], env={}, json="--json" in words.flags,
+                help=bool(words.flags & {"-h", "--help"}))
     if out.help:
         return out
+    _read_own_options(out, words.own)
+    env = {k: v for k, v in environ.items() if k.startswith(("LLAMA_ARG_", "LLAMA_API_KEY"))}
+    if words.own["--cmd"]:
+        out.llama_argv, out.cmd_env = _split_cmd(words.own["--cmd"][-1], words.rest)
+        env.update(out.cmd_env)
+    else:
+        rest = words.rest
+        if not rest:
+            raise UsageError("give a model: kvwall plan MODEL.gguf [flags...] (see --help)")
+        if not rest[0].startswith("-"):
+            model, flags_rest = rest[0], rest[1:]
+            out.llama_argv = ["llama-server", "-m", model, *flags_rest]
+        else:
+            out.llama_argv = ["llama-server", *rest]
+    out.env = env
+    return out
+
+
+def _read_own_options(out: _Args, own: Mapping[str, list[str]]) -> None:
+    """--memory, --gpus and --what-if-cache into ``out`` (the last value wins)."""
+    from kvwall.budget.cachetypes import CACHE_TYPES
+    from kvwall.budget.units import parse_size
+
     if own["--memory"]:
         try:
             out.memory = parse_size(own["--memory"][-1])
@@ -119,8 +163,7 @@ def _split_args(argv: Sequence[str], environ: Mapping[str, str]) -> _Args:
         out.gpus = () if names in ([], ["none"]) else tuple(names)
     types: list[str] = []
     for item in own["--what-if-cache"]:
-        for t in item.split(","):
-            t = t.strip()
+        for t in (part.strip() for part in item.split(",")):
             if t and t not in CACHE_TYPES:
                 raise UsageError(
                     f"--what-if-cache: Unsupported cache type: {t} (allowed: {', '.join(CACHE_TYPES)})"
@@ -129,38 +172,28 @@ def _split_args(argv: Sequence[str], environ: Mapping[str, str]) -> _Args:
                 types.append(t)
     out.extra_types = tuple(types)
 
-    env = {k: v for k, v in environ.items() if k.startswith(("LLAMA_ARG_", "LLAMA_API_KEY"))}
-    if own["--cmd"]:
-        if rest:
-            raise UsageError(
-                f"--cmd takes the whole command line; unexpected extra arguments: {shlex.join(rest)}"
-            )
-        try:
-            words = shlex.split(own["--cmd"][-1])
-        except ValueError as exc:
-            raise UsageError(f"--cmd: cannot split the command line: {exc}") from None
-        out.cmd_env = {}
-        while words and "=" in words[0] and words[0].split("=")[0].isidentifier():
-            key, _, value = words.pop(0).partition("=")
-            env[key] = value
-            out.cmd_env[key] = value
-        if words and words[0] == "env":
-            words.pop(0)
-        if not words:
-            raise UsageError("--cmd: the command line is empty")
-        if words[0].startswith("-"):
-            words.insert(0, "llama-server")
-        out.llama_argv = words
-    else:
-        if not rest:
-            raise UsageError("give a model: kvwall plan MODEL.gguf [flags...] (see --help)")
-        if not rest[0].startswith("-"):
-            model, flags_rest = rest[0], rest[1:]
-            out.llama_argv = ["llama-server", "-m", model, *flags_rest]
-        else:
-            out.llama_argv = ["llama-server", *rest]
-    out.env = env
-    return out
+
+def _split_cmd(cmd: str, rest: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """``--cmd "VAR=VALUE llama-server ..."``: (llama-server's argv, the VAR=VALUE words)."""
+    if rest:
+        raise UsageError(
+            f"--cmd takes the whole command line; unexpected extra arguments: {shlex.join(rest)}"
+        )
+    try:
+        words = shlex.split(cmd)
+    except ValueError as exc:
+        raise UsageError(f"--cmd: cannot split the command line: {exc}") from None
+    cmd_env: dict[str, str] = {}
+    while words and "=" in words[0] and words[0].split("=")[0].isidentifier():
+        key, _, value = words.pop(0).partition("=")
+        cmd_env[key] = value
+    if words and words[0] == "env":
+        words.pop(0)
+    if not words:
+        raise UsageError("--cmd: the command line is empty")
+    if words[0].startswith("-"):
+        words.insert(0, "llama-server")
+    return words, cmd_env
 
 
 # ---------------------------------------------------------------------------
@@ -207,7 +240,7 @@ def _gpu_free() -> dict[str, int]:
         from kvwall.monitors.devices import MemorySources
 
         snapshot = MemorySources().poll()
-    except Exception:  # a broken driver must not stop a plan: fall back to host RAM
+    except Exception:  # noqa: BLE001 - a broken driver must not stop a plan: use host RAM
         return {}
     return {
         dev.llama_device: dev.free_bytes
@@ -242,10 +275,12 @@ def _detect_budget(args: _Args) -> _Budget:
 # output
 
 
-def _plan_object(model: Any, config: Any, plan: Any, rows: list, budget: _Budget) -> dict:
+def _plan_object(model: ModelInfo, config: ServerConfig, plan: MemoryPlan,
+                 rows: Sequence[WhatIf], budget: _Budget) -> JsonObject:
+    """The documented ``plan`` object (``docs/json-schema.md``)."""
     from kvwall.budget.config import render_command
 
-    obj: dict[str, Any] = {
+    obj: JsonObject = {
         "schema_version": SCHEMA_VERSION,
         "model": {
             "path": model.path,
@@ -256,22 +291,7 @@ def _plan_object(model: Any, config: Any, plan: Any, rows: list, budget: _Budget
             "file_weights_bytes": model.weights_bytes,
         },
         "command": render_command(config.command_line()),
-        "config": {
-            "n_ctx": plan.n_ctx,
-            "n_ctx_seq": plan.n_ctx_seq,
-            "n_ctx_slot": plan.n_ctx_slot,
-            "n_seq": plan.n_seq,
-            "n_stream": plan.n_stream,
-            "kv_unified": plan.kv_unified,
-            "cache_type_k": plan.cache_type_k,
-            "cache_type_v": plan.cache_type_v,
-            "flash_attn": plan.flash_attn,
-            "flash_attn_effective": plan.flash_attn_effective,
-            "n_ubatch": plan.n_ubatch,
-            "kv_cells_swa": plan.kv_cells_swa,
-            "kv_layers": plan.kv_layers,
-            "n_rs_seq": plan.n_rs_seq,
-        },
+        "config": _config_json(plan),
         "memory": {
             "budget_bytes": budget.memory_bytes,
             "source": budget.source,
@@ -281,67 +301,91 @@ def _plan_object(model: Any, config: Any, plan: Any, rows: list, budget: _Budget
         "devices": [],
         "assumptions": list(plan.assumptions),
         "errors": list(plan.errors),
-        "what_if": [],
+        "what_if": [_what_if_json(row, model) for row in rows],
     }
     if plan.ok:
-        from kvwall.budget.memory import budget_total
-
-        used = budget_total(plan, budget.gpu_names)
-        obj["budget"] = {
-            "weights_bytes": plan.weights_bytes,
-            "kv_bytes": plan.kv_bytes,
-            "kv_k_bytes": plan.kv_k_bytes,
-            "kv_v_bytes": plan.kv_v_bytes,
-            "kv_swa_bytes": plan.kv_swa_bytes,
-            "recurrent_bytes": plan.recurrent_bytes,
-            "compute_bytes": plan.compute_bytes,
-            "output_bytes": plan.output_bytes,
-            "total_bytes": plan.total_bytes,
-            "cache_ram_bytes": plan.cache_ram_bytes,
-            "kv_bytes_per_cell": int(round(plan.kv_bytes_per_cell)),
-        }
-        obj["memory"]["used_bytes"] = used
-        obj["memory"]["fits"] = used <= budget.memory_bytes
-        obj["memory"]["headroom_bytes"] = budget.memory_bytes - used
-        obj["devices"] = [
-            {
-                "name": d.name,
-                "is_host": d.is_host,
-                "weights_bytes": d.weights_bytes,
-                "kv_bytes": d.kv_bytes,
-                "recurrent_bytes": d.recurrent_bytes,
-                "compute_bytes": d.compute_bytes,
-                "output_bytes": d.output_bytes,
-                "total_bytes": d.total_bytes,
-            }
-            for d in plan.devices
-        ]
-    for row in rows:
-        p = row.plan
-        obj["what_if"].append(
-            {
-                "label": row.label,
-                "changes": dict(row.changes),
-                "refused": row.refused,
-                "error": p.errors[0] if p.errors else None,
-                "cache_type_k": row.config.cache_type_k,
-                "cache_type_v": row.config.cache_type_v,
-                "n_seq": p.n_seq,
-                "n_ctx": p.n_ctx if p.ok else None,
-                "n_ctx_slot": p.n_ctx_slot if p.ok else None,
-                "kv_bytes": p.kv_bytes if p.ok else None,
-                "total_bytes": p.total_bytes if p.ok else None,
-                "saves_bytes": row.saves_bytes if p.ok else None,
-                "max_ctx": row.max_ctx,
-                "max_ctx_slot": _slot_ctx(row.max_ctx, p, model) if p.ok else 0,
-                "command": row.command,
-                "caveat": row.caveat,
-            }
-        )
+        _add_budget_json(obj, plan, budget)
     return obj
 
 
-def _slot_ctx(n_ctx: int, plan: Any, model: Any) -> int:
+def _config_json(plan: MemoryPlan) -> JsonObject:
+    return {
+        "n_ctx": plan.n_ctx,
+        "n_ctx_seq": plan.n_ctx_seq,
+        "n_ctx_slot": plan.n_ctx_slot,
+        "n_seq": plan.n_seq,
+        "n_stream": plan.n_stream,
+        "kv_unified": plan.kv_unified,
+        "cache_type_k": plan.cache_type_k,
+        "cache_type_v": plan.cache_type_v,
+        "flash_attn": plan.flash_attn,
+        "flash_attn_effective": plan.flash_attn_effective,
+        "n_ubatch": plan.n_ubatch,
+        "kv_cells_swa": plan.kv_cells_swa,
+        "kv_layers": plan.kv_layers,
+        "n_rs_seq": plan.n_rs_seq,
+    }
+
+
+def _add_budget_json(obj: JsonObject, plan: MemoryPlan, budget: _Budget) -> None:
+    """A plan llama.cpp accepts: its totals, the fit against the budget, its devices."""
+    from kvwall.budget.memory import budget_total
+
+    used = budget_total(plan, budget.gpu_names)
+    obj["budget"] = {
+        "weights_bytes": plan.weights_bytes,
+        "kv_bytes": plan.kv_bytes,
+        "kv_k_bytes": plan.kv_k_bytes,
+        "kv_v_bytes": plan.kv_v_bytes,
+        "kv_swa_bytes": plan.kv_swa_bytes,
+        "recurrent_bytes": plan.recurrent_bytes,
+        "compute_bytes": plan.compute_bytes,
+        "output_bytes": plan.output_bytes,
+        "total_bytes": plan.total_bytes,
+        "cache_ram_bytes": plan.cache_ram_bytes,
+        "kv_bytes_per_cell": round(plan.kv_bytes_per_cell),
+    }
+    obj["memory"]["used_bytes"] = used
+    obj["memory"]["fits"] = used <= budget.memory_bytes
+    obj["memory"]["headroom_bytes"] = budget.memory_bytes - used
+    obj["devices"] = [
+        {
+            "name": d.name,
+            "is_host": d.is_host,
+            "weights_bytes": d.weights_bytes,
+            "kv_bytes": d.kv_bytes,
+            "recurrent_bytes": d.recurrent_bytes,
+            "compute_bytes": d.compute_bytes,
+            "output_bytes": d.output_bytes,
+            "total_bytes": d.total_bytes,
+        }
+        for d in plan.devices
+    ]
+
+
+def _what_if_json(row: WhatIf, model: ModelInfo) -> JsonObject:
+    p = row.plan
+    return {
+        "label": row.label,
+        "changes": dict(row.changes),
+        "refused": row.refused,
+        "error": p.errors[0] if p.errors else None,
+        "cache_type_k": row.config.cache_type_k,
+        "cache_type_v": row.config.cache_type_v,
+        "n_seq": p.n_seq,
+        "n_ctx": p.n_ctx if p.ok else None,
+        "n_ctx_slot": p.n_ctx_slot if p.ok else None,
+        "kv_bytes": p.kv_bytes if p.ok else None,
+        "total_bytes": p.total_bytes if p.ok else None,
+        "saves_bytes": row.saves_bytes if p.ok else None,
+        "max_ctx": row.max_ctx,
+        "max_ctx_slot": _slot_ctx(row.max_ctx, p, model) if p.ok else 0,
+        "command": row.command,
+        "caveat": row.caveat,
+    }
+
+
+def _slot_ctx(n_ctx: int, plan: MemoryPlan, model: ModelInfo) -> int:
     """The per-slot context a server started with ``-c n_ctx`` would report."""
     if n_ctx <= 0:
         return 0
@@ -349,10 +393,9 @@ def _slot_ctx(n_ctx: int, plan: Any, model: Any) -> int:
     return min(per, model.n_ctx_train) if model.n_ctx_train else per
 
 
-def _write_text(out: TextIO, obj: dict, model: Any) -> None:
-    from kvwall.budget.units import format_bytes, format_mib
-
-    m, c = obj["model"], obj["config"]
+def _write_text(out: TextIO, obj: JsonObject) -> None:
+    """The readable plan: the model, its context, the buffers per device, the what-ifs."""
+    m = obj["model"]
     w = out.write
     layers = f"{m['n_layer']} layer{'s' if m['n_layer'] != 1 else ''}"
     w(f"{m['name']} ({m['architecture']}, {layers}, trained context {m['n_ctx_train']})\n")
@@ -361,11 +404,24 @@ def _write_text(out: TextIO, obj: dict, model: Any) -> None:
         w("llama.cpp would refuse this configuration:\n")
         for e in obj["errors"]:
             w(f"  {e}\n")
-        if obj["assumptions"]:
-            w("\nassumptions:\n")
-            for a in obj["assumptions"]:
-                w(f"  - {a}\n")
+        _write_assumptions(out, obj)
         return
+    _write_context(out, obj["config"])
+    _write_devices(out, obj)
+    _write_assumptions(out, obj)
+    if obj["what_if"]:
+        _write_what_if(out, obj)
+
+
+def _write_assumptions(out: TextIO, obj: JsonObject) -> None:
+    if obj["assumptions"]:
+        out.write("\nassumptions:\n")
+        for a in obj["assumptions"]:
+            out.write(f"  - {a}\n")
+
+
+def _write_context(out: TextIO, c: JsonObject) -> None:
+    w = out.write
     if c["kv_unified"]:
         slots = (
             f"{c['n_seq']} slot{'s' if c['n_seq'] != 1 else ''} sharing one pool of {c['n_ctx']} cells; "
@@ -382,6 +438,10 @@ def _write_text(out: TextIO, obj: dict, model: Any) -> None:
     w(f"KV cache: K {c['cache_type_k']}, V {c['cache_type_v']}, {c['kv_layers']} layer{'s' if c['kv_layers'] != 1 else ''}{swa}; "
       f"flash attention {fa}; micro-batch {c['n_ubatch']}\n\n")
 
+
+def _write_devices(out: TextIO, obj: JsonObject) -> None:
+    """The buffer table (MiB as llama.cpp logs them) and the verdict against the budget."""
+    w = out.write
     cols = ("weights", "KV cache", "recurrent", "compute", "output", "total")
     keys = ("weights_bytes", "kv_bytes", "recurrent_bytes", "compute_bytes", "output_bytes", "total_bytes")
     w(f"  {'device':<10}" + "".join(f"{h:>13}" for h in cols) + "\n")
@@ -399,44 +459,47 @@ def _write_text(out: TextIO, obj: dict, model: Any) -> None:
     w(f"\nbudget: {format_bytes(mem['budget_bytes'])} ({mem['source']}): {verdict}, "
       f"{format_bytes(abs(mem['headroom_bytes']))} {'left' if mem['fits'] else 'short'}\n")
 
-    if obj["assumptions"]:
-        w("\nassumptions:\n")
-        for a in obj["assumptions"]:
-            w(f"  - {a}\n")
 
-    if obj["what_if"]:
-        w(f"\nwhat if (largest context that fits in {format_bytes(mem['budget_bytes'])}):\n")
-        w(f"  {'#':>2}  {'change':<28}{'KV cache':>12}{'total':>12}{'saves':>12}   {'largest -c':>11}  per slot\n")
-        for i, r in enumerate(obj["what_if"], 1):
-            if r["refused"]:
-                w(f"  {i:>2}  {r['label']:<28}  refused: {r['error']}\n")
-                continue
-            saves = "-" if r["label"] == "current" else format_mib(r["saves_bytes"])
-            best = str(r["max_ctx"]) if r["max_ctx"] else "none fits"
-            per = str(r["max_ctx_slot"]) if r["max_ctx"] else "-"
-            w(f"  {i:>2}  {r['label']:<28}{format_mib(r['kv_bytes']):>12}{format_mib(r['total_bytes']):>12}"
-              f"{saves:>12}   {best:>11}  {per}\n")
-        w("\n  commands (context kept as now; use a 'largest -c' value to use the room):\n")
-        for i, r in enumerate(obj["what_if"], 1):
-            if not r["refused"]:
-                w(f"  {i:>2}  {r['command']}\n")
-        notes: dict[str, str] = {}
-        for r in obj["what_if"]:
-            if r["refused"]:
-                continue
-            t = r["cache_type_v"]
-            if t != "f16" and t not in notes:
-                notes[t] = r["caveat"].split("; ")[0]
-            if "n_parallel" in r["changes"] and "slots" not in notes:
-                notes["slots"] = (
-                    "fewer requests served at a time"
-                    + ("; the shared pool keeps its size, each slot may use more of it"
-                       if c["kv_unified"] else "; each slot keeps its context")
-                )
-        if notes:
-            w("\n  trade-offs:\n")
-            for key, text in notes.items():
-                w(f"    {('fewer slots' if key == 'slots' else key) + ':':<13}{text}\n")
+def _write_what_if(out: TextIO, obj: JsonObject) -> None:
+    w = out.write
+    w(f"\nwhat if (largest context that fits in {format_bytes(obj['memory']['budget_bytes'])}):\n")
+    w(f"  {'#':>2}  {'change':<28}{'KV cache':>12}{'total':>12}{'saves':>12}   {'largest -c':>11}  per slot\n")
+    for i, r in enumerate(obj["what_if"], 1):
+        if r["refused"]:
+            w(f"  {i:>2}  {r['label']:<28}  refused: {r['error']}\n")
+            continue
+        saves = "-" if r["label"] == "current" else format_mib(r["saves_bytes"])
+        best = str(r["max_ctx"]) if r["max_ctx"] else "none fits"
+        per = str(r["max_ctx_slot"]) if r["max_ctx"] else "-"
+        w(f"  {i:>2}  {r['label']:<28}{format_mib(r['kv_bytes']):>12}{format_mib(r['total_bytes']):>12}"
+          f"{saves:>12}   {best:>11}  {per}\n")
+    w("\n  commands (context kept as now; use a 'largest -c' value to use the room):\n")
+    for i, r in enumerate(obj["what_if"], 1):
+        if not r["refused"]:
+            w(f"  {i:>2}  {r['command']}\n")
+    notes = _trade_offs(obj["what_if"], bool(obj["config"]["kv_unified"]))
+    if notes:
+        w("\n  trade-offs:\n")
+        for key, text in notes.items():
+            w(f"    {('fewer slots' if key == 'slots' else key) + ':':<13}{text}\n")
+
+
+def _trade_offs(what_if: Sequence[JsonObject], kv_unified: bool) -> dict[str, str]:
+    """One line per cache type (and for fewer slots) saying what the change costs."""
+    notes: dict[str, str] = {}
+    for r in what_if:
+        if r["refused"]:
+            continue
+        t = r["cache_type_v"]
+        if t != "f16" and t not in notes:
+            notes[t] = r["caveat"].split("; ")[0]
+        if "n_parallel" in r["changes"] and "slots" not in notes:
+            notes["slots"] = (
+                "fewer requests served at a time"
+                + ("; the shared pool keeps its size, each slot may use more of it"
+                   if kv_unified else "; each slot keeps its context")
+            )
+    return notes
 
 
 def main(
@@ -495,30 +558,32 @@ def main(
         err.write(f"kvwall plan: {exc}\n")
         return EXIT_USAGE
 
+    try:
+        budget = _detect_budget(args)
+    except Exception as exc:  # noqa: BLE001 - memory probing is best effort
+        err.write(f"kvwall plan: cannot read free memory ({_one_line(str(exc))}); use --memory SIZE\n")
+        return EXIT_USAGE
+    obj, ok = _plan_and_what_ifs(model, config, budget, args)
+    try:
+        if args.json:
+            out.write(json.dumps(obj, indent=2) + "\n")
+        else:
+            _write_text(out, obj)
+        out.flush()
+    except BrokenPipeError:  # `kvwall plan ... | head`: the reader left, nothing to report
+        _silence_stdout()
+    return EXIT_OK if ok else EXIT_REFUSED
+
+
+def _plan_and_what_ifs(model: ModelInfo, config: ServerConfig, budget: _Budget,
+                       args: _Args) -> tuple[JsonObject, bool]:
+    """The plan object (with what-ifs when llama.cpp accepts the plan) and whether it does."""
     from kvwall.budget.memory import plan_memory
     from kvwall.budget.whatif import what_if_table
 
-    try:
-        budget = _detect_budget(args)
-    except Exception as exc:  # memory probing is best effort; a plan without a budget is still useful
-        err.write(f"kvwall plan: cannot read free memory ({_one_line(str(exc))}); use --memory SIZE\n")
-        return EXIT_USAGE
     plan = plan_memory(model, config, gpu_names=budget.gpu_names, free_bytes=budget.fit_free_bytes)
-    assumptions = list(plan.assumptions)
-    env_used = sorted(k for k in config.env if k != "LLAMA_API_KEY")
-    if env_used:
-        assumptions.insert(0, "applied from the environment: " + ", ".join(f"{k}={config.env[k]}" for k in env_used))
-    if budget.source == "--memory" and config.n_ctx is None and config.fit:
-        assumptions.append("--fit was modelled against --memory instead of this machine's memory")
-    if not budget.gpu_names:
-        assumptions.append("CPU-only: everything is in host RAM (use --gpus CUDA0 to plan for a GPU)")
-    elif budget.fit_free_bytes is None:
-        assumptions.append(
-            "free GPU memory unknown here: the GPU rows are compared with available host RAM "
-            "(pass --memory SIZE with the GPU's free memory)"
-        )
-    plan = replace(plan, assumptions=tuple(dict.fromkeys(assumptions)))
-    rows = []
+    plan = replace(plan, assumptions=_assumptions(plan, config, budget))
+    rows: list[WhatIf] = []
     if plan.ok:
         rows = what_if_table(
             model, config, memory_bytes=budget.memory_bytes, gpu_names=budget.gpu_names,
@@ -533,15 +598,25 @@ def main(
             obj["command"] = f"{prefix} {obj['command']}"
             for row in obj["what_if"]:
                 row["command"] = f"{prefix} {row['command']}"
-    try:
-        if args.json:
-            out.write(json.dumps(obj, indent=2) + "\n")
-        else:
-            _write_text(out, obj, model)
-        out.flush()
-    except BrokenPipeError:  # `kvwall plan ... | head`: the reader left, nothing to report
-        _silence_stdout()
-    return EXIT_OK if plan.ok else EXIT_REFUSED
+    return obj, plan.ok
+
+
+def _assumptions(plan: MemoryPlan, config: ServerConfig, budget: _Budget) -> tuple[str, ...]:
+    """The plan's assumptions plus what the CLI assumed: environment, budget, devices."""
+    assumptions = list(plan.assumptions)
+    env_used = sorted(k for k in config.env if k != "LLAMA_API_KEY")
+    if env_used:
+        assumptions.insert(0, "applied from the environment: " + ", ".join(f"{k}={config.env[k]}" for k in env_used))
+    if budget.source == "--memory" and config.n_ctx is None and config.fit:
+        assumptions.append("--fit was modelled against --memory instead of this machine's memory")
+    if not budget.gpu_names:
+        assumptions.append("CPU-only: everything is in host RAM (use --gpus CUDA0 to plan for a GPU)")
+    elif budget.fit_free_bytes is None:
+        assumptions.append(
+            "free GPU memory unknown here: the GPU rows are compared with available host RAM "
+            "(pass --memory SIZE with the GPU's free memory)"
+        )
+    return tuple(dict.fromkeys(assumptions))
 
 
 def _silence_stdout() -> None:
@@ -553,7 +628,7 @@ def _silence_stdout() -> None:
         pass
 
 
-def _has_hf(config: Any) -> bool:
+def _has_hf(config: ServerConfig) -> bool:
     return any(a in ("-hf", "-hfr", "--hf-repo") or a.startswith("--hf-repo=") for a in config.argv)
 
 

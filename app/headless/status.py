@@ -14,7 +14,25 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any, Protocol
+
+from kvwall.budget.units import format_bytes, format_duration
+
+if TYPE_CHECKING:  # imported lazily at run time: `kvwall status` starts fast
+    from kvwall.budget.engine import Engine
+    from kvwall.budget.memory import MemoryPlan
+    from kvwall.budget.report import (
+        Forecast,
+        MemoryEvent,
+        PoolForecast,
+        ServerReport,
+        SlotReport,
+        StatusReport,
+    )
+    from kvwall.monitors.poller import Poller
+    from kvwall.monitors.snapshot import DeviceMemory, Snapshot
+
+JsonObject = dict[str, Any]  # a JSON object as json.dumps takes it
 
 SCHEMA_VERSION = 1
 
@@ -26,6 +44,14 @@ DESCRIPTION = """\
 Find the running llama.cpp servers (process scan plus --url), measure the memory of every
 device, split each server's memory into weights, KV cache, compute and overhead, follow
 each slot's context and forecast when it fills, and advise what to change."""
+
+
+class SnapshotSource(Protocol):
+    """What the session polls: :class:`kvwall.monitors.poller.Poller`, or a test's fake."""
+
+    def poll(self) -> Snapshot: ...
+
+    def close(self) -> None: ...
 
 
 class UsageError(ValueError):
@@ -85,7 +111,7 @@ def _check_urls(urls: Sequence[str]) -> list[str]:
 # ---------------------------------------------------------------------------- JSON
 
 
-def _device_json(d: Any) -> dict:
+def _device_json(d: DeviceMemory) -> JsonObject:
     return {
         "id": d.id,
         "kind": d.kind,
@@ -108,7 +134,7 @@ def _num(x: float | None, digits: int = 3) -> float | None:
     return round(float(x), digits)
 
 
-def _forecast_json(f: Any) -> dict:
+def _forecast_json(f: Forecast) -> JsonObject:
     return {
         "tokens_per_turn": _num(f.tokens_per_turn, 1),
         "tokens_per_minute": _num(f.tokens_per_minute, 1),
@@ -119,7 +145,7 @@ def _forecast_json(f: Any) -> dict:
     }
 
 
-def _slot_json(s: Any) -> dict:
+def _slot_json(s: SlotReport) -> JsonObject:
     return {
         "id": s.id,
         "n_ctx": s.n_ctx,
@@ -129,8 +155,8 @@ def _slot_json(s: Any) -> dict:
     }
 
 
-def _config_json(server: Any) -> dict | None:
-    plan, config = server.plan, getattr(server, "config", None)
+def _config_json(server: ServerReport) -> JsonObject | None:
+    plan, config = server.plan, server.config
     if plan is not None:
         return {
             "n_ctx": plan.n_ctx, "n_ctx_seq": plan.n_ctx_seq, "n_ctx_slot": plan.n_ctx_slot,
@@ -159,7 +185,7 @@ def _config_json(server: Any) -> dict | None:
     }
 
 
-def _memory_json(server: Any) -> dict:
+def _memory_json(server: ServerReport) -> JsonObject:
     attrs = server.memory
     measured = [a.measured_bytes for a in attrs if a.measured_bytes is not None]
     return {
@@ -181,7 +207,7 @@ def _memory_json(server: Any) -> dict:
     }
 
 
-def _plan_json(plan: Any) -> dict | None:
+def _plan_json(plan: MemoryPlan | None) -> JsonObject | None:
     if plan is None:
         return None
     return {
@@ -195,7 +221,7 @@ def _plan_json(plan: Any) -> dict | None:
     }
 
 
-def _server_json(s: Any) -> dict:
+def _server_json(s: ServerReport) -> JsonObject:
     return {
         "key": s.key,
         "pid": s.pid,
@@ -210,16 +236,16 @@ def _server_json(s: Any) -> dict:
         "pool": _slot_json(s.pool) if s.pool is not None else None,
         "max_ctx": {k: int(v) for k, v in s.max_ctx.items()},
         "more_servers_fit": s.more_servers_fit,
-        "more_slots_fit": getattr(s, "more_slots_fit", None),
+        "more_slots_fit": s.more_slots_fit,
         "advice": [{"action": a.action, "title": a.title, "saves_bytes": int(a.saves_bytes),
                     "max_ctx": int(a.max_ctx), "command": a.command, "caveat": a.caveat}
                    for a in s.advice],
-        "notes": list(getattr(s, "notes", ())),
+        "notes": list(s.notes),
         "errors": list(s.errors),
     }
 
 
-def _pool_forecast_json(f: Any) -> dict:
+def _pool_forecast_json(f: PoolForecast) -> JsonObject:
     return {
         "device_id": f.device_id,
         "free_bytes": f.free_bytes,
@@ -231,20 +257,20 @@ def _pool_forecast_json(f: Any) -> dict:
     }
 
 
-def report_json(report: Any) -> dict:
+def report_json(report: StatusReport) -> JsonObject:
     """The documented ``status`` object for a StatusReport (``docs/json-schema.md``)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "time": _num(report.wall_time),
         "devices": [_device_json(d) for d in report.devices],
         "servers": [_server_json(s) for s in report.servers],
-        "pool_forecasts": [_pool_forecast_json(f)
-                           for f in getattr(report, "pool_forecasts", ())],
+        "pool_forecasts": [_pool_forecast_json(f) for f in report.pool_forecasts],
         "errors": list(report.errors),
     }
 
 
-def snapshot_json(snapshot: Any, wall_time: float, pool_forecasts: Sequence[Any] = ()) -> dict:
+def snapshot_json(snapshot: Snapshot, wall_time: float,
+                  pool_forecasts: Sequence[PoolForecast] = ()) -> JsonObject:
     """The same object for a poll that found no server (no engine needed)."""
     errors = list(snapshot.errors) + [e for e in snapshot.memory.errors
                                       if e not in snapshot.errors]
@@ -261,27 +287,9 @@ def snapshot_json(snapshot: Any, wall_time: float, pool_forecasts: Sequence[Any]
 # ---------------------------------------------------------------------------- text
 
 
-def fmt_bytes(n: int | float | None) -> str:
-    """Bytes for people: ``1.5 GiB``, ``820 MiB``, ``12 KiB``; ``?`` when unknown."""
-    if n is None:
-        return "?"
-    sign = "-" if n < 0 else ""
-    n = abs(n)
-    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if n >= size:
-            value = n / size
-            return f"{sign}{value:.1f} {unit}" if value < 100 else f"{sign}{value:.0f} {unit}"
-    return f"{sign}{int(n)} B"
-
-
-def fmt_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+def _status_bytes(n: int | float | None) -> str:
+    """Bytes in the status screen's narrow columns: ``1.5 GiB``, ``820 MiB``, ``8.0 GiB``."""
+    return format_bytes(n, max_decimals=1)
 
 
 def bar(fraction: float | None, width: int = 20) -> str:
@@ -292,27 +300,27 @@ def bar(fraction: float | None, width: int = 20) -> str:
     return "[" + "#" * full + "." * (width - full) + "]"
 
 
-def _pool_forecast_text(f: Any) -> str | None:
+def _pool_forecast_text(f: PoolForecast | None) -> str | None:
     """``+300 MiB/min used: full in ~40 min (confidence 85%)``, None when not growing."""
     if f is None or f.seconds_left is None or f.bytes_per_minute is None:
         return None
-    what = "at its floor" if f.seconds_left <= 0 else f"full in ~{fmt_duration(f.seconds_left)}"
+    what = "at its floor" if f.seconds_left <= 0 else f"full in ~{format_duration(f.seconds_left)}"
     if f.floor_bytes and f.seconds_left > 0:
-        what += f" (down to {fmt_bytes(f.floor_bytes)} free)"
-    return (f"+{fmt_bytes(f.bytes_per_minute)}/min used over the last "
-            f"{fmt_duration(f.span_s)}: {what}, confidence {f.confidence:.0%}")
+        what += f" (down to {_status_bytes(f.floor_bytes)} free)"
+    return (f"+{_status_bytes(f.bytes_per_minute)}/min used over the last "
+            f"{format_duration(f.span_s)}: {what}, confidence {f.confidence:.0%}")
 
 
-def _event_text(e: Any) -> str:
+def _event_text(e: MemoryEvent) -> str:
     share = f" ({e.share:.0%} of the pool)" if e.share else ""
-    return (f"{e.name or 'a process'} (pid {e.pid}) took {fmt_bytes(e.grown_bytes)}{share} "
-            f"within {fmt_duration(e.window_s)}; it holds {fmt_bytes(e.used_bytes)}")
+    return (f"{e.name or 'a process'} (pid {e.pid}) took {_status_bytes(e.grown_bytes)}{share} "
+            f"within {format_duration(e.window_s)}; it holds {_status_bytes(e.used_bytes)}")
 
 
-def _device_lines(devices: Iterable[Any], pool_forecasts: Iterable[Any] = (),
-                  memory_events: Iterable[Any] = ()) -> list[str]:
+def _device_lines(devices: Iterable[DeviceMemory], pool_forecasts: Iterable[PoolForecast] = (),
+                  memory_events: Iterable[MemoryEvent] = ()) -> list[str]:
     forecasts = {f.device_id: f for f in pool_forecasts}
-    events: dict[str, list[Any]] = {}
+    events: dict[str, list[MemoryEvent]] = {}
     for e in memory_events:
         events.setdefault(e.device_id, []).append(e)
     lines = ["Memory"]
@@ -320,8 +328,8 @@ def _device_lines(devices: Iterable[Any], pool_forecasts: Iterable[Any] = (),
         label = f"{d.name} ({d.id})"
         if d.total_bytes and d.used_bytes is not None:
             frac = d.used_bytes / d.total_bytes
-            lines.append(f"  {label:<34} {bar(frac)} {fmt_bytes(d.used_bytes)} / "
-                         f"{fmt_bytes(d.total_bytes)} used, {fmt_bytes(d.free_bytes)} free"
+            lines.append(f"  {label:<34} {bar(frac)} {_status_bytes(d.used_bytes)} / "
+                         f"{_status_bytes(d.total_bytes)} used, {_status_bytes(d.free_bytes)} free"
                          + ("  (unified)" if d.unified and d.kind != "host"
                             and "unified" not in d.name.lower() else ""))
         else:
@@ -340,7 +348,7 @@ def _device_lines(devices: Iterable[Any], pool_forecasts: Iterable[Any] = (),
     return lines
 
 
-def _forecast_text(f: Any) -> str:
+def _forecast_text(f: Forecast) -> str:
     if f.turns_left == 0:
         return "FULL"
     if f.turns_left is None:
@@ -351,12 +359,12 @@ def _forecast_text(f: Any) -> str:
     parts = ["the next request fills it" if f.turns_left == 1
              else f"full in ~{f.turns_left} requests"]
     if f.seconds_left is not None:
-        parts.append(f"~{fmt_duration(f.seconds_left)}")
+        parts.append(f"~{format_duration(f.seconds_left)}")
     parts.append(f"+{f.tokens_per_turn:.0f}/turn, confidence {f.confidence:.0%}")
     return ", ".join(parts)
 
 
-def _slot_line(label: str, s: Any) -> str:
+def _slot_line(label: str, s: SlotReport) -> str:
     frac = (s.tokens / s.n_ctx) if (s.tokens is not None and s.n_ctx) else None
     tokens = "?" if s.tokens is None else str(s.tokens)
     state = "busy" if s.is_processing else "idle"
@@ -365,7 +373,7 @@ def _slot_line(label: str, s: Any) -> str:
             f"{_forecast_text(s.forecast)}")
 
 
-def _server_lines(s: Any, footnotes: list[str]) -> list[str]:
+def _server_lines(s: ServerReport, footnotes: list[str]) -> list[str]:
     head = f"  {s.name}" if s.name != s.url else ""
     if s.pid is not None:
         head += f"  pid {s.pid}"
@@ -379,15 +387,15 @@ def _server_lines(s: Any, footnotes: list[str]) -> list[str]:
                      f"cache K {cfg['cache_type_k']} / V {cfg['cache_type_v']}  "
                      f"FA {cfg['flash_attn']}")
     for a in s.memory:
-        parts = [f"weights {fmt_bytes(a.weights_bytes)}", f"KV {fmt_bytes(a.kv_bytes)}"]
+        parts = [f"weights {_status_bytes(a.weights_bytes)}", f"KV {_status_bytes(a.kv_bytes)}"]
         if a.recurrent_bytes:
-            parts.append(f"recurrent {fmt_bytes(a.recurrent_bytes)}")
-        parts.append(f"compute {fmt_bytes(a.compute_bytes)}")
+            parts.append(f"recurrent {_status_bytes(a.recurrent_bytes)}")
+        parts.append(f"compute {_status_bytes(a.compute_bytes)}")
         if a.measured_bytes is not None:
-            parts.append(f"overhead {fmt_bytes(a.overhead_bytes)}")
+            parts.append(f"overhead {_status_bytes(a.overhead_bytes)}")
             if a.unattributed_bytes:
-                parts.append(f"unattributed {fmt_bytes(a.unattributed_bytes)}")
-            head = f"{a.device_id}: {fmt_bytes(a.measured_bytes)} ="
+                parts.append(f"unattributed {_status_bytes(a.unattributed_bytes)}")
+            head = f"{a.device_id}: {_status_bytes(a.measured_bytes)} ="
         else:
             head = f"{a.device_id}: modeled"
         lines.append(f"    memory   {head} " + " + ".join(parts))
@@ -409,25 +417,26 @@ def _server_lines(s: Any, footnotes: list[str]) -> list[str]:
         more = ""
         if s.more_servers_fit is not None:
             more = f"; {s.more_servers_fit} more server(s) like this fit"
-        slots_fit = getattr(s, "more_slots_fit", None)
+        slots_fit = s.more_slots_fit
         if slots_fit is not None:
             more += f", or {slots_fit} more slot(s)"
         lines.append(f"    restart  largest -c that fits: {ctx}{more}")
-    for i, a in enumerate(s.advice, 1):
-        lines.append(f"    advice {i}. {a.title}: saves {fmt_bytes(a.saves_bytes)}, "
-                     f"largest -c {a.max_ctx}")
-        lines.append(f"             $ {a.command}")
-        lines.append(f"             {a.caveat}")
-    for n in getattr(s, "notes", ()):
+    for i, adv in enumerate(s.advice, 1):
+        lines.append(f"    advice {i}. {adv.title}: saves {_status_bytes(adv.saves_bytes)}, "
+                     f"largest -c {adv.max_ctx}")
+        lines.append(f"             $ {adv.command}")
+        lines.append(f"             {adv.caveat}")
+    for n in s.notes:
         lines.append(f"    note: {n}")
     for e in s.errors:
         lines.append(f"    ! {e}")
     return lines
 
 
-def render_text(devices: Sequence[Any], servers: Sequence[Any], errors: Sequence[str],
-                wall_time: float, pool_forecasts: Sequence[Any] = (),
-                memory_events: Sequence[Any] = ()) -> str:
+def render_text(devices: Sequence[DeviceMemory], servers: Sequence[ServerReport],
+                errors: Sequence[str], wall_time: float,
+                pool_forecasts: Sequence[PoolForecast] = (),
+                memory_events: Sequence[MemoryEvent] = ()) -> str:
     """The readable status screen."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall_time))
     lines = [f"kvwall status  {stamp}", ""]
@@ -463,18 +472,18 @@ class StatusSession:
         clock: wall-clock seconds for the report time.
     """
 
-    def __init__(self, poller: Any, engine_factory: Callable[[], Any] | None = None,
+    def __init__(self, poller: SnapshotSource, engine_factory: Callable[[], Engine] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.poller = poller
         self._engine_factory = engine_factory
-        self.engine = None
+        self.engine: Engine | None = None
         self._clock = clock
         # Pool trends build up before a server shows up, and go on in its engine.
         from kvwall.budget.forecast import PoolTracker
 
         self.pool_tracker = PoolTracker()
 
-    def poll(self) -> tuple[dict, str, set[str]]:
+    def poll(self) -> tuple[JsonObject, str, set[str]]:
         """One poll: (json object, text screen, API keys to keep out of the output)."""
         snapshot = self.poller.poll()
         secrets = {s.process.api_key for s in snapshot.servers if s.process.api_key}
@@ -489,6 +498,13 @@ class StatusSession:
             obj = snapshot_json(snapshot, wall, forecasts)
             text = render_text(devices, (), obj["errors"], wall, forecasts)
             return obj, text, secrets
+        report = self._engine().analyse(snapshot)
+        text = render_text(report.devices, report.servers, report.errors, report.wall_time,
+                           report.pool_forecasts, report.memory_events)
+        return report_json(report), text, secrets
+
+    def _engine(self) -> Engine:
+        """The engine, built on the first poll that finds a server."""
         if self.engine is None:
             if self._engine_factory is None:
                 from kvwall.budget.engine import Engine
@@ -496,11 +512,7 @@ class StatusSession:
                 self.engine = Engine(clock=self._clock, pool_tracker=self.pool_tracker)
             else:
                 self.engine = self._engine_factory()
-        report = self.engine.analyse(snapshot)
-        text = render_text(report.devices, report.servers, report.errors, report.wall_time,
-                           getattr(report, "pool_forecasts", ()),
-                           getattr(report, "memory_events", ()))
-        return report_json(report), text, secrets
+        return self.engine
 
     def close(self) -> None:
         self.poller.close()
@@ -513,29 +525,41 @@ def _redact(text: str, secrets: Iterable[str]) -> str:
     return text
 
 
-def _default_poller(urls: Sequence[str], keys: Mapping[str, str], deadline: float | None):
+def _default_poller(urls: Sequence[str], keys: Mapping[str, str],
+                    deadline: float | None) -> Poller:
     from kvwall.monitors.devices import MemorySources
-    from kvwall.monitors.poller import Poller
+    from kvwall.monitors.poller import POLL_DEADLINE_S, Poller
 
-    kwargs = {} if deadline is None else {"deadline_s": deadline}
-    return Poller(memory_sources=MemorySources(), extra_urls=urls, api_keys=dict(keys), **kwargs)
+    return Poller(memory_sources=MemorySources(), extra_urls=urls, api_keys=dict(keys),
+                  deadline_s=POLL_DEADLINE_S if deadline is None else deadline)
 
 
-def main(argv: Sequence[str] | None = None, *, poller: Any = None,
-         out: Any = None, sleep: Callable[[float], None] = time.sleep,
+def _read_args(args: argparse.Namespace
+               ) -> tuple[list[str], dict[str, str], float | None, float | None]:
+    """(URLs to poll, API key per URL, --watch seconds, --deadline seconds).
+
+    Raises:
+        UsageError: a bad value (one line, exit code 2).
+    """
+    urls = _check_urls(args.url)
+    keys = _parse_keys(args.api_key)
+    watch = _positive_float(args.watch, "--watch", 0.2) if args.watch is not None else None
+    deadline = (_positive_float(args.deadline, "--deadline", 0.05)
+                if args.deadline is not None else None)
+    for url in keys:
+        if url not in urls:
+            urls.append(url)  # a key for a URL means: poll that URL
+    return urls, keys, watch, deadline
+
+
+def main(argv: Sequence[str] | None = None, *, poller: SnapshotSource | None = None,
+         out: IO[str] | None = None, sleep: Callable[[float], None] = time.sleep,
          monotonic: Callable[[], float] = time.monotonic) -> int:
     """Run ``kvwall status``; returns the exit code (0, or 2 for a bad argument)."""
     out = out or sys.stdout
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        urls = _check_urls(args.url)
-        keys = _parse_keys(args.api_key)
-        watch = _positive_float(args.watch, "--watch", 0.2) if args.watch is not None else None
-        deadline = (_positive_float(args.deadline, "--deadline", 0.05)
-                    if args.deadline is not None else None)
-        for url in keys:
-            if url not in urls:
-                urls.append(url)  # a key for a URL means: poll that URL
+        urls, keys, watch, deadline = _read_args(args)
     except UsageError as e:
         sys.stderr.write(f"kvwall status: {e}\n")
         return EXIT_USAGE

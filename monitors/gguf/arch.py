@@ -140,21 +140,20 @@ REQUIRED_KEYS: Mapping[str, tuple[str, ...]] = MappingProxyType(
         "mamba2": _SSM5,
         "jamba": _SSM4,
         **dict.fromkeys(
-            "granitehybrid nemotron_h nemotron_h_moe falcon-h1 plamo2 qwen3next qwen35 "
-            "qwen35moe".split(),
+            ["granitehybrid", "nemotron_h", "nemotron_h_moe", "falcon-h1", "plamo2", "qwen3next", "qwen35", "qwen35moe"],
             _SSM5,
         ),
-        **dict.fromkeys("rwkv6 rwkv6qwen2 rwkv7 arwkv7".split(), (K_WKV,)),
-        **dict.fromkeys("lfm2 lfm2moe".split(), (K_SHORTCONV,)),
+        **dict.fromkeys(["rwkv6", "rwkv6qwen2", "rwkv7", "arwkv7"], (K_WKV,)),
+        **dict.fromkeys(["lfm2", "lfm2moe"], (K_SHORTCONV,)),
         "deepseek2": (K_KV_LORA,),
         **dict.fromkeys(
-            "cohere2 cohere2moe gemma3n gemma-embedding gpt-oss exaone-moe muse-glimmer".split(),
+            ["cohere2", "cohere2moe", "gemma3n", "gemma-embedding", "gpt-oss", "exaone-moe", "muse-glimmer"],
             (K_SWA,),
         ),
         **dict.fromkeys(
-            "gemma4 gemma4-assistant".split(), (*_SWA_ARRAY, K_KEY_LEN_SWA, K_VALUE_LEN_SWA)
+            ["gemma4", "gemma4-assistant"], (*_SWA_ARRAY, K_KEY_LEN_SWA, K_VALUE_LEN_SWA)
         ),
-        **dict.fromkeys("granite_swa maple mimo2 spark2_5 step35 dots3note".split(), _SWA_ARRAY),
+        **dict.fromkeys(["granite_swa", "maple", "mimo2", "spark2_5", "step35", "dots3note"], _SWA_ARRAY),
     }
 )
 """Keys llama.cpp requires for an architecture beyond the general ones (load fails without)."""

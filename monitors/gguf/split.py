@@ -129,10 +129,10 @@ def _joined_tensors(raws: list[RawGGUF]) -> list[TensorInfo]:
             tensors.append(t)
     first = raws[0]
     expected = first.kv.get(K_SPLIT_TENSORS)
-    if first.kv_types.get(K_SPLIT_TENSORS) in INT_TYPES and isinstance(expected, int):
-        if expected != len(tensors):
-            raise gguf_error(
-                first.path,
-                f"corrupted split model: {expected} tensors expected but {len(tensors)} found",
-            )
+    if (first.kv_types.get(K_SPLIT_TENSORS) in INT_TYPES and isinstance(expected, int)
+            and expected != len(tensors)):
+        raise gguf_error(
+            first.path,
+            f"corrupted split model: {expected} tensors expected but {len(tensors)} found",
+        )
     return tensors

@@ -10,7 +10,7 @@ import os
 os.environ["QT_QPA_PLATFORM"] = "offscreen"
 os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
 
-import pytest  # noqa: E402
+import pytest
 
 
 def _live_qt_objects():
@@ -20,12 +20,10 @@ def _live_qt_objects():
     timers, threads = [], []
     for obj in gc.get_objects():
         try:
-            if isinstance(obj, QTimer):
-                if shiboken6.isValid(obj) and obj.isActive():
-                    timers.append(obj)
-            elif isinstance(obj, QThread):
-                if shiboken6.isValid(obj) and obj.isRunning():
-                    threads.append(obj)
+            if isinstance(obj, QTimer) and shiboken6.isValid(obj) and obj.isActive():
+                timers.append(obj)
+            elif isinstance(obj, QThread) and shiboken6.isValid(obj) and obj.isRunning():
+                threads.append(obj)
         except (RuntimeError, ReferenceError):
             continue
     return timers, threads

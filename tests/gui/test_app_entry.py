@@ -119,7 +119,7 @@ def test_planner_dialog_plans_a_gguf_file(qtbot, tiny_path):
     text = dialog.view.toPlainText()
     assert "4,096 cells, 2,048 per slot × 2 slot(s)" in text
     assert "q8_0 cache" in text  # the what-if table
-    from kvwall.widgets.viewmodels.pools import format_bytes
+    from kvwall.budget.units import format_bytes
 
     assert format_bytes(plan.total_bytes) in text
     # A refused configuration shows llama.cpp's reason, a bad file a clear error.

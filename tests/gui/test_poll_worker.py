@@ -9,7 +9,8 @@ import threading
 import gui_factories as f
 from kvwall.app.desktop.gui import KvwallApp
 from kvwall.app.desktop.poll_worker import PollResult, PollThread, PollWorker
-from kvwall.app.desktop.settings import SettingsStore, defaults
+from kvwall.app.desktop.settings import SettingsStore
+from kvwall.widgets.viewmodels.settings_model import defaults
 from PySide6.QtCore import QTimer
 
 

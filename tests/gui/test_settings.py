@@ -10,14 +10,8 @@ import stat
 
 import gui_factories as f
 import pytest
-from kvwall.app.desktop.settings import (
-    SCHEMA,
-    InvalidSetting,
-    SettingsStore,
-    autostart_enabled,
-    defaults,
-    set_autostart,
-)
+from kvwall.app.desktop.settings import SettingsStore, autostart_enabled, set_autostart
+from kvwall.widgets.viewmodels.settings_model import SCHEMA, InvalidSetting, defaults
 
 KEY = "sk-very-secret-123"
 

@@ -7,6 +7,7 @@ import gui_factories as f
 import pytest
 from kvwall.budget.config import parse_command_line
 from kvwall.budget.memory import plan_memory
+from kvwall.budget.units import format_bytes
 from kvwall.monitors.gguf import read_model
 from kvwall.widgets.viewmodels import pools
 from kvwall.widgets.viewmodels.whatif_inputs import WhatIfInputs
@@ -60,7 +61,7 @@ def test_q8_0_click_halves_the_kv_bar_and_gives_the_command(qtbot, tiny):
     assert _kv(panel.current_bar.segments()) == plan.kv_bytes
     # Both bars share one scale, so the new one is drawn shorter.
     assert panel.new_bar.scale_bytes() == panel.current_bar.scale_bytes()
-    assert panel.saved_label.text() == pools.format_bytes(plan.kv_bytes - plan.kv_bytes * 34 // 64)
+    assert panel.saved_label.text() == format_bytes(plan.kv_bytes - plan.kv_bytes * 34 // 64)
     cmd = panel.command_view.toPlainText()
     assert cmd.split() == ["llama-server", "-m", path, "-c", "8192", "-np", "4",
                            "-ctk", "q8_0", "-ctv", "q8_0"]
@@ -86,7 +87,7 @@ def test_slot_buttons_and_turns_left(qtbot, tiny):
 
 
 def test_refused_configuration_is_shown_with_its_reason(qtbot, tiny):
-    panel, plan, _ = _panel(qtbot, tiny, "-fa", "off")
+    panel, _plan, _ = _panel(qtbot, tiny, "-fa", "off")
     panel.ctv.setCurrentText("q4_0")
     with qtbot.waitSignal(panel.simulated, timeout=2000):
         qtbot.mouseClick(panel.custom_button, Qt.MouseButton.LeftButton)
@@ -119,7 +120,7 @@ def test_panel_without_inputs_explains_why(qtbot):
 
 
 def test_a_server_that_cannot_be_simulated_shows_no_bar_of_the_previous_one(qtbot, tiny):
-    panel, plan, _ = _panel(qtbot, tiny)
+    panel, _plan, _ = _panel(qtbot, tiny)
     qtbot.mouseClick(panel.buttons["q8_0"], Qt.MouseButton.LeftButton)
     assert panel.command_view.isVisibleTo(panel)
     url_only = f.server(key="url:http://10.0.0.5:8080", name="10.0.0.5:8080", the_plan=None)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
 
-from PySide6.QtCore import QEventLoop, QPoint, QRect, QTimer  # noqa: E402
-from PySide6.QtGui import QGuiApplication  # noqa: E402
-from PySide6.QtWidgets import QApplication, QSystemTrayIcon  # noqa: E402
+from PySide6.QtCore import QEventLoop, QPoint, QRect, QTimer
+from PySide6.QtGui import QGuiApplication
+from PySide6.QtWidgets import QApplication, QSystemTrayIcon
 
 DEADLINE_S = 150.0
 
@@ -44,7 +44,8 @@ def main(out: Path, shots: Path | None) -> dict:
     from kvwall.app.demo.session import Demo
     from kvwall.app.desktop.gui import KvwallApp
     from kvwall.app.desktop.live import LiveSource
-    from kvwall.app.desktop.settings import SettingsStore, defaults
+    from kvwall.app.desktop.settings import SettingsStore
+    from kvwall.widgets.viewmodels.settings_model import defaults
 
     result: dict = {"steps": []}
     app = QApplication(["kvwall"])
@@ -123,7 +124,7 @@ def main(out: Path, shots: Path | None) -> dict:
         from PySide6.QtTest import QTest
 
         kv.window.select_server(key)
-        wait_for(app, "what-if inputs", lambda: kv.window.whatif.buttons["q8_0"].isEnabled(), 10)
+        wait_for(app, "what-if inputs", lambda: kv.window.whatif.buttons["q8_0"].isEnabled(), 10)  # noqa: PLW0108 - look the button up at each check
         QTest.mouseClick(kv.window.whatif.buttons["q8_0"], Qt.MouseButton.LeftButton)
         wi = kv.window.whatif.result().what_if
         result["what_if"] = {"label": wi.label, "command": wi.command,
@@ -166,7 +167,7 @@ def main(out: Path, shots: Path | None) -> dict:
             shot.copy(area.intersected(shot.rect())).save(str(shots / "tray-menu.png"))
             kv.tray.menu.hide()
         result["ok"] = True
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the scenario reports any failure to the test
         result["ok"] = False
         result["error"] = f"{type(exc).__name__}: {exc}"
         result["traceback"] = traceback.format_exc()

@@ -140,28 +140,6 @@ def tightest_pool(report: StatusReport) -> PoolView | None:
     return max(with_servers or views, key=lambda v: v.used_fraction or 0.0)
 
 
-def slot_fill(slot: SlotReport) -> float | None:
-    """The share of the slot's context in use (0..1), None when unknown."""
-    if slot.tokens is None or slot.n_ctx <= 0:
-        return None
-    return min(1.0, slot.tokens / slot.n_ctx)
-
-
-def slot_level(slot: SlotReport, full_percent: float, warn_turns: int,
-               critical_turns: int) -> str:
-    """``"critical"`` when the slot is ``full_percent`` full or ``critical_turns`` requests
-    from full, ``"warning"`` within ``warn_turns``, else ``"ok"`` (the tray and the table
-    colour a slot alike)."""
-    fill = slot_fill(slot)
-    if fill is not None and 100 * fill >= full_percent:
-        return "critical"
-    t = slot.forecast.turns_left
-    if t is not None and 0 < t <= critical_turns:
-        return "critical"
-    if t is not None and 0 < t <= warn_turns:
-        return "warning"
-    return "ok"
-
 
 def nearest_forecast(report: StatusReport) -> tuple[ServerReport, SlotReport] | None:
     """The slot (or unified pool) that fills first: fewest seconds, then fewest turns."""
@@ -180,38 +158,6 @@ def nearest_forecast(report: StatusReport) -> tuple[ServerReport, SlotReport] | 
     return best
 
 
-def format_bytes(n: int | float | None) -> str:
-    """Binary units, three significant figures: ``1.50 GiB``, ``512 MiB``."""
-    if n is None:
-        return "?"
-    value = float(n)
-    sign = "-" if value < 0 else ""
-    value = abs(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            if unit == "B":
-                return f"{sign}{int(value)} B"
-            digits = 2 if value < 10 else 1 if value < 100 else 0
-            return f"{sign}{value:.{digits}f} {unit}"
-        value /= 1024
-    return f"{sign}{value:.0f} TiB"
-
-
-def format_duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "?"
-    s = max(0, int(round(seconds)))
-    if s < 90:
-        return f"{s} s"
-    m = s // 60
-    if m < 90:
-        return f"{m} min"
-    h, m = divmod(m, 60)
-    if h < 48:
-        return f"{h} h {m:02d} min"
-    return f"{h // 24} days"
-
-
 def requests_left(turns_left: int | None) -> str:
     """A forecast's ``turns_left`` in words, for a table cell: ``~6 requests``.
 
@@ -223,21 +169,3 @@ def requests_left(turns_left: int | None) -> str:
         return "full"
     return "next request" if turns_left == 1 else f"~{turns_left} requests"
 
-
-def forecast_phrase(server: ServerReport, slot: SlotReport) -> str:
-    """``slot 2 of qwen3-32b full in ~6 requests / 14 min``, as the CLI says it.
-
-    ``turns_left`` counts the request that hits the wall: 1 reads "the next request
-    fills it".
-    """
-    f = slot.forecast
-    what = f"{'the shared pool' if server.pool is slot else f'slot {slot.id}'} of {server.name}"
-    if f.turns_left == 0:
-        return f"{what} is full"
-    when = None if f.seconds_left is None else format_duration(f.seconds_left)
-    if f.turns_left == 1:
-        return f"{what}: the next request fills it" + (f" (~{when})" if when else "")
-    parts = [] if f.turns_left is None else [f"~{f.turns_left} requests"]
-    if when:
-        parts.append(when)
-    return f"{what} full in {' / '.join(parts)}"

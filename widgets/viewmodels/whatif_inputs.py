@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from kvwall.budget.cachetypes import cache_type_changes
 from kvwall.budget.config import ServerConfig
@@ -50,7 +51,7 @@ class WhatIfInputs:
     gpu_names: tuple[str, ...] = ()
 
 
-def quick_changes(kind: str, plan: MemoryPlan, config: ServerConfig) -> dict | None:
+def quick_changes(kind: str, plan: MemoryPlan, config: ServerConfig) -> dict[str, Any] | None:
     """The ServerConfig changes of a one-click what-if; None when it does not apply."""
     if kind in ("q8_0", "q4_0"):
         return dict(cache_type_changes(kind, config.flash_attn))
@@ -80,14 +81,15 @@ def _fullest(slots: tuple[SlotReport, ...]) -> SlotReport | None:
 def run_what_if(
     inputs: WhatIfInputs,
     server: ServerReport | None,
-    changes: dict,
+    changes: dict[str, Any],
     label: str | None = None,
     simulate: Callable[..., WhatIf] | None = None,
 ) -> WhatIfResult:
     """Simulate ``changes`` and forecast the fullest slot against its new limit."""
     if simulate is None:
-        from kvwall.budget.whatif import simulate
+        from kvwall.budget.whatif import simulate as default_simulate
 
+        simulate = default_simulate
     wi = simulate(inputs.model, inputs.config, changes, memory_bytes=inputs.memory_bytes,
                   gpu_names=inputs.gpu_names, label=label)
     return with_turns(wi, server)
@@ -102,7 +104,7 @@ def with_turns(wi: WhatIf, server: ServerReport | None) -> WhatIfResult:
     slot = _fullest(server.slots) if server is not None else None
     if slot is not None:
         now = slot.forecast.turns_left
-        if not wi.refused:
-            per_turn = [slot.forecast.tokens_per_turn]
-            after = forecast_fill(wi.plan.n_ctx_seq, slot.tokens, per_turn, []).turns_left
+        per_turn = slot.forecast.tokens_per_turn
+        if not wi.refused and per_turn and slot.tokens is not None:  # as _fullest chose it
+            after = forecast_fill(wi.plan.n_ctx_seq, slot.tokens, [per_turn], []).turns_left
     return WhatIfResult(wi, now, after)

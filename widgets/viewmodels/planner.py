@@ -1,0 +1,133 @@
+"""The GUI planner's view model: read a GGUF file, plan it as ``kvwall plan`` does, and
+render the plan and its what-if table as HTML (Qt-free; file I/O: run it off the GUI thread).
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from kvwall.budget.units import format_bytes
+
+if TYPE_CHECKING:  # the memory model and the GGUF reader (numpy) load on first use
+    from kvwall.budget.memory import MemoryPlan
+    from kvwall.budget.whatif import WhatIf
+    from kvwall.monitors.gguf import ModelInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlanOutcome:
+    """What planning a model gave: the plan and its what-if table, or an error."""
+
+    path: str
+    flags: str
+    html: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """A model read and planned: what :func:`_render` turns into HTML."""
+
+    model: ModelInfo
+    plan: MemoryPlan
+    table: Sequence[WhatIf]
+
+
+def plan_html(path: str, flags: str, memory_bytes: int | None) -> PlanOutcome:
+    """Read the model and plan it (file I/O: call it off the GUI thread).
+
+    Args:
+        path: the GGUF file (the first file of a split model).
+        flags: llama-server flags as the user typed them, e.g. ``-c 32768 -np 2``.
+        memory_bytes: free memory to fit into; None or 0 skips the what-if table.
+
+    Returns:
+        The HTML page, or an error message in the user's words; never raises.
+    """
+    from kvwall.budget.config import ConfigError
+    from kvwall.monitors.gguf import GGUFError
+
+    try:
+        planned = _plan(path, flags, memory_bytes)
+    except (GGUFError, ConfigError, ValueError, OSError) as exc:
+        return PlanOutcome(path, flags, "", str(exc))
+    except Exception as exc:  # never a traceback to the user
+        log.exception("planning %s failed", path)
+        return PlanOutcome(path, flags, "", f"kvwall could not plan this model: {exc}")
+    return PlanOutcome(path, flags, _render(path, planned, memory_bytes))
+
+
+def _plan(path: str, flags: str, memory_bytes: int | None) -> _Planned:
+    from kvwall.budget.config import parse_command_line
+    from kvwall.budget.memory import check_command_line, check_model_file, plan_memory
+    from kvwall.budget.whatif import what_if_table
+    from kvwall.monitors.gguf import read_model
+
+    extra = shlex.split(flags)
+    config = parse_command_line(["llama-server", "-m", path, *extra])
+    check_command_line(config)  # LaunchError is a ValueError: shown as the error
+    model = read_model(path)
+    check_model_file(model, config)
+    plan = plan_memory(model, config, free_bytes=memory_bytes)
+    table = (what_if_table(model, config, memory_bytes=memory_bytes)
+             if memory_bytes and plan.ok else [])
+    return _Planned(model, plan, table)
+
+
+def _render(path: str, planned: _Planned, memory_bytes: int | None) -> str:
+    e = html.escape
+    model, plan = planned.model, planned.plan
+    out = [f"<h3>{e(model.name)}</h3><p>{e(path)}<br>{e(model.architecture)}, "
+           f"{model.n_layer_all} layers, trained context {model.n_ctx_train:,}</p>"]
+    if not plan.ok:
+        out.append("<p style='color:#c62828'><b>llama.cpp would refuse this "
+                   "configuration:</b><br>" + "<br>".join(e(x) for x in plan.errors) + "</p>")
+        return "".join(out)
+    out += _plan_table(plan)
+    if planned.table:
+        out += _what_if_table(planned.table, memory_bytes)
+    if plan.assumptions:
+        out.append("<h4>Assumptions</h4><ul>" + "".join(
+            f"<li>{e(a)}</li>" for a in plan.assumptions) + "</ul>")
+    return "".join(out)
+
+
+def _plan_table(plan: MemoryPlan) -> list[str]:
+    e, fb = html.escape, format_bytes
+    out = [f"<p>Context {plan.n_ctx:,} cells, {plan.n_ctx_seq:,} per slot × {plan.n_seq} "
+           f"slot(s){' (unified KV)' if plan.kv_unified else ''}; cache "
+           f"{e(plan.cache_type_k)}/{e(plan.cache_type_v)}, flash attention "
+           f"{e(plan.flash_attn)}</p>",
+           "<table cellspacing=0 cellpadding=3 border=1><tr><th>Device</th><th>Weights"
+           "</th><th>KV cache</th><th>Compute</th><th>Total</th></tr>"]
+    for d in plan.devices:
+        out.append(f"<tr><td>{e(d.name)}</td><td>{fb(d.weights_bytes)}</td><td>"
+                   f"{fb(d.kv_bytes + d.recurrent_bytes)}</td><td>{fb(d.compute_bytes)}</td>"
+                   f"<td><b>{fb(d.total_bytes)}</b></td></tr>")
+    out.append(f"<tr><td><b>All</b></td><td>{fb(plan.weights_bytes)}</td><td>"
+               f"{fb(plan.kv_bytes + plan.recurrent_bytes)}</td><td>{fb(plan.compute_bytes)}"
+               f"</td><td><b>{fb(plan.total_bytes)}</b></td></tr></table>")
+    return out
+
+
+def _what_if_table(table: Sequence[WhatIf], memory_bytes: int | None) -> list[str]:
+    e, fb = html.escape, format_bytes
+    out = [f"<h4>What if (largest context within {fb(memory_bytes)} free)</h4>"
+           "<table cellspacing=0 cellpadding=3 border=1><tr><th>Change</th>"
+           "<th>Saves</th><th>Largest -c</th><th>Command</th></tr>"]
+    for wi in table:
+        if wi.refused:
+            out.append(f"<tr><td>{e(wi.label)}</td><td colspan=3>refused: "
+                       f"{e('; '.join(wi.plan.errors))}</td></tr>")
+        else:
+            out.append(f"<tr><td>{e(wi.label)}</td><td>{fb(wi.saves_bytes)}</td>"
+                       f"<td>{wi.max_ctx:,}</td><td><code>{e(wi.command)}</code></td></tr>")
+    out.append("</table>")
+    return out
