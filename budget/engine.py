@@ -21,6 +21,7 @@ from kvwall.budget.config import ConfigError, ServerConfig, parse_command_line
 from kvwall.budget.events import GrabDetector
 from kvwall.budget.forecast import ContextTracker, PoolTracker
 from kvwall.budget.memory import MemoryPlan, plan_memory
+from kvwall.budget.ollama_advice import managed_advice
 from kvwall.budget.report import (
     Advice,
     Attribution,
@@ -444,6 +445,10 @@ class Engine:
             name = os.path.basename(path).removesuffix(".gguf")
         if not name:
             name = proc.name or proc.url
+        managed = managed_advice(proc.managed_by, advice, config, proc.managed_model)
+        if managed is not None:  # Ollama / llama-swap: its name, its settings (issue 11)
+            name, advice = proc.managed_model or name, managed.advice
+            notes.extend(managed.notes)
 
         return ServerReport(
             key=key, pid=proc.pid, url=proc.url, name=name, model_path=path,
@@ -451,6 +456,7 @@ class Engine:
             pool=pool_report, max_ctx=max_ctx, more_servers_fit=more_servers,
             advice=advice, errors=tuple(dict.fromkeys(errors)), config=config,
             notes=tuple(dict.fromkeys(notes)), more_slots_fit=more_slots,
+            managed_by=proc.managed_by,
         )
 
     def _budgeted(self, key, model, model_version, config, plan, gpus, pool, budget, slots,

@@ -114,6 +114,8 @@ class ServerReport:
     config: ServerConfig | None = None  # the configuration the plan used (corrected from /slots)
     notes: tuple[str, ...] = ()  # assumptions and corrections, in the user's words
     more_slots_fit: int | None = None  # slots of the same per-slot context free memory holds
+    # Added for issue 11: the program that started it (``ollama``, ``llama-swap``), if any.
+    managed_by: str | None = None
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,7 @@ def _device_json(d: Any) -> dict:
                       for p in d.processes],
         "error": d.error,
         "hint": d.hint,
+        "uuid": getattr(d, "uuid", None),
     }
 
 
@@ -216,6 +217,7 @@ def _server_json(s: Any) -> dict:
                    for a in s.advice],
         "notes": list(getattr(s, "notes", ())),
         "errors": list(s.errors),
+        "managed_by": getattr(s, "managed_by", None),
     }
 
 
