@@ -9,6 +9,7 @@ Ollama has no setting for is dropped, with a note saying so.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -21,6 +22,8 @@ MANAGED_LLAMA_SWAP = "llama-swap"
 
 # The advice actions (budget.advice) Ollama can express through its settings.
 _OLLAMA_ACTIONS = frozenset({"cache-q8_0", "cache-q4_0", "flash-attn-on", "fewer-slots"})
+# "(-ctk q8_0 -ctv q8_0)" in a title: llama-server flags, which Ollama users never type.
+_FLAGS_IN_TITLE = re.compile(r"\s*\(-[^)]*\)")
 # Ollama quantizes the KV cache only with flash attention on.
 _FA_ON = "OLLAMA_FLASH_ATTENTION=1"
 
@@ -103,9 +106,10 @@ def ollama_advice(advice: Sequence[Advice], config: ServerConfig | None,
         settings = (ollama_settings(config, advised)
                     if config is not None and advised is not None else [])
         if a.action not in _OLLAMA_ACTIONS or not settings:
-            dropped.append(a.title)
+            dropped.append(_FLAGS_IN_TITLE.sub("", a.title))
             continue
-        out.append(replace(a, command=_ollama_command(settings, model)))
+        out.append(replace(a, title=_FLAGS_IN_TITLE.sub("", a.title),
+                           command=_ollama_command(settings, model)))
     notes = ["managed by Ollama: it writes this llama-server's command line itself, so the "
              "advice is given as Ollama settings (set them where `ollama serve` runs, then "
              "restart it)"]
