@@ -384,6 +384,25 @@ INDEX_HTML = """<!doctype html>
 """
 
 
+class RenderCache:
+    """The latest poll's ``/metrics`` text, rendered once and served to every scraper."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._key: Observation | None = None
+        self._body = b""
+
+    def metrics(self, registry: CollectorRegistry, shared: SharedPoll,
+                secrets: Callable[[], Iterable[str]]) -> bytes:
+        with self._lock:
+            observation = shared.latest()
+            if observation is None or observation is not self._key:
+                text = generate_latest(registry).decode()
+                self._body = redact(text, secrets()).encode()
+                self._key = observation
+            return self._body
+
+
 @dataclass(frozen=True)
 class ExporterConfig:
     """What the HTTP server needs: the poll, the registry and the optional token."""
@@ -392,6 +411,7 @@ class ExporterConfig:
     registry: CollectorRegistry
     token: str | None = None
     hostname: str = "this machine"
+    cache: RenderCache = field(default_factory=RenderCache)
 
 
 class ExporterHandler(BaseHTTPRequestHandler):
@@ -435,8 +455,9 @@ class ExporterHandler(BaseHTTPRequestHandler):
                        {"WWW-Authenticate": 'Bearer realm="kvwall"'})
             return
         if path == "/metrics":
-            body = generate_latest(self.config.registry).decode()
-            self._send(200, redact(body, self._secrets()).encode(), CONTENT_TYPE_LATEST)
+            body = self.config.cache.metrics(self.config.registry, self.config.shared,
+                                             self._secrets)
+            self._send(200, body, CONTENT_TYPE_LATEST)
         elif path == "/status.json":
             observation = self.config.shared.latest()
             obj = observation.obj if observation is not None else {}
