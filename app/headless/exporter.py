@@ -16,6 +16,7 @@ import html
 import json
 import logging
 import math
+import socket
 import sys
 import threading
 import time
@@ -455,14 +456,14 @@ class ExporterHandler(BaseHTTPRequestHandler):
                        {"WWW-Authenticate": 'Bearer realm="kvwall"'})
             return
         if path == "/metrics":
-            body = self.config.cache.metrics(self.config.registry, self.config.shared,
-                                             self._secrets)
-            self._send(200, body, CONTENT_TYPE_LATEST)
+            metrics = self.config.cache.metrics(self.config.registry, self.config.shared,
+                                                self._secrets)
+            self._send(200, metrics, CONTENT_TYPE_LATEST)
         elif path == "/status.json":
             observation = self.config.shared.latest()
             obj = observation.obj if observation is not None else {}
-            body = redact(json.dumps(obj, separators=(",", ":")), self._secrets())
-            self._send(200, body.encode(), "application/json")
+            text = redact(json.dumps(obj, separators=(",", ":")), self._secrets())
+            self._send(200, text.encode(), "application/json")
         elif path in ("/", "/index.html"):
             page = INDEX_HTML.format(host=html.escape(self.config.hostname))
             self._send(200, page.encode(), "text/html; charset=utf-8")
@@ -477,10 +478,17 @@ class ExporterHandler(BaseHTTPRequestHandler):
         return known | {token} if token else known
 
 
+class _ThreadingHTTPServer6(ThreadingHTTPServer):
+    """An IPv6 listener (``--listen [::1]:9766``)."""
+
+    address_family = socket.AF_INET6
+
+
 def make_server(config: ExporterConfig, host: str, port: int) -> ThreadingHTTPServer:
     """Bind the exporter's HTTP server (port 0 picks a free one). Raises OSError."""
     handler = type("BoundExporterHandler", (ExporterHandler,), {"config": config})
-    server = ThreadingHTTPServer((host, port), handler)
+    server_class = _ThreadingHTTPServer6 if ":" in host else ThreadingHTTPServer
+    server = server_class((host, port), handler)
     server.daemon_threads = True
     return server
 
@@ -587,8 +595,6 @@ def _is_loopback(host: str) -> bool:
 def serve(opts: _Options, *, session: Any = None, ready: Callable[[str], None] | None = None,
           stop: threading.Event | None = None) -> int:
     """Poll and serve until ``stop`` is set (or Ctrl-C); returns the exit code."""
-    import socket
-
     capture = None
     if session is None:
         session, capture = _default_session(opts.urls, opts.keys, opts.deadline)
@@ -601,8 +607,8 @@ def serve(opts: _Options, *, session: Any = None, ready: Callable[[str], None] |
         sys.stderr.write(f"kvwall exporter: cannot listen on {opts.host}:{opts.port}: "
                          f"{e.strerror or e}\n")
         return EXIT_FAILURE
-    host, port = server.server_address[:2]
-    where = f"http://{'[' + str(host) + ']' if ':' in str(host) else host}:{port}/"
+    host, port = str(server.server_address[0]), server.server_address[1]
+    where = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     if not _is_loopback(opts.host) and opts.token is None:
         sys.stderr.write("kvwall exporter: listening beyond this machine without "
                          "--token-file: anyone who can reach it can read it\n")

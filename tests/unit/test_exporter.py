@@ -459,3 +459,13 @@ def test_alert_rules_use_exported_metrics(shared):
     for rule in alerts.values():
         assert metric_names(rule["expr"]) <= exported
         assert rule["annotations"]["summary"]
+
+
+def test_ipv6_loopback_listener():
+    poll = SharedPoll(FakeSession())
+    poll.poll_once()
+    server = make_server(ExporterConfig(poll, build_registry(poll)), "::1", 0)
+    try:
+        assert server.server_address[0] == "::1"
+    finally:
+        server.server_close()

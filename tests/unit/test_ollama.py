@@ -212,3 +212,37 @@ def test_managed_advice_by_manager():
 
 def test_exports():
     assert set(ollama.__all__) <= set(dir(ollama))
+
+
+# ---------------------------------------------------------------------------- discovery
+
+
+def test_discovery_marks_managed_children(tmp_path):
+    from kvwall.monitors.discovery import discover
+    from test_discovery import FakeProcess, fake_psutil
+
+    class Child(FakeProcess):
+        def __init__(self, *a, parent=None, **kw):
+            super().__init__(*a, **kw)
+            self._parent = parent
+
+        def parent(self):
+            return self._parent
+
+    models = lay_out_models(tmp_path / "models",
+                            {"registry.ollama.ai/library/qwen3/8b": DIGEST})
+    config = tmp_path / "swap.yaml"
+    config.write_text(SWAP_CONFIG)
+    swap = FakeProcess(300, ["/usr/bin/llama-swap", "--config", "swap.yaml"],
+                       cwd=str(tmp_path))
+    found = discover(fake_psutil(
+        Child(100, ollama_argv(models)),
+        Child(101, ["llama-server", "--port", "5800", "-m", "/models/qwen2.5-coder-7b.gguf"],
+              parent=swap, ppid=300),
+        Child(102, ["llama-server", "--port", "5801", "-m", "/models/plain.gguf"],
+              parent=FakeProcess(1, ["/sbin/init"])),
+    ))
+    by_pid = {s.pid: s for s in found}
+    assert (by_pid[100].managed_by, by_pid[100].managed_model) == ("ollama", "qwen3:8b")
+    assert (by_pid[101].managed_by, by_pid[101].managed_model) == ("llama-swap", "qwen-coder")
+    assert (by_pid[102].managed_by, by_pid[102].managed_model) == (None, None)
