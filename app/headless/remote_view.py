@@ -8,34 +8,10 @@ fails the command. Its pools and servers are added to the status object under
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kvwall.app.headless.status import bar, fmt_bytes
-from kvwall.monitors.remote import DEFAULT_DEADLINE_S, RemoteReader, RemoteStatus
-
-
-class RemoteGroup:
-    """The remotes of one run, read together (one thread each, all within the deadline).
-
-    Args:
-        urls: exporter URLs (``host:port`` or ``http://host:port``).
-        token: bearer token sent to every remote, or None.
-        deadline_s: seconds per read.
-
-    Raises:
-        ValueError: a URL is not an http(s) URL.
-    """
-
-    def __init__(self, urls: Sequence[str], token: str | None = None,
-                 deadline_s: float = DEFAULT_DEADLINE_S) -> None:
-        self.readers = [RemoteReader(u, token, deadline_s=deadline_s) for u in urls]
-
-    def read(self) -> list[RemoteStatus]:
-        if not self.readers:
-            return []
-        with ThreadPoolExecutor(max_workers=min(16, len(self.readers))) as pool:
-            return list(pool.map(lambda r: r.read(), self.readers))
+from kvwall.monitors.remote import DEFAULT_DEADLINE_S, RemoteGroup, RemoteStatus
 
 
 def remote_json(remote: RemoteStatus) -> dict[str, Any]:
@@ -134,9 +110,9 @@ def remote_group(urls: Sequence[str], token_file: str | None, deadline_s: float 
             raise ValueError(f"--remote-token-file: {token_file!r} holds no token")
         secrets.add(token)
     try:
-        return RemoteGroup(urls, token, deadline_s or DEFAULT_DEADLINE_S)
+        return RemoteGroup([(u, token) for u in urls], deadline_s or DEFAULT_DEADLINE_S)
     except ValueError as e:
         raise ValueError(f"--remote: {e}") from None
 
 
-__all__ = ["RemoteGroup", "remote_group", "remote_json", "remote_text", "with_remotes"]
+__all__ = ["remote_group", "remote_json", "remote_text", "with_remotes"]

@@ -400,10 +400,10 @@ def test_remote_down_is_never_fatal(answer, words):
 
 
 def test_status_with_remotes_against_a_real_exporter(serve):
-    from kvwall.app.headless.remote_view import RemoteGroup
+    from kvwall.monitors.remote import RemoteGroup
 
     base, _ = serve(token=TOKEN)
-    group = RemoteGroup([base, "http://127.0.0.1:9"], TOKEN, deadline_s=2)
+    group = RemoteGroup([(base, TOKEN), ("http://127.0.0.1:9", TOKEN)], deadline_s=2)
     obj, text = with_remotes({"servers": []}, "local\n", group)
     up, down = obj["remotes"]
     assert up["up"] and up["servers"][0]["name"] == "qwen3"
