@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from kvwall.app.desktop.poll_worker import PollResult
 from kvwall.budget.remote_report import merge_remotes, remote_entries
@@ -90,6 +91,11 @@ class LiveSource:
         """Change the configured servers (any thread); applied at the next poll."""
         with self._lock:
             self._pending = (tuple(extra_urls), dict(api_keys))
+
+    def apply_settings(self, settings: Any) -> None:
+        """What the poll needs from the user's settings: the grab share and the remotes."""
+        self.set_grab_share(settings["grab_percent"] / 100)
+        self.set_remotes([(r.url, r.api_key) for r in settings["remotes"]])
 
     def set_remotes(self, entries: Sequence[tuple[str, str | None]]) -> None:
         """Change the remote machines, (exporter URL, token) pairs; applied at the next poll."""
