@@ -13,12 +13,12 @@ cd "$(dirname "$0")"
 mode=${1:-run}
 case "$mode" in run|test) ;; *) echo "usage: $0 run|test" >&2; exit 2 ;; esac
 
-# Qt's xcb platform libraries (the app), plus a virtual display, a tray host and the
-# llama.cpp build tools (the tests).
+# Qt's xcb platform libraries (the app), plus a virtual display, a tray host, the
+# llama.cpp build tools and a Prometheus server (the tests).
 app_pkgs=(python3-venv libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0
   libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0
   libxcb-xkb1 libegl1 libgl1 libfontconfig1 libdbus-1-3)
-test_pkgs=(xvfb trayer x11-utils xdotool g++ make)
+test_pkgs=(xvfb trayer x11-utils xdotool g++ make prometheus)
 
 install_system_packages() {
   command -v apt-get >/dev/null 2>&1 || { echo "bootstrap: not Debian-like; install the Qt xcb libraries yourself" >&2; return 0; }

@@ -15,7 +15,9 @@ usage: kvwall [--demo] [--version]
                    [--what-if-cache TYPE]... [--json]
        kvwall plan --cmd "llama-server -m MODEL.gguf ..." [--memory SIZE] [--json]
        kvwall status [--json] [--watch SECONDS] [--url URL]... [--api-key URL=KEY]...
-                     [--deadline SECONDS]
+                     [--deadline SECONDS] [--remote URL]... [--remote-token-file PATH]
+       kvwall exporter [--listen HOST:PORT] [--token-file PATH] [--interval SECONDS]
+                       [--url URL]... [--api-key URL=KEY]...
 
 Keep local LLM agents from crashing into the memory wall.
 
@@ -25,7 +27,9 @@ commands:
   plan      predict what llama-server allocates for a model and command line,
             with a what-if table of cache types and slot counts
   status    find running llama.cpp servers, attribute their memory, forecast
-            when each slot fills, and advise
+            when each slot fills, and advise; --remote reads another machine's exporter
+  exporter  serve Prometheus metrics (/metrics) and the status object (/status.json)
+            from one shared poll loop; loopback unless --listen says otherwise
 
 Run `kvwall COMMAND --help` for a command's options.
 """
@@ -41,6 +45,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from kvwall.app.headless.status import main as status_main
 
         return status_main(args[1:])
+    if args and args[0] == "exporter":
+        from kvwall.app.headless.exporter import main as exporter_main
+
+        return exporter_main(args[1:])
     if args and args[0] in ("-h", "--help", "help"):
         sys.stdout.write(USAGE)
         return 0

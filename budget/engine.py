@@ -28,6 +28,7 @@ from kvwall.budget.config import ConfigError, ServerConfig, parse_command_line
 from kvwall.budget.events import GrabDetector
 from kvwall.budget.forecast import ContextTracker, PoolTracker
 from kvwall.budget.memory import MemoryPlan, plan_memory
+from kvwall.budget.ollama_advice import managed_advice
 from kvwall.budget.report import (
     Advice,
     Attribution,
@@ -322,14 +323,21 @@ class Engine:
         fit = self._fit(key, state, devices, read, planned, memory, ids)
         errors = state.errors + found.errors + read.errors + planned.errors
         notes = (found.notes + read.notes + planned.notes + memory_notes + followed.notes)
+        proc = state.process
+        name = _display_name(state, planned.config, read.path)
+        advice = fit.advice
+        managed = managed_advice(proc.managed_by, advice, planned.config, proc.managed_model)
+        if managed is not None:  # Ollama / llama-swap: its name, its settings (issue 11)
+            name, advice = proc.managed_model or name, managed.advice
+            notes += managed.notes
         return ServerReport(
-            key=key, pid=state.process.pid, url=state.process.url,
-            name=_display_name(state, planned.config, read.path), model_path=read.path,
+            key=key, pid=proc.pid, url=proc.url, name=name, model_path=read.path,
             health=state.health, plan=planned.plan, memory=memory, slots=followed.slots,
             pool=followed.kv_pool, max_ctx=fit.max_ctx, more_servers_fit=fit.more_servers,
-            advice=fit.advice, errors=tuple(dict.fromkeys(errors)), config=planned.config,
+            advice=advice, errors=tuple(dict.fromkeys(errors)), config=planned.config,
             notes=tuple(dict.fromkeys(notes)), more_slots_fit=fit.more_slots,
             restart_budget_bytes=fit.restart_budget_bytes, device_ids=ids,
+            managed_by=proc.managed_by,
         )
 
     def _find_config(self, state: ServerState) -> _Found:

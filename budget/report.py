@@ -127,6 +127,8 @@ class ServerReport:
     # Added for the what-if panel: what the engine's own budget and advice used.
     restart_budget_bytes: int | None = None  # free memory on its memory pool + what it holds there
     device_ids: tuple[str, ...] = ()  # llama.cpp device ids it offloads to (CUDA0...)
+    # Added for issue 11: the program that started it (``ollama``, ``llama-swap``), if any.
+    managed_by: str | None = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from kvwall.monitors.ollama import ManagedName, managed_child
 from kvwall.monitors.snapshot import ServerProcess
 
 log = logging.getLogger(__name__)
@@ -405,6 +406,18 @@ def resolve_api_key(
     return configured
 
 
+def _parent_argv_cwd(proc: Any) -> tuple[list[str], str | None] | None:
+    """A process's parent's command line and working directory (llama-swap's config)."""
+    parent = proc.parent()
+    if parent is None:
+        return None
+    try:
+        cwd = parent.cwd()
+    except Exception:  # noqa: BLE001 - another user's process
+        cwd = None
+    return list(parent.cmdline()), cwd
+
+
 def _read_text(path: str) -> str:
     with open(path, encoding="utf-8", errors="replace") as f:
         return f.read(1 << 20)
@@ -466,6 +479,7 @@ class _Static:
     env_readable: bool
     own: bool = True  # runs as kvwall's user
     cwd: str | None = None
+    managed: ManagedName | None = None  # Ollama / llama-swap child (issue 11)
 
 
 _ProcKey = tuple[int, float | None, str]
@@ -556,6 +570,7 @@ class Scanner:
             args=args, env=_llama_env(environ),
             secret_env={k: environ[k] for k in SECRET_ENV if k in environ},
             env_readable=env_readable, own=own, cwd=cwd,
+            managed=managed_child(cmdline, lambda: _parent_argv_cwd(proc)),
         )
 
     def _candidates(self) -> list[Any]:
@@ -725,6 +740,8 @@ class Scanner:
             env={k: v for k, v in st.env.items() if k.startswith("LLAMA_ARG_")},
             api_key=key, source="router-child" if is_child else "process",
             parent_pid=f.ppid if is_child else None, rss_bytes=f.rss_bytes, name=st.name,
+            managed_by=st.managed.managed_by if st.managed else None,
+            managed_model=st.managed.model if st.managed else None,
         )
         return _Placed(server, tuple(own_notes))
 

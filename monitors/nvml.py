@@ -382,7 +382,7 @@ class NvmlMonitor:
             self._status = NvmlStatus(STATE_OK, driver_version=self._status.driver_version)
         if count != len(self._devices):
             self._devices = [_DeviceState() for _ in range(count)]
-            # UUIDs only matter for CUDA_VISIBLE_DEVICES=GPU-...; read them once.
+            # Names and UUIDs (CUDA_VISIBLE_DEVICES=GPU-..., exporter labels): read once.
             for i, dev in enumerate(self._devices):
                 self._identify(i, dev)
         return True
@@ -395,7 +395,7 @@ class NvmlMonitor:
                 dev.handle = nvml.nvmlDeviceGetHandleByIndex(index)
             if dev.name is None:
                 dev.name = str(nvml.nvmlDeviceGetName(dev.handle))
-            if dev.uuid is None and self._cuda_visible and "GPU-" in self._cuda_visible.upper():
+            if dev.uuid is None:  # CUDA_VISIBLE_DEVICES=GPU-..., and exporters' joins
                 dev.uuid = str(nvml.nvmlDeviceGetUUID(dev.handle))
         except Exception as exc:
             log.debug("NVML device %d identification failed: %s", index, exc)
@@ -570,4 +570,5 @@ class NvmlMonitor:
             processes=processes,
             llama_device=None if ordinal is None else f"CUDA{ordinal}",
             error=_sentence(notes),
+            uuid=dev.uuid,
         )

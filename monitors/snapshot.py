@@ -36,6 +36,8 @@ class DeviceMemory:
             ``MTL0``; ``None`` for host).
         error: what could not be read (a sentence), else None.
         hint: what the user can do about it, else None.
+        uuid: the driver's device UUID (NVIDIA ``GPU-...``) where it gives one, else None;
+            lets dashboards join other GPU exporters' series.
     """
 
     id: str
@@ -49,6 +51,7 @@ class DeviceMemory:
     llama_device: str | None = None
     error: str | None = None
     hint: str | None = None
+    uuid: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,10 @@ class ServerProcess:
         parent_pid: the router's pid for router children.
         rss_bytes: resident memory of the process (None if unknown).
         name: executable name (``llama-server``, ``llama``...).
+        managed_by: the program that started it and owns its configuration
+            (``ollama``, ``llama-swap``), else None.
+        managed_model: that manager's name for its model (``llama3.2:3b``, a llama-swap
+            model id), None when unknown.
     """
 
     url: str
@@ -85,6 +92,8 @@ class ServerProcess:
     parent_pid: int | None = None
     rss_bytes: int | None = None
     name: str = ""
+    managed_by: str | None = None
+    managed_model: str | None = None
 
 
 @dataclass(frozen=True)

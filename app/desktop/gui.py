@@ -450,11 +450,11 @@ def _run(app: QApplication, opts: argparse.Namespace, instance: SingleInstance,
     try:
         source = LiveSource()  # the demo server is found like any other process
         kv = KvwallApp(source, SettingsStore(), on_servers_changed=source.set_servers,
-                       on_settings_applied=lambda s: source.set_grab_share(s["grab_percent"] / 100))
+                       on_settings_applied=source.apply_settings)
         # Settings are read once, by the app (so a recovery message is shown, not lost).
         source.set_servers([s.url for s in kv.settings.servers],
                            {s.url: s.api_key for s in kv.settings.servers if s.api_key})
-        source.set_grab_share(kv.settings["grab_percent"] / 100)
+        source.apply_settings(kv.settings)
         instance.activated.connect(kv.show_window)
         quit_signals.requested.connect(kv.quit)
         kv.start(show_window=opts.show or opts.demo or None)

@@ -9,13 +9,16 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from kvwall.app.desktop.poll_worker import PollResult
+from kvwall.budget.remote_report import merge_remotes, remote_entries
 from kvwall.budget.report import StatusReport
+from kvwall.monitors.remote import RemoteGroup
 from kvwall.widgets.viewmodels.whatif_inputs import WhatIfInputs
 
 if TYPE_CHECKING:  # the engine and the poller are imported when a LiveSource is made
     from kvwall.budget.engine import Engine
     from kvwall.monitors.devices import MemorySources
     from kvwall.monitors.poller import Poller
+    from kvwall.widgets.viewmodels.settings_model import Settings
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +71,27 @@ class LiveSource:
         self._pending: tuple[tuple[str, ...], dict[str, str]] | None = None
         self._grab_share: float | None = None
         self._last_keys: tuple[str, ...] = ()
+        self._remotes: RemoteGroup | None = None  # other machines' exporters (issue 11)
 
     def set_servers(self, extra_urls: Sequence[str], api_keys: Mapping[str, str]) -> None:
         """Change the configured servers (any thread); applied at the next poll."""
         with self._lock:
             self._pending = (tuple(extra_urls), dict(api_keys))
+
+    def apply_settings(self, settings: Settings) -> None:
+        """What the poll needs from the user's settings: the grab share and the remotes."""
+        self.set_grab_share(settings["grab_percent"] / 100)
+        self.set_remotes([(r.url, r.api_key) for r in settings["remotes"]])
+
+    def set_remotes(self, entries: Sequence[tuple[str, str | None]]) -> None:
+        """Change the remote machines, (exporter URL, token) pairs; applied at the next poll."""
+        try:
+            group = RemoteGroup(remote_entries(entries)) if entries else None
+        except ValueError as e:  # the settings validate URLs; belt and braces
+            log.warning("remote machines ignored: %s", e)
+            group = None
+        with self._lock:
+            self._remotes = group
 
     def set_grab_share(self, fraction: float) -> None:
         """Report another process's growth from ``fraction`` of a GPU on (any thread;
@@ -102,6 +121,9 @@ class LiveSource:
         snapshot = self.poller.poll()
         report = self.engine.analyse(snapshot)
         self._last_keys = tuple(s.key for s in report.servers)
+        remotes = self._remotes
+        if remotes is not None:  # shown like local ones: gauge, table, forecasts, notices
+            report = merge_remotes(report, remotes.read())
         try:
             inputs = build_what_if_inputs(self.engine, report)
         except Exception:  # what-ifs are optional; the report is not

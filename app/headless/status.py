@@ -72,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--deadline", metavar="SECONDS", type=str, default=None,
                    help="a poll reports servers that have not answered by then as "
                         "'not responding' (default 2)")
+    p.add_argument("--remote", metavar="URL", action="append", default=[],
+                   help="also show another machine's `kvwall exporter` (its /status.json); "
+                        "repeatable; a remote that is down is shown as down")
+    p.add_argument("--remote-token-file", metavar="PATH", default=None,
+                   help="bearer token for the remotes (their --token-file). Never printed")
     p.add_argument("--count", metavar="N", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -125,6 +130,7 @@ def _device_json(d: DeviceMemory) -> JsonObject:
                       for p in d.processes],
         "error": d.error,
         "hint": d.hint,
+        "uuid": getattr(d, "uuid", None),
     }
 
 
@@ -242,6 +248,7 @@ def _server_json(s: ServerReport) -> JsonObject:
                    for a in s.advice],
         "notes": list(s.notes),
         "errors": list(s.errors),
+        "managed_by": getattr(s, "managed_by", None),
     }
 
 
@@ -565,6 +572,13 @@ def main(argv: Sequence[str] | None = None, *, poller: SnapshotSource | None = N
         return EXIT_USAGE
     secrets = set(keys.values())
     try:
+        from kvwall.app.headless.remote_view import remote_group, with_remotes
+
+        remotes = remote_group(args.remote, args.remote_token_file, deadline, secrets)
+    except ValueError as e:  # a bad --remote URL or token file (never the token itself)
+        sys.stderr.write(f"kvwall status: {e}\n")
+        return EXIT_USAGE
+    try:
         session = StatusSession(poller if poller is not None
                                 else _default_poller(urls, keys, deadline))
     except Exception as e:  # noqa: BLE001 - a one-line message, never a traceback
@@ -576,6 +590,7 @@ def main(argv: Sequence[str] | None = None, *, poller: SnapshotSource | None = N
         next_at = monotonic()
         while True:
             obj, text, found = session.poll()
+            obj, text = with_remotes(obj, text, remotes)
             secrets |= found
             if args.json:
                 payload = json.dumps(obj, separators=(",", ":") if watch else None,

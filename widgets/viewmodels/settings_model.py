@@ -72,6 +72,9 @@ SCHEMA: tuple[SettingField, ...] = (
     SettingField("servers", "Extra servers", "servers", (), "Servers",
                  help="Servers kvwall cannot find by itself (remote, containers). "
                       "The API key is sent only to its own server."),
+    SettingField("remotes", "Remote machines", "servers", (), "Remote machines",
+                 help="Other machines running `kvwall exporter` (http://host:9766); the key "
+                      "column holds its --token-file token, sent only to that machine."),
     SettingField("start_on_login", "Start kvwall when I log in", "bool", False, "General"),
 )
 
