@@ -1,6 +1,6 @@
 """NVIDIA GPUs through NVML: the one choke point for every nvidia-ml-py (``pynvml``) call.
 
-Three failure tiers, three experiences (see ../shared/STYLE.md, practices 2 and 3):
+Three failure tiers, three experiences:
 
 * absent: no ``pynvml`` module, no ``libnvidia-ml.so.1``, driver not loaded, no permission,
   driver/library version mismatch. The monitor reports no NVIDIA device and a status with
