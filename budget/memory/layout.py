@@ -5,24 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kvwall.monitors.gguf import ModelInfo
+from kvwall.monitors.gguf.arch import (
+    HYBRID_ARCHS,
+    HYBRID_NEXTN_FILTER_ARCHS,
+    NO_MEMORY_ARCHS,
+    RECURRENT_ARCHS,
+)
 
 LLAMA_MAX_SEQ = 256  # src/llama-cparams.h
 KV_PAD = 256  # llama_context pads n_ctx (and n_ctx_seq, the SWA cache) to 256 cells
 
-# llama_model::create_memory: architectures without a KV cache (embeddings, diffusion).
-_NO_MEMORY_ARCHS = frozenset(
-    "bert jina-bert-v2 jina-bert-v3 nomic-bert nomic-bert-moe neo-bert eurobert wavtokenizer-dec "
-    "modern-bert gemma-embedding dream llada llada-moe rnd1 clef".split()
-)
-# llm_arch_is_recurrent
-_RECURRENT_ARCHS = frozenset("mamba mamba2 rwkv6 rwkv6qwen2 rwkv7 arwkv7".split())
-# llm_arch_is_hybrid
-_HYBRID_ARCHS = frozenset(
-    "jamba falcon-h1 plamo2 granitehybrid lfm2 lfm2moe nemotron_h nemotron_h_moe qwen3next "
-    "kimi-linear bailingmoe3 kimi-k3 glm5-next qwen35 qwen35moe qwen4exp deepseek4 minimax-01".split()
-)
-# hybrids whose attention/recurrent filters also exclude NextN layers
-_HYBRID_NEXTN_FILTER = frozenset("qwen3next qwen35 qwen35moe qwen4exp minimax-01 glm5-next".split())
 
 
 def pad(n: int, to: int = KV_PAD) -> int:
@@ -75,11 +67,11 @@ def _memory_layers(model: ModelInfo) -> tuple[list[int], list[int]]:
     def has_kv(il: int) -> bool:
         return model.n_layer_kv_from_start < 0 or il < model.n_layer_kv_from_start
 
-    if arch in _NO_MEMORY_ARCHS:
+    if arch in NO_MEMORY_ARCHS:
         return [], []
-    if arch in _RECURRENT_ARCHS:
+    if arch in RECURRENT_ARCHS:
         return [], list(range(n_main))
-    if arch not in _HYBRID_ARCHS:
+    if arch not in HYBRID_ARCHS:
         limit = n_main if (model.n_layer_nextn > 0 and n_main > 0) else n_all
         return [il for il in range(limit) if has_kv(il)], []
     if arch == "falcon-h1":
@@ -89,7 +81,7 @@ def _memory_layers(model: ModelInfo) -> tuple[list[int], list[int]]:
         ff0 = [il >= len(n_ff) or n_ff[il] == 0 for il in range(n_all)]
         kv = [il for il in range(n_all) if has_kv(il) and not recr[il] and ff0[il]]
         return kv, [il for il in range(n_main) if recr[il] and ff0[il]]
-    kv_range = n_main if arch in _HYBRID_NEXTN_FILTER else n_all
+    kv_range = n_main if arch in HYBRID_NEXTN_FILTER_ARCHS else n_all
     kv = [il for il in range(kv_range) if has_kv(il) and not recr[il]]
     return kv, [il for il in range(n_main) if recr[il]]
 

@@ -13,21 +13,7 @@ from kvwall.budget.memory.refusals import check_config
 from kvwall.budget.memory.resolve import Context, Resolved, context, resolve
 from kvwall.budget.memory.results import DeviceBudget, MemoryPlan
 from kvwall.monitors.gguf import ModelInfo
-
-# caches llama.cpp builds with extra parts this model does not describe exactly
-_SPECIAL_CACHE_ARCHS = {
-    "deepseek32": "an extra lightning-indexer key cache (DSA)",
-    "glm-dsa": "an extra lightning-indexer key cache (DSA)",
-    "hy_v4": "an extra lightning-indexer key cache (DSA)",
-    "dots3note": "an extra lightning-indexer key cache (DSA)",
-    "minimax-m3": "an extra indexer key cache (MSA)",
-    "deepseek4": "compressed caches and extra state (DSV4)",
-    "glm5-next": "an extra indexer key cache",
-    "qwen4exp": "an extra indexer key cache",
-    "kimi-linear": "KDA recurrent state",
-    "kimi-k3": "KDA recurrent state",
-    "minimax-01": "linear-attention state",
-}
+from kvwall.monitors.gguf.arch import SPECIAL_CACHE_ARCHS
 
 
 @dataclass(frozen=True)
@@ -108,9 +94,9 @@ def _config_notes(model: ModelInfo, config: ServerConfig, rv: Resolved, lay: Lay
         )
     if config.swa_full and not lay.has_swa_cache:
         notes.append("--swa-full has no effect: the model has no sliding-window layers")
-    if model.architecture in _SPECIAL_CACHE_ARCHS:
+    if model.architecture in SPECIAL_CACHE_ARCHS:
         notes.append(
-            f"{model.architecture}: llama.cpp adds {_SPECIAL_CACHE_ARCHS[model.architecture]}, "
+            f"{model.architecture}: llama.cpp adds {SPECIAL_CACHE_ARCHS[model.architecture]}, "
             "not included in this estimate"
         )
     for flag in config.unknown_flags:

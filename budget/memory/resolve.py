@@ -8,12 +8,8 @@ from dataclasses import dataclass
 from kvwall.budget.config import ServerConfig
 from kvwall.budget.memory.layout import pad
 from kvwall.monitors.gguf import ModelInfo
+from kvwall.monitors.gguf.arch import RS_ROLLBACK_ARCHS
 
-# llm_arch_supports_rs_rollback
-_RS_ROLLBACK_ARCHS = frozenset(
-    "kimi-k3 qwen35 qwen35moe qwen4exp deepseek4 glm5-next nemotron_h nemotron_h_moe lfm2 "
-    "lfm2moe bailingmoe3".split()
-)
 _SPEC_TYPES_WITH_RS = ("draft-mtp", "draft-eagle3", "draft-dflash", "draft-dspark")
 
 
@@ -97,7 +93,7 @@ def _slots(config: ServerConfig) -> _Slots:
 def _rollback_rows(model: ModelInfo, config: ServerConfig) -> int:
     """Extra recurrent rows per sequence that speculative decoding rolls back into."""
     spec = tuple(s.strip() for s in (config.spec_type or "").split(",") if s.strip())
-    if any(s in _SPEC_TYPES_WITH_RS for s in spec) and model.architecture in _RS_ROLLBACK_ARCHS:
+    if any(s in _SPEC_TYPES_WITH_RS for s in spec) and model.architecture in RS_ROLLBACK_ARCHS:
         return max(0, config.spec_draft_n_max)
     return 0
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import free_port
+from ports import free_port
 
 START_DEADLINE_S = 60.0
 CLI_TIMEOUT_S = 120

@@ -13,17 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from ports import free_port
 
 HERE = Path(__file__).parent
 SCREENSHOTS = HERE.parent.parent / "docs" / "screenshots"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_tray_window_forecast_notification_and_what_if(tray_host, tmp_path):
@@ -67,7 +60,7 @@ def test_tray_window_forecast_notification_and_what_if(tray_host, tmp_path):
     from oracles.llamalog import MIB, parse_load_log
 
     argv = shlex.split(wi["command"])
-    argv[argv.index("--port") + 1] = str(_free_port())
+    argv[argv.index("--port") + 1] = str(free_port())
     argv += ["-lv", "4"]
     log_path = tmp_path / "second.log"
     with open(log_path, "wb") as log:
