@@ -105,11 +105,14 @@ def _parse_keys(items: Sequence[str]) -> dict[str, str]:
 
 
 def _check_urls(urls: Sequence[str]) -> list[str]:
+    from kvwall.monitors.discovery import InvalidURL, normalize_url
+
     out = []
     for url in urls:
-        if not url.startswith(("http://", "https://")):
-            raise UsageError(f"--url: {url!r} is not an http:// or https:// URL")
-        out.append(url.rstrip("/"))
+        try:
+            out.append(normalize_url(url, require_scheme=True))
+        except InvalidURL as exc:
+            raise UsageError(f"--url: {exc}") from None
     return out
 
 

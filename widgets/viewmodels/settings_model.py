@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 SCHEMA_VERSION = 2  # the settings file's format; version 1 is migrated by migrate_v1
 
@@ -176,24 +175,19 @@ def validate(f: SettingField, value: Any) -> Any:
 
 
 def normalise_url(url: Any) -> str:
-    """A server base URL: ``host:port`` gets ``http://``; trailing ``/`` dropped.
+    """A server base URL, as :func:`kvwall.monitors.discovery.normalize_url` writes it.
 
     Raises:
         InvalidSetting: not an http(s) URL with a host.
     """
-    if not isinstance(url, str) or not url.strip():
-        raise InvalidSetting("server URL: empty")
-    text = url.strip()
-    if "://" not in text:
-        text = "http://" + text
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidSetting(f"server URL: {url!r} is not an http(s) URL")
+    from kvwall.monitors.discovery import InvalidURL, normalize_url
+
+    if not isinstance(url, str):
+        raise InvalidSetting("server URL: not text")
     try:
-        parts.port  # noqa: B018  (raises on a bad port)
-    except ValueError as exc:
-        raise InvalidSetting(f"server URL: {url!r} has a bad port") from exc
-    return text.rstrip("/")
+        return normalize_url(url)
+    except InvalidURL as exc:
+        raise InvalidSetting(f"server URL: {exc}") from None
 
 
 def to_json(settings: Settings) -> dict[str, Any]:
