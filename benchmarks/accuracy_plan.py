@@ -20,7 +20,7 @@ from pathlib import Path
 
 from kvwall.app.demo.llamabin import find_llama_server
 from kvwall.app.demo.tinymodels import write_model
-from kvwall.budget.config import parse_command_line
+from kvwall.budget.cmdline.parse import parse_command_line
 from kvwall.budget.memory import plan_memory
 from kvwall.monitors.gguf import read_model
 

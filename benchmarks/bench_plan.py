@@ -55,7 +55,7 @@ def main() -> None:
 
     from kvwall.app.demo.tinymodels import write_model
     from kvwall.app.headless.plan import main as plan_main
-    from kvwall.budget.config import parse_command_line
+    from kvwall.budget.cmdline.parse import parse_command_line
     from kvwall.budget.memory import plan_memory
     from kvwall.budget.whatif import what_if_table
     from kvwall.monitors.gguf import read_model

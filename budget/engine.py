@@ -24,7 +24,8 @@ from kvwall.budget.advice import (
 )
 from kvwall.budget.attribution import attribute, device_ids, server_devices
 from kvwall.budget.cachetypes import CacheType, cache_type_changes
-from kvwall.budget.config import ConfigError, ServerConfig, parse_command_line
+from kvwall.budget.cmdline.parse import parse_command_line
+from kvwall.budget.config import ConfigError, ServerConfig
 from kvwall.budget.events import GrabDetector
 from kvwall.budget.forecast import ContextTracker, PoolTracker
 from kvwall.budget.memory import MemoryPlan, plan_memory

@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kvwall.budget.cachetypes import CACHE_TYPES, cache_type_changes
-from kvwall.budget.config import ServerConfig, render_command
+from kvwall.budget.cmdline.edit import render_command
+from kvwall.budget.config import ServerConfig
 from kvwall.budget.memory.layout import model_layout
 from kvwall.budget.memory.plan import budget_total, max_context, plan_laid_out
 from kvwall.budget.memory.results import MemoryPlan

@@ -278,7 +278,7 @@ def _detect_budget(args: _Args) -> _Budget:
 def _plan_object(model: ModelInfo, config: ServerConfig, plan: MemoryPlan,
                  rows: Sequence[WhatIf], budget: _Budget) -> JsonObject:
     """The documented ``plan`` object (``docs/json-schema.md``)."""
-    from kvwall.budget.config import render_command
+    from kvwall.budget.cmdline.edit import render_command
 
     obj: JsonObject = {
         "schema_version": SCHEMA_VERSION,
@@ -522,7 +522,8 @@ def main(
         out.write(HELP)
         return EXIT_OK
 
-    from kvwall.budget.config import ConfigError, parse_command_line
+    from kvwall.budget.cmdline.parse import parse_command_line
+    from kvwall.budget.config import ConfigError
 
     try:
         config = parse_command_line(args.llama_argv, args.env)

@@ -102,7 +102,7 @@ def tiny_path(tmp_path_factory):
 
 
 def test_planner_dialog_plans_a_gguf_file(qtbot, tiny_path):
-    from kvwall.budget.config import parse_command_line
+    from kvwall.budget.cmdline.parse import parse_command_line
     from kvwall.budget.memory import plan_memory
     from kvwall.monitors.gguf import read_model
     from kvwall.widgets.empty_state import PlanDialog

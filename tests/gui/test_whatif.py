@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gui_factories as f
 import pytest
-from kvwall.budget.config import parse_command_line
+from kvwall.budget.cmdline.parse import parse_command_line
 from kvwall.budget.memory import plan_memory
 from kvwall.budget.units import format_bytes
 from kvwall.monitors.gguf import read_model

@@ -17,7 +17,8 @@ import sys
 
 import psutil
 import pytest
-from kvwall.budget.config import ConfigError, parse_command_line
+from kvwall.budget.cmdline.parse import parse_command_line
+from kvwall.budget.config import ConfigError
 from kvwall.budget.memory import plan_memory
 from kvwall.monitors.gguf import read_model
 from oracles.llamalog import parse_load_log

@@ -8,7 +8,7 @@ import shlex
 import pytest
 from kvwall.app.demo.tinymodels import write_model
 from kvwall.budget.advice import POOL_GPU, POOL_TOTAL, advise, largest_context, pool_bytes
-from kvwall.budget.config import parse_command_line
+from kvwall.budget.cmdline.parse import parse_command_line
 from kvwall.budget.memory import plan_memory
 from kvwall.monitors.gguf import read_model
 from kvwall.monitors.snapshot import SlotState

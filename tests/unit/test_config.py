@@ -7,14 +7,10 @@ import shlex
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from kvwall.budget.config import (
-    API_KEY_PLACEHOLDER,
-    CACHE_TYPES,
-    ConfigError,
-    ServerConfig,
-    parse_command_line,
-    render_command,
-)
+from kvwall.budget.cachetypes import CACHE_TYPES
+from kvwall.budget.cmdline.edit import API_KEY_PLACEHOLDER, render_command
+from kvwall.budget.cmdline.parse import parse_command_line
+from kvwall.budget.config import ConfigError, ServerConfig
 
 
 def parse(cmd: str, env: dict | None = None) -> ServerConfig:

@@ -6,7 +6,7 @@ import os
 
 import pytest
 from kvwall.app.demo.tinymodels import write_model
-from kvwall.budget.config import parse_command_line
+from kvwall.budget.cmdline.parse import parse_command_line
 from kvwall.budget.engine import KV_POOL_SLOT_ID, Engine
 from kvwall.budget.memory import plan_memory
 from kvwall.monitors.gguf import read_model

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from kvwall.budget.cachetypes import CACHE_TYPES, TYPE_SIZES, row_bytes
-from kvwall.budget.config import parse_command_line
+from kvwall.budget.cmdline.parse import parse_command_line
 from kvwall.budget.memory import max_context, plan_memory
 from kvwall.budget.whatif import simulate, what_if_table
 from kvwall.monitors.gguf import TensorInfo

@@ -65,7 +65,7 @@ def plan_html(path: str, flags: str, memory_bytes: int | None) -> PlanOutcome:
 
 
 def _plan(path: str, flags: str, memory_bytes: int | None) -> _Planned:
-    from kvwall.budget.config import parse_command_line
+    from kvwall.budget.cmdline.parse import parse_command_line
     from kvwall.budget.memory import check_command_line, check_model_file, plan_memory
     from kvwall.budget.whatif import what_if_table
     from kvwall.monitors.gguf import read_model
