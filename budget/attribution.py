@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from kvwall.budget.memory import DeviceBudget, MemoryPlan
 from kvwall.budget.report import Attribution
+from kvwall.budget.units import format_whole_mib
 from kvwall.monitors.snapshot import DeviceMemory, ServerState
 
 GIB = 1024**3
@@ -28,10 +29,6 @@ RSS_NOTE = (
     "measured as the process's resident memory (RSS): memory-mapped weights count only "
     "once touched, and pages the kernel evicted do not count"
 )
-
-
-def _mib(n: int) -> str:
-    return f"{n / 1024**2:,.0f} MiB"
 
 
 @dataclass(frozen=True)
@@ -51,17 +48,17 @@ def _compare(measured_bytes: int, modeled: int, weights: int, resident: bool) ->
         return _Split(diff, 0, ())
     if diff > limit:
         return _Split(0, diff, (
-            f"{_mib(diff)} more than the model explains (over {_mib(limit)} of plausible "
+            f"{format_whole_mib(diff)} more than the model explains (over {format_whole_mib(limit)} of plausible "
             "overhead): another model or context in the process (draft, projector), a "
             "grown GPU memory pool, or a configuration kvwall could not read",))
     if measured_bytes >= SHORTFALL_FRACTION * modeled:
         return _Split(0, diff, ())
     if resident and weights:
         return _Split(0, diff, (
-            f"{_mib(-diff)} less than modeled: memory-mapped weights are not all "
+            f"{format_whole_mib(-diff)} less than modeled: memory-mapped weights are not all "
             "resident (not touched yet, or evicted)",))
     return _Split(0, diff, (
-        f"{_mib(-diff)} less than modeled: the running configuration may "
+        f"{format_whole_mib(-diff)} less than modeled: the running configuration may "
         "differ from the one kvwall read (e.g. --fit lowered -ngl or the "
         "context)",))
 

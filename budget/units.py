@@ -72,6 +72,12 @@ def format_mib(n: int | float) -> str:
     return f"{n / (1 << 20):.2f} MiB"
 
 
+def format_whole_mib(n: int | float) -> str:
+    """Bytes as whole MiB with thousands separators (``1,536 MiB``), as llama.cpp's
+    ``--fit`` messages say them: kvwall's notes on fit and attribution use it."""
+    return f"{n / (1 << 20):,.0f} MiB"
+
+
 def format_duration(seconds: float | None) -> str:
     """A time span for people: ``45 s``, ``14 min``, ``2 h 05 min``, ``3 days``.
 

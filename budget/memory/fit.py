@@ -8,6 +8,7 @@ from kvwall.budget.config import ServerConfig
 from kvwall.budget.memory.alloc import Alloc, allocate
 from kvwall.budget.memory.layout import Layout
 from kvwall.budget.memory.resolve import Resolved
+from kvwall.budget.units import format_whole_mib
 from kvwall.monitors.gguf import ModelInfo
 
 MiB = 1024 * 1024
@@ -35,10 +36,6 @@ def _fit_margin(config: ServerConfig, rv: Resolved) -> int:
     n_dev = max(1, len(rv.gpu_names))
     per_device = [targets[0]] * n_dev if len(targets) == 1 else (list(targets) + [1024] * n_dev)[:n_dev]
     return sum(per_device) * MiB
-
-
-def _mib(n: int) -> str:
-    return f"{n / MiB:,.0f} MiB"
 
 
 def fit_context(
@@ -80,7 +77,7 @@ def fit_context(
         return FitChoice(
             n_ctx_max,
             f"-c not given: --fit keeps the full trained context ({n_ctx_max} cells): it leaves "
-            f"{_mib(free_bytes - used_max)} of {_mib(free_bytes)} {where} free",
+            f"{format_whole_mib(free_bytes - used_max)} of {format_whole_mib(free_bytes)} {where} free",
         )
     n_ctx_min = config.fit_ctx * n_streams
     if n_ctx_max <= n_ctx_min:
@@ -96,11 +93,11 @@ def fit_context(
         return FitChoice(
             n_ctx,
             f"-c not given: --fit shrinks the context from {n_ctx_max} to {n_ctx} cells to keep "
-            f"{_mib(margin)} of {_mib(free_bytes)} {where} free",
+            f"{format_whole_mib(margin)} of {format_whole_mib(free_bytes)} {where} free",
         )
     return FitChoice(
         n_ctx_min,
-        f"-c not given: even the --fit minimum ({n_ctx_min} cells) does not leave {_mib(margin)} "
-        f"of {_mib(free_bytes)} {where} free; llama-server would "
+        f"-c not given: even the --fit minimum ({n_ctx_min} cells) does not leave {format_whole_mib(margin)} "
+        f"of {format_whole_mib(free_bytes)} {where} free; llama-server would "
         + ("try moving layers to the CPU" if rv.gpu_names else "start anyway and may run out of memory"),
     )
