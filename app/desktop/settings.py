@@ -17,21 +17,25 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvwall.app.userfiles import UnsafeFile, read_user_file
 from kvwall.widgets.viewmodels.settings_model import (
-    SCHEMA,
     SCHEMA_VERSION,
-    InvalidSetting,
+    Decoded,
     Settings,
+    UnreadableSettings,
+    decode,
     defaults,
-    migrate_v1,
+    parse_document,
+    summarise,
     to_json,
-    validate,
 )
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "kvwall"
 SETTINGS_FILE = "settings.json"
+MAX_SETTINGS_BYTES = 1 << 20  # a settings file is a few KB; /dev/zero never ends
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 @dataclass(frozen=True)
@@ -50,8 +54,17 @@ def default_path() -> Path:
     return Path(user_config_dir(APP_NAME, appauthor=False)) / SETTINGS_FILE
 
 
+class SettingsNotWritten(OSError):
+    """The store refuses to write: the file on disk is from a newer kvwall."""
+
+
 class SettingsStore:
     """Reads and writes one settings file.
+
+    Loading never raises and never loses the user's file: a damaged file is copied aside
+    (a real copy, mode 0600; the original's mode and any link target are not touched)
+    before a repaired one replaces it, and a file that is a link, a special file or from a
+    newer kvwall is left as it is.
 
     Args:
         path: the JSON file (default: platformdirs' user config dir / settings.json).
@@ -61,104 +74,133 @@ class SettingsStore:
     def __init__(self, path: Path | None = None, clock: Callable[[], float] = time.time) -> None:
         self.path = Path(path) if path is not None else default_path()
         self._clock = clock
+        self._newer_version: int | None = None  # set when the file is from a newer kvwall
 
     def load(self) -> LoadResult:
         """Read the file; recover from anything wrong with it instead of raising."""
         try:
-            raw = self.path.read_text(encoding="utf-8")
+            data = read_user_file(self.path, MAX_SETTINGS_BYTES)
         except FileNotFoundError:
             return LoadResult(defaults())
-        except OSError as exc:
-            return LoadResult(defaults(), f"kvwall could not read its settings ({exc.strerror}); "
-                                          "defaults are in use.")
+        except (UnsafeFile, OSError) as exc:
+            why = str(exc) if isinstance(exc, UnsafeFile) else (exc.strerror or str(exc))
+            log.warning("settings not read: %s", why)
+            return LoadResult(defaults(), f"kvwall could not read its settings file ({why}); "
+                                          "the defaults are in use and the file was left as "
+                                          "it is.")
         try:
-            doc = json.loads(raw)
-            if not isinstance(doc, dict) or not isinstance(doc.get("values"), dict):
-                raise ValueError("not a kvwall settings object")
-            version = doc.get("schema")
-            if not isinstance(version, int) or isinstance(version, bool):
-                raise ValueError("no schema version")
-        except ValueError as exc:
-            backup = self._keep_aside()
-            msg = (f"Your settings file was unreadable ({_short(exc)}). It was kept as "
-                   f"{backup.name if backup else 'nothing'} and the defaults are in use.")
-            log.warning("settings recovered: %s", _short(exc))
-            settings = defaults()
-            self._save_quietly(settings)
-            return LoadResult(settings, msg, backup)
-
-        values = doc["values"]
+            doc, version = parse_document(data)
+        except UnreadableSettings as exc:
+            return self._recover(data, defaults(), f"Your settings file was unreadable ({exc})",
+                                 "It was kept as {backup} and the defaults are in use.")
+        decoded = decode(doc, version)
+        if version > SCHEMA_VERSION:
+            return self._from_newer(decoded)
         reasons: list[str] = []
         if version < SCHEMA_VERSION:
-            values = migrate_v1(values)
             reasons.append(f"they came from an older kvwall (format {version})")
-        elif version > SCHEMA_VERSION:
-            reasons.append(f"they came from a newer kvwall (format {version})")
-        merged = dict(defaults().values)
-        bad = []
-        for f in SCHEMA:
-            if f.key not in values:
-                continue
-            try:
-                merged[f.key] = validate(f, values[f.key])
-            except InvalidSetting:
-                bad.append(f.label.lower() if f.kind != "servers" else "extra servers")
-        if bad:
-            reasons.append("some values were invalid and were reset: " + ", ".join(bad))
-        settings = Settings(merged)
+        if decoded.problems:
+            reasons.append("some values were invalid and were dropped: "
+                           + summarise(decoded.problems))
         if not reasons:
-            return LoadResult(settings)
-        backup = self._keep_aside()
+            return LoadResult(decoded.settings)
+        return self._recover(data, decoded.settings,
+                             f"Your settings were recovered: {'; '.join(reasons)}",
+                             "The old file was kept as {backup}.")
+
+    def _recover(self, data: bytes, settings: Settings, what: str, kept: str) -> LoadResult:
+        """Keep a copy of ``data``, then write the repaired ``settings`` over the file.
+
+        A link is neither followed nor replaced (its target may be shared, or a device):
+        the settings are used for this run and the message says the file was left alone.
+        Without a copy the file is not overwritten either.
+        """
+        log.warning("settings recovered: %s", what)
+        if self.path.is_symlink():
+            return LoadResult(settings, f"{what}. The file is a link, so kvwall left it as it "
+                                        "is; fix or remove it to stop this message.")
+        backup = self._keep_copy(data)
+        if backup is None:
+            return LoadResult(settings, f"{what}. No copy could be kept, so kvwall left the "
+                                        "file as it is.")
         self._save_quietly(settings)
-        msg = (f"Your settings were recovered: {'; '.join(reasons)}. The old file was kept as "
-               f"{backup.name if backup else 'nothing'}.")
-        log.warning("settings recovered: %s", "; ".join(reasons))
-        return LoadResult(settings, msg, backup)
+        return LoadResult(settings, f"{what}. {kept.format(backup=backup.name)}", backup)
+
+    def _from_newer(self, decoded: Decoded) -> LoadResult:
+        """A newer kvwall's file: use what fits, and never write over it."""
+        self._newer_version = decoded.version
+        skipped = f" (not: {summarise(decoded.problems)})" if decoded.problems else ""
+        log.warning("settings from a newer kvwall (format %d): not written", decoded.version)
+        return LoadResult(decoded.settings, (
+            f"Your settings come from a newer kvwall (format {decoded.version}). This kvwall "
+            f"uses what it understands{skipped} and will not overwrite the file: changes made "
+            "here last until kvwall quits."))
 
     def save(self, settings: Settings) -> None:
         """Write atomically with mode 0600 (the file holds API keys).
 
+        Keys this kvwall does not know are written back as they were read. Through a link
+        to a regular file, the link's target is replaced (the link stays).
+
         Raises:
+            SettingsNotWritten: the file is from a newer kvwall (it is never downgraded).
             OSError: the config dir cannot be written.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        if self._newer_version is not None:
+            raise SettingsNotWritten(
+                f"{self.path.name} is from a newer kvwall (format {self._newer_version}), "
+                "which this one does not overwrite; the change lasts until kvwall quits")
+        text = json.dumps(to_json(settings), indent=2) + "\n"
+        target = self._write_target()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.unlink(missing_ok=True)  # a stale one from a crash (or a planted link)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o600)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                json.dump(to_json(settings), fh, indent=2)
-                fh.write("\n")
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
+                fh.write(text)
+                os.fchmod(fh.fileno(), 0o600)  # the umask may have taken bits away
+            os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _write_target(self) -> Path:
+        """The file to replace: the path, or a link's regular-file target."""
+        if self.path.is_symlink():
+            real = Path(os.path.realpath(self.path))
+            if real.is_file():
+                return real
+        return self.path
 
     def _save_quietly(self, settings: Settings) -> None:
         try:
             self.save(settings)
         except OSError as exc:
-            log.warning("cannot write settings: %s", exc.strerror)
+            log.warning("cannot write settings: %s", exc.strerror or exc)
 
-    def _keep_aside(self) -> Path | None:
+    def _keep_copy(self, data: bytes) -> Path | None:
+        """A new file beside the settings holding ``data`` (never replacing anything)."""
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(self._clock()))
-        backup = self.path.with_name(f"{self.path.name}.bak-{stamp}")
-        n = 1
-        while backup.exists():
-            n += 1
-            backup = self.path.with_name(f"{self.path.name}.bak-{stamp}-{n}")
-        try:
-            os.replace(self.path, backup)
-            os.chmod(backup, 0o600)
-        except OSError as exc:
-            log.warning("cannot keep the old settings aside: %s", exc.strerror)
-            return None
-        return backup
-
-
-def _short(exc: Exception) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:120]
+        for n in range(1, 1000):
+            suffix = "" if n == 1 else f"-{n}"
+            backup = self.path.with_name(f"{self.path.name}.bak-{stamp}{suffix}")
+            try:
+                fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o600)
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                log.warning("cannot keep the old settings aside: %s", exc.strerror)
+                return None
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+            except OSError as exc:
+                log.warning("cannot keep the old settings aside: %s", exc.strerror)
+                backup.unlink(missing_ok=True)
+                return None
+            return backup
+        return None
 
 
 # --- start on login (XDG autostart) -------------------------------------------------
