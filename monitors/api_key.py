@@ -19,7 +19,7 @@ def api_key_problem(key: object) -> str | None:
         None for a usable key, else a short reason ("is not a string", ...).
     """
     if not isinstance(key, str):
-        return f"is not a string (a {type(key).__name__})"
+        return f"is not a string (type {type(key).__name__})"
     if not key:
         return "is empty"
     if len(key) > MAX_API_KEY_CHARS:

@@ -166,10 +166,11 @@ class SettingsStore:
             raise
 
     def _write_target(self) -> Path:
-        """The file to replace: the path, or a link's regular-file target."""
+        """The file to replace: the path, or a link's target when that is a regular file
+        or not there yet (a link to a device or folder is itself replaced)."""
         if self.path.is_symlink():
             real = Path(os.path.realpath(self.path))
-            if real.is_file():
+            if real.is_file() or not real.exists():
                 return real
         return self.path
 

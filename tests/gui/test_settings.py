@@ -144,3 +144,28 @@ def test_settings_dialog_is_generated_from_the_schema(qtbot, caplog):
     dialog.accept()
     assert dialog.new_settings is None and "not an http" in dialog.error_label.text()
     assert KEY not in caplog.text
+
+
+@pytest.mark.parametrize("damage", ["fifo", "nested", "bad-utf8"])
+def test_the_real_entry_point_starts_whatever_settings_json_holds(tmp_path, damage):
+    import subprocess
+    import sys
+
+    config = tmp_path / "config"
+    cfg = config / "kvwall"
+    cfg.mkdir(parents=True)
+    path = cfg / "settings.json"
+    if damage == "fifo":
+        os.mkfifo(path)
+    elif damage == "nested":
+        path.write_text("[" * 100_000)
+    else:
+        path.write_bytes(b'{"schema": 2, "values": {"servers": [{"url": ["\xff"]}]}}')
+    env = {**os.environ, "QT_QPA_PLATFORM": "offscreen", "XDG_CONFIG_HOME": str(config)}
+    proc = subprocess.run([sys.executable, "-m", "kvwall.app", "--quit-after", "2"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    log_file = os.path.join(os.environ["XDG_STATE_HOME"], "kvwall", "log", "kvwall.log")
+    text = open(log_file, encoding="utf-8").read()
+    assert "settings recovered" in text or "settings not read" in text
