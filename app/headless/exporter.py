@@ -16,6 +16,7 @@ import html
 import json
 import logging
 import math
+import os
 import socket
 import sys
 import threading
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from kvwall.app.headless.api_keys import ENV_VAR, KEY_HELP, KeySourceError, api_keys
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -497,7 +499,8 @@ def make_server(config: ExporterConfig, host: str, port: int) -> ThreadingHTTPSe
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kvwall exporter", description=DESCRIPTION)
+    p = argparse.ArgumentParser(prog="kvwall exporter", description=DESCRIPTION,
+                                epilog=KEY_HELP)
     p.add_argument("--listen", metavar="HOST:PORT", default=None,
                    help=f"address to serve on (default {DEFAULT_HOST}:{DEFAULT_PORT}, "
                         "loopback only; any other address must be given here explicitly)")
@@ -507,8 +510,11 @@ def _parser() -> argparse.ArgumentParser:
                    help=f"seconds between polls (default {DEFAULT_INTERVAL_S:g})")
     p.add_argument("--url", metavar="URL", action="append", default=[],
                    help="also poll this llama.cpp server; repeatable")
+    p.add_argument("--api-key-file", metavar="URL=PATH", action="append", default=[],
+                   help="API key for the server at URL, the first line of PATH; repeatable")
     p.add_argument("--api-key", metavar="URL=KEY", action="append", default=[],
-                   help="API key for the server at URL only; repeatable. Never served")
+                   help="API key for the server at URL only; repeatable. Never served, but "
+                        f"visible in `ps`: prefer --api-key-file or {ENV_VAR}")
     p.add_argument("--deadline", metavar="SECONDS", type=float, default=None,
                    help="servers that have not answered by then are 'not responding'")
     return p
@@ -543,16 +549,6 @@ def read_token(path: str) -> str:
     return token
 
 
-def _parse_keys(items: Sequence[str]) -> dict[str, str]:
-    keys: dict[str, str] = {}
-    for item in items:
-        url, eq, key = item.partition("=")
-        if not eq or not url.startswith(("http://", "https://")) or not key:
-            raise UsageError("--api-key: expected URL=KEY (e.g. http://127.0.0.1:8080=$KEY)")
-        keys[url.rstrip("/")] = key
-    return keys
-
-
 @dataclass(frozen=True)
 class _Options:
     host: str
@@ -576,7 +572,10 @@ def _options(argv: Sequence[str]) -> _Options:
     for u in urls:
         if not u.startswith(("http://", "https://")):
             raise UsageError(f"--url: {u!r} is not an http:// or https:// URL")
-    keys = _parse_keys(args.api_key)
+    try:
+        keys = api_keys(args.api_key, args.api_key_file, os.environ)
+    except KeySourceError as e:
+        raise UsageError(str(e)) from None
     urls += [u for u in keys if u not in urls]
     return _Options(host, port, token, args.interval, urls, keys, args.deadline)
 

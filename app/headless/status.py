@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
+from kvwall.app.headless.api_keys import ENV_VAR, KEY_HELP, KeySourceError, api_keys
 from kvwall.budget.units import format_bytes, format_duration
 
 if TYPE_CHECKING:  # imported lazily at run time: `kvwall status` starts fast
@@ -59,7 +61,8 @@ class UsageError(ValueError):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kvwall status", description=DESCRIPTION)
+    p = argparse.ArgumentParser(prog="kvwall status", description=DESCRIPTION,
+                                epilog=KEY_HELP)
     p.add_argument("--json", action="store_true",
                    help="print the documented JSON object instead of text "
                         "(with --watch: one object per line)")
@@ -67,8 +70,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="poll again every SECONDS until interrupted (Ctrl-C)")
     p.add_argument("--url", metavar="URL", action="append", default=[],
                    help="also poll this server (remote or in a container); repeatable")
+    p.add_argument("--api-key-file", metavar="URL=PATH", action="append", default=[],
+                   help="send the server at URL the API key in PATH (its first line; a "
+                        "regular file you own); repeatable. Never printed")
     p.add_argument("--api-key", metavar="URL=KEY", action="append", default=[],
-                   help="API key to send to the server at URL only; repeatable. Never printed")
+                   help="API key for the server at URL; repeatable. Visible to every local "
+                        f"user in `ps`: prefer --api-key-file or {ENV_VAR}")
     p.add_argument("--deadline", metavar="SECONDS", type=str, default=None,
                    help="a poll reports servers that have not answered by then as "
                         "'not responding' (default 2)")
@@ -89,19 +96,6 @@ def _positive_float(text: str, flag: str, minimum: float) -> float:
     if not math.isfinite(value) or value < minimum:
         raise UsageError(f"{flag}: must be at least {minimum:g} seconds, got {text!r}")
     return value
-
-
-def _parse_keys(items: Sequence[str]) -> dict[str, str]:
-    keys: dict[str, str] = {}
-    for item in items:
-        url, eq, key = item.partition("=")
-        # Split at the first '=': a key (base64) may end with '=', a URL needs none.
-        if not eq or not url or not key:
-            raise UsageError("--api-key: expected URL=KEY (e.g. http://127.0.0.1:8080=$KEY)")
-        if not url.startswith(("http://", "https://")):
-            raise UsageError(f"--api-key: {url!r} is not an http:// or https:// URL")
-        keys[url.rstrip("/")] = key
-    return keys
 
 
 def _check_urls(urls: Sequence[str]) -> list[str]:
@@ -544,15 +538,20 @@ def _default_poller(urls: Sequence[str], keys: Mapping[str, str],
                   deadline_s=POLL_DEADLINE_S if deadline is None else deadline)
 
 
-def _read_args(args: argparse.Namespace
+def _read_args(args: argparse.Namespace, environ: Mapping[str, str]
                ) -> tuple[list[str], dict[str, str], float | None, float | None]:
     """(URLs to poll, API key per URL, --watch seconds, --deadline seconds).
+
+    Keys come from ``environ``'s KVWALL_API_KEY, --api-key-file and --api-key.
 
     Raises:
         UsageError: a bad value (one line, exit code 2).
     """
     urls = _check_urls(args.url)
-    keys = _parse_keys(args.api_key)
+    try:
+        keys = api_keys(args.api_key, args.api_key_file, environ)
+    except KeySourceError as e:
+        raise UsageError(str(e)) from None
     watch = _positive_float(args.watch, "--watch", 0.2) if args.watch is not None else None
     deadline = (_positive_float(args.deadline, "--deadline", 0.05)
                 if args.deadline is not None else None)
@@ -564,12 +563,14 @@ def _read_args(args: argparse.Namespace
 
 def main(argv: Sequence[str] | None = None, *, poller: SnapshotSource | None = None,
          out: IO[str] | None = None, sleep: Callable[[float], None] = time.sleep,
-         monotonic: Callable[[], float] = time.monotonic) -> int:
+         monotonic: Callable[[], float] = time.monotonic,
+         environ: Mapping[str, str] | None = None) -> int:
     """Run ``kvwall status``; returns the exit code (0, or 2 for a bad argument)."""
     out = out or sys.stdout
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
-        urls, keys, watch, deadline = _read_args(args)
+        urls, keys, watch, deadline = _read_args(args, os.environ if environ is None
+                                                 else environ)
     except UsageError as e:
         sys.stderr.write(f"kvwall status: {e}\n")
         return EXIT_USAGE
