@@ -40,8 +40,8 @@ _O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 @dataclass(frozen=True)
 class LoadResult:
-    """What loading found: the settings, plus a message for the user when the file had to
-    be recovered (``backup`` is where the old file was kept)."""
+    """What loading found: the settings, plus a message for the user when the file could
+    not be used as it was (``backup``: the copy kept before the file was repaired)."""
 
     settings: Settings
     message: str | None = None
@@ -82,12 +82,11 @@ class SettingsStore:
             data = read_user_file(self.path, MAX_SETTINGS_BYTES)
         except FileNotFoundError:
             return LoadResult(defaults())
-        except (UnsafeFile, OSError) as exc:
-            why = str(exc) if isinstance(exc, UnsafeFile) else (exc.strerror or str(exc))
-            log.warning("settings not read: %s", why)
-            return LoadResult(defaults(), f"kvwall could not read its settings file ({why}); "
-                                          "the defaults are in use and the file was left as "
-                                          "it is.")
+        except UnsafeFile as exc:  # a FIFO, a device, a folder, too large
+            return self._not_read(f"{self.path.name} {exc}")
+        except OSError as exc:
+            return self._not_read(f"{self.path.name} could not be read "
+                                  f"({exc.strerror or exc})")
         try:
             doc, version = parse_document(data)
         except UnreadableSettings as exc:
@@ -106,7 +105,13 @@ class SettingsStore:
             return LoadResult(decoded.settings)
         return self._recover(data, decoded.settings,
                              f"Your settings were recovered: {'; '.join(reasons)}",
-                             "The old file was kept as {backup}.")
+                             "A copy of the old file was kept as {backup}.")
+
+    def _not_read(self, why: str) -> LoadResult:
+        """Defaults, with the reason; the file is neither copied nor replaced."""
+        log.warning("settings not read: %s", why)
+        return LoadResult(defaults(), f"kvwall did not read its settings: {why}. The "
+                                      "defaults are in use and the file was left as it is.")
 
     def _recover(self, data: bytes, settings: Settings, what: str, kept: str) -> LoadResult:
         """Keep a copy of ``data``, then write the repaired ``settings`` over the file.
