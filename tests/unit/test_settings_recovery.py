@@ -11,6 +11,8 @@ import stat
 import threading
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from kvwall.app.desktop.settings import (
     MAX_SETTINGS_BYTES,
     SettingsNotWritten,
@@ -19,12 +21,15 @@ from kvwall.app.desktop.settings import (
 from kvwall.app.userfiles import UnsafeFile, read_user_file
 from kvwall.monitors.api_key import api_key_problem
 from kvwall.widgets.viewmodels.settings_model import (
+    FIELDS,
     SCHEMA_VERSION,
     InvalidSetting,
+    Settings,
     decode,
     defaults,
     normalise_url,
     parse_document,
+    to_json,
 )
 
 KEY = "sk-very-secret-123"
@@ -284,3 +289,29 @@ def test_parse_document_names_what_is_wrong():
         parse_document(b"\xff")
     with pytest.raises(ValueError, match="nested too deeply"):
         parse_document(b"[" * 100_000)
+
+
+# --- any JSON at all: a message, never an exception -------------------------------------
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                               max_size=4),
+    max_leaves=20)
+_values = st.dictionaries(st.sampled_from([*FIELDS, "future_knob", "poll_interval_ms", "urls"]),
+                          _json | st.lists(st.dictionaries(st.sampled_from(["url", "api_key"]),
+                                                           _json, max_size=2), max_size=3),
+                          max_size=8)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(values=_values, version=st.integers(-1, SCHEMA_VERSION + 1))
+def test_decode_never_raises_and_only_keeps_valid_values(values, version):
+    decoded = decode({"schema": version, "values": values}, version)
+    s = decoded.settings
+    assert isinstance(s, Settings)
+    for key in ("poll_interval_s", "free_warn_percent", "slot_warn_minutes"):
+        assert math.isfinite(s[key])
+    assert all(x.api_key is None or isinstance(x.api_key, str) for x in s.servers)
+    text = json.dumps(to_json(s))  # what is kept can be written back
+    assert decode(*parse_document(text.encode())).problems == ()
