@@ -30,9 +30,13 @@ class KeySourceError(ValueError):
 
 
 def _url(url: str, source: str) -> str:
-    if not url.startswith(("http://", "https://")):
-        raise KeySourceError(f"{source}: {url!r} is not an http:// or https:// URL")
-    return url.rstrip("/")
+    """``url`` as the poller keys servers (kvwall's one URL normaliser)."""
+    from kvwall.monitors.discovery import normalize_url  # only when a key is given
+
+    try:
+        return normalize_url(url, require_scheme=True)
+    except ValueError as exc:  # InvalidURL, and urlsplit's own (an unclosed "[")
+        raise KeySourceError(f"{source}: {exc}") from None
 
 
 def _checked(key: str, source: str) -> str:
@@ -71,8 +75,8 @@ def keys_from_env(environ: Mapping[str, str]) -> dict[str, str]:
         url, eq, key = item.partition("=")
         if not eq or not key or not url.startswith(("http://", "https://")):
             raise KeySourceError(f"{ENV_VAR}: entry {n} is not URL=KEY "
-                            "(e.g. http://127.0.0.1:8080=KEY)")
-        keys[url.rstrip("/")] = _checked(key, f"{ENV_VAR} entry {n}")
+                                 "(e.g. http://127.0.0.1:8080=KEY)")
+        keys[_url(url, f"{ENV_VAR} entry {n}")] = _checked(key, f"{ENV_VAR} entry {n}")
     return keys
 
 
@@ -89,7 +93,7 @@ def keys_from_files(items: Sequence[str]) -> dict[str, str]:
         url, eq, path = item.partition("=")
         if not eq or not url or not path:
             raise KeySourceError("--api-key-file: expected URL=PATH "
-                            "(e.g. http://127.0.0.1:8080=~/.config/llama/key)")
+                                 "(e.g. http://127.0.0.1:8080=~/.config/llama/key)")
         source = f"--api-key-file {os.path.expanduser(path)!r}"
         keys[_url(url, "--api-key-file")] = _checked(_first_line(path, source), source)
     return keys
