@@ -317,7 +317,10 @@ def normalize_url(url: str, *, require_scheme: bool = False) -> str:
         if require_scheme:
             raise InvalidURL(f"not an http:// or https:// URL: {url!r}")
         raw = "http://" + raw
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # an unclosed IPv6 bracket ("http://[::1"), for one
+        raise InvalidURL(f"not a URL: {url!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise InvalidURL(f"not an http(s) URL: {url!r}")
     try:

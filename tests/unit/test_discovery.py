@@ -383,6 +383,15 @@ def test_normalize_url(raw, url):
     assert normalize_url(raw) == url
 
 
+@pytest.mark.parametrize("raw", ["", "ftp://box", "http://", "http://[::1", "http://box:99999",
+                                 "http://box:eighty"])
+def test_normalize_url_refuses_what_is_no_server_url(raw):
+    from kvwall.monitors.discovery import InvalidURL
+
+    with pytest.raises(InvalidURL):
+        normalize_url(raw)
+
+
 def test_scanner_reads_each_process_once_and_forgets_dead_ones():
     class Counting(FakeProcess):
         reads = 0
