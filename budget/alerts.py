@@ -14,6 +14,7 @@ from typing import Literal
 
 from kvwall.budget.events import GRAB_BYTES, PROCESS_GRAB
 from kvwall.budget.report import (
+    AdviceSolves,
     MemoryEvent,
     PoolForecast,
     ServerReport,
@@ -422,10 +423,19 @@ def _biggest_server(report: StatusReport, device_id: str) -> ServerReport | None
     return best
 
 
-def _top_advice(server: ServerReport | None) -> str | None:
-    if server is None or not server.advice:
+def _top_advice(server: ServerReport | None, solves: AdviceSolves = "memory") -> str | None:
+    """The best advice that solves this notification's own problem, in words."""
+    if server is None:
         return None
-    a = server.advice[0]
+    a = next((x for x in server.advice if x.solves == solves), None)
+    if a is None:
+        return None
+    if a.solves == "context":
+        buys = f", full in ~{a.turns_left} requests" if a.turns_left is not None else ""
+        ctx = f"{a.n_ctx_slot} cells per slot" if a.n_ctx_slot is not None else "more context"
+        return f"{a.title} ({ctx}{buys})"
+    if a.saves_bytes < 0:
+        return f"{a.title} (costs {format_bytes(-a.saves_bytes)} more)"
     return f"{a.title} (saves {format_bytes(a.saves_bytes)})"
 
 
@@ -448,7 +458,7 @@ def _grab_notification(level: Level, d: DeviceMemory, mine: list[MemoryEvent],
 
 def _forecast_notification(kind: str, level: Level, subject: str, server: ServerReport,
                            slot: SlotReport) -> Notification:
-    advice = _top_advice(server)
+    advice = _top_advice(server, "context")
     phrase = forecast_phrase(server, slot)
     msg = _with_advice(phrase[0].upper() + phrase[1:] + ".", advice)
     title = "kvwall: context running out" if level == WARNING else "kvwall: context almost full"
@@ -471,7 +481,7 @@ def _pool_forecast_notification(level: Level, fc: PoolForecast, name: str,
 
 def _full_notification(level: Level, subject: str, server: ServerReport,
                        slot: SlotReport) -> Notification:
-    advice = _top_advice(server)
+    advice = _top_advice(server, "context")
     what = "The shared KV pool" if server.pool is slot else f"Slot {slot.id}"
     msg = (f"{what} of {server.name} holds {slot.tokens} of {slot.n_ctx} tokens; the next "
            "request may fail with exceed_context_size_error.")
