@@ -27,7 +27,7 @@ from kvwall.budget.report import (
     SlotReport,
 )
 from kvwall.budget.units import format_bytes, format_duration
-from kvwall.budget.whatif import Changes, WhatIf, simulate
+from kvwall.budget.whatif import Changes, WhatIf, simulate, slot_count_changes
 from kvwall.monitors.gguf import ModelInfo
 from kvwall.monitors.snapshot import DeviceMemory, SlotState
 
@@ -161,11 +161,7 @@ def _candidates(
     unified = plan.kv_unified
     if n_seq > 1:
         fewer = max(1, n_seq // 2)
-        changes = {"n_parallel": fewer}
-        if unified:
-            changes["kv_unified"] = True
-        else:
-            changes["n_ctx"] = plan.n_ctx_seq * fewer  # each slot keeps its context
+        changes = slot_count_changes(plan, fewer)  # each slot keeps its context
         out.append(_Candidate("fewer-slots", f"{fewer} slot{'s' * (fewer > 1)} instead of "
                                              f"{n_seq} (-np {fewer})", changes))
     if not unified and n_seq > 1 and slots is not None:
