@@ -70,8 +70,9 @@ def simulate(
 ) -> WhatIf:
     """Apply ``changes`` (ServerConfig field names) and predict the result.
 
-    The current context is kept as an explicit ``-c`` (so the comparison is fair and
-    the command reproduces it) unless ``changes`` sets ``n_ctx``.
+    The current context is kept as an explicit ``-c`` (the user's own value when given,
+    else the cells planned; so the comparison is fair and the command reproduces it)
+    unless ``changes`` sets ``n_ctx``.
 
     Args:
         model: the GGUF header.
@@ -90,7 +91,9 @@ def simulate(
         base = plan_laid_out(model, config, gpu_names=gpu_names, free_bytes=None, layout=lay)
     applied: Changes = dict(changes)
     if "n_ctx" not in applied and base.ok:
-        applied["n_ctx"] = base.n_ctx
+        # The user's own -c when given: llama.cpp derives more than the cells from it
+        # (``-c 8`` also caps the batch sizes), so the padded cell count would not agree.
+        applied["n_ctx"] = config.n_ctx if config.n_ctx is not None else base.n_ctx
     new_config = config.replace(**applied)
     plan = plan_laid_out(model, new_config, gpu_names=gpu_names, free_bytes=None, layout=lay)
     saves = (budget_total(base, gpu_names) - budget_total(plan, gpu_names)) if plan.ok and base.ok else 0
