@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from kvwall.budget.advice import (
     POOL_GPU,
@@ -342,7 +343,7 @@ class Engine:
             advice=advice, errors=tuple(dict.fromkeys(errors)), config=planned.config,
             notes=tuple(dict.fromkeys(notes)), more_slots_fit=fit.more_slots,
             restart_budget_bytes=fit.restart_budget_bytes, device_ids=ids,
-            managed_by=proc.managed_by,
+            managed_by=proc.managed_by, label=_display_label(state, planned.config, name),
         )
 
     def _find_config(self, state: ServerState) -> _Found:
@@ -627,6 +628,23 @@ def _display_name(state: ServerState, config: ServerConfig | None, path: str | N
     if not name and path:
         name = os.path.basename(path).removesuffix(".gguf")
     return name or proc.name or proc.url
+
+
+def _display_label(state: ServerState, config: ServerConfig | None, name: str) -> str:
+    """A label unique among servers: the alias the user gave, else ``name:port``."""
+    alias = config.alias if config is not None else None
+    if not alias and state.props:
+        given = state.props.get("model_alias")
+        if isinstance(given, str) and given and given != "llama-server" and not (
+                "/" in given or "\\" in given or given.endswith(".gguf")):
+            alias = given  # not llama-server's default (the -m path)
+    if alias:
+        return alias
+    try:
+        port = urlsplit(state.process.url).port
+    except ValueError:
+        port = None
+    return f"{name}:{port}" if port is not None else name
 
 
 def _router_models_text(items: Sequence[Mapping[str, object]] | None) -> str:

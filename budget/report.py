@@ -156,6 +156,9 @@ class ServerReport:
     managed_by: str | None = None
     # Added for issue 9: requests refused with exceed_context_size_error (None: none seen).
     refused_requests: RefusedRequests | None = None
+    # Added for issue 9: unique among servers: the alias the user gave, else "name:port"
+    # ("" from older constructors: use ``name``).
+    label: str = ""
 
 
 @dataclass(frozen=True)

@@ -234,6 +234,7 @@ def _server_json(s: ServerReport) -> JsonObject:
         "pid": s.pid,
         "url": s.url,
         "name": s.name,
+        "label": s.label or s.name,
         "model_path": s.model_path,
         "health": s.health,
         "config": _config_json(s),
@@ -397,7 +398,8 @@ def _slot_line(label: str, s: SlotReport) -> str:
 
 
 def _server_lines(s: ServerReport, footnotes: list[str]) -> list[str]:
-    head = f"  {s.name}" if s.name != s.url else ""
+    who = s.label or s.name
+    head = f"  {who}" if who != s.url else ""
     if s.pid is not None:
         head += f"  pid {s.pid}"
     head += f"  {s.url}  [{s.health}]"

@@ -139,3 +139,21 @@ def test_fewer_slots_agree_between_the_cli_table_and_the_gui_buttons(qwen3):
     assert cli.command == gui.command
     assert "-c 4096 -np 1" in cli.command  # each slot keeps its context
     assert quick_changes("half_slots", plan, config) is None  # two slots: half == one fewer
+
+
+def test_labels_are_unique_alias_else_name_and_port(tmp_path):
+    from kvwall.budget.engine import Engine
+    from kvwall.monitors.snapshot import MemorySnapshot, ServerProcess, ServerState, Snapshot
+
+    path = str(write_model("qwen3", tmp_path / "llama_gqa_f16.gguf"))
+
+    def server(pid, port, *flags):
+        proc = ServerProcess(url=f"http://127.0.0.1:{port}", pid=pid,
+                             argv=("llama-server", "-m", path, *flags), rss_bytes=1 << 20,
+                             name="llama-server")
+        return ServerState(proc, 0.0, "ok", props={"model_alias": path})
+
+    snap = Snapshot(0.0, MemorySnapshot(0.0, (host(),)), (
+        server(1, 8081), server(2, 8082), server(3, 8083, "--alias", "coder")))
+    labels = [s.label for s in Engine().analyse(snap).servers]
+    assert labels == ["llama_gqa_f16:8081", "llama_gqa_f16:8082", "coder"]
