@@ -150,3 +150,24 @@ def test_turns_left_follow_the_next_polls(qtbot, tiny):
     assert panel.result().what_if is half.what_if  # the same simulation, not redone
     assert panel.result().turns_left_after == 16 and panel.result().turns_left_now == 2
     assert panel.turns_label.text() == "~16 requests (now ~2 requests)"
+
+
+def test_half_the_slots_is_hidden_where_it_equals_one_fewer(qtbot, tiny):
+    panel, plan, _ = _panel(qtbot, tiny, "-np", "2")
+    assert plan.n_seq == 2
+    assert panel.buttons["half_slots"].isHidden()
+    assert not panel.buttons["one_fewer_slot"].isHidden()
+    four, _plan, _ = _panel(qtbot, tiny)
+    assert not four.buttons["half_slots"].isHidden()
+
+
+def test_costs_more_is_not_memory_saved_and_the_trained_context_cap_is_named(qtbot, tiny):
+    panel, _plan, _ = _panel(qtbot, tiny, "-np", "1")
+    panel.ctx_box.setValue(16384)
+    panel.try_custom()
+    row = panel._facts.labelForField(panel.saved_label)
+    assert row.text() == "Memory" and panel.saved_label.text().startswith("costs")
+    # One slot, 64 MiB: the largest context is the model's trained 16,384, not memory.
+    assert "trained context" in panel.max_ctx_label.text()
+    panel.try_quick("q8_0")
+    assert row.text() == "Memory saved"
