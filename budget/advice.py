@@ -307,11 +307,11 @@ CONTEXT_HEADROOM = 0.05
 CONTEXT_CAVEATS: dict[AdviceAction, str] = {
     "larger-context": "Costs only memory: each slot gets more context.",
     "cache-q8_0-larger-context": (
-        "Same memory: the q8_0 cache holds about twice the cells; the quality cost is "
-        "negligible for almost every model."),
+        "About the same memory: the q8_0 cache holds about twice the cells; the quality "
+        "cost is negligible for almost every model."),
     "fewer-slots-more-context": (
-        "Same memory: fewer requests run at once (the others wait in the queue), each "
-        "with more context."),
+        "About the same KV memory: fewer requests run at once (the others wait in the "
+        "queue), each with more context."),
     "kv-unified": CAVEATS["kv-unified"],
 }
 
