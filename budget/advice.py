@@ -1,24 +1,35 @@
-"""Advice: ranked configuration changes that free memory, each a valid llama-server command.
+"""Advice: the problems in view on a server, and the changes that solve them.
 
-Every suggestion is simulated with the memory model (:func:`kvwall.budget.whatif.simulate`);
-anything llama.cpp would refuse, or that saves nothing on the server's pool, is dropped.
-The rest is ranked by the bytes it frees, most first.
+:func:`problems_in_view` names the problems (a slot filling, requests refused, a memory
+pool short, host RAM taken); :func:`advice_options` simulates every fix with the memory
+model (:func:`kvwall.budget.whatif.simulate`), dropping what llama.cpp would refuse;
+:func:`advice_in_view` keeps only the fixes for the problems in view, cheapest for the
+user first (memory, then speed, quality, concurrency). :func:`advise` lists the changes
+that free memory, most bytes first (the what-if options).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from kvwall.budget.cachetypes import TYPE_SIZES, CacheType, cache_type_changes
 from kvwall.budget.config import ServerConfig
 from kvwall.budget.memory import MemoryPlan, largest_fitting, plan_memory
-from kvwall.budget.report import Advice, AdviceAction
-from kvwall.budget.whatif import WhatIf, simulate
+from kvwall.budget.report import (
+    Advice,
+    AdviceAction,
+    AdviceSolves,
+    PoolForecast,
+    RefusedRequests,
+    SlotReport,
+)
+from kvwall.budget.units import format_bytes, format_duration
+from kvwall.budget.whatif import Changes, WhatIf, simulate, slot_count_changes
 from kvwall.monitors.gguf import ModelInfo
-from kvwall.monitors.snapshot import SlotState
+from kvwall.monitors.snapshot import DeviceMemory, SlotState
 
 MIB = 1024**2
 # Which memory pool a server's savings count on (a memory pool, not a shared KV pool).
@@ -150,11 +161,7 @@ def _candidates(
     unified = plan.kv_unified
     if n_seq > 1:
         fewer = max(1, n_seq // 2)
-        changes = {"n_parallel": fewer}
-        if unified:
-            changes["kv_unified"] = True
-        else:
-            changes["n_ctx"] = plan.n_ctx_seq * fewer  # each slot keeps its context
+        changes = slot_count_changes(plan, fewer)  # each slot keeps its context
         out.append(_Candidate("fewer-slots", f"{fewer} slot{'s' * (fewer > 1)} instead of "
                                              f"{n_seq} (-np {fewer})", changes))
     if not unified and n_seq > 1 and slots is not None:
@@ -274,3 +281,318 @@ def _cache_ram_advice(model: ModelInfo, config: ServerConfig, plan: MemoryPlan,
     return Advice("cache-ram", f"smaller host-RAM prompt cache (--cache-ram {new}, now {old}): "
                   f"frees up to {saves / 1024**3:.1f} GiB of host RAM",
                   saves, new_ctx, what.command, CAVEATS["cache-ram"])
+
+
+# ---------------------------------------------------------------------------
+# problem first: the problems in view, and only the changes that solve them
+
+# What each change costs the user, lowest first (every one needs a restart): memory only,
+# then speed, then quality, then concurrency, then a shared pool's risk of failures.
+ADVICE_COST: dict[AdviceAction, int] = {
+    "larger-context": 0,
+    "flash-attn-on": 1,
+    "ubatch": 2,
+    "cache-ram": 2,
+    "cache-q8_0-larger-context": 3,
+    "cache-q8_0": 3,
+    "fewer-slots-more-context": 4,
+    "fewer-slots": 4,
+    "kv-unified": 5,
+    "cache-q4_0": 6,
+    "cpu-moe": 7,
+}
+# A context fix leaves this share of the restart budget free (compute is an estimate).
+CONTEXT_HEADROOM = 0.05
+
+CONTEXT_CAVEATS: dict[AdviceAction, str] = {
+    "larger-context": "Costs only memory: each slot gets more context.",
+    "cache-q8_0-larger-context": (
+        "About the same memory: the q8_0 cache holds about twice the cells; the quality "
+        "cost is negligible for almost every model."),
+    "fewer-slots-more-context": (
+        "About the same KV memory: fewer requests run at once (the others wait in the "
+        "queue), each with more context."),
+    "kv-unified": CAVEATS["kv-unified"],
+}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A problem in view on one server.
+
+    Attributes:
+        solves: the kind of fix it needs (``context``, ``memory``, ``host-ram``).
+        text: what is wrong, in the user's words.
+    """
+
+    solves: AdviceSolves
+    text: str
+
+
+@dataclass(frozen=True)
+class AdviceOptions:
+    """Every simulated fix for one server, by the kind of problem it solves.
+
+    Expensive to build (each one is planned and its largest context searched), cheap to
+    pick from: :func:`advice_in_view` chooses the ones the problems in view need.
+    """
+
+    context: tuple[Advice, ...] = ()
+    memory: tuple[Advice, ...] = ()
+    host_ram: tuple[Advice, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProblemLimits:
+    """When a slot, a memory pool or host RAM is a problem (the notification defaults)."""
+
+    full_percent: float = 95.0
+    warn_turns: int = 5
+    warn_minutes: float = 15.0
+    min_confidence: float = 0.25
+    free_warn_percent: float = 10.0
+    pool_warn_minutes: float = 15.0
+    pool_min_confidence: float = 0.6
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """What one server's problems are read from (built by the engine each poll).
+
+    Attributes:
+        slots: the slot reports with their forecasts.
+        kv_pool: a unified server's shared KV pool, else None.
+        refused: requests refused for an exceeded context, None when none seen.
+        plan_bytes: what the plan allocates on the server's memory pool.
+        budget_bytes: what the server could use on its pool (free + what it holds).
+        pools: the memory pools it is on.
+        pool_forecasts: their forecasts (any order; matched by ``device_id``).
+        host: host RAM, when the prompt cache or checkpoints may take it.
+        cache_ram_on: ``--cache-ram`` is not 0.
+    """
+
+    slots: tuple[SlotReport, ...]
+    kv_pool: SlotReport | None
+    refused: RefusedRequests | None
+    plan_bytes: int
+    budget_bytes: int | None
+    pools: tuple[DeviceMemory, ...] = ()
+    pool_forecasts: tuple[PoolForecast, ...] = ()
+    host: DeviceMemory | None = None
+    cache_ram_on: bool = False
+
+
+def _slot_problem(slot: SlotReport, limits: ProblemLimits) -> str | None:
+    """Why a slot (or the shared pool) is a problem, None when it is not."""
+    what = "the shared KV pool" if slot.id < 0 else f"slot {slot.id}"
+    if slot.tokens is not None and slot.n_ctx > 0 and (
+            100.0 * slot.tokens / slot.n_ctx >= limits.full_percent):
+        return f"{what} is full ({slot.tokens} of {slot.n_ctx} cells)"
+    f = slot.forecast
+    if f.confidence < limits.min_confidence:
+        return None
+    if f.turns_left is not None and 0 < f.turns_left <= limits.warn_turns:
+        return f"{what} is forecast to fill in ~{f.turns_left} requests"
+    if f.seconds_left is not None and f.seconds_left <= 60.0 * limits.warn_minutes:
+        return f"{what} is forecast to fill in {format_duration(f.seconds_left)}"
+    return None
+
+
+def _pool_short(d: DeviceMemory, forecasts: Sequence[PoolForecast],
+                limits: ProblemLimits) -> str | None:
+    """Why a memory pool is a problem: short now, or forecast to run out soon."""
+    if d.free_bytes is not None and d.total_bytes and (
+            100.0 * d.free_bytes / d.total_bytes < limits.free_warn_percent):
+        return f"{d.name} is short of memory ({format_bytes(d.free_bytes)} free)"
+    fc = next((f for f in forecasts if f.device_id == d.id), None)
+    if fc is not None and fc.seconds_left is not None and (
+            fc.confidence >= limits.pool_min_confidence
+            and fc.seconds_left <= 60.0 * limits.pool_warn_minutes):
+        return f"{d.name} is forecast to run out of memory in {format_duration(fc.seconds_left)}"
+    return None
+
+
+def problems_in_view(view: ServerView, limits: ProblemLimits | None = None
+                     ) -> tuple[Problem, ...]:
+    """The problems of one server now: context, memory and host RAM, in that order.
+
+    Args:
+        view: the server's slots, forecasts, refusals and memory pools.
+        limits: when a value is a problem (default: the notifications' defaults).
+
+    Returns:
+        One :class:`Problem` per thing in view; empty when nothing is.
+    """
+    limits = limits or ProblemLimits()
+    out: list[Problem] = []
+    slots = (*view.slots, view.kv_pool) if view.kv_pool is not None else view.slots
+    for slot in slots:
+        text = _slot_problem(slot, limits)
+        if text:
+            out.append(Problem("context", text))
+    if view.refused is not None and view.refused.count > 0:
+        out.append(Problem("context", f"{view.refused.count} request(s) refused: the "
+                                      "context was exceeded"))
+    if view.budget_bytes is not None and view.plan_bytes > view.budget_bytes:
+        out.append(Problem("memory", "the configuration does not fit its memory pool"))
+    for d in view.pools:
+        text = _pool_short(d, view.pool_forecasts, limits)
+        if text:
+            out.append(Problem("memory", text))
+    host = view.host
+    if view.cache_ram_on and host is not None and host not in view.pools:
+        text = _pool_short(host, (), limits)
+        if text:
+            out.append(Problem("host-ram", text + "; the prompt cache and checkpoints "
+                                                  "live there"))
+    return tuple(out)
+
+
+def _fix(action: AdviceAction, title: str, what: WhatIf, current_bytes: int,
+         pool: MemoryPoolKind, budget_bytes: int, model: ModelInfo, gpu_names: Sequence[str],
+         plan_fn: PlanFn) -> Advice:
+    """A simulated context fix as advice (its largest context searched on the budget)."""
+    new_ctx = largest_context(model, what.config, budget_bytes, gpu_names=gpu_names,
+                              pool=pool, plan_fn=plan_fn)
+    return Advice(action, title, current_bytes - pool_bytes(what.plan, pool), new_ctx,
+                  what.command, CONTEXT_CAVEATS[action], solves="context",
+                  n_ctx_slot=what.plan.n_ctx_slot)
+
+
+def _context_changes(model: ModelInfo, config: ServerConfig, plan: MemoryPlan,
+                     budget_bytes: int, gpu_names: Sequence[str], pool: MemoryPoolKind,
+                     plan_fn: PlanFn) -> list[tuple[AdviceAction, str, Changes]]:
+    """The context fixes worth simulating: larger -c, q8_0 + larger -c, fewer slots, -kvu."""
+    room = int(budget_bytes * (1.0 - CONTEXT_HEADROOM))
+    out: list[tuple[AdviceAction, str, Changes]] = []
+    bigger = largest_context(model, config, room, gpu_names=gpu_names, pool=pool,
+                             plan_fn=plan_fn)
+    if bigger > plan.n_ctx:
+        out.append(("larger-context", f"a larger context (-c {bigger})", {"n_ctx": bigger}))
+    q8: Changes = dict(cache_type_changes("q8_0", config.flash_attn))
+    if max(_CACHE_BPE.get(plan.cache_type_k, 2.0), _CACHE_BPE.get(plan.cache_type_v, 2.0)) > 1.1:
+        same = largest_context(model, config.replace(**q8), pool_bytes(plan, pool),
+                               gpu_names=gpu_names, pool=pool, plan_fn=plan_fn)
+        if same > plan.n_ctx:
+            out.append(("cache-q8_0-larger-context",
+                        f"q8_0 KV cache with a larger context (-ctk q8_0 -ctv q8_0 -c {same})",
+                        {**q8, "n_ctx": same}))
+    n_seq = plan.n_seq
+    if n_seq > 1 and not plan.kv_unified:
+        fewer = max(1, n_seq // 2)
+        out.append(("fewer-slots-more-context",
+                    f"{fewer} slot{'s' * (fewer > 1)} instead of {n_seq}, more context each "
+                    f"(-np {fewer} -c {plan.n_ctx})", {"n_parallel": fewer, "n_ctx": plan.n_ctx}))
+        out.append(("kv-unified", f"one shared KV pool of {plan.n_ctx} cells (-kvu -c "
+                                  f"{plan.n_ctx}): any slot may use it all",
+                    {"kv_unified": True, "n_ctx": plan.n_ctx}))
+    return out
+
+
+def context_options(model: ModelInfo, config: ServerConfig, plan: MemoryPlan, *,
+                    budget_bytes: int, gpu_names: Sequence[str] = (),
+                    pool: MemoryPoolKind = POOL_TOTAL, plan_fn: PlanFn = plan_memory,
+                    simulate_fn: SimulateFn = simulate) -> tuple[Advice, ...]:
+    """Changes that give each slot more context, simulated, cheapest for the user first.
+
+    A change is kept only when llama.cpp accepts it, it fits ``budget_bytes`` on the
+    server's pool and each slot (or the shared pool) gets more context than now.
+
+    Args:
+        model, config, plan: the server's header, configuration and plan.
+        budget_bytes: memory the server could use on its pool after a restart.
+        gpu_names: llama.cpp device names it offloads to.
+        pool: where the bytes count (see :func:`pool_bytes`).
+        plan_fn, simulate_fn: the memory model (injectable for tests).
+    """
+    if plan.errors:
+        return ()
+    current = pool_bytes(plan, pool)
+    reach = plan.n_ctx if plan.kv_unified else plan.n_ctx_slot
+    out: list[Advice] = []
+    for action, title, changes in _context_changes(model, config, plan, budget_bytes,
+                                                   gpu_names, pool, plan_fn):
+        what = simulate_fn(model, config, changes, memory_bytes=budget_bytes,
+                           gpu_names=gpu_names, label=title)
+        if what.plan.errors or pool_bytes(what.plan, pool) > budget_bytes:
+            continue
+        new_reach = what.plan.n_ctx if what.plan.kv_unified else what.plan.n_ctx_slot
+        if min(new_reach, model.n_ctx_train or new_reach) <= min(reach, model.n_ctx_train or reach):
+            continue  # the trained context caps it: no slot gets more room
+        out.append(_fix(action, title, what, current, pool, budget_bytes, model, gpu_names,
+                        plan_fn))
+    out.sort(key=lambda a: ADVICE_COST[a.action])
+    return tuple(out)
+
+
+def advice_options(model: ModelInfo, config: ServerConfig, plan: MemoryPlan, *,
+                   budget_bytes: int, gpu_names: Sequence[str] = (),
+                   pool: MemoryPoolKind = POOL_TOTAL, slots: Sequence[SlotState] | None = None,
+                   host_total_bytes: int | None = None, host_free_bytes: int | None = None,
+                   plan_fn: PlanFn = plan_memory,
+                   simulate_fn: SimulateFn = simulate) -> AdviceOptions:
+    """Every fix for one server, simulated and sorted by kind (see :class:`AdviceOptions`).
+
+    Memory fixes are :func:`advise`'s, ranked by cost to the user instead of bytes.
+    """
+    freeing = advise(model, config, plan, budget_bytes=budget_bytes, gpu_names=gpu_names,
+                     pool=pool, slots=slots, host_total_bytes=host_total_bytes,
+                     host_free_bytes=host_free_bytes, plan_fn=plan_fn, simulate_fn=simulate_fn)
+    memory = sorted((a for a in freeing if a.action != "cache-ram"),
+                    key=lambda a: ADVICE_COST[a.action])
+    host = tuple(replace(a, solves="host-ram") for a in freeing if a.action == "cache-ram")
+    return AdviceOptions(
+        context_options(model, config, plan, budget_bytes=budget_bytes, gpu_names=gpu_names,
+                        pool=pool, plan_fn=plan_fn, simulate_fn=simulate_fn),
+        tuple(memory), host)
+
+
+def _turns_after(advice: Advice, slots: Sequence[SlotReport], kv_pool: SlotReport | None
+                 ) -> int | None:
+    """Requests the fullest slot (or the shared pool) has left after a context fix."""
+    from kvwall.budget.forecast import forecast_fill
+
+    fullest = kv_pool if kv_pool is not None and kv_pool.forecast.tokens_per_turn else max(
+        (s for s in slots if s.tokens is not None and s.forecast.tokens_per_turn),
+        key=lambda s: s.tokens or 0, default=None)
+    if fullest is None or advice.n_ctx_slot is None or fullest.forecast.tokens_per_turn is None:
+        return None
+    cells = advice.n_ctx_slot
+    if fullest is kv_pool:  # the shared pool's cells are the changed -c
+        cells = _command_ctx(advice) or cells
+    return forecast_fill(cells, fullest.tokens, [fullest.forecast.tokens_per_turn],
+                         []).turns_left
+
+
+def _command_ctx(advice: Advice) -> int | None:
+    """The ``-c`` of an advice's command (the shared pool's cells after the change)."""
+    words = advice.command.split()
+    for flag in ("-c", "--ctx-size"):
+        if flag in words[:-1]:
+            value = words[words.index(flag) + 1]
+            return int(value) if value.isdigit() else None
+    return None
+
+
+def advice_in_view(options: AdviceOptions, problems: Sequence[Problem],
+                   slots: Sequence[SlotReport] = (), kv_pool: SlotReport | None = None
+                   ) -> tuple[Advice, ...]:
+    """The fixes for the problems in view, best first; ``()`` when nothing is in view.
+
+    Context fixes come first when a slot is the problem (each with the turns it buys),
+    then memory, then host RAM; within a kind, cheapest for the user first.
+
+    Args:
+        options: the server's simulated fixes (:func:`advice_options`).
+        problems: :func:`problems_in_view`.
+        slots, kv_pool: the slot reports, for the turns each context fix buys.
+    """
+    kinds = {p.solves for p in problems}
+    out: list[Advice] = []
+    if "context" in kinds:
+        out += [replace(a, turns_left=_turns_after(a, slots, kv_pool)) for a in options.context]
+    if "memory" in kinds:
+        out += options.memory
+    if "host-ram" in kinds:
+        out += options.host_ram
+    return tuple(out)

@@ -14,6 +14,7 @@ from typing import Literal
 
 from kvwall.budget.events import GRAB_BYTES, PROCESS_GRAB
 from kvwall.budget.report import (
+    AdviceSolves,
     MemoryEvent,
     PoolForecast,
     ServerReport,
@@ -335,7 +336,7 @@ class NotificationRules:
         lv = level_for(self._rules["down"], down,
                        self._previous("server_unreachable", server.key))
         self._step(run, "server_unreachable", server.key, lv, lambda level: Notification(
-            "server_unreachable", level, server.key, f"kvwall: {server.name} is {server.health}",
+            "server_unreachable", level, server.key, f"kvwall: {_who(server)} is {server.health}",
             f"{server.url} stopped answering; its agents will fail until it is back.",
             server.key))
         slots = [("slot_forecast", s, f"{server.key}/slot{s.id}") for s in server.slots]
@@ -400,7 +401,7 @@ def forecast_phrase(server: ServerReport, slot: SlotReport) -> str:
     fills it".
     """
     f = slot.forecast
-    what = f"{'the shared pool' if server.pool is slot else f'slot {slot.id}'} of {server.name}"
+    what = f"{'the shared pool' if server.pool is slot else f'slot {slot.id}'} of {_who(server)}"
     if f.turns_left == 0:
         return f"{what} is full"
     when = None if f.seconds_left is None else format_duration(f.seconds_left)
@@ -422,10 +423,24 @@ def _biggest_server(report: StatusReport, device_id: str) -> ServerReport | None
     return best
 
 
-def _top_advice(server: ServerReport | None) -> str | None:
-    if server is None or not server.advice:
+def _who(server: ServerReport) -> str:
+    """The server's unique label (alias, else name:port); its name from older reports."""
+    return server.label or server.name
+
+
+def _top_advice(server: ServerReport | None, solves: AdviceSolves = "memory") -> str | None:
+    """The best advice that solves this notification's own problem, in words."""
+    if server is None:
         return None
-    a = server.advice[0]
+    a = next((x for x in server.advice if x.solves == solves), None)
+    if a is None:
+        return None
+    if a.solves == "context":
+        buys = f", full in ~{a.turns_left} requests" if a.turns_left is not None else ""
+        ctx = f"{a.n_ctx_slot} cells per slot" if a.n_ctx_slot is not None else "more context"
+        return f"{a.title} ({ctx}{buys})"
+    if a.saves_bytes < 0:
+        return f"{a.title} (costs {format_bytes(-a.saves_bytes)} more)"
     return f"{a.title} (saves {format_bytes(a.saves_bytes)})"
 
 
@@ -448,7 +463,7 @@ def _grab_notification(level: Level, d: DeviceMemory, mine: list[MemoryEvent],
 
 def _forecast_notification(kind: str, level: Level, subject: str, server: ServerReport,
                            slot: SlotReport) -> Notification:
-    advice = _top_advice(server)
+    advice = _top_advice(server, "context")
     phrase = forecast_phrase(server, slot)
     msg = _with_advice(phrase[0].upper() + phrase[1:] + ".", advice)
     title = "kvwall: context running out" if level == WARNING else "kvwall: context almost full"
@@ -462,7 +477,7 @@ def _pool_forecast_notification(level: Level, fc: PoolForecast, name: str,
            f"{format_bytes(fc.bytes_per_minute)} more used every minute: "
            f"full in ~{format_duration(fc.seconds_left)}.")
     if server is not None:
-        msg += f" {server.name} runs on it."
+        msg += f" {_who(server)} runs on it."
     title = ("kvwall: memory running out" if level == WARNING
              else "kvwall: memory almost gone")
     return Notification("pool_forecast", level, f"memory:{fc.device_id}", title,
@@ -471,9 +486,9 @@ def _pool_forecast_notification(level: Level, fc: PoolForecast, name: str,
 
 def _full_notification(level: Level, subject: str, server: ServerReport,
                        slot: SlotReport) -> Notification:
-    advice = _top_advice(server)
+    advice = _top_advice(server, "context")
     what = "The shared KV pool" if server.pool is slot else f"Slot {slot.id}"
-    msg = (f"{what} of {server.name} holds {slot.tokens} of {slot.n_ctx} tokens; the next "
+    msg = (f"{what} of {_who(server)} holds {slot.tokens} of {slot.n_ctx} tokens; the next "
            "request may fail with exceed_context_size_error.")
-    return Notification("slot_full", level, subject, f"kvwall: {server.name} context is full",
+    return Notification("slot_full", level, subject, f"kvwall: {_who(server)} context is full",
                         _with_advice(msg, advice), server.key, advice)

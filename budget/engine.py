@@ -13,14 +13,19 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from kvwall.budget.advice import (
     POOL_GPU,
     POOL_TOTAL,
+    AdviceOptions,
     MemoryPoolKind,
-    advise,
+    ServerView,
+    advice_in_view,
+    advice_options,
     largest_context,
     pool_bytes,
+    problems_in_view,
 )
 from kvwall.budget.attribution import attribute, device_ids, server_devices
 from kvwall.budget.cachetypes import CacheType, cache_type_changes
@@ -159,15 +164,16 @@ class Engine:
         except Exception as e:  # noqa: BLE001
             return StatusReport(snapshot_ts(snapshot), wall, (), (),
                                 (f"kvwall could not read this poll: {type(e).__name__}: {e}",))
+        # Memory trends first: a pool forecast to run out is a problem advice solves.
+        forecasts, events = self._memory_trends(snapshot, devices)
         reports: list[ServerReport] = []
         for state in snapshot.servers:
             try:
-                reports.append(self._analyse_server(state, devices))
+                reports.append(self._analyse_server(state, devices, forecasts))
             except Exception as e:  # noqa: BLE001 - one server never breaks the report
                 log.exception("analysis failed for %s", state.process.url)
                 reports.append(_failed_report(state, e))
         self._retain({r.key for r in reports})
-        forecasts, events = self._memory_trends(snapshot, devices)
         return StatusReport(snapshot.timestamp, wall, devices, tuple(reports), errors,
                             pool_forecasts=forecasts, memory_events=events)
 
@@ -309,8 +315,8 @@ class Engine:
         self._plans[key] = (inputs, plan, config, tuple(notes))
         return plan, config, tuple(notes)
 
-    def _analyse_server(self, state: ServerState, devices: tuple[DeviceMemory, ...]
-                        ) -> ServerReport:
+    def _analyse_server(self, state: ServerState, devices: tuple[DeviceMemory, ...],
+                        pool_forecasts: tuple[PoolForecast, ...] = ()) -> ServerReport:
         """One server's report: configuration, model, plan, attribution, slots, fit."""
         key = server_key(state.process)
         found = self._find_config(state)
@@ -326,7 +332,7 @@ class Engine:
         notes = (found.notes + read.notes + planned.notes + memory_notes + followed.notes)
         proc = state.process
         name = _display_name(state, planned.config, read.path)
-        advice = fit.advice
+        advice = _advice_in_view(state, devices, pool_forecasts, planned, followed, fit)
         managed = managed_advice(proc.managed_by, advice, planned.config, proc.managed_model)
         if managed is not None:  # Ollama / llama-swap: its name, its settings (issue 11)
             name, advice = proc.managed_model or name, managed.advice
@@ -338,7 +344,7 @@ class Engine:
             advice=advice, errors=tuple(dict.fromkeys(errors)), config=planned.config,
             notes=tuple(dict.fromkeys(notes)), more_slots_fit=fit.more_slots,
             restart_budget_bytes=fit.restart_budget_bytes, device_ids=ids,
-            managed_by=proc.managed_by,
+            managed_by=proc.managed_by, label=_display_label(state, planned.config, name),
         )
 
     def _find_config(self, state: ServerState) -> _Found:
@@ -437,7 +443,7 @@ class Engine:
         per_slot = plan.kv_bytes * plan.n_ctx_slot / max(1, plan.n_ctx) + (
             plan.recurrent_bytes / max(1, plan.n_seq))
         more_slots = max(0, int(where.free_bytes // per_slot)) if per_slot > 0 else None
-        return _Fit(cached.max_ctx, cached.advice, more_servers, more_slots, budget)
+        return _Fit(cached.max_ctx, cached.advice, more_servers, more_slots, budget, modeled)
 
     def _budgeted(self, key: str, b: _Budgeting) -> _Cached:
         """max_ctx per cache type and advice, recomputed only when their inputs move."""
@@ -458,10 +464,10 @@ class Engine:
         ):
             return hit
         max_ctx = self._restart_contexts(b)
-        advice = advise(b.model, config, b.plan, budget_bytes=b.budget,
-                        gpu_names=b.device_ids, pool=b.where.kind, slots=b.slots,
-                        host_total_bytes=host_total, host_free_bytes=host_free,
-                        plan_fn=self._plan_fn)
+        advice = advice_options(b.model, config, b.plan, budget_bytes=b.budget,
+                                gpu_names=b.device_ids, pool=b.where.kind, slots=b.slots,
+                                host_total_bytes=host_total, host_free_bytes=host_free,
+                                plan_fn=self._plan_fn)
         cached = _Cached(inputs, b.budget, max_ctx, advice)
         self._cached[key] = cached
         return cached
@@ -528,10 +534,11 @@ class _Fit:
     """The fit step: what the free memory of the server's memory pool still holds."""
 
     max_ctx: dict[str, int] = field(default_factory=dict)
-    advice: tuple[Advice, ...] = ()
+    advice: AdviceOptions = field(default_factory=AdviceOptions)  # advice_in_view picks
     more_servers: int | None = None
     more_slots: int | None = None
     restart_budget_bytes: int | None = None
+    plan_bytes: int = 0  # what the plan allocates on the server's memory pool
 
 
 @dataclass(frozen=True)
@@ -555,7 +562,23 @@ class _Cached:
     inputs: tuple[object, ...]
     budget: int
     max_ctx: dict[str, int]
-    advice: tuple[Advice, ...]
+    advice: AdviceOptions
+
+
+def _advice_in_view(state: ServerState, devices: tuple[DeviceMemory, ...],
+                    pool_forecasts: tuple[PoolForecast, ...], planned: _Planned,
+                    followed: _Followed, fit: _Fit) -> tuple[Advice, ...]:
+    """The fixes for the problems in view on this server (``()`` when none is)."""
+    if planned.plan is None:
+        return ()
+    host = next((d for d in devices if d.kind == "host"), None)
+    on = tuple(d for d in server_devices(state, devices) if d.kind != "host") or (
+        (host,) if host is not None else ())
+    view = ServerView(
+        followed.slots, followed.kv_pool, refused=None, plan_bytes=fit.plan_bytes,
+        budget_bytes=fit.restart_budget_bytes, pools=on, pool_forecasts=pool_forecasts,
+        host=host, cache_ram_on=planned.config is not None and planned.config.cache_ram_mib != 0)
+    return advice_in_view(fit.advice, problems_in_view(view), followed.slots, followed.kv_pool)
 
 
 
@@ -606,6 +629,23 @@ def _display_name(state: ServerState, config: ServerConfig | None, path: str | N
     if not name and path:
         name = os.path.basename(path).removesuffix(".gguf")
     return name or proc.name or proc.url
+
+
+def _display_label(state: ServerState, config: ServerConfig | None, name: str) -> str:
+    """A label unique among servers: the alias the user gave, else ``name:port``."""
+    alias = config.alias if config is not None else None
+    if not alias and state.props:
+        given = state.props.get("model_alias")
+        if isinstance(given, str) and given and given != "llama-server" and not (
+                "/" in given or "\\" in given or given.endswith(".gguf")):
+            alias = given  # not llama-server's default (the -m path)
+    if alias:
+        return alias
+    try:
+        port = urlsplit(state.process.url).port
+    except ValueError:
+        port = None
+    return f"{name}:{port}" if port is not None else name
 
 
 def _router_models_text(items: Sequence[Mapping[str, object]] | None) -> str:

@@ -22,7 +22,9 @@ MANAGED_OLLAMA = "ollama"
 MANAGED_LLAMA_SWAP = "llama-swap"
 
 # The advice actions (budget.advice) Ollama can express through its settings.
-_OLLAMA_ACTIONS = frozenset({"cache-q8_0", "cache-q4_0", "flash-attn-on", "fewer-slots"})
+_OLLAMA_ACTIONS = frozenset({"cache-q8_0", "cache-q4_0", "flash-attn-on", "fewer-slots",
+                             "larger-context", "cache-q8_0-larger-context",
+                             "fewer-slots-more-context"})
 # "(-ctk q8_0 -ctv q8_0)" in a title: llama-server flags, which Ollama users never type.
 _FLAGS_IN_TITLE = re.compile(r"\s*\(-[^)]*\)")
 # Ollama quantizes the KV cache only with flash attention on.

@@ -20,7 +20,12 @@ MemoryEventKind = Literal["process_grab"]
 
 # Advice.action: a stable machine id (JSON ``advice[].action``).
 AdviceAction = Literal["cache-q8_0", "cache-q4_0", "flash-attn-on", "fewer-slots",
-                       "kv-unified", "cache-ram", "ubatch", "cpu-moe"]
+                       "kv-unified", "cache-ram", "ubatch", "cpu-moe",
+                       "larger-context", "cache-q8_0-larger-context",
+                       "fewer-slots-more-context"]
+
+# Advice.solves: the kind of problem a piece of advice solves (JSON ``advice[].solves``).
+AdviceSolves = Literal["context", "memory", "host-ram"]
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,10 @@ class Advice:
         max_ctx: the largest context that fits after it.
         command: the exact llama-server command line (the user's own, edited).
         caveat: the trade-off.
+        solves: the problem it solves: ``context``, ``memory`` or ``host-ram``.
+        n_ctx_slot: each slot's context after the change (None when unknown).
+        turns_left: requests until the fullest slot is full after the change (context
+            advice with a forecast; None otherwise).
     """
 
     action: AdviceAction
@@ -98,6 +107,22 @@ class Advice:
     max_ctx: int
     command: str
     caveat: str
+    solves: AdviceSolves = "memory"
+    n_ctx_slot: int | None = None
+    turns_left: int | None = None
+
+
+@dataclass(frozen=True)
+class RefusedRequests:
+    """Requests the server refused because the context was exceeded.
+
+    Attributes:
+        count: refused requests seen.
+        last_time: epoch seconds of the last one (None when unknown).
+    """
+
+    count: int
+    last_time: float | None
 
 
 @dataclass(frozen=True)
@@ -129,6 +154,11 @@ class ServerReport:
     device_ids: tuple[str, ...] = ()  # llama.cpp device ids it offloads to (CUDA0...)
     # Added for issue 11: the program that started it (``ollama``, ``llama-swap``), if any.
     managed_by: str | None = None
+    # Added for issue 9: requests refused with exceed_context_size_error (None: none seen).
+    refused_requests: RefusedRequests | None = None
+    # Added for issue 9: unique among servers: the alias the user gave, else "name:port"
+    # ("" from older constructors: use ``name``).
+    label: str = ""
 
 
 @dataclass(frozen=True)

@@ -71,8 +71,9 @@ def simulate(
 ) -> WhatIf:
     """Apply ``changes`` (ServerConfig field names) and predict the result.
 
-    The current context is kept as an explicit ``-c`` (so the comparison is fair and
-    the command reproduces it) unless ``changes`` sets ``n_ctx``.
+    The current context is kept as an explicit ``-c`` (the user's own value when given,
+    else the cells planned; so the comparison is fair and the command reproduces it)
+    unless ``changes`` sets ``n_ctx``.
 
     Args:
         model: the GGUF header.
@@ -91,7 +92,9 @@ def simulate(
         base = plan_laid_out(model, config, gpu_names=gpu_names, free_bytes=None, layout=lay)
     applied: Changes = dict(changes)
     if "n_ctx" not in applied and base.ok:
-        applied["n_ctx"] = base.n_ctx
+        # The user's own -c when given: llama.cpp derives more than the cells from it
+        # (``-c 8`` also caps the batch sizes), so the padded cell count would not agree.
+        applied["n_ctx"] = config.n_ctx if config.n_ctx is not None else base.n_ctx
     new_config = config.replace(**applied)
     plan = plan_laid_out(model, new_config, gpu_names=gpu_names, free_bytes=None, layout=lay)
     saves = (budget_total(base, gpu_names) - budget_total(plan, gpu_names)) if plan.ok and base.ok else 0
@@ -155,17 +158,32 @@ def _slot_options(n_now: int) -> list[int]:
     return options
 
 
+def slot_count_changes(base: MemoryPlan, n_slots: int) -> Changes:
+    """The changes that run ``n_slots`` slots instead of ``base.n_seq``, pool kind kept.
+
+    The one rule for every "fewer slots" what-if (the CLI table, the GUI buttons and
+    advice agree): a unified pool keeps its size (``-kvu``, same ``-c``: fewer slots share
+    it); split slots keep their context each (``-c`` = per-slot context x slots).
+
+    Args:
+        base: the current plan.
+        n_slots: the new slot count (``-np``).
+    """
+    changes: Changes = {"n_parallel": n_slots}
+    if base.kv_unified:
+        changes["kv_unified"] = True  # same shared pool, fewer slots
+    elif base.ok:
+        changes["n_ctx"] = base.n_ctx_seq * n_slots  # same context per slot
+    return changes
+
+
 def _row_changes(config: ServerConfig, base: MemoryPlan, cache_type: str, n_slots: int) -> Changes:
     """The changes of one grid row: the cache type, then the slot count (pool kind kept)."""
     changes: Changes = {}
     if cache_type != config.cache_type_k or cache_type != config.cache_type_v:
         changes.update(cache_type_changes(cache_type, config.flash_attn))
     if n_slots != base.n_seq:
-        changes["n_parallel"] = n_slots
-        if base.kv_unified:
-            changes["kv_unified"] = True  # same shared pool, fewer slots
-        elif base.ok:
-            changes["n_ctx"] = base.n_ctx_seq * n_slots  # same context per slot
+        changes.update(slot_count_changes(base, n_slots))
     return changes
 
 

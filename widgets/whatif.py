@@ -205,7 +205,10 @@ class WhatIfPanel(QWidget):
         self._set_enabled(ready)
         if state is not None:
             for kind, b in self.buttons.items():
-                b.setEnabled(quick_changes(kind, state.plan, state.inputs.config) is not None)
+                applies = quick_changes(kind, state.plan, state.inputs.config) is not None
+                b.setEnabled(applies)
+                if kind == "half_slots":  # hidden where it equals "one fewer slot"
+                    b.setVisible(applies)
             if changed_server:
                 self.ctk.setCurrentText(state.plan.cache_type_k)
                 self.ctv.setCurrentText(state.plan.cache_type_v)
@@ -338,14 +341,25 @@ class WhatIfPanel(QWidget):
         self.current_bar.set_segments(plan_segments(current) if current is not None else (), scale)
         self.new_bar.set_segments(plan_segments(wi.plan), scale)
         saved = wi.saves_bytes
+        # "Memory saved: 2 MiB", but "Memory: costs 4 MiB more" (never "saved: costs").
         self.saved_label.setText(
-            f"{format_bytes(saved)}" if saved >= 0
-            else f"costs {format_bytes(-saved)} more")
-        self.max_ctx_label.setText(f"{wi.max_ctx:,} tokens (-c) with the memory free now")
+            format_bytes(saved) if saved >= 0 else f"costs {format_bytes(-saved)} more")
+        row_label = self._facts.labelForField(self.saved_label)
+        if isinstance(row_label, QLabel):
+            row_label.setText("Memory saved" if saved >= 0 else "Memory")
+        self.max_ctx_label.setText(self._largest_context_text(wi))
         self._show_turns(result)
         self.caveat_label.setText(f"<i>{wi.caveat}</i>" if wi.caveat else "")
         self._set_command(wi.command)
         self._sync_visibility()
+
+    def _largest_context_text(self, wi: WhatIf) -> str:
+        """The largest ``-c``, saying when the model's trained context caps it, not memory."""
+        train = self._inputs.model.n_ctx_train if self._inputs is not None else 0
+        per_slot = wi.max_ctx if wi.plan.kv_unified else wi.max_ctx // max(1, wi.plan.n_seq)
+        if train and per_slot >= train:
+            return f"{wi.max_ctx:,} tokens (-c): capped by the model's trained context ({train:,})"
+        return f"{wi.max_ctx:,} tokens (-c) with the memory free now"
 
     def _show_turns(self, result: WhatIfResult) -> None:
         if result.turns_left_after is None:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TextIO
 
-from kvwall.budget.units import format_bytes, format_mib
+from kvwall.budget.units import format_bytes
 
 if TYPE_CHECKING:  # imported lazily at run time: `kvwall plan` reads only what it needs
     from kvwall.budget.config import ServerConfig
@@ -31,6 +31,11 @@ SCHEMA_VERSION = 1
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_USAGE = 2
+EXIT_DOES_NOT_FIT = 3
+
+# The note budget/config.py writes when a number has trailing text (``-c 8k`` reads 8):
+# a plan for the wrong size, so it is said first, as a warning.
+_TRAILING_TEXT_NOTE = "it ignores what follows the number"
 
 HELP = """\
 usage: kvwall plan MODEL.gguf [llama-server flags...] [options]
@@ -60,9 +65,12 @@ options:
   --json                  print the documented JSON object (docs/json-schema.md)
   -h, --help              show this help
 
-exit status: 0 plan printed; 1 llama.cpp would refuse this configuration (the reason is
-printed, no budget); 2 bad path, unreadable GGUF (or a split model's later shard, or a
-big-endian one), or an argument or flag value llama-server rejects.
+exit status: 0 plan printed, it fits the memory budget; 1 llama.cpp would refuse this
+configuration (the reason is printed, no budget); 2 bad path, unreadable GGUF (or a split
+model's later shard, or a big-endian one), or an argument or flag value llama-server
+rejects; 3 plan printed, it does not fit the memory budget (the what-if commands that
+fit are offered). With --json, errors are printed as a JSON object too
+({"schema_version": 1, "error": "...", "exit_code": 2}).
 """
 
 _OWN_VALUE_OPTIONS = ("--memory", "--cmd", "--gpus", "--what-if-cache")
@@ -301,7 +309,8 @@ def _plan_object(model: ModelInfo, config: ServerConfig, plan: MemoryPlan,
         "devices": [],
         "assumptions": list(plan.assumptions),
         "errors": list(plan.errors),
-        "what_if": [_what_if_json(row, model) for row in rows],
+        "warnings": [a for a in plan.assumptions if _TRAILING_TEXT_NOTE in a],
+        "what_if": [_what_if_json(row, model, budget) for row in rows],
     }
     if plan.ok:
         _add_budget_json(obj, plan, budget)
@@ -363,7 +372,9 @@ def _add_budget_json(obj: JsonObject, plan: MemoryPlan, budget: _Budget) -> None
     ]
 
 
-def _what_if_json(row: WhatIf, model: ModelInfo) -> JsonObject:
+def _what_if_json(row: WhatIf, model: ModelInfo, budget: _Budget) -> JsonObject:
+    from kvwall.budget.memory import budget_total
+
     p = row.plan
     return {
         "label": row.label,
@@ -378,6 +389,7 @@ def _what_if_json(row: WhatIf, model: ModelInfo) -> JsonObject:
         "kv_bytes": p.kv_bytes if p.ok else None,
         "total_bytes": p.total_bytes if p.ok else None,
         "saves_bytes": row.saves_bytes if p.ok else None,
+        "fits": p.ok and budget_total(p, budget.gpu_names) <= budget.memory_bytes,
         "max_ctx": row.max_ctx,
         "max_ctx_slot": _slot_ctx(row.max_ctx, p, model) if p.ok else 0,
         "command": row.command,
@@ -400,6 +412,10 @@ def _write_text(out: TextIO, obj: JsonObject) -> None:
     layers = f"{m['n_layer']} layer{'s' if m['n_layer'] != 1 else ''}"
     w(f"{m['name']} ({m['architecture']}, {layers}, trained context {m['n_ctx_train']})\n")
     w(f"  {obj['command']}\n\n")
+    for warning in obj["warnings"]:
+        w(f"WARNING: {warning}\n")
+    if obj["warnings"]:
+        w("\n")
     if obj["errors"]:
         w("llama.cpp would refuse this configuration:\n")
         for e in obj["errors"]:
@@ -444,12 +460,12 @@ def _write_devices(out: TextIO, obj: JsonObject) -> None:
     w = out.write
     cols = ("weights", "KV cache", "recurrent", "compute", "output", "total")
     keys = ("weights_bytes", "kv_bytes", "recurrent_bytes", "compute_bytes", "output_bytes", "total_bytes")
-    w(f"  {'device':<10}" + "".join(f"{h:>13}" for h in cols) + "\n")
+    w(f"  {'device':<10}" + "".join(f" {h:>12}" for h in cols) + "\n")
     for d in obj["devices"]:
-        w(f"  {d['name']:<10}" + "".join(f"{format_mib(d[k]):>13}" for k in keys) + "\n")
+        w(f"  {d['name']:<10}" + "".join(f" {format_bytes(d[k]):>12}" for k in keys) + "\n")
     b = obj["budget"]
     if len(obj["devices"]) > 1:
-        w(f"  {'all':<10}" + "".join(f"{format_mib(b[k]):>13}" for k in keys) + "\n")
+        w(f"  {'all':<10}" + "".join(f" {format_bytes(b[k]):>12}" for k in keys) + "\n")
     w("  (compute is an estimate; weights, KV and recurrent state are exact)\n")
     if b["cache_ram_bytes"]:
         ceiling = "no limit" if b["cache_ram_bytes"] < 0 else f"up to {format_bytes(b['cache_ram_bytes'])}"
@@ -460,23 +476,43 @@ def _write_devices(out: TextIO, obj: JsonObject) -> None:
       f"{format_bytes(abs(mem['headroom_bytes']))} {'left' if mem['fits'] else 'short'}\n")
 
 
+def _saves_text(r: JsonObject) -> str:
+    """A row's memory against the plan: ``frees 2.00 MiB``, ``costs 4.00 MiB more``."""
+    if r["label"] == "current" or r["saves_bytes"] == 0:
+        return "-"
+    if r["saves_bytes"] > 0:
+        return f"frees {format_bytes(r['saves_bytes'])}"
+    return f"costs {format_bytes(-r['saves_bytes'])} more"
+
+
 def _write_what_if(out: TextIO, obj: JsonObject) -> None:
+    """The what-if table (rows that fit the budget marked) and the commands to paste."""
     w = out.write
-    w(f"\nwhat if (largest context that fits in {format_bytes(obj['memory']['budget_bytes'])}):\n")
-    w(f"  {'#':>2}  {'change':<28}{'KV cache':>12}{'total':>12}{'saves':>12}   {'largest -c':>11}  per slot\n")
+    w(f"\nwhat if (largest context that fits in {format_bytes(obj['memory']['budget_bytes'])};"
+      " * = fits):\n")
+    w(f"  {'#':>2}   {'change':<28} {'KV cache':>11} {'total':>11}  {'memory':<20}"
+      f" {'largest -c':>11}  per slot\n")
     for i, r in enumerate(obj["what_if"], 1):
         if r["refused"]:
-            w(f"  {i:>2}  {r['label']:<28}  refused: {r['error']}\n")
+            w(f"  {i:>2}   {r['label']:<28}  refused: {r['error']}\n")
             continue
-        saves = "-" if r["label"] == "current" else format_mib(r["saves_bytes"])
+        mark = "*" if r["fits"] else " "
         best = str(r["max_ctx"]) if r["max_ctx"] else "none fits"
         per = str(r["max_ctx_slot"]) if r["max_ctx"] else "-"
-        w(f"  {i:>2}  {r['label']:<28}{format_mib(r['kv_bytes']):>12}{format_mib(r['total_bytes']):>12}"
-          f"{saves:>12}   {best:>11}  {per}\n")
-    w("\n  commands (context kept as now; use a 'largest -c' value to use the room):\n")
-    for i, r in enumerate(obj["what_if"], 1):
-        if not r["refused"]:
-            w(f"  {i:>2}  {r['command']}\n")
+        w(f"  {i:>2} {mark} {r['label']:<28} {format_bytes(r['kv_bytes']):>11}"
+          f" {format_bytes(r['total_bytes']):>11}  {_saves_text(r):<20} {best:>11}  {per}\n")
+    fits = obj["memory"].get("fits", True)
+    rows = [(i, r) for i, r in enumerate(obj["what_if"], 1) if not r["refused"]]
+    if not fits:
+        rows = [(i, r) for i, r in rows if r["fits"]]
+        w("\n  commands that fit (context kept as now; a 'largest -c' value uses the room):\n"
+          if rows else "\n  no what-if fits: lower -c (see 'largest -c') or free memory\n")
+    else:
+        w("\n  commands (context kept as now; use a 'largest -c' value to use the room):\n")
+    if not fits and obj.get("fit_command"):
+        w(f"   -  {obj['fit_command']}   (as given, with the largest -c that fits)\n")
+    for i, r in rows:
+        w(f"  {i:>2}  {r['command']}\n")
     notes = _trade_offs(obj["what_if"], bool(obj["config"]["kv_unified"]))
     if notes:
         w("\n  trade-offs:\n")
@@ -502,6 +538,14 @@ def _trade_offs(what_if: Sequence[JsonObject], kv_unified: bool) -> dict[str, st
     return notes
 
 
+class _Failure(Exception):
+    """A bad input found while loading: its one-line message and exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
 def main(
     argv: Sequence[str] | None = None,
     *,
@@ -509,61 +553,25 @@ def main(
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
-    """Run ``kvwall plan``; returns the exit code (0 ok, 1 refused, 2 bad input)."""
+    """Run ``kvwall plan``; returns the exit code (0 fits, 1 refused, 2 bad input, 3 does not fit)."""
     out = out or sys.stdout
     err = err or sys.stderr
     environ = os.environ if environ is None else environ
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = _split_args(list(sys.argv[1:] if argv is None else argv), environ)
-    except UsageError as exc:
-        err.write(f"kvwall plan: {exc}\n")
-        return EXIT_USAGE
-    if args.help:
-        out.write(HELP)
-        return EXIT_OK
-
-    from kvwall.budget.cmdline.parse import parse_command_line
-    from kvwall.budget.config import ConfigError
-
-    try:
-        config = parse_command_line(args.llama_argv, args.env)
-    except ConfigError as exc:
-        err.write(f"kvwall plan: {exc}\n")
-        return EXIT_USAGE
-    from kvwall.budget.memory import LaunchError, check_command_line, check_model_file
-
-    try:
-        check_command_line(config)
-    except LaunchError as exc:
-        err.write(f"kvwall plan: {exc}\n")
-        return EXIT_USAGE
-    if not config.model_path:
-        hint = " (-hf downloads are not read; pass the local .gguf path)" if _has_hf(config) else ""
-        err.write(f"kvwall plan: no model given: pass MODEL.gguf or -m MODEL.gguf{hint}\n")
-        return EXIT_USAGE
-
-    from kvwall.monitors.gguf import GGUFError, read_model
-
-    try:
-        model = read_model(config.model_path)
-    except GGUFError as exc:
-        err.write(f"kvwall plan: {_one_line(str(exc))}\n")
-        return EXIT_USAGE
-    except OSError as exc:
-        err.write(f"kvwall plan: cannot read {config.model_path}: {exc.strerror or exc}\n")
-        return EXIT_USAGE
-
-    try:
-        check_model_file(model, config)
-    except LaunchError as exc:
-        err.write(f"kvwall plan: {exc}\n")
-        return EXIT_USAGE
-
-    try:
-        budget = _detect_budget(args)
-    except Exception as exc:  # noqa: BLE001 - memory probing is best effort
-        err.write(f"kvwall plan: cannot read free memory ({_one_line(str(exc))}); use --memory SIZE\n")
-        return EXIT_USAGE
+        args = _split_args(words, environ)
+        if args.help:
+            out.write(HELP)
+            return EXIT_OK
+        model, config, budget = _load(args)
+    except (UsageError, _Failure) as exc:
+        message = exc.message if isinstance(exc, _Failure) else str(exc)
+        code = exc.code if isinstance(exc, _Failure) else EXIT_USAGE
+        err.write(f"kvwall plan: {message}\n")
+        if "--json" in words:  # a script reading stdout gets JSON, whatever happened
+            out.write(json.dumps({"schema_version": SCHEMA_VERSION, "error": message,
+                                  "exit_code": code}) + "\n")
+        return code
     obj, ok = _plan_and_what_ifs(model, config, budget, args)
     try:
         if args.json:
@@ -573,7 +581,46 @@ def main(
         out.flush()
     except BrokenPipeError:  # `kvwall plan ... | head`: the reader left, nothing to report
         _silence_stdout()
-    return EXIT_OK if ok else EXIT_REFUSED
+    if not ok:
+        return EXIT_REFUSED
+    return EXIT_OK if obj["memory"].get("fits", True) else EXIT_DOES_NOT_FIT
+
+
+def _load(args: _Args) -> tuple[ModelInfo, ServerConfig, _Budget]:
+    """The command line parsed, the model header read and the budget found.
+
+    Raises:
+        _Failure: what is wrong, in one line (exit code 2).
+    """
+    from kvwall.budget.cmdline.parse import parse_command_line
+    from kvwall.budget.config import ConfigError
+    from kvwall.budget.memory import LaunchError, check_command_line, check_model_file
+    from kvwall.monitors.gguf import GGUFError, read_model
+
+    try:
+        config = parse_command_line(args.llama_argv, args.env)
+        check_command_line(config)
+    except (ConfigError, LaunchError) as exc:
+        raise _Failure(str(exc)) from None
+    if not config.model_path:
+        hint = " (-hf downloads are not read; pass the local .gguf path)" if _has_hf(config) else ""
+        raise _Failure(f"no model given: pass MODEL.gguf or -m MODEL.gguf{hint}")
+    try:
+        model = read_model(config.model_path)
+    except GGUFError as exc:
+        raise _Failure(_one_line(str(exc))) from None
+    except OSError as exc:
+        raise _Failure(f"cannot read {config.model_path}: {exc.strerror or exc}") from None
+    try:
+        check_model_file(model, config)
+    except LaunchError as exc:
+        raise _Failure(str(exc)) from None
+    try:
+        budget = _detect_budget(args)
+    except Exception as exc:  # noqa: BLE001 - memory probing is best effort
+        raise _Failure(f"cannot read free memory ({_one_line(str(exc))}); use --memory SIZE"
+                       ) from None
+    return model, config, budget
 
 
 def _plan_and_what_ifs(model: ModelInfo, config: ServerConfig, budget: _Budget,
@@ -591,6 +638,11 @@ def _plan_and_what_ifs(model: ModelInfo, config: ServerConfig, budget: _Budget,
             extra_cache_types=args.extra_types,
         )  # fmt: skip
     obj = _plan_object(model, config, plan, rows, budget)
+    obj["fit_command"] = None
+    if plan.ok and not obj["memory"]["fits"] and rows and rows[0].max_ctx > 0:
+        from kvwall.budget.cmdline.edit import render_command
+
+        obj["fit_command"] = render_command(config.command_line(n_ctx=rows[0].max_ctx))
     if args.cmd_env:  # the command lines must carry the environment they were given with
         prefix = " ".join(
             f"{k}={shlex.quote(v)}" for k, v in args.cmd_env.items() if k != "LLAMA_API_KEY"
@@ -599,6 +651,8 @@ def _plan_and_what_ifs(model: ModelInfo, config: ServerConfig, budget: _Budget,
             obj["command"] = f"{prefix} {obj['command']}"
             for row in obj["what_if"]:
                 row["command"] = f"{prefix} {row['command']}"
+            if obj["fit_command"]:
+                obj["fit_command"] = f"{prefix} {obj['fit_command']}"
     return obj, plan.ok
 
 

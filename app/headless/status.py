@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `kvwall status` starts fast
     from kvwall.budget.engine import Engine
     from kvwall.budget.memory import MemoryPlan
     from kvwall.budget.report import (
+        Advice,
         Forecast,
         MemoryEvent,
         PoolForecast,
@@ -230,6 +231,7 @@ def _server_json(s: ServerReport) -> JsonObject:
         "pid": s.pid,
         "url": s.url,
         "name": s.name,
+        "label": s.label or s.name,
         "model_path": s.model_path,
         "health": s.health,
         "config": _config_json(s),
@@ -241,12 +243,27 @@ def _server_json(s: ServerReport) -> JsonObject:
         "more_servers_fit": s.more_servers_fit,
         "more_slots_fit": s.more_slots_fit,
         "advice": [{"action": a.action, "title": a.title, "saves_bytes": int(a.saves_bytes),
-                    "max_ctx": int(a.max_ctx), "command": a.command, "caveat": a.caveat}
+                    "max_ctx": int(a.max_ctx), "command": a.command, "caveat": a.caveat,
+                    "solves": a.solves, "n_ctx_slot": a.n_ctx_slot,
+                    "turns_left": a.turns_left}
                    for a in s.advice],
         "notes": list(s.notes),
         "errors": list(s.errors),
         "managed_by": getattr(s, "managed_by", None),
     }
+
+
+def _advice_facts(adv: Advice) -> str:
+    """What a piece of advice costs or frees, the context it gives, the turns it buys."""
+    cost = (f"frees {_status_bytes(adv.saves_bytes)}" if adv.saves_bytes >= 0
+            else f"costs {_status_bytes(-adv.saves_bytes)} more")
+    facts = [f"solves {adv.solves}", cost]
+    if adv.n_ctx_slot is not None:
+        facts.append(f"{adv.n_ctx_slot} cells per slot")
+    if adv.turns_left is not None:
+        facts.append(f"full in ~{adv.turns_left} requests")
+    facts.append(f"largest -c {adv.max_ctx}")
+    return ", ".join(facts)
 
 
 def _pool_forecast_json(f: PoolForecast) -> JsonObject:
@@ -378,7 +395,8 @@ def _slot_line(label: str, s: SlotReport) -> str:
 
 
 def _server_lines(s: ServerReport, footnotes: list[str]) -> list[str]:
-    head = f"  {s.name}" if s.name != s.url else ""
+    who = s.label or s.name
+    head = f"  {who}" if who != s.url else ""
     if s.pid is not None:
         head += f"  pid {s.pid}"
     head += f"  {s.url}  [{s.health}]"
@@ -426,8 +444,7 @@ def _server_lines(s: ServerReport, footnotes: list[str]) -> list[str]:
             more += f", or {slots_fit} more slot(s)"
         lines.append(f"    restart  largest -c that fits: {ctx}{more}")
     for i, adv in enumerate(s.advice, 1):
-        lines.append(f"    advice {i}. {adv.title}: saves {_status_bytes(adv.saves_bytes)}, "
-                     f"largest -c {adv.max_ctx}")
+        lines.append(f"    advice {i}. {adv.title}: {_advice_facts(adv)}")
         lines.append(f"             $ {adv.command}")
         lines.append(f"             {adv.caveat}")
     for n in s.notes:

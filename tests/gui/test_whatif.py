@@ -75,10 +75,14 @@ def test_slot_buttons_and_turns_left(qtbot, tiny):
     panel, plan, _ = _panel(qtbot, tiny, tokens=1500, per_turn=100.0)
     assert plan.n_ctx_seq == 2048
     half = panel.try_quick("half_slots")
-    assert "-np 2" in half.what_if.command
+    # Issue 9: fewer slots keep each slot's context (-c 4096 -np 2), as the CLI's table.
+    assert "-np 2" in half.what_if.command and "-c 4096" in half.what_if.command
+    assert half.what_if.plan.n_ctx_seq == 2048
+    assert half.turns_left_after == 6  # (2048 - 1500) / 100, rounded up
     # Two slots of 4096 cells: the fullest slot (1500 cells, +100 a turn) has 26 turns.
-    assert half.what_if.plan.n_ctx_seq == 4096
-    assert half.turns_left_after == 26
+    two = panel.try_changes({"n_parallel": 2}, "2 slots, same -c")
+    assert two.what_if.plan.n_ctx_seq == 4096
+    assert two.turns_left_after == 26
     assert "~26" in panel.turns_label.text()
     fewer = panel.try_quick("one_fewer_slot")
     assert "-np 3" in fewer.what_if.command and fewer.what_if.plan.n_seq == 3
@@ -133,7 +137,9 @@ def test_a_server_that_cannot_be_simulated_shows_no_bar_of_the_previous_one(qtbo
 
 def test_turns_left_follow_the_next_polls(qtbot, tiny):
     panel, plan, _ = _panel(qtbot, tiny, tokens=1500, per_turn=100.0)
-    half = panel.try_quick("half_slots")
+    # Two slots sharing the same -c (issue 9: the "half the slots" button keeps each
+    # slot's context instead).
+    half = panel.try_changes({"n_parallel": 2}, "2 slots, same -c")
     assert half.turns_left_after == 26  # (4096 - 1500) / 100, rounded up
     # The next poll: the slot grew by 1000 cells and now has 2 requests left.
     srv = panel._server
@@ -144,3 +150,24 @@ def test_turns_left_follow_the_next_polls(qtbot, tiny):
     assert panel.result().what_if is half.what_if  # the same simulation, not redone
     assert panel.result().turns_left_after == 16 and panel.result().turns_left_now == 2
     assert panel.turns_label.text() == "~16 requests (now ~2 requests)"
+
+
+def test_half_the_slots_is_hidden_where_it_equals_one_fewer(qtbot, tiny):
+    panel, plan, _ = _panel(qtbot, tiny, "-np", "2")
+    assert plan.n_seq == 2
+    assert panel.buttons["half_slots"].isHidden()
+    assert not panel.buttons["one_fewer_slot"].isHidden()
+    four, _plan, _ = _panel(qtbot, tiny)
+    assert not four.buttons["half_slots"].isHidden()
+
+
+def test_costs_more_is_not_memory_saved_and_the_trained_context_cap_is_named(qtbot, tiny):
+    panel, _plan, _ = _panel(qtbot, tiny, "-np", "1")
+    panel.ctx_box.setValue(16384)
+    panel.try_custom()
+    row = panel._facts.labelForField(panel.saved_label)
+    assert row.text() == "Memory" and panel.saved_label.text().startswith("costs")
+    # One slot, 64 MiB: the largest context is the model's trained 16,384, not memory.
+    assert "trained context" in panel.max_ctx_label.text()
+    panel.try_quick("q8_0")
+    assert row.text() == "Memory saved"

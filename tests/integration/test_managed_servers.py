@@ -24,6 +24,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from agent import ScriptedAgent
 from ports import free_port
 
 START_DEADLINE_S = 60.0
@@ -124,9 +125,11 @@ def test_ollama_child_is_named_and_advised_in_ollama_settings(
     port = free_port()
     # Ollama's argv shape (ollama/ollama, Aug 2026): -c is num_ctx x np.
     argv = [str(exe), "--model", str(blob), "--port", str(port), "--host", "127.0.0.1",
-            "--no-webui", "--offline", "-c", str(16384 * 2), "-np", "2",
+            "--no-webui", "--offline", "-c", str(512 * 2), "-np", "2",
             "--log-verbosity", "4", "--flash-attn", "off"]
     proc = spawn(argv, port)
+    # Issue 9: advice only for a problem in view: slot 0 runs full.
+    ScriptedAgent(f"http://127.0.0.1:{port}", n_predict=2000, id_slot=0).turn()
 
     ours = [s for s in status_servers() if s["pid"] == proc.pid]
     assert len(ours) == 1, "the Ollama child was not found"

@@ -97,11 +97,17 @@ def test_full_slot_and_free_memory_and_advice():
     rules = NotificationRules(Thresholds(slot_full_percent=95, free_warn_percent=10,
                                          free_critical_percent=5), clock=clock)
     adv = (f.advice("Use a q8_0 KV cache", 2 * f.GiB),)
-    full = _slot_report(0, tokens=16000, advice=adv)
+    # Issue 9: a full slot's notification carries the fix for its own problem (context),
+    # not the memory advice.
+    ctx_fix = replace(f.advice("A larger context (-c 32768)", -2 * f.GiB),
+                      action="larger-context", solves="context", n_ctx_slot=32768,
+                      turns_left=7)
+    full = _slot_report(0, tokens=16000, advice=(*adv, ctx_fix))
     fired = rules.evaluate(full)
     assert [(n.kind, n.level) for n in fired] == [("slot_full", CRITICAL)]
     assert "16000 of 16384" in fired[0].message
-    assert "Use a q8_0 KV cache (saves 2.00 GiB)" in fired[0].message
+    assert "A larger context (-c 32768) (32768 cells per slot, full in ~7 requests)" in (
+        fired[0].message)
     assert rules.evaluate(full) == []
 
     srv = f.server(advice=adv)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from kvwall.app.demo.tinymodels import write_model
-from kvwall.app.headless.plan import HELP, main
+from kvwall.app.headless.plan import EXIT_DOES_NOT_FIT, HELP, main
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "json-schema.md"
 MiB = 1 << 20
@@ -201,7 +201,66 @@ def test_text_output_names_the_budget_assumptions_and_what_ifs(models):
 
 def test_memory_that_does_not_fit_is_said_plainly(models):
     code, text, _ = run(str(models["llama"]), "-c", "4096", "--memory", "1M")
-    assert code == 0 and "DOES NOT FIT" in text and "none fits" in text
+    # Issue 9: "does not fit" has its own exit code (3).
+    assert code == EXIT_DOES_NOT_FIT and "DOES NOT FIT" in text and "none fits" in text
+    assert "no what-if fits" in text
+
+
+def test_plan_that_does_not_fit_exits_3_and_offers_commands_that_fit(models):
+    m = str(models["llama"])
+    code, obj = run_json(m, "-c", "4096", "-np", "2", "--memory", "6.2M")
+    assert code == EXIT_DOES_NOT_FIT and obj["memory"]["fits"] is False
+    fitting = [r for r in obj["what_if"] if r["fits"]]
+    assert fitting, "no row fits 6.2 MiB: pick a bigger budget for this test"
+    for row in fitting:  # each command offered, planned again, fits
+        again_code, again = run_json("--cmd", row["command"], "--memory", "6.2M")
+        assert again_code == 0 and again["memory"]["fits"], row["label"]
+    assert obj["fit_command"] is not None
+    assert run_json("--cmd", obj["fit_command"], "--memory", "6.2M")[0] == 0
+    code, text, _ = run(m, "-c", "4096", "-np", "2", "--memory", "6.2M")
+    assert code == EXIT_DOES_NOT_FIT and "commands that fit" in text
+    for row in fitting:
+        assert row["command"] in text
+
+
+def test_trailing_text_in_a_number_is_a_warning_at_the_top_and_the_table_agrees(models):
+    m = str(models["llama"])
+    code, text, _ = run(m, "-c", "8k", "--memory", "1G")
+    assert code == 0
+    head = text[: text.index("context:")]
+    assert "WARNING: -c 8k: llama-server reads this as 8" in head
+    code, obj = run_json(m, "-c", "8k", "--memory", "1G")
+    assert obj["warnings"] and "-c 8k" in obj["warnings"][0]
+    current = obj["what_if"][0]
+    assert current["label"] == "current" and current["saves_bytes"] == 0
+    assert current["total_bytes"] == obj["budget"]["total_bytes"]
+    for row in obj["what_if"][1:]:  # fewer slots of the same pool never cost more
+        if "n_parallel" in row["changes"] and row["cache_type_v"] == "f16":
+            assert row["saves_bytes"] >= 0, row
+    assert "-" + "2." not in text.split("what if")[1]  # no "saves -2.9 MiB"
+
+
+def test_big_budgets_keep_columns_apart(models):
+    code, text, _ = run(str(models["llama"]), "--memory", "80000M")
+    assert code == 0
+    table = text[text.index("what if"):text.index("commands")]
+    assert "GiB" in text and not re.search(r"(MiB|GiB|KiB)\d", text)
+    assert not re.search(r"\d{5}\.\d\d MiB", table)
+
+
+def test_json_errors_are_json_with_json(models):
+    code, out, err = run("/nonexistent/model.gguf", "--json")
+    assert code == 2 and err.startswith("kvwall plan: ")
+    obj = json.loads(out)
+    assert obj == {"schema_version": 1, "error": err[len("kvwall plan: "):].strip(),
+                   "exit_code": 2}
+    code, out, _ = run(str(models["llama"]), "--memory", "lots", "--json")
+    assert code == 2 and json.loads(out)["exit_code"] == 2
+
+
+def test_help_documents_exit_code_3():
+    code, out, _ = run("--help")
+    assert code == 0 and "3 plan printed, it does not fit" in out
 
 
 def test_help_lists_every_option_and_exits_0(models):

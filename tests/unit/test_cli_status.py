@@ -122,7 +122,8 @@ def test_watch_keeps_one_engine_so_the_forecast_builds_up(server_snapshot):
 def test_keys_never_printed(server_snapshot):
     for args in (["--json"], []):
         out = io.StringIO()
-        assert main(args, poller=FakePoller(server_snapshot(0.0, 50, 1)), out=out) == 0
+        # A full slot: a problem in view, so the advice (with its commands) is printed.
+        assert main(args, poller=FakePoller(server_snapshot(0.0, 1000, 1)), out=out) == 0
         text = out.getvalue()
         assert SECRET not in text
         assert "<redacted>" in text

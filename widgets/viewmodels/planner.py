@@ -121,13 +121,15 @@ def _what_if_table(table: Sequence[WhatIf], memory_bytes: int | None) -> list[st
     e, fb = html.escape, format_bytes
     out = [f"<h4>What if (largest context within {fb(memory_bytes)} free)</h4>"
            "<table cellspacing=0 cellpadding=3 border=1><tr><th>Change</th>"
-           "<th>Saves</th><th>Largest -c</th><th>Command</th></tr>"]
+           "<th>Memory</th><th>Largest -c</th><th>Command</th></tr>"]
     for wi in table:
         if wi.refused:
             out.append(f"<tr><td>{e(wi.label)}</td><td colspan=3>refused: "
                        f"{e('; '.join(wi.plan.errors))}</td></tr>")
         else:
-            out.append(f"<tr><td>{e(wi.label)}</td><td>{fb(wi.saves_bytes)}</td>"
+            memory = (f"saves {fb(wi.saves_bytes)}" if wi.saves_bytes >= 0
+                      else f"costs {fb(-wi.saves_bytes)} more")  # never "saves -X"
+            out.append(f"<tr><td>{e(wi.label)}</td><td>{memory}</td>"
                        f"<td>{wi.max_ctx:,}</td><td><code>{e(wi.command)}</code></td></tr>")
     out.append("</table>")
     return out

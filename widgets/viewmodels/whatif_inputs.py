@@ -16,7 +16,7 @@ from kvwall.budget.cachetypes import cache_type_changes
 from kvwall.budget.config import ServerConfig
 from kvwall.budget.memory import MemoryPlan
 from kvwall.budget.report import ServerReport, SlotReport
-from kvwall.budget.whatif import WhatIf
+from kvwall.budget.whatif import WhatIf, slot_count_changes
 from kvwall.monitors.gguf import ModelInfo
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,18 @@ class WhatIfInputs:
 
 
 def quick_changes(kind: str, plan: MemoryPlan, config: ServerConfig) -> dict[str, Any] | None:
-    """The ServerConfig changes of a one-click what-if; None when it does not apply."""
+    """The ServerConfig changes of a one-click what-if; None when it does not apply.
+
+    Fewer slots come from :func:`kvwall.budget.whatif.slot_count_changes`, as the CLI's
+    table and advice do (split slots keep their context each).
+    """
     if kind in ("q8_0", "q4_0"):
         return dict(cache_type_changes(kind, config.flash_attn))
     if kind == "one_fewer_slot":
-        return {"n_parallel": plan.n_seq - 1} if plan.n_seq > 1 else None
-    if kind == "half_slots":
-        return {"n_parallel": max(1, plan.n_seq // 2)} if plan.n_seq > 1 else None
+        return slot_count_changes(plan, plan.n_seq - 1) if plan.n_seq > 1 else None
+    if kind == "half_slots":  # with two slots, half is one fewer: that button says it
+        half = plan.n_seq // 2
+        return slot_count_changes(plan, half) if 1 <= half < plan.n_seq - 1 else None
     if kind == "fa_on":
         return None if config.flash_attn == "on" else {"flash_attn": "on"}
     raise ValueError(f"unknown what-if {kind!r}")
