@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 
 _BINARY = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _DECIMAL = {"K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
@@ -99,3 +100,48 @@ def format_duration(seconds: float | None) -> str:
     if h < 48:
         return f"{h} h {m:02d} min"
     return f"{h // 24} days"
+
+
+# Bidirectional overrides and isolates are format characters (Cf) that reorder what a
+# terminal or a Qt label shows, so a name could display as something it is not.
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(ch: str) -> str:
+    """One character as it may be shown: itself, or a visible escape (``\\x1b``)."""
+    if ch in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[ch]
+    category = unicodedata.category(ch)
+    if category in ("Cc", "Zl", "Zp") or ch in _BIDI_CONTROLS:
+        code = ord(ch)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return ch
+
+
+def sanitize(text: str, limit: int = 500) -> str:
+    """Text from outside (a server, a model file, an error) made safe to print or show.
+
+    Control characters (C0, DEL, C1, line and paragraph separators, bidirectional
+    overrides) are escaped visibly, so an escape sequence cannot set a terminal's title,
+    clear its screen or forge a line; the result is one line. Text longer than ``limit``
+    shown characters is cut, and says how much was left out.
+
+    Args:
+        text: any text; it may hold anything a hostile server or file put there.
+        limit: the most characters shown before the cut (escapes count as shown).
+
+    Returns:
+        e.g. ``"model\\x1b[2J"``, or ``"aaaa … (99500 more characters)"``.
+    """
+    pieces: list[str] = []
+    shown = 0
+    # Each character shows as at least one, so no more than `limit` of them are looked at:
+    # a 100 MB error message costs no more than a short one.
+    for index, ch in enumerate(text[: limit + 1]):
+        piece = _escape_char(ch)
+        if shown + len(piece) > limit:
+            return "".join(pieces) + f" … ({len(text) - index} more characters)"
+        pieces.append(piece)
+        shown += len(piece)
+    return "".join(pieces)

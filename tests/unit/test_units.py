@@ -39,3 +39,23 @@ def test_sizes_as_people_write_them():
     assert parse_size("7.5GB") == 7_500_000_000
     with pytest.raises(ValueError, match="not a memory size"):
         parse_size("8Q")
+
+
+def test_sanitize_escapes_terminal_control_sequences() -> None:
+    from kvwall.budget.units import sanitize
+
+    assert sanitize("model\x1b]0;pwned\x07\x1b[2J") == "model\\x1b]0;pwned\\x07\\x1b[2J"
+    assert sanitize("a\nFAKE LINE\r\tb") == "a\\nFAKE LINE\\r\\tb"
+    assert sanitize("c1\x9bm del\x7f") == "c1\\x9bm del\\x7f"
+    assert sanitize("ls\u2028x\u202eevil") == "ls\\u2028x\\u202eevil"
+    assert sanitize("Qwen3 8B – ünïcode 模型") == "Qwen3 8B – ünïcode 模型"
+
+
+def test_sanitize_cuts_long_text_and_says_how_much() -> None:
+    from kvwall.budget.units import sanitize
+
+    assert sanitize("x" * 500) == "x" * 500
+    assert sanitize("x" * 100_000) == "x" * 500 + " … (99500 more characters)"
+    assert sanitize("abcdef", limit=3) == "abc … (3 more characters)"
+    # an escape is never split: it either fits whole or is left out
+    assert sanitize("ab\x1b", limit=4) == "ab … (1 more characters)"
