@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import http.client
+import io
 import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from kvwall.monitors.snapshot import (
@@ -26,6 +28,9 @@ from kvwall.monitors.snapshot import (
     ServerState,
     SlotState,
 )
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 _T = TypeVar("_T")
 
@@ -302,9 +307,89 @@ def sleep_idle_seconds(argv: Sequence[str]) -> float | None:
     return seconds if seconds > 0 else None
 
 
+class _DeadlineReader(io.RawIOBase):
+    """A socket's reading side that gives up at a deadline for the whole answer.
+
+    http.client reads the status line and headers through a buffered file, one socket
+    read at a time; with a plain socket timeout every byte would start the wait afresh,
+    and a server sending one byte a second could hold a request forever.
+    """
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        super().__init__()
+        self._sock = sock
+        self._deadline = deadline
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self._sock.settimeout(left)
+        return self._sock.recv_into(buffer)
+
+
+class _DeadlineSocket:
+    """The connected socket as http.client sees it: reads end at ``deadline``."""
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self._sock = sock
+        self._deadline = deadline
+
+    def sendall(self, data: bytes) -> None:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("deadline passed")
+        self._sock.settimeout(left)
+        self._sock.sendall(data)
+
+    def makefile(self, mode: str, *args: object, **kwargs: object) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _connect(conn: http.client.HTTPConnection, connect_timeout: float) -> None:
+    """Open the connection, or raise the :class:`TransportError` that says why not."""
+    try:
+        conn.connect()
+    except TimeoutError:
+        raise TransportError("timeout", f"no connection within {connect_timeout:g} s") from None
+    except ConnectionRefusedError:
+        raise TransportError("refused", "connection refused") from None
+    except OSError as e:
+        raise TransportError("refused", f"cannot connect ({e.strerror or e})") from None
+
+
+def _read_answer(conn: http.client.HTTPConnection, path: str,
+                 headers: Mapping[str, str]) -> HttpResponse:
+    """Send the GET and read the whole answer (the socket ends reads at the deadline)."""
+    conn.request("GET", path, headers=dict(headers))
+    resp = conn.getresponse()
+    chunks = []
+    size = 0
+    while True:
+        chunk = resp.read1(65536)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise TransportError("garbage", f"answer larger than {MAX_BODY_BYTES} bytes")
+        chunks.append(chunk)
+    return HttpResponse(resp.status, b"".join(chunks),
+                        {k.lower(): v for k, v in resp.getheaders()})
+
+
 def http_get(url: str, headers: Mapping[str, str], connect_timeout: float,
              read_timeout: float) -> HttpResponse:
-    """GET ``url`` with the stdlib: connect timeout, a read deadline for the whole body.
+    """GET ``url`` with the stdlib: a connect timeout, then one deadline for the whole answer.
+
+    ``read_timeout`` bounds everything after the connection: sending the request, the
+    status line, the headers and the body together, however slowly a server trickles
+    them.
 
     Raises:
         TransportError: refused, timed out, closed mid-answer, or not HTTP.
@@ -316,37 +401,11 @@ def http_get(url: str, headers: Mapping[str, str], connect_timeout: float,
         path += "?" + parts.query
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = cls(host, parts.port, timeout=connect_timeout)
-    deadline = time.monotonic() + read_timeout
     try:
+        _connect(conn, connect_timeout)
+        conn.sock = _DeadlineSocket(conn.sock, time.monotonic() + read_timeout)
         try:
-            conn.connect()
-        except TimeoutError:
-            raise TransportError("timeout", f"no connection within {connect_timeout:g} s") from None
-        except ConnectionRefusedError:
-            raise TransportError("refused", "connection refused") from None
-        except OSError as e:
-            raise TransportError("refused", f"cannot connect ({e.strerror or e})") from None
-        conn.sock.settimeout(read_timeout)
-        try:
-            conn.request("GET", path, headers=dict(headers))
-            resp = conn.getresponse()
-            chunks = []
-            size = 0
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError
-                if conn.sock is not None:
-                    conn.sock.settimeout(left)
-                chunk = resp.read1(65536)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > MAX_BODY_BYTES:
-                    raise TransportError("garbage", f"answer larger than {MAX_BODY_BYTES} bytes")
-                chunks.append(chunk)
-            return HttpResponse(resp.status, b"".join(chunks),
-                                {k.lower(): v for k, v in resp.getheaders()})
+            return _read_answer(conn, path, headers)
         except TimeoutError:
             raise TransportError("timeout", f"no answer within {read_timeout:g} s") from None
         except http.client.RemoteDisconnected:

@@ -7,10 +7,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import ParamSpec, Protocol, TypeVar
 
 from kvwall.monitors.discovery import Discovery, Scanner, server_key
 from kvwall.monitors.llama_http import LlamaClient
@@ -27,6 +27,68 @@ log = logging.getLogger(__name__)
 
 POLL_DEADLINE_S = 2.0
 MAX_WORKERS = 16
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+class DaemonPool:
+    """Runs each task on a daemon thread of its own, at most ``max_workers`` at once.
+
+    ``concurrent.futures.ThreadPoolExecutor`` joins its threads when the interpreter
+    exits, so one request stuck in a hostile server would keep ``kvwall status`` (or the
+    app) from ever ending. A daemon thread is abandoned at exit instead. Tasks beyond
+    ``max_workers`` wait in a queue; :meth:`shutdown` cancels those.
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+        self._max_workers = max_workers
+        self._prefix = thread_name_prefix
+        self._lock = threading.Lock()
+        self._running = 0
+        self._queue: list[tuple[Future[object], Callable[[], object]]] = []
+        self._closed = False
+        self._count = 0
+
+    def submit(self, fn: Callable[_P, _R], *args: _P.args, **kwargs: _P.kwargs) -> Future[_R]:
+        """Run ``fn(*args, **kwargs)`` on a daemon thread; its future carries the result."""
+        future: Future[_R] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("cannot submit after shutdown")
+            self._queue.append((future, lambda: fn(*args, **kwargs)))  # type: ignore[arg-type]
+            start = self._running < self._max_workers
+            if start:
+                self._running += 1
+                self._count += 1
+                name = f"{self._prefix}_{self._count}"
+        if start:
+            threading.Thread(target=self._work, name=name, daemon=True).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._running -= 1
+                    return
+                future, task = self._queue.pop(0)
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = task()
+            except BaseException as e:  # noqa: BLE001 - the future carries it to the caller
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+
+    def shutdown(self, cancel_futures: bool = True) -> None:
+        """Take no more tasks; cancel the queued ones (running ones end on their own)."""
+        with self._lock:
+            self._closed = True
+            queued, self._queue = (self._queue, []) if cancel_futures else ([], self._queue)
+        for future, _ in queued:
+            future.cancel()
 
 
 @dataclass(frozen=True)
@@ -133,8 +195,7 @@ class Poller:
         self.extra_urls = tuple(extra_urls)
         self.api_keys = dict(api_keys or {})
         self.deadline_s = deadline_s
-        self._pool = ThreadPoolExecutor(max_workers=max(2, max_workers),
-                                        thread_name_prefix="kvwall-poll")
+        self._pool = DaemonPool(max_workers=max(2, max_workers), thread_name_prefix="kvwall-poll")
         self._last_discovery = Discovery()
         self._mem_future: Future[MemorySnapshot] | None = None
         self._disc_future: Future[Discovery] | None = None
@@ -143,7 +204,7 @@ class Poller:
     def close(self) -> None:
         """Stop the worker threads (requests still running finish on their own timeouts)."""
         self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(cancel_futures=True)
 
     def __enter__(self) -> Poller:
         return self
