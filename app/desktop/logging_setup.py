@@ -41,7 +41,7 @@ class FailureLog:
         self._log = logger
         self._active: dict[str, int] = {}
 
-    def failure(self, cause: str, msg: str, *args: object, exc_info: bool = False,
+    def failure(self, cause: str, msg: str, *args: object, exc_info: bool | BaseException = False,
                 level: int = logging.WARNING) -> bool:
         """Returns True when this call logged (the first occurrence of ``cause``)."""
         if cause in self._active:

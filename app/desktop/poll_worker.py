@@ -2,7 +2,10 @@
 lives in that thread, delivering immutable results by signal.
 
 One poll at a time: the next poll is scheduled only after the previous one returned, so a
-hanging server delays polls instead of piling them up. Sleep/resume is detected from the
+hanging server delays polls instead of piling them up. The poll itself runs on a daemon
+thread of its own and comes back by signal, so the QThread never blocks: stopping always
+ends it at once (no "QThread: Destroyed while thread is still running" at quit), and a
+poll stuck in a hostile server or file is abandoned, never waited for. Sleep/resume is detected from the
 gap between the wall clock and the monotonic clock (which stops while suspended on Linux)
 or from a monotonic gap far beyond the interval.
 """
@@ -10,6 +13,7 @@ or from a monotonic gap far beyond the interval.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +64,7 @@ class PollWorker(QObject):
     _stop_requested = Signal()
     _poll_requested = Signal()
     _interval_requested = Signal(float)
+    _poll_done = Signal(object, object, float)  # (gap, outcome, started at)
 
     def __init__(self, poll_fn: Callable[..., Any], interval_s: float = 2.0,
                  clock: Callable[[], float] = time.monotonic,
@@ -78,6 +83,7 @@ class PollWorker(QObject):
         self._stop_requested.connect(self._stop)
         self._poll_requested.connect(self._poll_soon)
         self._interval_requested.connect(self._set_interval)
+        self._poll_done.connect(self._finish)
 
     # Called from any thread: they queue into the worker's thread.
     def request_stop(self) -> None:
@@ -139,28 +145,49 @@ class PollWorker(QObject):
         if gap is not None:
             log.info("resumed after %.0f s (sleep or stall); forecasts restart", gap)
             self.resumed.emit(gap)
-        start = self._clock()
+        threading.Thread(target=self._run_poll, args=(gap, self._clock()),
+                         name="kvwall-poll-call", daemon=True).start()
+
+    def _run_poll(self, gap: float | None, start: float) -> None:
+        """On the poll's own daemon thread: call ``poll_fn`` and send back what became of it."""
+        outcome: object
         try:
-            out = self._poll_fn(gap is not None)
+            outcome = self._poll_fn(gap is not None)
         except Exception as exc:  # noqa: BLE001 - a poll never kills the thread
-            cause = f"{type(exc).__name__}: {exc}"
-            self._failures.failure(type(exc).__name__, "poll failed: %s", cause, exc_info=True)
+            outcome = exc
+        try:
+            self._poll_done.emit(gap, outcome, start)
+        except RuntimeError:  # the worker is gone: the app quit while this poll was stuck
+            pass
+
+    @Slot(object, object, float)
+    def _finish(self, gap: float | None, outcome: object, start: float) -> None:
+        """Back on the worker's thread: deliver the poll and schedule the next one."""
+        self._busy = False
+        if self._stopped:
+            return
+        if isinstance(outcome, Exception):
+            cause = f"{type(outcome).__name__}: {outcome}"
+            self._failures.failure(type(outcome).__name__, "poll failed: %s", cause,
+                                   exc_info=outcome)
             self.failed.emit(cause)
         else:
             self._failures.recovered(None, "polling works again")
-            if isinstance(out, StatusReport):
-                out = PollResult(out)
-            if gap is not None and isinstance(out, PollResult) and out.resumed_after_s is None:
-                out = PollResult(out.report, out.what_if, gap, out.poll_seconds)
-            if isinstance(out, PollResult) and not out.poll_seconds:
-                out = PollResult(out.report, out.what_if, out.resumed_after_s,
-                                 self._clock() - start)
             self.polls += 1
-            self.polled.emit(out)
-        finally:
-            self._busy = False
-        if not self._stopped and self._timer is not None:
+            self.polled.emit(self._result(outcome, gap, start))
+        if self._timer is not None:
             self._timer.start(int(self._interval_s * 1000))
+
+    def _result(self, out: object, gap: float | None, start: float) -> object:
+        """``poll_fn``'s answer as a :class:`PollResult` with its gap and duration."""
+        if isinstance(out, StatusReport):
+            out = PollResult(out)
+        if gap is not None and isinstance(out, PollResult) and out.resumed_after_s is None:
+            out = PollResult(out.report, out.what_if, gap, out.poll_seconds)
+        if isinstance(out, PollResult) and not out.poll_seconds:
+            out = PollResult(out.report, out.what_if, out.resumed_after_s,
+                             self._clock() - start)
+        return out
 
 
 class PollThread(QObject):
@@ -175,15 +202,16 @@ class PollThread(QObject):
         self._qthread.setObjectName("kvwall-poll")
         worker.moveToThread(self._qthread)
         self._qthread.started.connect(worker.start)
-        self._qthread.finished.connect(worker.deleteLater)
+        # No deleteLater at finish: a poll abandoned at quit may still hold the worker and
+        # signal it; the Python reference keeps it alive until then.
 
     def start(self) -> None:
         self._qthread.start()
 
     def stop(self, timeout_s: float = 10.0) -> bool:
-        """Stop polling and wait for the thread (a running poll finishes first).
+        """Stop polling and wait for the thread; a running poll is abandoned, not waited for.
 
-        Returns False when the thread did not end in time (a poll still blocked).
+        Returns False when the thread did not end in time.
         """
         if not self._qthread.isRunning():
             return True

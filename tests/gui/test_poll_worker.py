@@ -137,3 +137,26 @@ def test_no_server_shows_the_empty_state_and_a_vanished_server_goes(qtbot, tmp_p
         assert list(app.window.gauges.gauges()) == ["nvidia:0"]
     finally:
         app.stop()
+
+
+def test_quitting_while_a_poll_is_stuck_ends_the_thread_at_once(qtbot):
+    stuck = threading.Event()
+    gate = threading.Event()
+
+    def poll_fn(resumed):
+        stuck.set()
+        gate.wait(60)  # a server (or a FIFO) that never answers
+        return f.report()
+
+    worker = PollWorker(poll_fn, interval_s=0.05)
+    results = []
+    worker.polled.connect(results.append)
+    thread = PollThread(worker)
+    thread.start()
+    try:
+        qtbot.waitUntil(stuck.is_set, timeout=5000)
+        assert thread.stop(timeout_s=2.0)  # the stuck poll is abandoned, not waited for
+        assert not thread.thread.isRunning()
+    finally:
+        gate.set()
+    assert results == []
