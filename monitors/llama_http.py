@@ -89,6 +89,49 @@ def _int_or_none(value: object) -> int | None:
     return None
 
 
+# llama.cpp's own limits: LLAMA_MAX_SEQ sequences (so slots) per context; contexts and
+# token counts are int32; sizes and parameter counts int64. A number outside them is
+# not something llama.cpp sends, and a huge one (1e308) would overflow float arithmetic.
+LLAMA_MAX_SEQ = 256
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
+# /v1/models meta fields that are counts or sizes.
+_META_COUNTS = ("n_ctx_train", "n_vocab", "n_embd", "n_params", "size")
+
+
+def _shown(value: object) -> str:
+    """A bad value as a note quotes it: repr (control characters escaped), cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _count(value: object, what: str, notes: list[str] | None, limit: int = INT32_MAX
+           ) -> int | None:
+    """A non-negative integer no larger than ``limit``; anything else None, with a note.
+
+    None (the key absent) is simply unknown; every other bad value is reported as
+    "the server sent an invalid <what>" so it never reaches a sum, a forecast or the JSON.
+    """
+    if value is None:
+        return None
+    n = _int_or_none(value)
+    if n is None or n < 0 or n > limit:
+        if notes is not None:
+            notes.append(f"the server sent an invalid {what} ({_shown(value)})")
+        return None
+    return n
+
+
+def _has_type(value: object, expected: type, what: str, notes: list[str] | None) -> bool:
+    """Whether ``value`` has llama.cpp's type for ``what`` (noting it when it has not)."""
+    if isinstance(value, expected):
+        return True
+    if notes is not None:
+        name = "boolean" if expected is bool else "string" if expected is str else "value"
+        notes.append(f"the server sent an invalid {what} ({_shown(value)}): expected a {name}")
+    return False
+
+
 def parse_health(body: bytes | str) -> str:
     """``GET /health`` body -> its ``status`` ("ok").
 
@@ -102,12 +145,15 @@ def parse_health(body: bytes | str) -> str:
     return str(status)
 
 
-def parse_props(body: bytes | str) -> JSONObject:
+def parse_props(body: bytes | str, notes: list[str] | None = None) -> JSONObject:
     """``GET /props`` body -> a read-only mapping of its fields (missing keys simply absent).
 
     Useful keys: ``total_slots``, ``default_generation_settings.n_ctx`` (per slot),
     ``model_path``, ``model_alias``, ``is_sleeping``, ``endpoint_slots``,
     ``endpoint_metrics``, ``build_info``, ``role`` (``"router"`` in router mode).
+    Those keys are checked as llama.cpp produces them: a value of the wrong type or out
+    of llama.cpp's limits is dropped (unknown) with a note in ``notes``;
+    ``total_slots`` above :data:`LLAMA_MAX_SEQ` is cut to it.
 
     Raises:
         ResponseError: not a JSON object.
@@ -115,7 +161,39 @@ def parse_props(body: bytes | str) -> JSONObject:
     data = _json(body, "/props")
     if not isinstance(data, dict):
         raise ResponseError(f"/props: expected a JSON object, got {type(data).__name__}")
+    return _checked_props(data, notes)
+
+
+_PROPS_TYPES: tuple[tuple[str, type], ...] = (
+    ("is_sleeping", bool), ("endpoint_slots", bool), ("endpoint_metrics", bool),
+    ("model_path", str), ("model_alias", str), ("build_info", str), ("role", str),
+)
+
+
+def _checked_props(data: dict[str, object], notes: list[str] | None) -> dict[str, object]:
+    """``/props`` with every field kvwall reads checked (see :func:`parse_props`)."""
+    for key, expected in _PROPS_TYPES:
+        if key in data and not _has_type(data[key], expected, key, notes):
+            del data[key]
+    if "total_slots" in data:
+        slots = _count(data["total_slots"], "total_slots", notes, limit=INT64_MAX)
+        if slots is not None and slots > LLAMA_MAX_SEQ:
+            if notes is not None:
+                notes.append(f"the server claims {slots} slots; llama.cpp allows at most "
+                             f"{LLAMA_MAX_SEQ}: read as {LLAMA_MAX_SEQ}")
+            slots = LLAMA_MAX_SEQ
+        _set_or_drop(data, "total_slots", slots)
+    dgs = data.get("default_generation_settings")
+    if isinstance(dgs, dict) and "n_ctx" in dgs:
+        _set_or_drop(dgs, "n_ctx", _count(dgs["n_ctx"], "n_ctx", notes))
     return data
+
+
+def _set_or_drop(data: dict[str, object], key: str, value: int | None) -> None:
+    if value is None:
+        data.pop(key, None)
+    else:
+        data[key] = value
 
 
 def props_n_ctx_slot(props: JSONObject) -> int | None:
@@ -126,11 +204,13 @@ def props_n_ctx_slot(props: JSONObject) -> int | None:
     return None
 
 
-def parse_slots(body: bytes | str) -> tuple[SlotState, ...]:
+def parse_slots(body: bytes | str, notes: list[str] | None = None) -> tuple[SlotState, ...]:
     """``GET /slots`` body -> one :class:`SlotState` per slot.
 
     ``n_tokens`` is ``n_prompt_tokens`` (the slot's token cache, generated tokens included):
-    None for a slot that has never run a task.
+    None for a slot that has never run a task. Counts outside llama.cpp's limits are read
+    as unknown (``n_ctx`` as 0) with a note in ``notes``; slots beyond
+    :data:`LLAMA_MAX_SEQ` are left out with a note, so a poll stays cheap.
 
     Raises:
         ResponseError: not a JSON array of objects with an integer ``id``.
@@ -138,29 +218,39 @@ def parse_slots(body: bytes | str) -> tuple[SlotState, ...]:
     data = _json(body, "/slots")
     if not isinstance(data, list):
         raise ResponseError(f"/slots: expected a JSON array, got {type(data).__name__}")
-    out = []
-    for i, item in enumerate(data):
-        if not isinstance(item, dict):
-            raise ResponseError(f"/slots: item {i} is not an object")
-        sid = _int_or_none(item.get("id"))
-        if sid is None:
-            raise ResponseError(f"/slots: item {i} has no integer id")
-        n_decoded = None
-        nxt = item.get("next_token")
-        if isinstance(nxt, list) and nxt and isinstance(nxt[0], dict):
-            n_decoded = _int_or_none(nxt[0].get("n_decoded"))
-        elif isinstance(nxt, dict):
-            n_decoded = _int_or_none(nxt.get("n_decoded"))
-        id_task = _int_or_none(item.get("id_task"))
-        out.append(SlotState(
-            id=sid,
-            n_ctx=_int_or_none(item.get("n_ctx")) or 0,
-            n_tokens=_int_or_none(item.get("n_prompt_tokens")),
-            is_processing=bool(item.get("is_processing", False)),
-            id_task=id_task if id_task is None or id_task >= 0 else None,
-            n_decoded=n_decoded,
-        ))
-    return tuple(out)
+    if len(data) > LLAMA_MAX_SEQ:
+        if notes is not None:
+            notes.append(f"/slots lists {len(data)} slots; llama.cpp allows at most "
+                         f"{LLAMA_MAX_SEQ}: the first {LLAMA_MAX_SEQ} are read")
+        data = data[:LLAMA_MAX_SEQ]
+    return tuple(_slot(i, item, notes) for i, item in enumerate(data))
+
+
+def _slot(i: int, item: object, notes: list[str] | None) -> SlotState:
+    """One ``/slots`` item, its numbers checked against llama.cpp's limits."""
+    if not isinstance(item, dict):
+        raise ResponseError(f"/slots: item {i} is not an object")
+    sid = _count(item.get("id"), "slot id", None)
+    if sid is None:
+        raise ResponseError(f"/slots: item {i} has no integer id")
+    n_decoded = None
+    nxt = item.get("next_token")
+    if isinstance(nxt, list) and nxt and isinstance(nxt[0], dict):
+        n_decoded = _count(nxt[0].get("n_decoded"), f"slot {sid} n_decoded", notes)
+    elif isinstance(nxt, dict):
+        n_decoded = _count(nxt.get("n_decoded"), f"slot {sid} n_decoded", notes)
+    id_task = _int_or_none(item.get("id_task"))  # -1: no task yet
+    processing = item.get("is_processing", False)
+    if not _has_type(processing, bool, f"slot {sid} is_processing", notes):
+        processing = False
+    return SlotState(
+        id=sid,
+        n_ctx=_count(item.get("n_ctx"), f"slot {sid} n_ctx", notes) or 0,
+        n_tokens=_count(item.get("n_prompt_tokens"), f"slot {sid} n_prompt_tokens", notes),
+        is_processing=bool(processing),
+        id_task=id_task if id_task is not None and 0 <= id_task <= INT32_MAX else None,
+        n_decoded=n_decoded,
+    )
 
 
 def parse_metrics(text: bytes | str) -> Mapping[str, float]:
@@ -222,11 +312,19 @@ def parse_models(body: bytes | str) -> tuple[JSONObject, ...]:
     return tuple(items)
 
 
-def model_meta(items: tuple[JSONObject, ...]) -> JSONObject | None:
-    """``data[0].meta`` of a ``/v1/models`` answer (n_ctx_train, n_vocab, size...), or None."""
-    if items and isinstance(items[0].get("meta"), Mapping):
-        return dict(items[0]["meta"])
-    return None
+def model_meta(items: tuple[JSONObject, ...], notes: list[str] | None = None
+               ) -> JSONObject | None:
+    """``data[0].meta`` of a ``/v1/models`` answer (n_ctx_train, n_vocab, size...), or None.
+
+    Counts and sizes that are not non-negative int64 values are dropped with a note.
+    """
+    if not items or not isinstance(items[0].get("meta"), Mapping):
+        return None
+    meta = dict(items[0]["meta"])
+    for key in _META_COUNTS:
+        if key in meta:
+            _set_or_drop(meta, key, _count(meta[key], key, notes, limit=INT64_MAX))
+    return meta
 
 
 def error_message(body: bytes | str) -> str | None:
@@ -476,7 +574,8 @@ class LlamaClient:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
         self._lock = threading.Lock()
-        self._meta_cache: tuple[str, JSONObject | None] | None = None
+        # (model path|build, its /v1/models meta, the notes on that meta)
+        self._meta_cache: tuple[str, JSONObject | None, tuple[str, ...]] | None = None
 
     def __repr__(self) -> str:
         return f"LlamaClient({self.process.url!r}, busy={self.busy})"
@@ -531,13 +630,13 @@ class LlamaClient:
         errors: list[str] = []
         state = ServerState(process=self.process, timestamp=ts, health=HEALTH_OK)
         try:
-            props = self._read_props()
+            props = self._read_props(errors)
             state = replace(state, props=props)
             if props.get("role") == "router":
                 models = self._read_json("/models", parse_models, errors)
                 return replace(state, health=HEALTH_ROUTER, router_models=models,
                                errors=tuple(errors))
-            sleeping = bool(props.get("is_sleeping", False))
+            sleeping = props.get("is_sleeping") is True  # "no" is not a bool: unknown
             metrics = None
             if props.get("endpoint_metrics") is True:
                 metrics = self._read_json("/metrics", parse_metrics, errors)
@@ -553,7 +652,8 @@ class LlamaClient:
                 ):
                     slots = self._idle_slots  # reading them would keep the server awake
                 else:
-                    slots = self._read_json("/slots", parse_slots, errors)
+                    slots = self._read_json("/slots", lambda b: parse_slots(b, errors),
+                                            errors)
                     keep = (slots is not None and self._sleep_s() > 0
                             and not any(sl.is_processing for sl in slots))
                     self._idle_slots = slots if keep else None
@@ -636,7 +736,7 @@ class LlamaClient:
         return ("The server needs an API key (HTTP 401): give kvwall its key for this URL "
                 "(kvwall status --api-key URL=KEY, or the app's settings).")
 
-    def _read_props(self) -> JSONObject:
+    def _read_props(self, errors: list[str]) -> JSONObject:
         resp = self._request("/props")
         if resp.status == 503:
             raise _Stop(HEALTH_LOADING, None)
@@ -646,7 +746,7 @@ class LlamaClient:
             raise _Stop(HEALTH_ERROR, f"/props answered HTTP {resp.status}: "
                                       f"{error_message(resp.body) or _snippet(resp.body)}.")
         try:
-            return parse_props(resp.body)
+            return parse_props(resp.body, errors)
         except ResponseError as e:
             raise _Stop(HEALTH_ERROR, f"Garbage answer: {e}.") from None
 
@@ -684,18 +784,22 @@ class LlamaClient:
         # /v1/models is static for a loaded model: read it once per model path.
         ident = f"{props.get('model_path')}|{props.get('build_info')}"
         if self._meta_cache is not None and self._meta_cache[0] == ident:
+            errors.extend(self._meta_cache[2])
             return self._meta_cache[1]
         items = self._read_json("/v1/models", parse_models, errors)
         if items is None:
             return None
-        meta = model_meta(items)
-        self._meta_cache = (ident, meta)
+        notes: list[str] = []
+        meta = model_meta(items, notes)
+        errors.extend(notes)
+        self._meta_cache = (ident, meta, tuple(notes))
         return meta
 
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
     "HttpResponse",
+    "LLAMA_MAX_SEQ",
     "LlamaClient",
     "READ_TIMEOUT_S",
     "ResponseError",
