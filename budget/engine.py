@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -45,6 +45,7 @@ from kvwall.budget.report import (
     SlotReport,
     StatusReport,
 )
+from kvwall.budget.units import sanitize
 from kvwall.monitors.discovery import server_key
 from kvwall.monitors.gguf import ModelInfo
 from kvwall.monitors.snapshot import (
@@ -174,7 +175,7 @@ class Engine:
                 log.exception("analysis failed for %s", state.process.url)
                 reports.append(_failed_report(state, e))
         self._retain({r.key for r in reports})
-        return StatusReport(snapshot.timestamp, wall, devices, tuple(reports), errors,
+        return StatusReport(snapshot.timestamp, wall, devices, tuple(reports), _shown(errors),
                             pool_forecasts=forecasts, memory_events=events)
 
     def forget_history(self) -> None:
@@ -338,13 +339,14 @@ class Engine:
             name, advice = proc.managed_model or name, managed.advice
             notes += managed.notes
         return ServerReport(
-            key=key, pid=proc.pid, url=proc.url, name=name, model_path=read.path,
+            key=key, pid=proc.pid, url=proc.url, name=sanitize(name, 200), model_path=read.path,
             health=state.health, plan=planned.plan, memory=memory, slots=followed.slots,
             pool=followed.kv_pool, max_ctx=fit.max_ctx, more_servers_fit=fit.more_servers,
-            advice=advice, errors=tuple(dict.fromkeys(errors)), config=planned.config,
-            notes=tuple(dict.fromkeys(notes)), more_slots_fit=fit.more_slots,
+            advice=advice, errors=_shown(errors), config=planned.config,
+            notes=_shown(notes), more_slots_fit=fit.more_slots,
             restart_budget_bytes=fit.restart_budget_bytes, device_ids=ids,
-            managed_by=proc.managed_by, label=_display_label(state, planned.config, name),
+            managed_by=proc.managed_by,
+            label=sanitize(_display_label(state, planned.config, name), 200),
         )
 
     def _find_config(self, state: ServerState) -> _Found:
@@ -669,6 +671,12 @@ def _slot_tokens(slot: SlotState) -> int | None:
     return slot.n_tokens
 
 
+def _shown(texts: Iterable[str]) -> tuple[str, ...]:
+    """Errors and notes as every front end may show them: once each, sanitised (a server's
+    words can hold escape sequences and run to megabytes)."""
+    return tuple(dict.fromkeys(sanitize(str(t)) for t in texts))
+
+
 def snapshot_ts(snapshot: Snapshot) -> float:
     """The snapshot's monotonic timestamp, 0.0 when a broken snapshot has none."""
     try:
@@ -683,8 +691,8 @@ def _failed_report(state: ServerState, error: Exception) -> ServerReport:
         key=server_key(proc), pid=proc.pid, url=proc.url, name=proc.name or proc.url,
         model_path=None, health=state.health, plan=None, memory=(), slots=(), pool=None,
         max_ctx={}, more_servers_fit=None, advice=(),
-        errors=tuple(state.errors) + (
-            f"kvwall could not analyse this server ({type(error).__name__}: {error})",),
+        errors=_shown((*state.errors,
+                       f"kvwall could not analyse this server ({type(error).__name__}: {error})")),
     )
 
 
