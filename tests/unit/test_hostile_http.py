@@ -3,6 +3,9 @@ server trickles its answer, and poll threads never keep the process alive."""
 
 from __future__ import annotations
 
+import json
+import select
+import signal
 import socket
 import subprocess
 import sys
@@ -104,6 +107,9 @@ def test_a_prompt_server_still_answers(trickle):
 
 
 _STUCK_STATUS = """
+import json
+import select
+import signal
 import socket
 from kvwall.monitors.llama_http import LlamaClient
 from kvwall.monitors.poller import ClientPool, Poller
@@ -125,3 +131,35 @@ def test_a_stuck_poll_thread_does_not_keep_the_process_alive():
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == HEALTH_TIMEOUT
     assert time.monotonic() - start < 15
+
+
+def _status(*args: str) -> list[str]:
+    code = "import sys; from kvwall.app.cli import main; raise SystemExit(main(sys.argv[1:]))"
+    return [sys.executable, "-c", code, "status", *args]
+
+
+def test_status_exits_while_a_server_trickles_its_headers(trickle):
+    server = trickle(_HEADERS, 0.5)  # 7 minutes of headers
+    start = time.monotonic()
+    done = subprocess.run(_status("--url", server.url, "--json"), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert time.monotonic() - start < 30
+    url_server = [s for s in json.loads(done.stdout)["servers"] if s["url"] == server.url]
+    assert url_server and url_server[0]["health"] == HEALTH_TIMEOUT
+
+
+def test_watch_obeys_ctrl_c_while_a_server_trickles(trickle):
+    server = trickle(_HEADERS, 0.5)
+    proc = subprocess.Popen(_status("--url", server.url, "--watch", "1", "--json"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ready, _, _ = select.select([proc.stdout], [], [], 30)
+        assert ready, "no first screen within 30 s"
+        assert proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
