@@ -10,6 +10,7 @@ collides with this machine's. A remote that is down becomes one server whose hea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol, cast, get_args
@@ -24,6 +25,7 @@ from kvwall.budget.report import (
     SlotReport,
     StatusReport,
 )
+from kvwall.budget.units import sanitize
 from kvwall.monitors.snapshot import HEALTH_UNREACHABLE, DeviceMemory, Health, ProcessMemory
 
 Json = Mapping[str, Any]
@@ -44,16 +46,26 @@ class RemoteLike(Protocol):
     def error(self) -> str | None: ...
 
 
-def _int(value: Any) -> int | None:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
 def _float(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A finite number no larger than int64 (a remote's ``1e308`` or ``Infinity`` is unknown)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    return float(value) if math.isfinite(value) and abs(value) <= 2**63 else None
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if _float(value) is not None else None
 
 
 def _items(value: Any) -> list[Json]:
     return [v for v in value if isinstance(v, Mapping)] if isinstance(value, list) else []
+
+
+def _texts(value: Any, most: int = 50) -> list[str]:
+    """A remote's list of messages, sanitised, at most ``most`` of them."""
+    if not isinstance(value, list):
+        return []
+    return [sanitize(str(v)) for v in value[:most]]
 
 
 def _device(host: str, d: Json) -> DeviceMemory:
@@ -123,15 +135,15 @@ def _server(host: str, s: Json) -> ServerReport:
     max_ctx: Json = raw_max_ctx if isinstance(raw_max_ctx, Mapping) else {}
     return ServerReport(
         key=f"{host}/{s.get('key')}", pid=None, url=str(s.get("url") or ""),
-        name=f"{host}: {s.get('name')}", model_path=None, health=_health(s.get("health")),
+        name=sanitize(f"{host}: {s.get('name')}", 200), model_path=None, health=_health(s.get("health")),
         plan=None, memory=tuple(_attribution(host, a) for a in _items(memory.get("devices"))),
         slots=tuple(_slot(x) for x in _items(s.get("slots"))),
         pool=_slot(pool) if isinstance(pool, Mapping) else None,
         max_ctx={str(k): int(v) for k, v in max_ctx.items() if _int(v) is not None},
         more_servers_fit=_int(s.get("more_servers_fit")),
         advice=tuple(x for x in (_advice(a) for a in _items(s.get("advice"))) if x is not None),
-        errors=tuple(str(e) for e in s.get("errors") or ()),
-        notes=(f"on {host} (remote kvwall)",) + tuple(str(n) for n in s.get("notes") or ()),
+        errors=tuple(_texts(s.get("errors"))),
+        notes=(f"on {host} (remote kvwall)",) + tuple(_texts(s.get("notes"))),
         more_slots_fit=_int(s.get("more_slots_fit")),
         managed_by=s.get("managed_by") if isinstance(s.get("managed_by"), str) else None,
     )

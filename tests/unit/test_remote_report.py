@@ -58,3 +58,16 @@ def test_no_remotes_leaves_the_report_alone():
 def test_remote_entries():
     assert remote_entries([(" a:1 ", "t"), ("a:1", None), ("", "x"), ("b:2", "")]) == (
         ("a:1", "t"), ("b:2", None))
+
+
+def test_huge_numbers_and_escapes_from_a_remote_are_not_trusted():
+    odd = {"schema_version": 1,
+           "devices": [{"id": "x", "total_bytes": 1e308, "free_bytes": float("inf")}],
+           "servers": [{"name": "evil\x1b]0;pwned\x07", "slots": [{"id": 0, "n_ctx": 1e308}],
+                        "errors": ["\x1b[2J" + "E" * 10_000], "max_ctx": {"f16": 1e308}}]}
+    merged = merge_remotes(local_report(), [RemoteStatus("http://h:1", "h", True, odd)])
+    assert merged.devices[1].total_bytes is None and merged.devices[1].free_bytes is None
+    (server,) = merged.servers
+    assert "\x1b" not in server.name and "\\x1b" in server.name
+    assert server.slots[0].n_ctx == 0 and server.max_ctx == {}
+    assert "\x1b" not in server.errors[0] and "more characters)" in server.errors[0]
