@@ -21,6 +21,7 @@ from typing import Any
 
 from kvwall.app.desktop.logging_setup import FailureLog
 from kvwall.budget.report import StatusReport
+from kvwall.budget.units import sanitize
 from PySide6.QtCore import QObject, QThread, QTimer, Signal, Slot
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,7 @@ class PollWorker(QObject):
         if self._stopped:
             return
         if isinstance(outcome, Exception):
-            cause = f"{type(outcome).__name__}: {outcome}"
+            cause = sanitize(f"{type(outcome).__name__}: {outcome}")
             self._failures.failure(type(outcome).__name__, "poll failed: %s", cause,
                                    exc_info=outcome)
             self.failed.emit(cause)
