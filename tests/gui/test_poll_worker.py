@@ -160,3 +160,24 @@ def test_quitting_while_a_poll_is_stuck_ends_the_thread_at_once(qtbot):
     finally:
         gate.set()
     assert results == []
+
+
+def test_the_app_quits_while_a_poll_is_stuck(qtbot, tmp_path):
+    stuck = threading.Event()
+    gate = threading.Event()
+
+    def poll_fn(resumed):
+        stuck.set()
+        gate.wait(60)
+        return f.report()
+
+    app = KvwallApp(poll_fn, _store(tmp_path, poll_interval_s=0.5), use_tray=False)
+    qtbot.addWidget(app.window)
+    try:
+        app.start(show_window=True)
+        qtbot.waitUntil(stuck.is_set, timeout=5000)
+        app.stop()
+        assert not app.poll_thread.thread.isRunning()
+        assert app.results == 0
+    finally:
+        gate.set()
