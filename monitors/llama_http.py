@@ -447,7 +447,10 @@ class _DeadlineSocket:
         return io.BufferedReader(_DeadlineReader(self._sock, self._deadline))
 
     def close(self) -> None:
-        self._sock.close()
+        # http.client closes its connection as soon as a response that ends with the
+        # connection starts, while the body is still to be read (a real socket waits for
+        # its files): the real socket is closed by http_get once the answer is read.
+        pass
 
 
 def _connect(conn: http.client.HTTPConnection, connect_timeout: float) -> None:
@@ -499,9 +502,11 @@ def http_get(url: str, headers: Mapping[str, str], connect_timeout: float,
         path += "?" + parts.query
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = cls(host, parts.port, timeout=connect_timeout)
+    raw: socket.socket | None = None
     try:
         _connect(conn, connect_timeout)
-        conn.sock = _DeadlineSocket(conn.sock, time.monotonic() + read_timeout)
+        raw = conn.sock
+        conn.sock = _DeadlineSocket(raw, time.monotonic() + read_timeout)
         try:
             return _read_answer(conn, path, headers)
         except TimeoutError:
@@ -516,6 +521,8 @@ def http_get(url: str, headers: Mapping[str, str], connect_timeout: float,
             raise TransportError("other", f"network error ({e.strerror or e})") from None
     finally:
         conn.close()
+        if raw is not None:
+            raw.close()
 
 
 # ---------------------------------------------------------------------------- client

@@ -106,6 +106,26 @@ def test_a_prompt_server_still_answers(trickle):
     assert resp.status == 200 and resp.body == b"{}"
 
 
+def test_concurrent_answers_read_until_close_stay_apart(trickle):
+    # HTTP/1.0 without a length: http.client closes its connection before the body is
+    # read, and the socket must stay open for the body (never another request's fd).
+    servers = [trickle(b"HTTP/1.0 200 OK\r\n\r\n" + b"%d" % i * 200, 0.0) for i in range(8)]
+    results: dict[int, bytes | str] = {}
+
+    def get(i: int) -> None:
+        try:
+            results[i] = http_get(servers[i].url + "/props", {}, 0.5, 5.0).body
+        except TransportError as e:
+            results[i] = str(e)
+
+    threads = [threading.Thread(target=get, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert results == {i: b"%d" % i * 200 for i in range(8)}
+
+
 _STUCK_STATUS = """
 import json
 import select
