@@ -741,7 +741,8 @@ class LlamaClient:
         if self.process.api_key:
             return "The server rejected the API key kvwall found for it (HTTP 401)."
         return ("The server needs an API key (HTTP 401): give kvwall its key for this URL "
-                "(kvwall status --api-key URL=KEY, or the app's settings).")
+                "(KVWALL_API_KEY=URL=KEY or --api-key-file URL=PATH for kvwall status, or "
+                "the app's settings).")
 
     def _read_props(self, errors: list[str]) -> JSONObject:
         resp = self._request("/props")
