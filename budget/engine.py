@@ -41,6 +41,7 @@ from kvwall.budget.report import (
     Forecast,
     MemoryEvent,
     PoolForecast,
+    RefusedRequests,
     ServerReport,
     SlotReport,
     StatusReport,
@@ -133,6 +134,7 @@ class Engine:
         self.grab_detector = grab_detector if grab_detector is not None else GrabDetector()
         self._proc_root = proc_root
         self._plan_fn = plan_fn
+        self._wall = 0.0  # the epoch time of the poll being analysed
         self._models: OrderedDict[str, tuple[tuple[int, int], ModelInfo | None, str | None]] = (
             OrderedDict())
         self._plans: dict[str, tuple[tuple[object, ...], MemoryPlan | None, ServerConfig,
@@ -167,6 +169,7 @@ class Engine:
                                 (f"kvwall could not read this poll: {type(e).__name__}: {e}",))
         # Memory trends first: a pool forecast to run out is a problem advice solves.
         forecasts, events = self._memory_trends(snapshot, devices)
+        self._wall = wall
         reports: list[ServerReport] = []
         for state in snapshot.servers:
             try:
@@ -333,7 +336,9 @@ class Engine:
         notes = (found.notes + read.notes + planned.notes + memory_notes + followed.notes)
         proc = state.process
         name = _display_name(state, planned.config, read.path)
-        advice = _advice_in_view(state, devices, pool_forecasts, planned, followed, fit)
+        refused = self._refused(key, state)
+        advice = _advice_in_view(state, devices, pool_forecasts, planned, followed, fit,
+                                 refused)
         managed = managed_advice(proc.managed_by, advice, planned.config, proc.managed_model)
         if managed is not None:  # Ollama / llama-swap: its name, its settings (issue 11)
             name, advice = proc.managed_model or name, managed.advice
@@ -347,7 +352,18 @@ class Engine:
             restart_budget_bytes=fit.restart_budget_bytes, device_ids=ids,
             managed_by=proc.managed_by,
             label=sanitize(_display_label(state, planned.config, name), 200),
+            refused_requests=refused,
         )
+
+    def _refused(self, key: str, state: ServerState) -> RefusedRequests | None:
+        """Requests the server refused (context exceeded), None without ``/slots``."""
+        if state.slots is None:
+            return None
+        seen = self.tracker.refused(key)
+        last = None
+        if seen.last_timestamp is not None:  # monotonic -> epoch, through this poll's pair
+            last = self._wall - (state.timestamp - seen.last_timestamp)
+        return RefusedRequests(seen.count, last)
 
     def _find_config(self, state: ServerState) -> _Found:
         """The server's configuration from its command line (defaults for a URL)."""
@@ -414,7 +430,7 @@ class Engine:
         self.tracker.observe(key, slots, state.timestamp, unified=unified)
         reports = tuple(
             SlotReport(s.id, s.n_ctx, _slot_tokens(s), s.is_processing,
-                       self.tracker.slot_forecast(key, s))
+                       self.tracker.slot_forecast(key, s), id_task=s.id_task)
             for s in slots
         )
         kv_pool: SlotReport | None = None
@@ -569,7 +585,8 @@ class _Cached:
 
 def _advice_in_view(state: ServerState, devices: tuple[DeviceMemory, ...],
                     pool_forecasts: tuple[PoolForecast, ...], planned: _Planned,
-                    followed: _Followed, fit: _Fit) -> tuple[Advice, ...]:
+                    followed: _Followed, fit: _Fit,
+                    refused: RefusedRequests | None = None) -> tuple[Advice, ...]:
     """The fixes for the problems in view on this server (``()`` when none is)."""
     if planned.plan is None:
         return ()
@@ -577,7 +594,7 @@ def _advice_in_view(state: ServerState, devices: tuple[DeviceMemory, ...],
     on = tuple(d for d in server_devices(state, devices) if d.kind != "host") or (
         (host,) if host is not None else ())
     view = ServerView(
-        followed.slots, followed.kv_pool, refused=None, plan_bytes=fit.plan_bytes,
+        followed.slots, followed.kv_pool, refused=refused, plan_bytes=fit.plan_bytes,
         budget_bytes=fit.restart_budget_bytes, pools=on, pool_forecasts=pool_forecasts,
         host=host, cache_ram_on=planned.config is not None and planned.config.cache_ram_mib != 0)
     return advice_in_view(fit.advice, problems_in_view(view), followed.slots, followed.kv_pool)

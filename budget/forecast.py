@@ -27,6 +27,11 @@ RATE_WINDOW = 8
 FORGET_AFTER_S = 1800.0
 # A drop below this fraction of the previous fill is a new conversation, not noise.
 RESET_FRACTION = 0.9
+# A slot idle for longer than this (seconds), and longer than IDLE_TURN_GAPS times its
+# usual gap between requests, is idle: its turns left stay, its time left is unknown
+# (a clock that runs while nobody sends requests would be a guess that slides).
+IDLE_AFTER_S = 60.0
+IDLE_TURN_GAPS = 3.0
 
 
 @dataclass(frozen=True)
@@ -91,6 +96,8 @@ def forecast_fill(
     tokens: int | None,
     per_turn: Sequence[float],
     turn_points: Sequence[tuple[float, int]],
+    *,
+    idle_s: float = 0.0,
 ) -> Forecast:
     """Forecast when ``tokens`` reaches ``capacity``.
 
@@ -101,15 +108,21 @@ def forecast_fill(
             oldest first (the last :data:`RATE_WINDOW` are used).
         turn_points: ``(timestamp_s, cells)`` after each finished request, oldest first,
             for the growth per minute.
+        idle_s: seconds since the slot last worked (a request running or ending); see
+            :func:`is_idle`.
 
     Returns:
         The forecast. ``turns_left`` is the number of requests until the slot is full
         (the last of them hits the wall), 0 when already full, None when the growth is
         unknown or zero. ``confidence`` grows with the turns seen (full from 4 on) and
-        drops with the coefficient of variation of the growth.
+        drops with the coefficient of variation of the growth. An idle slot keeps its
+        ``turns_left``; its ``seconds_left`` is None (its clock runs only while the agent
+        works).
     """
     growth = _growth(per_turn, turn_points)
     turns_left, seconds_left = _time_left(capacity, tokens, growth)
+    if seconds_left and is_idle(idle_s, turn_points):
+        seconds_left = None
     return Forecast(
         tokens_per_turn=growth.tokens_per_turn,
         tokens_per_minute=growth.tokens_per_minute,
@@ -120,12 +133,41 @@ def forecast_fill(
     )
 
 
+def is_idle(idle_s: float, turn_points: Sequence[tuple[float, int]]) -> bool:
+    """Whether a slot that last worked ``idle_s`` seconds ago counts as idle.
+
+    Idle from :data:`IDLE_AFTER_S`, or later for an agent whose requests are further
+    apart: :data:`IDLE_TURN_GAPS` times the mean gap between its finished requests.
+    """
+    horizon = IDLE_AFTER_S
+    if len(turn_points) >= 2:
+        gap = (turn_points[-1][0] - turn_points[0][0]) / (len(turn_points) - 1)
+        horizon = max(horizon, IDLE_TURN_GAPS * gap)
+    return idle_s > horizon
+
+
+@dataclass(frozen=True)
+class RefusedCount:
+    """Requests a slot's server refused (prompt over the slot's context), as counted.
+
+    Attributes:
+        count: refused requests seen since kvwall started following the server.
+        last_timestamp: the monotonic time of the poll that saw the latest one.
+    """
+
+    count: int = 0
+    last_timestamp: float | None = None
+
+
 @dataclass
 class _Series:
     """Mutable history of one slot (or shared KV pool); private to the tracker."""
 
     reset_on_drop: bool
     last_seen: float = 0.0
+    last_active: float = 0.0  # a request running or ending was last seen then
+    refused: int = 0  # requests that ended without adding a cell (see turn_ended)
+    last_refused: float | None = None
     id_task: int | None = None
     is_processing: bool = False
     tokens: int | None = None
@@ -154,9 +196,12 @@ class _Series:
             self.restart(value, timestamp)
             return
         if value == self.base and self.reset_on_drop:
-            # Nothing was added: a refused request (prompt over the limit) or a cancelled
-            # one. Not a turn of the conversation.
+            # Nothing was added: a refused request (prompt over the limit: llama-server
+            # b11434 gives the slot the task id and leaves its cells as they were, see
+            # docs/llamacpp-notes.md) or a cancelled one. Not a turn of the conversation.
             self.pending = 0
+            self.refused += turns
+            self.last_refused = timestamp
             return
         if value < self.base:
             if self.reset_on_drop and value < self.base * RESET_FRACTION:
@@ -240,6 +285,7 @@ class ContextTracker:
             series.id_task = slot.id_task
             series.is_processing = slot.is_processing
             series.tokens = slot.n_tokens
+            series.last_active = timestamp if slot.is_processing else -math.inf
             return False
         # A slot cleared without a new task (unified KV parks idle slots in the RAM
         # prompt cache and clears them) is not a turn: its conversation goes on.
@@ -247,6 +293,8 @@ class ContextTracker:
         if ended:
             value = slot.n_tokens if readable and slot.n_tokens else None
             series.turn_ended(value, timestamp)
+        if slot.is_processing or ended:
+            series.last_active = timestamp
         series.id_task = slot.id_task
         series.is_processing = slot.is_processing
         series.tokens = slot.n_tokens
@@ -260,7 +308,7 @@ class ContextTracker:
         used = sum(s.n_tokens or 0 for s in slots)
         busy = any(s.is_processing for s in slots)
         if kv_pool is None:
-            kv_pool = _Series(reset_on_drop=False)
+            kv_pool = _Series(reset_on_drop=False, last_active=-math.inf)
             self._kv_pools[server_key] = kv_pool
             if not busy and used:
                 kv_pool.restart(used, timestamp)
@@ -268,6 +316,8 @@ class ContextTracker:
             kv_pool.turn_ended(used, timestamp, ended_now)
         elif ended_now:
             kv_pool.turn_ended(None, timestamp, ended_now)
+        if busy or ended_now:
+            kv_pool.last_active = timestamp
         kv_pool.tokens = used
         kv_pool.last_seen = timestamp
 
@@ -282,8 +332,15 @@ class ContextTracker:
         if series is None:
             return forecast_fill(slot.n_ctx, slot.n_tokens, (), ())
         return forecast_fill(
-            slot.n_ctx, slot.n_tokens, tuple(series.per_turn), tuple(series.turn_points)
+            slot.n_ctx, slot.n_tokens, tuple(series.per_turn), tuple(series.turn_points),
+            idle_s=series.last_seen - series.last_active,
         )
+
+    def refused(self, server_key: str) -> RefusedCount:
+        """Requests refused by one server (summed over its slots) since it was followed."""
+        mine = [s for k, s in self._slots.items() if k[0] == server_key]
+        times = [s.last_refused for s in mine if s.last_refused is not None]
+        return RefusedCount(sum(s.refused for s in mine), max(times) if times else None)
 
     def kv_pool_forecast(self, server_key: str, n_cells: int) -> Forecast | None:
         """The forecast for a unified server's shared KV pool of ``n_cells`` cells.
@@ -295,7 +352,8 @@ class ContextTracker:
         if kv_pool is None:
             return None
         return forecast_fill(n_cells, kv_pool.tokens, tuple(kv_pool.per_turn),
-                             tuple(kv_pool.turn_points))
+                             tuple(kv_pool.turn_points),
+                             idle_s=kv_pool.last_seen - kv_pool.last_active)
 
     def kv_pool_tokens(self, server_key: str) -> int | None:
         """Cells the shared KV pool holds now (sum over its slots), None if unknown."""

@@ -58,6 +58,8 @@ class SlotReport:
     tokens: int | None
     is_processing: bool
     forecast: Forecast
+    # Added for issue 9: the slot's last task id (the history store replays it).
+    id_task: int | None = None
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,28 @@ class RefusedRequests:
 
     count: int
     last_time: float | None
+
+
+@dataclass(frozen=True)
+class StoppedServer:
+    """A server kvwall followed that is gone: listed greyed, with what restarts it.
+
+    Attributes:
+        key: its ``ServerReport.key`` while it ran.
+        name: its name for people.
+        url: where it answered.
+        command: the command line that started it ("" when unknown, e.g. a URL).
+        stopped_time: epoch seconds of the last poll that saw it.
+        last_fill: the share of its fullest slot's context in use then (0..1), None when
+            unknown.
+    """
+
+    key: str
+    name: str
+    url: str
+    command: str
+    stopped_time: float
+    last_fill: float | None
 
 
 @dataclass(frozen=True)
@@ -227,3 +251,5 @@ class StatusReport:
     # Added for issue 4's warnings; defaults keep older constructors valid.
     pool_forecasts: tuple[PoolForecast, ...] = ()  # one per pool whose free memory is known
     memory_events: tuple[MemoryEvent, ...] = ()  # other processes that grew suddenly
+    # Added for issue 9: servers the history store knows that are not running now.
+    stopped_servers: tuple[StoppedServer, ...] = ()

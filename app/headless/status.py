@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import sys
@@ -22,6 +23,7 @@ from kvwall.budget.units import format_bytes, format_duration
 
 if TYPE_CHECKING:  # imported lazily at run time: `kvwall status` starts fast
     from kvwall.budget.engine import Engine
+    from kvwall.budget.history import HistoryStore
     from kvwall.budget.memory import MemoryPlan
     from kvwall.budget.report import (
         Advice,
@@ -31,11 +33,14 @@ if TYPE_CHECKING:  # imported lazily at run time: `kvwall status` starts fast
         ServerReport,
         SlotReport,
         StatusReport,
+        StoppedServer,
     )
     from kvwall.monitors.poller import Poller
     from kvwall.monitors.snapshot import DeviceMemory, Snapshot
 
 JsonObject = dict[str, Any]  # a JSON object as json.dumps takes it
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
@@ -85,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
                         "repeatable; a remote that is down is shown as down")
     p.add_argument("--remote-token-file", metavar="PATH", default=None,
                    help="bearer token for the remotes (their --token-file). Never printed")
+    p.add_argument("--no-history", action="store_true",
+                   help="neither read nor write kvwall's history store (by default a one-shot "
+                        "status forecasts from it and --watch records into it)")
     p.add_argument("--count", metavar="N", type=int, default=None, help=argparse.SUPPRESS)
     return p
 
@@ -250,6 +258,7 @@ def _server_json(s: ServerReport) -> JsonObject:
         "notes": list(s.notes),
         "errors": list(s.errors),
         "managed_by": getattr(s, "managed_by", None),
+        "refused_requests": _refused_json(s),
     }
 
 
@@ -264,6 +273,16 @@ def _advice_facts(adv: Advice) -> str:
         facts.append(f"full in ~{adv.turns_left} requests")
     facts.append(f"largest -c {adv.max_ctx}")
     return ", ".join(facts)
+
+
+def _refused_json(s: ServerReport) -> JsonObject | None:
+    r = s.refused_requests
+    return None if r is None else {"count": r.count, "last_time": _num(r.last_time)}
+
+
+def _stopped_json(s: StoppedServer) -> JsonObject:
+    return {"key": s.key, "name": s.name, "url": s.url, "command": s.command,
+            "stopped_time": _num(s.stopped_time), "last_fill": _num(s.last_fill)}
 
 
 def _pool_forecast_json(f: PoolForecast) -> JsonObject:
@@ -286,12 +305,14 @@ def report_json(report: StatusReport) -> JsonObject:
         "devices": [_device_json(d) for d in report.devices],
         "servers": [_server_json(s) for s in report.servers],
         "pool_forecasts": [_pool_forecast_json(f) for f in report.pool_forecasts],
+        "stopped_servers": [_stopped_json(s) for s in report.stopped_servers],
         "errors": list(report.errors),
     }
 
 
 def snapshot_json(snapshot: Snapshot, wall_time: float,
-                  pool_forecasts: Sequence[PoolForecast] = ()) -> JsonObject:
+                  pool_forecasts: Sequence[PoolForecast] = (),
+                  stopped: Sequence[StoppedServer] = ()) -> JsonObject:
     """The same object for a poll that found no server (no engine needed)."""
     errors = list(snapshot.errors) + [e for e in snapshot.memory.errors
                                       if e not in snapshot.errors]
@@ -301,6 +322,7 @@ def snapshot_json(snapshot: Snapshot, wall_time: float,
         "devices": [_device_json(d) for d in snapshot.memory.devices],
         "servers": [],
         "pool_forecasts": [_pool_forecast_json(f) for f in pool_forecasts],
+        "stopped_servers": [_stopped_json(s) for s in stopped],
         "errors": errors,
     }
 
@@ -434,6 +456,12 @@ def _server_lines(s: ServerReport, footnotes: list[str]) -> list[str]:
         lines.append(_slot_line("pool", s.pool))
     for slot in s.slots:
         lines.append(_slot_line(f"#{slot.id}", slot))
+    refused = s.refused_requests
+    if refused is not None and refused.count:
+        when = ("" if refused.last_time is None else
+                ", last at " + time.strftime("%H:%M:%S", time.localtime(refused.last_time)))
+        lines.append(f"    refused  {refused.count} request(s) over the slot's context "
+                     f"(exceed_context_size_error){when}")
     if s.max_ctx:
         ctx = ", ".join(f"{k} {v}" for k, v in s.max_ctx.items())
         more = ""
@@ -457,7 +485,8 @@ def _server_lines(s: ServerReport, footnotes: list[str]) -> list[str]:
 def render_text(devices: Sequence[DeviceMemory], servers: Sequence[ServerReport],
                 errors: Sequence[str], wall_time: float,
                 pool_forecasts: Sequence[PoolForecast] = (),
-                memory_events: Sequence[MemoryEvent] = ()) -> str:
+                memory_events: Sequence[MemoryEvent] = (),
+                stopped: Sequence[StoppedServer] = ()) -> str:
     """The readable status screen."""
     stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(wall_time))
     lines = [f"kvwall status  {stamp}", ""]
@@ -475,9 +504,24 @@ def render_text(devices: Sequence[DeviceMemory], servers: Sequence[ServerReport]
             lines.append(f"* {RSS_NOTE}.")
     else:
         lines.append("No llama.cpp server found (running llama-server processes, or --url).")
+    lines += _stopped_lines(stopped)
     for e in errors:
         lines.append(f"! {e}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _stopped_lines(stopped: Sequence[StoppedServer]) -> list[str]:
+    """``stopped 19:15, last fill 71%`` per server the history knows that is gone."""
+    if not stopped:
+        return []
+    lines = ["", f"Stopped ({len(stopped)})"]
+    for s in stopped:
+        fill = "" if s.last_fill is None else f", last fill {s.last_fill:.0%}"
+        stamp = time.strftime("%H:%M", time.localtime(s.stopped_time))
+        lines.append(f"  {s.name}  {s.url}  stopped {stamp}{fill}")
+        if s.command:
+            lines.append(f"             $ {s.command}")
+    return lines
 
 
 # ---------------------------------------------------------------------------- loop
@@ -491,14 +535,25 @@ class StatusSession:
         engine_factory: builds the engine on first need (importing the memory model
             lazily keeps ``kvwall status`` fast when no server runs).
         clock: wall-clock seconds for the report time.
+        history: the history store: the engine's trackers are seeded from it when the
+            engine is built (a one-shot status forecasts from what an earlier watch
+            saw), stopped servers are listed from it, and with ``record`` every report
+            is written into it.
+        record: write each report into ``history`` (``--watch``).
+        monotonic: the poller's clock, to map stored epoch times onto the trackers'.
     """
 
     def __init__(self, poller: SnapshotSource, engine_factory: Callable[[], Engine] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, *, history: HistoryStore | None = None,
+                 record: bool = False,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         self.poller = poller
         self._engine_factory = engine_factory
         self.engine: Engine | None = None
         self._clock = clock
+        self._monotonic = monotonic
+        self.history = history
+        self._record = record
         # Pool trends build up before a server shows up, and go on in its engine.
         from kvwall.budget.forecast import PoolTracker
 
@@ -516,16 +571,42 @@ class StatusSession:
                 forecasts = self.pool_tracker.forecasts(devices)
             except Exception:  # noqa: BLE001 - a forecast never costs the screen
                 forecasts = ()
-            obj = snapshot_json(snapshot, wall, forecasts)
-            text = render_text(devices, (), obj["errors"], wall, forecasts)
+            stopped = self._stopped((), wall)
+            obj = snapshot_json(snapshot, wall, forecasts, stopped)
+            text = render_text(devices, (), obj["errors"], wall, forecasts, stopped=stopped)
             return obj, text, secrets
-        report = self._engine().analyse(snapshot)
+        report = self._with_history(self._engine().analyse(snapshot))
         text = render_text(report.devices, report.servers, report.errors, report.wall_time,
-                           report.pool_forecasts, report.memory_events)
+                           report.pool_forecasts, report.memory_events,
+                           report.stopped_servers)
         return report_json(report), text, secrets
 
+    def _stopped(self, servers: Sequence[ServerReport], wall: float
+                 ) -> tuple[StoppedServer, ...]:
+        if self.history is None:
+            return ()
+        try:
+            return self.history.stopped(servers, wall)
+        except Exception as e:  # noqa: BLE001 - history is optional; the screen is not
+            log.warning("history read failed: %s", e)
+            return ()
+
+    def _with_history(self, report: StatusReport) -> StatusReport:
+        """Record the report (``--watch``) and add the stopped servers to it."""
+        if self.history is None:
+            return report
+        if self._record:
+            try:
+                self.history.record(report)
+            except Exception as e:  # noqa: BLE001 - a lost sample never stops the watch
+                log.warning("history write failed: %s", e)
+        from dataclasses import replace
+
+        return replace(report,
+                       stopped_servers=self._stopped(report.servers, report.wall_time))
+
     def _engine(self) -> Engine:
-        """The engine, built on the first poll that finds a server."""
+        """The engine, built on the first poll that finds a server (seeded from history)."""
         if self.engine is None:
             if self._engine_factory is None:
                 from kvwall.budget.engine import Engine
@@ -533,10 +614,24 @@ class StatusSession:
                 self.engine = Engine(clock=self._clock, pool_tracker=self.pool_tracker)
             else:
                 self.engine = self._engine_factory()
+            self._seed(self.engine)
         return self.engine
+
+    def _seed(self, engine: Engine) -> None:
+        if self.history is None:
+            return
+        from kvwall.budget.history import seed_trackers
+
+        try:
+            seed_trackers(self.history, engine.tracker, engine.pool_tracker,
+                          now_wall=self._clock(), now_monotonic=self._monotonic())
+        except Exception as e:  # noqa: BLE001 - no history is a fresh start, not an error
+            log.warning("history replay failed: %s", e)
 
     def close(self) -> None:
         self.poller.close()
+        if self.history is not None:
+            self.history.close()
 
 
 def _redact(text: str, secrets: Iterable[str]) -> str:
@@ -578,10 +673,25 @@ def _read_args(args: argparse.Namespace, environ: Mapping[str, str]
     return urls, keys, watch, deadline
 
 
+def _open_history(args: argparse.Namespace, injected: bool,
+                  path: str | os.PathLike[str] | None) -> HistoryStore | None:
+    """The history store, None with ``--no-history`` (or for an injected poller, unless
+    a path is given: a test's fake servers stay out of the user's history)."""
+    if args.no_history or (injected and path is None):
+        return None
+    from kvwall.budget.history import open_store
+
+    store, message = open_store(path)
+    if message:
+        sys.stderr.write(f"kvwall status: {message}\n")
+    return store
+
+
 def main(argv: Sequence[str] | None = None, *, poller: SnapshotSource | None = None,
          out: IO[str] | None = None, sleep: Callable[[float], None] = time.sleep,
          monotonic: Callable[[], float] = time.monotonic,
-         environ: Mapping[str, str] | None = None) -> int:
+         environ: Mapping[str, str] | None = None,
+         history_path: str | os.PathLike[str] | None = None) -> int:
     """Run ``kvwall status``; returns the exit code (0, or 2 for a bad argument)."""
     out = out or sys.stdout
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -601,7 +711,9 @@ def main(argv: Sequence[str] | None = None, *, poller: SnapshotSource | None = N
         return EXIT_USAGE
     try:
         session = StatusSession(poller if poller is not None
-                                else _default_poller(urls, keys, deadline))
+                                else _default_poller(urls, keys, deadline),
+                                history=_open_history(args, poller is not None, history_path),
+                                record=watch is not None, monotonic=monotonic)
     except Exception as e:  # noqa: BLE001 - a one-line message, never a traceback
         sys.stderr.write(_redact(f"kvwall status: cannot start monitoring: {e}\n", secrets))
         return EXIT_FAILURE
