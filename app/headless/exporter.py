@@ -45,7 +45,6 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 COMPONENTS = ("weights", "kv", "recurrent", "compute", "overhead", "unattributed", "measured")
 POOL_SLOT = "pool"  # the slot label of a unified KV pool (all slots share it)
 REDACTED = "<redacted>"
-_MAX_TRACKED_SERVERS = 256
 
 DESCRIPTION = """\
 Serve kvwall's view of this machine to Prometheus (/metrics) and to other kvwall instances
@@ -68,7 +67,7 @@ class Observation:
         snapshot: the poller's snapshot behind it (build info, slot task ids), or None.
         secrets: API keys to keep out of anything served.
         poll_seconds: how long the poll took.
-        refused: server URL -> requests seen stopped at their slot's context limit.
+        refused: server URL -> requests it refused because the context was exceeded.
     """
 
     obj: Mapping[str, Any]
@@ -93,31 +92,15 @@ class _CapturingPoller:
         self.poller.close()
 
 
-class RefusalCounter:
-    """Counts requests that ran into their slot's context limit, per server URL.
-
-    llama.cpp stops (or, for a prompt that does not fit, refuses) such a request; neither
-    ``/metrics`` nor ``/slots`` counts them, so each task (``id_task``) seen holding its
-    slot's whole context is counted once. Counts only grow while the exporter runs.
-    """
-
-    def __init__(self) -> None:
-        self._counted: dict[tuple[str, int], int | None] = {}
-        self.counts: dict[str, int] = {}
-
-    def observe(self, snapshot: Any) -> None:
-        for state in getattr(snapshot, "servers", ()) or ():
-            url = state.process.url
-            if url not in self.counts:
-                if len(self.counts) >= _MAX_TRACKED_SERVERS:
-                    continue
-                self.counts[url] = 0
-            for slot in state.slots or ():
-                full = slot.n_tokens is not None and slot.n_ctx > 0 and slot.n_tokens >= slot.n_ctx
-                task = (url, slot.id)
-                if full and slot.id_task is not None and self._counted.get(task) != slot.id_task:
-                    self._counted[task] = slot.id_task
-                    self.counts[url] += 1
+def refused_counts(obj: Mapping[str, Any]) -> dict[str, int]:
+    """Server URL -> requests it refused (context exceeded), from the status object's
+    ``servers[].refused_requests`` (the engine counts them from ``/slots``: the task id
+    advances while the slot's cells do not; see docs/llamacpp-notes.md)."""
+    counts: dict[str, int] = {}
+    for s in obj.get("servers", ()):
+        refused = s.get("refused_requests") or {}
+        counts[_text(s.get("url"))] = int(refused.get("count") or 0)
+    return counts
 
 
 def _default_session(urls: Sequence[str], keys: Mapping[str, str],
@@ -148,7 +131,6 @@ class SharedPoll:
         self.interval_s = interval_s
         self._secrets = frozenset(s for s in secrets if s)
         self._monotonic = monotonic
-        self._refusals = RefusalCounter()
         self._latest: Observation | None = None
         self._ready = threading.Event()
         self._stop = threading.Event()
@@ -165,10 +147,9 @@ class SharedPoll:
                    "pool_forecasts": [], "errors": [f"poll failed: {type(e).__name__}: {e}"]}
             found = set()
         snapshot = self.capture.last if self.capture is not None else None
-        self._refusals.observe(snapshot)
         self._secrets = self._secrets | frozenset(s for s in found if s)
         observation = Observation(obj, snapshot, self._secrets, self._monotonic() - started,
-                                  dict(self._refusals.counts))
+                                  refused_counts(obj))
         self._latest = observation
         self.polls += 1
         self._ready.set()
@@ -308,8 +289,8 @@ def server_families(observation: Observation) -> list[Metric]:
                            labels=["server", "model"])
     refused = CounterMetricFamily(
         "kvwall_server_refused_requests",
-        "Requests seen holding their slot's whole context (llama.cpp stops or refuses "
-        "them), counted once per task since the exporter started", labels=["server"])
+        "Requests the server refused because the prompt exceeded the slot's context "
+        "(exceed_context_size_error), since the exporter started", labels=["server"])
     for s in obj.get("servers", ()):
         url, model = _text(s.get("url")), _text(s.get("name"))
         cfg = s.get("config") or {}
@@ -654,7 +635,6 @@ __all__ = [
     "DEFAULT_PORT",
     "ExporterConfig",
     "Observation",
-    "RefusalCounter",
     "SharedPoll",
     "StatusCollector",
     "build_registry",
@@ -663,5 +643,6 @@ __all__ = [
     "parse_listen",
     "read_token",
     "redact",
+    "refused_counts",
     "serve",
 ]

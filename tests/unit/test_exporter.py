@@ -17,11 +17,11 @@ import pytest
 from kvwall.app.headless import exporter
 from kvwall.app.headless.exporter import (
     ExporterConfig,
-    RefusalCounter,
     SharedPoll,
     build_registry,
     make_server,
     parse_listen,
+    refused_counts,
 )
 from kvwall.app.headless.remote_view import remote_text, with_remotes
 from kvwall.monitors.llama_http import HttpResponse, TransportError
@@ -183,17 +183,10 @@ def test_names_follow_prometheus_conventions(shared):
     assert "# TYPE kvwall_server_refused_requests_total counter" in text
 
 
-def test_refusals_counted_once_per_task():
-    counter = RefusalCounter()
-    full = SimpleNamespace(id=0, n_ctx=256, n_tokens=256, id_task=7)
-    counter.observe(snapshot([full]))
-    counter.observe(snapshot([full]))  # the same task, seen again
-    assert counter.counts == {URL: 1}
-    counter.observe(snapshot([SimpleNamespace(id=0, n_ctx=256, n_tokens=12, id_task=8)]))
-    counter.observe(snapshot([SimpleNamespace(id=0, n_ctx=256, n_tokens=256, id_task=9)]))
-    assert counter.counts == {URL: 2}
-    counter.observe(snapshot([SimpleNamespace(id=1, n_ctx=256, n_tokens=None, id_task=3)]))
-    assert counter.counts == {URL: 2}
+def test_refusals_come_from_the_status_object():
+    obj = {"servers": [{"url": URL, "refused_requests": {"count": 2, "last_time": 1.0}},
+                       {"url": "http://127.0.0.1:9", "refused_requests": None}]}
+    assert refused_counts(obj) == {URL: 2, "http://127.0.0.1:9": 0}
 
 
 def test_a_failing_poll_is_served_as_an_error():
