@@ -33,7 +33,7 @@ _RANK: dict[Level, int] = {OK: 0, WARNING: 1, CRITICAL: 2}
 # Every kind of notification (settings' NOTIFY_KINDS names the same set for people).
 ALL_KINDS: frozenset[str] = frozenset({
     "free_memory", "pool_forecast", "slot_forecast", "slot_full", "server_unreachable",
-    "process_grab"})
+    "process_grab", "refused_requests"})
 
 UNREACHABLE_HEALTH: frozenset[Health] = frozenset({"unreachable", "not responding"})
 
@@ -192,6 +192,7 @@ class NotificationRules:
         self.cooldown_s = cooldown_s
         self._levels: dict[_AlertKey, Level] = {}
         self._last_fired: dict[_AlertKey, float] = {}
+        self._refused_seen: dict[str, int] = {}  # server key -> refused count last seen
         self._paused_until: float | None = None
         self.set_thresholds(thresholds or Thresholds())
 
@@ -231,6 +232,10 @@ class NotificationRules:
         self._eval_grab(report, run)
         for server in report.servers:
             self._eval_server(server, run)
+            self._eval_refused(server, run)
+        running = {s.key for s in report.servers}
+        for gone in [k for k in self._refused_seen if k not in running]:
+            del self._refused_seen[gone]
         # Subjects that vanished (server gone, slot renumbered) forget their level.
         for key in [k for k in self._levels if k not in run.seen]:
             del self._levels[key]
@@ -271,8 +276,9 @@ class NotificationRules:
                      biggest: ServerReport | None = biggest) -> Notification:
                 advice = _top_advice(biggest)
                 msg = f"{d.name}: {format_bytes(d.free_bytes)} free ({pct:.0f}%)."
-                return Notification("free_memory", level, d.id,
-                                    f"kvwall: {d.name} is almost full", _with_advice(msg, advice),
+                title = (f"kvwall: {d.name} is almost full" if level == CRITICAL
+                         else f"kvwall: {d.name} is running low")
+                return Notification("free_memory", level, d.id, title, _with_advice(msg, advice),
                                     biggest.key if biggest else None, advice)
 
             self._step(run, "free_memory", d.id, lv, make)
@@ -342,8 +348,23 @@ class NotificationRules:
         slots = [("slot_forecast", s, f"{server.key}/slot{s.id}") for s in server.slots]
         if server.pool is not None:
             slots.append(("pool_forecast", server.pool, f"{server.key}/pool"))
+        start = len(run.fired)
         for kind, slot, subject in slots:
             self._eval_slot(server, kind, slot, subject, run)
+        run.fired[start:] = _one_per_crossing(run.fired[start:], f"{server.key}/pool")
+
+    def _eval_refused(self, server: ServerReport, run: _Pass) -> None:
+        """Requests refused with exceed_context_size_error since the last report: critical
+        for the report that saw them (the cool-down keeps a refusing agent from storming)."""
+        refused = server.refused_requests
+        if refused is None:
+            return
+        before = self._refused_seen.get(server.key)
+        self._refused_seen[server.key] = refused.count
+        new = 0 if before is None else max(0, refused.count - before)
+        lv = CRITICAL if new else OK
+        self._step(run, "refused_requests", server.key, lv, lambda level: (
+            _refused_notification(level, server, new)))
 
     def _forecast_level(self, slot: SlotReport, prev: Level) -> Level:
         """The forecast rules' level for one slot (or the shared KV pool)."""
@@ -369,6 +390,18 @@ class NotificationRules:
                             self._previous("slot_full", subject))
         self._step(run, "slot_full", subject, lv_full, lambda level: (
             _full_notification(level, subject, server, slot)))
+
+
+# The forecast kinds a slot and its server's shared KV pool raise for the same crossing.
+_SAME_CROSSING = {"slot_forecast": "pool_forecast", "slot_full": "slot_full"}
+
+
+def _one_per_crossing(fired: list[Notification], pool_subject: str) -> list[Notification]:
+    """A slot and its shared KV pool crossing together raise one notification: the
+    pool's (it names the whole server's context), not one per slot as well."""
+    pool_kinds = {n.kind for n in fired if n.subject == pool_subject}
+    return [n for n in fired if n.subject == pool_subject
+            or _SAME_CROSSING.get(n.kind) not in pool_kinds]
 
 
 def slot_fill(slot: SlotReport) -> float | None:
@@ -466,8 +499,34 @@ def _forecast_notification(kind: str, level: Level, subject: str, server: Server
     advice = _top_advice(server, "context")
     phrase = forecast_phrase(server, slot)
     msg = _with_advice(phrase[0].upper() + phrase[1:] + ".", advice)
-    title = "kvwall: context running out" if level == WARNING else "kvwall: context almost full"
-    return Notification(kind, level, subject, title, msg, server.key, advice)
+    return Notification(kind, level, subject, _forecast_title(level, slot), msg, server.key,
+                        advice)
+
+
+# "Almost full" is said only of a context this full (a critical forecast of a slot at 10%
+# that fills in two requests "fills soon").
+ALMOST_FULL_FILL = 0.8
+
+
+def _forecast_title(level: Level, slot: SlotReport) -> str:
+    """The words match the severity and the fill: running out, fills soon, almost full."""
+    if level != CRITICAL:
+        return "kvwall: context running out"
+    fill = slot_fill(slot)
+    if fill is not None and fill >= ALMOST_FULL_FILL:
+        return "kvwall: context almost full"
+    return "kvwall: context fills soon"
+
+
+def _refused_notification(level: Level, server: ServerReport, new: int) -> Notification:
+    advice = _top_advice(server)
+    ctx = max((s.n_ctx for s in server.slots), default=0)
+    what = "a request" if new == 1 else f"{new} requests"
+    msg = (f"{server.name} refused {what}: the prompt exceeded the slot's context"
+           f"{f' ({ctx} tokens)' if ctx else ''}; the agent got exceed_context_size_error.")
+    return Notification("refused_requests", level, server.key,
+                        f"kvwall: {server.name} hit the context wall",
+                        _with_advice(msg, advice), server.key, advice)
 
 
 def _pool_forecast_notification(level: Level, fc: PoolForecast, name: str,

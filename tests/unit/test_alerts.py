@@ -276,3 +276,55 @@ def test_a_forecast_from_one_turn_does_not_warn_yet():
                                                       turns_seen=3))
     assert [n.kind for n in rules.evaluate(f.report([f.server(slots=[sure])]))] == [
         "slot_forecast"]
+
+
+def _refused_report(count, t=0.0):
+    from kvwall.budget.report import RefusedRequests
+
+    srv = replace(f.server(slots=[f.slot(0, n_ctx=4096, tokens=3000)]),
+                  refused_requests=RefusedRequests(count, 5.0 if count else None))
+    return f.report([srv], [f.device(total=24 * f.GiB, used=2 * f.GiB)], t=t)
+
+
+def test_a_refused_request_raises_one_notification_and_a_baseline_is_silent():
+    clock = FakeClock()
+    rules = NotificationRules(clock=clock, cooldown_s=60)
+    assert [n.kind for n in rules.evaluate(_refused_report(3))] == []  # seen before we came
+    clock.t += 2
+    fired = rules.evaluate(_refused_report(4))
+    assert [(n.kind, n.level, n.server_key) for n in fired] == [
+        ("refused_requests", CRITICAL, "pid:100")]
+    assert "exceed_context_size_error" in fired[0].message
+    assert "refused a request" in fired[0].message
+    clock.t += 2
+    assert rules.evaluate(_refused_report(4)) == []
+    clock.t += 2
+    assert rules.evaluate(_refused_report(6)) == []  # within the cool-down: no storm
+    clock.t += 120
+    assert rules.evaluate(_refused_report(6)) == []
+    clock.t += 2
+    assert [n.kind for n in rules.evaluate(_refused_report(7))] == ["refused_requests"]
+
+
+def test_a_slot_and_its_shared_pool_crossing_together_raise_one_notification():
+    rules = NotificationRules(Thresholds(slot_warn_turns=5, slot_critical_turns=2))
+    slot = f.slot(0, n_ctx=8192, tokens=7000, turns_left=3, per_turn=300.0)
+    pool = f.slot(-1, n_ctx=8192, tokens=7000, turns_left=3, per_turn=300.0)
+    srv = f.server(slots=[slot], pool=pool)
+    fired = rules.evaluate(f.report([srv], [f.device(total=24 * f.GiB, used=2 * f.GiB)]))
+    assert [(n.kind, n.subject) for n in fired] == [("pool_forecast", "pid:100/pool")]
+
+
+def test_severity_words_match_the_severity():
+    rules = NotificationRules(Thresholds(slot_warn_turns=5, slot_critical_turns=2))
+    early = f.slot(0, n_ctx=16384, tokens=1600, turns_left=2, per_turn=8000.0)
+    fired = rules.evaluate(f.report([f.server(slots=[early])],
+                                    [f.device(total=24 * f.GiB, used=2 * f.GiB)]))
+    assert [(n.level, n.title) for n in fired] == [(CRITICAL, "kvwall: context fills soon")]
+    low = NotificationRules()
+    warned = low.evaluate(f.report([], [f.device(total=100 * f.GiB, used=91 * f.GiB)]))
+    assert [(n.level, n.title) for n in warned] == [
+        (WARNING, "kvwall: NVIDIA RTX 4090 is running low")]
+    full = low.evaluate(f.report([], [f.device(total=100 * f.GiB, used=97 * f.GiB)]))
+    assert [(n.level, n.title) for n in full] == [
+        (CRITICAL, "kvwall: NVIDIA RTX 4090 is almost full")]

@@ -275,3 +275,45 @@ def test_refused_request_that_adds_nothing_is_not_a_turn():
     assert after.turns_seen == before.turns_seen
     assert after.tokens_per_turn == pytest.approx(160)
     assert after.turns_left == 1
+
+
+def test_refused_requests_are_counted_per_server():
+    agent = SimulatedAgent(n_ctx=1024, start=300, growth=[160])
+    tracker = ContextTracker()
+    tracker.observe(KEY, [agent.idle()], 0.0)
+    t = run_turns(tracker, agent, 3)
+    assert tracker.refused(KEY).count == 0
+    for k in range(2):  # two prompts over the limit: the task id moves, the cells do not
+        agent.task += 3
+        tracker.observe(KEY, [agent.idle()], t + 5 + k)
+    refused = tracker.refused(KEY)
+    assert (refused.count, refused.last_timestamp) == (2, t + 6)
+    assert tracker.refused("pid:1").count == 0
+
+
+def test_an_idle_slot_keeps_its_turns_left_but_its_clock_stops():
+    agent = SimulatedAgent(n_ctx=10_000, start=1000, growth=[500])
+    tracker = ContextTracker()
+    tracker.observe(KEY, [agent.idle()], 100.0)
+    t = run_turns(tracker, agent, 4, t0=100.0, period=10.0)
+    active = tracker.slot_forecast(KEY, agent.idle())
+    assert active.seconds_left is not None and active.turns_left is not None
+    tracker.observe(KEY, [agent.idle()], t + 30)  # a pause within the horizon
+    assert tracker.slot_forecast(KEY, agent.idle()).seconds_left is not None
+    tracker.observe(KEY, [agent.idle()], t + 84)  # the agent stopped 84 s ago
+    idle = tracker.slot_forecast(KEY, agent.idle())
+    assert idle.seconds_left is None
+    assert idle.turns_left == active.turns_left
+    run_turns(tracker, agent, 1, t0=t + 90, period=10.0)  # it works again: the clock runs
+    assert tracker.slot_forecast(KEY, agent.idle()).seconds_left is not None
+
+
+def test_idle_horizon_stretches_for_an_agent_with_long_gaps():
+    agent = SimulatedAgent(n_ctx=10_000, start=1000, growth=[500])
+    tracker = ContextTracker()
+    tracker.observe(KEY, [agent.idle()], 0.0)
+    t = run_turns(tracker, agent, 4, period=100.0)  # one request every 100 s
+    tracker.observe(KEY, [agent.idle()], t + 150)
+    assert tracker.slot_forecast(KEY, agent.idle()).seconds_left is not None
+    tracker.observe(KEY, [agent.idle()], t + 301)
+    assert tracker.slot_forecast(KEY, agent.idle()).seconds_left is None

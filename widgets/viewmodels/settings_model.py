@@ -24,6 +24,7 @@ NOTIFY_KINDS: dict[str, str] = {
     "slot_full": "A slot that is full",
     "server_unreachable": "A server that became unreachable",
     "process_grab": "Another process took a large share of a GPU",
+    "refused_requests": "A server refused a request: its context was exceeded",
 }
 
 
