@@ -28,7 +28,13 @@ from itertools import groupby
 from pathlib import Path
 
 from kvwall.budget.forecast import FORGET_AFTER_S, POOL_HISTORY_S, ContextTracker, PoolTracker
-from kvwall.budget.report import ServerReport, StatusReport, StoppedServer
+from kvwall.budget.report import (
+    Forecast,
+    ServerReport,
+    SlotReport,
+    StatusReport,
+    StoppedServer,
+)
 from kvwall.monitors.snapshot import DeviceMemory, SlotState
 
 log = logging.getLogger(__name__)
@@ -251,6 +257,11 @@ class HistoryStore:
             "WHERE time >= ? ORDER BY device, time", (since,)).fetchall()
         return [PoolSample(*r) for r in rows]
 
+    def server_names(self) -> dict[str, tuple[str, str]]:
+        """Server key -> (name, url) of every server stored."""
+        return {r[0]: (r[1], r[2])
+                for r in self._conn.execute("SELECT key, name, url FROM servers")}
+
     def stopped(self, running: Sequence[ServerReport], now: float,
                 within_s: float = STOPPED_LISTED_S) -> tuple[StoppedServer, ...]:
         """Servers seen within ``within_s`` that are not in ``running``, latest first.
@@ -337,6 +348,37 @@ def seed_trackers(store: HistoryStore, tracker: ContextTracker, pool_tracker: Po
                                 p.free_bytes) for p in same_time]
         pool_tracker.observe(devices, t + offset)
     return replayed
+
+
+def stored_reports(store: HistoryStore, since: float, *, now_wall: float,
+                   now_monotonic: float) -> list[StatusReport]:
+    """The stored polls from ``since`` (epoch seconds) on, as reports a history view can
+    replay after a restart: each pool's used and free bytes and each slot's cells (the
+    memory split by server and the forecasts are not stored).
+
+    Args:
+        store: the history store.
+        since: epoch seconds of the oldest poll wanted.
+        now_wall, now_monotonic: the same instant on both clocks (the reports'
+            ``timestamp`` is monotonic like a live one's).
+    """
+    offset = now_monotonic - now_wall
+    names = store.server_names()
+    devices: dict[float, list[DeviceMemory]] = {}
+    for p in store.pool_samples(since):
+        devices.setdefault(p.time, []).append(DeviceMemory(
+            p.device, "", p.device, False, p.total_bytes, p.used_bytes, p.free_bytes))
+    servers: dict[float, list[ServerReport]] = {}
+    for key, t, group in _polls(store.slot_samples(since)):
+        name, url = names.get(key, (key, ""))
+        slots = tuple(SlotReport(s.slot, s.n_ctx, s.tokens, s.is_processing, Forecast(),
+                                 id_task=s.id_task) for s in group)
+        servers.setdefault(t, []).append(ServerReport(
+            key=key, pid=None, url=url, name=name, model_path=None, health="ok", plan=None,
+            memory=(), slots=slots, pool=None, max_ctx={}, more_servers_fit=None, advice=(),
+            errors=()))
+    return [StatusReport(t + offset, t, tuple(devices.get(t, ())), tuple(servers.get(t, ())))
+            for t in sorted(set(devices) | set(servers))]
 
 
 def open_store(path: str | os.PathLike[str] | None = None) -> tuple[HistoryStore | None, str | None]:

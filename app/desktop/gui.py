@@ -445,10 +445,13 @@ def _run(app: QApplication, opts: argparse.Namespace, instance: SingleInstance,
          quit_signals: QuitSignals, demo: Demo | None) -> int:
     """Watch, show and run the event loop; stop everything whatever happens."""
     from kvwall.app.desktop.live import LiveSource
+    from kvwall.budget.history import open_store
 
     source = kv = None
     try:
-        source = LiveSource()  # the demo server is found like any other process
+        history, history_message = open_store()  # None (and why) when history is off
+        # The demo server is found like any other process.
+        source = LiveSource(history=history)
         kv = KvwallApp(source, SettingsStore(), on_servers_changed=source.set_servers,
                        on_settings_applied=source.apply_settings)
         # Settings are read once, by the app (so a recovery message is shown, not lost).
@@ -458,6 +461,8 @@ def _run(app: QApplication, opts: argparse.Namespace, instance: SingleInstance,
         instance.activated.connect(kv.show_window)
         quit_signals.requested.connect(kv.quit)
         kv.start(show_window=opts.show or opts.demo or None)
+        if history_message:  # a damaged history moved aside, or history off
+            kv.window.statusBar().showMessage(history_message, 30000)
         if opts.quit_after is not None:
             QTimer.singleShot(int(opts.quit_after * 1000), kv.quit)
         if quit_signals.received:  # asked to quit while starting: no event loop at all

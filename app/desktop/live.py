@@ -1,11 +1,15 @@
 """The live poll: monitors (Poller) -> budget (Engine) -> PollResult, run on the poll
-thread. Qt-free; the one place where the real world is wired for the app."""
+thread, recorded into the history store. Qt-free; the one place where the real world is
+wired for the app."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import sqlite3
 import threading
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from kvwall.app.desktop.poll_worker import PollResult
@@ -16,11 +20,15 @@ from kvwall.widgets.viewmodels.whatif_inputs import WhatIfInputs
 
 if TYPE_CHECKING:  # the engine and the poller are imported when a LiveSource is made
     from kvwall.budget.engine import Engine
+    from kvwall.budget.history import HistoryStore
     from kvwall.monitors.devices import MemorySources
     from kvwall.monitors.poller import Poller
     from kvwall.widgets.viewmodels.settings_model import Settings
 
 log = logging.getLogger(__name__)
+
+# The stored polls replayed into the window's plots after a restart (seconds).
+PAST_S = 3600.0
 
 
 def build_what_if_inputs(engine: Engine, report: StatusReport) -> dict[str, WhatIfInputs]:
@@ -50,10 +58,18 @@ class LiveSource:
     Args:
         extra_urls, api_keys: the user's configured servers (keys never logged).
         poller, engine: injectable for tests; default the real ones.
+        history: the history store: the first poll seeds the engine's forecasts from it
+            and hands the stored polls to the window (``PollResult.past``); every report
+            is recorded into it and lists the servers that stopped. None: no history.
+        clock, monotonic: the two clocks (epoch and monotonic seconds) the stored
+            times are mapped through.
     """
 
     def __init__(self, extra_urls: Sequence[str] = (), api_keys: Mapping[str, str] | None = None,
-                 *, poller: Poller | None = None, engine: Engine | None = None) -> None:
+                 *, poller: Poller | None = None, engine: Engine | None = None,
+                 history: HistoryStore | None = None,
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic) -> None:
         from kvwall.budget.engine import Engine
 
         if poller is None:
@@ -72,6 +88,9 @@ class LiveSource:
         self._grab_share: float | None = None
         self._last_keys: tuple[str, ...] = ()
         self._remotes: RemoteGroup | None = None  # other machines' exporters (issue 11)
+        self.history = history
+        self._clock, self._monotonic = clock, monotonic
+        self._seeded = False
 
     def set_servers(self, extra_urls: Sequence[str], api_keys: Mapping[str, str]) -> None:
         """Change the configured servers (any thread); applied at the next poll."""
@@ -118,8 +137,9 @@ class LiveSource:
             else:
                 for key in self._last_keys:
                     self.engine.tracker.forget(key)
+        past = self._seed_once()
         snapshot = self.poller.poll()
-        report = self.engine.analyse(snapshot)
+        report = self._recorded(self.engine.analyse(snapshot))
         self._last_keys = tuple(s.key for s in report.servers)
         remotes = self._remotes
         if remotes is not None:  # shown like local ones: gauge, table, forecasts, notices
@@ -129,9 +149,41 @@ class LiveSource:
         except Exception:  # what-ifs are optional; the report is not
             log.exception("what-if inputs failed")
             inputs = {}
-        return PollResult(report, inputs)
+        return PollResult(report, inputs, past=past)
+
+    def _seed_once(self) -> tuple[StatusReport, ...]:
+        """On the first poll: the engine's trackers seeded from the store, and the
+        stored polls for the window's plots (both empty without a store)."""
+        if self._seeded or self.history is None:
+            return ()
+        self._seeded = True
+        from kvwall.budget.history import seed_trackers, stored_reports
+
+        wall, mono = self._clock(), self._monotonic()
+        try:
+            seed_trackers(self.history, self.engine.tracker, self.engine.pool_tracker,
+                          now_wall=wall, now_monotonic=mono)
+            return tuple(stored_reports(self.history, wall - PAST_S, now_wall=wall,
+                                        now_monotonic=mono))
+        except Exception:  # history is optional; the poll is not
+            log.exception("history replay failed")
+            return ()
+
+    def _recorded(self, report: StatusReport) -> StatusReport:
+        """The report written into the store, with the servers that stopped added."""
+        if self.history is None:
+            return report
+        try:
+            self.history.record(report)
+            stopped = self.history.stopped(report.servers, report.wall_time)
+        except (sqlite3.Error, OSError) as e:  # a lost sample never costs the poll
+            log.warning("history write failed: %s", e)
+            return report
+        return dataclasses.replace(report, stopped_servers=stopped)
 
     def close(self) -> None:
         self.poller.close()
+        if self.history is not None:
+            self.history.close()
         if self._memory is not None:
             self._memory.close()

@@ -40,12 +40,15 @@ class PollResult:
             be simulated).
         resumed_after_s: set on the first poll after a sleep/resume or a long stall.
         poll_seconds: how long the poll took (monotonic).
+        past: on the first poll, the polls of the history store (oldest first), so the
+            history plots survive a restart; empty afterwards.
     """
 
     report: StatusReport
     what_if: Mapping[str, Any] = field(default_factory=dict)
     resumed_after_s: float | None = None
     poll_seconds: float = 0.0
+    past: tuple[StatusReport, ...] = ()
 
 
 class PollWorker(QObject):
@@ -184,10 +187,10 @@ class PollWorker(QObject):
         if isinstance(out, StatusReport):
             out = PollResult(out)
         if gap is not None and isinstance(out, PollResult) and out.resumed_after_s is None:
-            out = PollResult(out.report, out.what_if, gap, out.poll_seconds)
+            out = PollResult(out.report, out.what_if, gap, out.poll_seconds, out.past)
         if isinstance(out, PollResult) and not out.poll_seconds:
             out = PollResult(out.report, out.what_if, out.resumed_after_s,
-                             self._clock() - start)
+                             self._clock() - start, out.past)
         return out
 
 

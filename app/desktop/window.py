@@ -138,6 +138,8 @@ class MainWindow(QMainWindow):
         self.table_model.set_rows(table_rows(report, self.slot_full_percent,
                                              self.slot_warn_turns, self.slot_critical_turns))
         self._grow_columns()
+        for past in result.past:  # the history store's polls, after a restart
+            self.history.add_report(past)
         self.history.add_report(report)
         has_servers = bool(report.servers)
         self.stack.setCurrentIndex(1 if has_servers else 0)
