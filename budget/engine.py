@@ -36,6 +36,7 @@ from kvwall.budget.forecast import ContextTracker, PoolTracker
 from kvwall.budget.memory import MemoryPlan, plan_memory
 from kvwall.budget.ollama_advice import managed_advice
 from kvwall.budget.report import (
+    KV_POOL_SLOT_ID,
     Advice,
     Attribution,
     Forecast,
@@ -66,7 +67,6 @@ RESTART_CACHE_TYPES: tuple[CacheType, ...] = ("f16", "q8_0", "q4_0")
 # What-ifs are recomputed when the memory budget moves by more than this fraction.
 BUDGET_TOLERANCE = 0.02
 MODEL_CACHE_SIZE = 32
-KV_POOL_SLOT_ID = -1  # SlotReport.id of a unified server's shared KV pool
 
 ReadModel = Callable[[str], ModelInfo]
 

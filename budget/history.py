@@ -29,6 +29,7 @@ from pathlib import Path
 
 from kvwall.budget.forecast import FORGET_AFTER_S, POOL_HISTORY_S, ContextTracker, PoolTracker
 from kvwall.budget.report import (
+    KV_POOL_SLOT_ID,
     Forecast,
     ServerReport,
     SlotReport,
@@ -218,10 +219,13 @@ class HistoryStore:
             "last_fill=excluded.last_fill",
             (s.key, s.name, s.url, command, t, t, fullest_fill(s)))
         unified = 1 if s.pool is not None else 0
+        # The shared KV pool is stored as slot KV_POOL_SLOT_ID for the plots; the
+        # trackers rebuild it from the slots.
+        rows = (*s.slots, *((s.pool,) if s.pool is not None else ()))
         self._conn.executemany(
             "INSERT INTO slot_samples VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(s.key, x.id, t, x.n_ctx, x.tokens, int(x.is_processing), x.id_task, unified)
-             for x in s.slots])
+             for x in rows])
 
     def compact(self, now: float) -> None:
         """Downsample samples older than :data:`RAW_S`, drop the expired, bound the rows."""
@@ -305,8 +309,8 @@ class _transaction:  # noqa: N801 - used as a statement: ``with _transaction(con
 
 def fullest_fill(server: ServerReport) -> float | None:
     """The share of the fullest slot's (or shared pool's) context in use, None if unknown."""
-    fills = [x.tokens / x.n_ctx for x in (*server.slots, *((server.pool,) if server.pool else ()))
-             if x.tokens is not None and x.n_ctx > 0]
+    rows = (*server.slots, *((server.pool,) if server.pool else ()))
+    fills = [x.tokens / x.n_ctx for x in rows if x.tokens is not None and x.n_ctx > 0]
     return min(1.0, max(fills)) if fills else None
 
 
@@ -339,7 +343,7 @@ def seed_trackers(store: HistoryStore, tracker: ContextTracker, pool_tracker: Po
     replayed = 0
     for key, t, group in _polls(store.slot_samples(now_wall - FORGET_AFTER_S)):
         slots = [SlotState(s.slot, s.n_ctx, s.tokens, s.is_processing, s.id_task)
-                 for s in group]
+                 for s in group if s.slot != KV_POOL_SLOT_ID]
         tracker.observe(key, slots, t + offset, unified=group[0].unified)
         replayed += 1
     pools = store.pool_samples(now_wall - POOL_HISTORY_S)
@@ -371,12 +375,13 @@ def stored_reports(store: HistoryStore, since: float, *, now_wall: float,
     servers: dict[float, list[ServerReport]] = {}
     for key, t, group in _polls(store.slot_samples(since)):
         name, url = names.get(key, (key, ""))
-        slots = tuple(SlotReport(s.slot, s.n_ctx, s.tokens, s.is_processing, Forecast(),
-                                 id_task=s.id_task) for s in group)
+        rows = {s.slot: SlotReport(s.slot, s.n_ctx, s.tokens, s.is_processing, Forecast(),
+                                   id_task=s.id_task) for s in group}
+        pool = rows.pop(KV_POOL_SLOT_ID, None)
         servers.setdefault(t, []).append(ServerReport(
             key=key, pid=None, url=url, name=name, model_path=None, health="ok", plan=None,
-            memory=(), slots=slots, pool=None, max_ctx={}, more_servers_fit=None, advice=(),
-            errors=()))
+            memory=(), slots=tuple(rows.values()), pool=pool, max_ctx={},
+            more_servers_fit=None, advice=(), errors=()))
     return [StatusReport(t + offset, t, tuple(devices.get(t, ())), tuple(servers.get(t, ())))
             for t in sorted(set(devices) | set(servers))]
 

@@ -15,6 +15,9 @@ if TYPE_CHECKING:  # annotations only: keeps this module (and budget.forecast) l
     from kvwall.monitors.snapshot import DeviceMemory, Health
 
 
+# SlotReport.id of a unified server's shared KV pool (ServerReport.pool).
+KV_POOL_SLOT_ID = -1
+
 # MemoryEvent.kind: the kinds of memory event (one so far).
 MemoryEventKind = Literal["process_grab"]
 
