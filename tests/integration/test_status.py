@@ -117,12 +117,18 @@ def test_status_finds_every_server_with_its_configuration_and_slots(llama_server
     ScriptedAgent(split.url).turn()
     ScriptedAgent(split.url, seed=7).turn()
     assert ScriptedAgent(keyed.url, api_key=API_KEY, chat=True).turn().ok
+    # A server a --watch recorded, then stopped: listed in stopped_servers[].
+    gone = llama_server(tiny_model("llama"), "-c", "512", "-np", "1")
+    recorded = run_cli("status", "--json", "--watch", "0.2", "--count", "1", "--url", gone.url)
+    assert recorded.returncode == 0, recorded.stderr
+    gone.stop()
 
     done = run_cli("status", "--json")
     assert done.returncode == 0, done.stderr
     assert API_KEY not in done.stdout and API_KEY not in done.stderr
     report = json.loads(done.stdout)
     assert report["schema_version"] == 1
+    assert f"pid:{gone.pid}" in {s["key"] for s in report["stopped_servers"]}
     # The real output and docs/json-schema.md name the same fields, both ways.
     documented, printed = documented_status_fields(), json_keys(report)
     assert not printed - documented, f"undocumented fields: {sorted(printed - documented)}"
