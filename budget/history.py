@@ -158,6 +158,7 @@ class HistoryStore:
         self._clock = clock
         self.message: str | None = None  # set when a damaged database was moved aside
         self._last_compact = 0.0
+        self._compacted_to = 0.0  # samples before this were downsampled by this writer
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = self._open()
 
@@ -228,31 +229,42 @@ class HistoryStore:
              for x in rows])
 
     def compact(self, now: float) -> None:
-        """Downsample samples older than :data:`RAW_S`, drop the expired, bound the rows."""
+        """Downsample samples older than :data:`RAW_S`, drop the expired, bound the rows.
+
+        Incremental: after its first call a writer downsamples only what aged past
+        :data:`RAW_S` since (from the start of that bucket), so a call costs little.
+        """
         cutoff = now - RAW_S
+        start = max(0.0, (self._compacted_to // BUCKET_S) * BUCKET_S)
         with _transaction(self._conn):
             for table, who in (("slot_samples", "key, slot"), ("pool_samples", "device")):
                 self._conn.execute(
-                    f"DELETE FROM {table} WHERE time < ? AND rowid NOT IN (SELECT max(rowid) "
-                    f"FROM {table} WHERE time < ? GROUP BY {who}, CAST(time / ? AS INTEGER))",
-                    (cutoff, cutoff, BUCKET_S))
+                    f"DELETE FROM {table} WHERE time >= ? AND time < ? AND rowid NOT IN "
+                    f"(SELECT max(rowid) FROM {table} WHERE time >= ? AND time < ? "
+                    f"GROUP BY {who}, CAST(time / ? AS INTEGER))",
+                    (start, cutoff, start, cutoff, BUCKET_S))
                 self._conn.execute(f"DELETE FROM {table} WHERE time < ?", (now - KEEP_S,))
                 self._conn.execute(
                     f"DELETE FROM {table} WHERE rowid <= (SELECT max(rowid) - ? FROM {table})",
                     (MAX_ROWS,))
             self._conn.execute("DELETE FROM servers WHERE last_time < ?", (now - KEEP_S,))
+        self._compacted_to = max(self._compacted_to, cutoff)
 
     # ------------------------------------------------------------------ reading
 
     def slot_samples(self, since: float, keys: Iterable[str] | None = None
                      ) -> list[SlotSample]:
         """Slot samples from ``since`` (epoch seconds) on, by server, slot and time."""
-        rows = self._conn.execute(
-            "SELECT key, slot, time, n_ctx, tokens, processing, id_task, unified "
-            "FROM slot_samples WHERE time >= ? ORDER BY key, time, slot", (since,)).fetchall()
-        wanted = None if keys is None else set(keys)
+        query = ("SELECT key, slot, time, n_ctx, tokens, processing, id_task, unified "
+                 "FROM slot_samples WHERE time >= ?")
+        params: list[object] = [since]
+        if keys is not None:
+            wanted = sorted(set(keys))
+            query += f" AND key IN ({', '.join('?' * len(wanted))})"
+            params += wanted
+        rows = self._conn.execute(query + " ORDER BY key, time, slot", params).fetchall()
         return [SlotSample(r[0], r[1], r[2], r[3], r[4], bool(r[5]), r[6], bool(r[7]))
-                for r in rows if wanted is None or r[0] in wanted]
+                for r in rows]
 
     def pool_samples(self, since: float) -> list[PoolSample]:
         """Memory-pool samples from ``since`` (epoch seconds) on, by pool and time."""
@@ -324,7 +336,8 @@ def _polls(samples: Sequence[SlotSample]) -> Iterator[tuple[str, float, list[Slo
 
 
 def seed_trackers(store: HistoryStore, tracker: ContextTracker, pool_tracker: PoolTracker,
-                  *, now_wall: float, now_monotonic: float) -> int:
+                  *, now_wall: float, now_monotonic: float,
+                  keys: Iterable[str] | None = None) -> int:
     """Replay the stored polls of the last minutes into fresh trackers.
 
     A one-shot ``kvwall status`` then forecasts as a long-running one would: the slot
@@ -335,13 +348,14 @@ def seed_trackers(store: HistoryStore, tracker: ContextTracker, pool_tracker: Po
         store: the history store.
         tracker, pool_tracker: the engine's trackers (fed in monotonic seconds).
         now_wall, now_monotonic: the same instant on both clocks.
+        keys: only these servers' slots (None: every server's).
 
     Returns:
         The stored polls replayed.
     """
     offset = now_monotonic - now_wall
     replayed = 0
-    for key, t, group in _polls(store.slot_samples(now_wall - FORGET_AFTER_S)):
+    for key, t, group in _polls(store.slot_samples(now_wall - FORGET_AFTER_S, keys)):
         slots = [SlotState(s.slot, s.n_ctx, s.tokens, s.is_processing, s.id_task)
                  for s in group if s.slot != KV_POOL_SLOT_ID]
         tracker.observe(key, slots, t + offset, unified=group[0].unified)

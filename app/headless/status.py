@@ -575,7 +575,7 @@ class StatusSession:
             obj = snapshot_json(snapshot, wall, forecasts, stopped)
             text = render_text(devices, (), obj["errors"], wall, forecasts, stopped=stopped)
             return obj, text, secrets
-        report = self._with_history(self._engine().analyse(snapshot))
+        report = self._with_history(self._engine(snapshot).analyse(snapshot))
         text = render_text(report.devices, report.servers, report.errors, report.wall_time,
                            report.pool_forecasts, report.memory_events,
                            report.stopped_servers)
@@ -605,7 +605,7 @@ class StatusSession:
         return replace(report,
                        stopped_servers=self._stopped(report.servers, report.wall_time))
 
-    def _engine(self) -> Engine:
+    def _engine(self, snapshot: Snapshot) -> Engine:
         """The engine, built on the first poll that finds a server (seeded from history)."""
         if self.engine is None:
             if self._engine_factory is None:
@@ -614,17 +614,20 @@ class StatusSession:
                 self.engine = Engine(clock=self._clock, pool_tracker=self.pool_tracker)
             else:
                 self.engine = self._engine_factory()
-            self._seed(self.engine)
+            self._seed(self.engine, snapshot)
         return self.engine
 
-    def _seed(self, engine: Engine) -> None:
+    def _seed(self, engine: Engine, snapshot: Snapshot) -> None:
+        """The trackers fed with the stored polls of the servers this poll found."""
         if self.history is None:
             return
         from kvwall.budget.history import seed_trackers
+        from kvwall.monitors.discovery import server_key
 
         try:
             seed_trackers(self.history, engine.tracker, engine.pool_tracker,
-                          now_wall=self._clock(), now_monotonic=self._monotonic())
+                          now_wall=self._clock(), now_monotonic=self._monotonic(),
+                          keys=[server_key(s.process) for s in snapshot.servers])
         except Exception as e:  # noqa: BLE001 - no history is a fresh start, not an error
             log.warning("history replay failed: %s", e)
 
