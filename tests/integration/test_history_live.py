@@ -50,13 +50,16 @@ def _watch(url: str) -> subprocess.Popen:
 
 
 def _watched_after(watch: subprocess.Popen, since: float, pid: int) -> dict:
-    """The server ``pid`` in the watch's first object polled after ``since`` (epoch
-    seconds; the pipe holds older objects printed while the agent ran)."""
+    """The server ``pid`` in the watch's second object stamped after ``since`` (epoch
+    seconds; the pipe holds older objects printed while the agent ran, and the first
+    one stamped after ``since`` may hold slots read just before it)."""
+    after = 0
     while True:
         line = watch.stdout.readline()
         assert line, watch.stderr.read()
         obj = json.loads(line)
-        if obj["time"] > since:
+        after += obj["time"] > since
+        if after == 2:
             return next(s for s in obj["servers"] if s["pid"] == pid)
 
 
