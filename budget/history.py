@@ -19,6 +19,7 @@ in monotonic seconds, are fed through the offset between the two clocks.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -368,8 +369,19 @@ def seed_trackers(store: HistoryStore, tracker: ContextTracker, pool_tracker: Po
     return replayed
 
 
+def _thinned(times: Iterable[float], step_s: float) -> set[float]:
+    """The poll times kept when at most one poll per ``step_s`` seconds is wanted."""
+    kept: set[float] = set()
+    last = -math.inf
+    for t in sorted(times):
+        if t - last >= step_s:
+            kept.add(t)
+            last = t
+    return kept
+
+
 def stored_reports(store: HistoryStore, since: float, *, now_wall: float,
-                   now_monotonic: float) -> list[StatusReport]:
+                   now_monotonic: float, step_s: float = 0.0) -> list[StatusReport]:
     """The stored polls from ``since`` (epoch seconds) on, as reports a history view can
     replay after a restart: each pool's used and free bytes and each slot's cells (the
     memory split by server and the forecasts are not stored).
@@ -379,15 +391,23 @@ def stored_reports(store: HistoryStore, since: float, *, now_wall: float,
         since: epoch seconds of the oldest poll wanted.
         now_wall, now_monotonic: the same instant on both clocks (the reports'
             ``timestamp`` is monotonic like a live one's).
+        step_s: at most one poll per this many seconds (0: every stored poll), so a
+            view replays an hour in a few hundred reports.
     """
     offset = now_monotonic - now_wall
     names = store.server_names()
+    pool_rows, slot_rows = store.pool_samples(since), store.slot_samples(since)
+    kept = _thinned({p.time for p in pool_rows} | {s.time for s in slot_rows}, step_s)
     devices: dict[float, list[DeviceMemory]] = {}
-    for p in store.pool_samples(since):
+    for p in pool_rows:
+        if p.time not in kept:
+            continue
         devices.setdefault(p.time, []).append(DeviceMemory(
             p.device, "", p.device, False, p.total_bytes, p.used_bytes, p.free_bytes))
     servers: dict[float, list[ServerReport]] = {}
-    for key, t, group in _polls(store.slot_samples(since)):
+    for key, t, group in _polls(slot_rows):
+        if t not in kept:
+            continue
         name, url = names.get(key, (key, ""))
         rows = {s.slot: SlotReport(s.slot, s.n_ctx, s.tokens, s.is_processing, Forecast(),
                                    id_task=s.id_task) for s in group}

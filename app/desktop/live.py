@@ -27,8 +27,10 @@ if TYPE_CHECKING:  # the engine and the poller are imported when a LiveSource is
 
 log = logging.getLogger(__name__)
 
-# The stored polls replayed into the window's plots after a restart (seconds).
+# The stored polls replayed into the window's plots after a restart: the last PAST_S
+# seconds, at most one poll per PAST_STEP_S (the GUI thread replays them at start).
 PAST_S = 3600.0
+PAST_STEP_S = 10.0
 
 
 def build_what_if_inputs(engine: Engine, report: StatusReport) -> dict[str, WhatIfInputs]:
@@ -164,7 +166,7 @@ class LiveSource:
             seed_trackers(self.history, self.engine.tracker, self.engine.pool_tracker,
                           now_wall=wall, now_monotonic=mono)
             return tuple(stored_reports(self.history, wall - PAST_S, now_wall=wall,
-                                        now_monotonic=mono))
+                                        now_monotonic=mono, step_s=PAST_STEP_S))
         except Exception:  # history is optional; the poll is not
             log.exception("history replay failed")
             return ()

@@ -67,7 +67,10 @@ def _source(tmp_path, clock: _Clock, polls) -> LiveSource:
                       clock=clock, monotonic=lambda: clock.t - WALL)
 
 
-def test_the_app_restarted_keeps_its_plots_and_forecasts(qtbot, tmp_path):
+def test_the_app_restarted_keeps_its_plots_and_forecasts(qtbot, tmp_path, monkeypatch):
+    from kvwall.app.desktop import live
+
+    monkeypatch.setattr(live, "PAST_STEP_S", 0.0)  # every stored poll (they are 2 s apart)
     clock = _Clock(WALL)
     first = _source(tmp_path, clock, _agent(4))
     window = MainWindow()

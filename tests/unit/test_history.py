@@ -14,7 +14,13 @@ import pytest
 from kvwall.budget import history
 from kvwall.budget.config import ServerConfig
 from kvwall.budget.forecast import ContextTracker, PoolTracker
-from kvwall.budget.history import HistoryStore, HistoryUnavailable, open_store, seed_trackers
+from kvwall.budget.history import (
+    HistoryStore,
+    HistoryUnavailable,
+    open_store,
+    seed_trackers,
+    stored_reports,
+)
 from kvwall.budget.report import Forecast, ServerReport, SlotReport, StatusReport
 from kvwall.monitors.snapshot import DeviceMemory
 
@@ -155,3 +161,17 @@ def test_old_samples_are_downsampled_and_expire(tmp_path, monkeypatch):
         store.record(report(5000.0 + i, replace(server(), key=f"pid:{i % 3}")))
     store.compact(WALL + 5100)
     assert store.rows()["slot_samples"] == 50
+
+
+def test_stored_polls_replay_as_reports_thinned_for_a_view(tmp_path):
+    store = HistoryStore(tmp_path / "h.sqlite3")
+    for i in range(30):  # a minute at one poll every 2 s
+        store.record(report(i * 2.0, server(tokens=1000 + i)))
+    every = stored_reports(store, WALL - 1, now_wall=WALL + 60, now_monotonic=560.0)
+    assert len(every) == 30
+    assert every[0].timestamp == 500.0 and every[0].wall_time == WALL
+    assert [s.name for s in every[-1].servers] == ["qwen3"]
+    assert every[-1].servers[0].slots[0].tokens == 1029
+    assert every[-1].devices[0].free_bytes == 10 << 30
+    thin = stored_reports(store, WALL - 1, now_wall=WALL + 60, now_monotonic=560.0, step_s=10)
+    assert [r.wall_time - WALL for r in thin] == [0.0, 10.0, 20.0, 30.0, 40.0, 50.0]
