@@ -19,7 +19,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple, TypeAlias
 
 from kvwall.monitors.gguf.keys import GGML_QUANT_SIZES, K_ALIGNMENT, VT, GGMLQuantizationType
@@ -121,6 +121,8 @@ class RawGGUF:
     kv: dict[str, RawValue]
     kv_types: dict[str, int]
     tensors: list[RawTensor]
+    element_types: dict[str, int] = field(default_factory=dict)
+    """Each array key's element type."""
 
 
 PRead = Callable[[int, int, int], bytes]
@@ -263,12 +265,15 @@ class Parser:
         (v,) = self.unpack(struct.Struct(self.endian + fmt), what)
         return v
 
-    def array(self, key: str) -> tuple[Scalar, ...] | SkippedArray:
-        """An array value: decoded when short, skipped (with bounds checked) when long."""
+    def array(self, key: str) -> tuple[int, tuple[Scalar, ...] | SkippedArray]:
+        """An array's element type and value: decoded when short, skipped when long."""
         etype = self.u32(f"element type of array '{key}'")
         count = self.u64(f"length of array '{key}'")
         if etype == VT.ARRAY:
             raise self.fail(f"key '{key}' is an array of arrays, which GGUF readers reject")
+        return etype, self._array_value(key, etype, count)
+
+    def _array_value(self, key: str, etype: int, count: int) -> tuple[Scalar, ...] | SkippedArray:
         if etype == VT.STRING:
             return self._string_array(key, count)
         fmt = _SCALAR_FORMATS.get(etype)
@@ -487,17 +492,18 @@ class _TensorEntry(NamedTuple):
 
 def _parse_header(p: Parser) -> RawGGUF:
     pre = _read_preamble(p)
-    kv, kv_types = _read_metadata(p, pre.n_kv)
-    alignment = _alignment(p, kv, kv_types)
+    meta = _read_metadata(p, pre.n_kv)
+    alignment = _alignment(p, meta.kv, meta.kv_types)
     entries = _read_tensor_table(p, pre.n_tensors)
     _check_data_layout(p, entries, alignment)
     return RawGGUF(
         path=p.path,
         version=pre.version,
         big_endian=pre.big_endian,
-        kv=kv,
-        kv_types=kv_types,
+        kv=meta.kv,
+        kv_types=meta.kv_types,
         tensors=[e.tensor for e in entries],
+        element_types=meta.element_types,
     )
 
 
@@ -535,10 +541,20 @@ def _read_preamble(p: Parser) -> _Preamble:
     return _Preamble(version, big_endian, n_tensors, n_kv)
 
 
-def _read_metadata(p: Parser, n_kv: int) -> tuple[dict[str, RawValue], dict[str, int]]:
+@dataclass(frozen=True)
+class _Metadata:
+    """The key/value section: values, value types, and array keys' element types."""
+
+    kv: dict[str, RawValue]
+    kv_types: dict[str, int]
+    element_types: dict[str, int]
+
+
+def _read_metadata(p: Parser, n_kv: int) -> _Metadata:
     """The key/value section: values by key, and each key's GGUF value type."""
     kv: dict[str, RawValue] = {}
     kv_types: dict[str, int] = {}
+    element_types: dict[str, int] = {}
     for i in range(n_kv):
         key = p.string(f"metadata key #{i}", MAX_KEY)
         if not key:
@@ -547,12 +563,11 @@ def _read_metadata(p: Parser, n_kv: int) -> tuple[dict[str, RawValue], dict[str,
             raise p.fail(f"duplicate metadata key '{key}'")
         vtype = p.u32(f"value type of '{key}'")
         if vtype == VT.ARRAY:
-            kv[key] = p.array(key)
-            kv_types[key] = VT.ARRAY
+            element_types[key], kv[key] = p.array(key)
         else:
             kv[key] = p.scalar(vtype, f"value of '{key}'")
-            kv_types[key] = vtype
-    return kv, kv_types
+        kv_types[key] = vtype
+    return _Metadata(kv, kv_types, element_types)
 
 
 def _alignment(p: Parser, kv: dict[str, RawValue], kv_types: dict[str, int]) -> int:
@@ -671,7 +686,10 @@ class Meta:
         return self.raw.kv_types.get(self.name(fmt)) == VT.ARRAY
 
     def integer(self, fmt: str, default: int | None = None) -> int:
-        """An integer (or bool) key; ``default`` when absent, an error if none is given."""
+        """A uint32 key (llama.cpp's ``get_key<uint32_t>``, which accepts that type only).
+
+        ``default`` when absent, an error if none is given.
+        """
         key = self.name(fmt)
         if key not in self.raw.kv:
             if default is None:
@@ -681,6 +699,11 @@ class Meta:
         value = self.raw.kv[key]
         if (vtype != VT.BOOL and vtype not in INT_TYPES) or not isinstance(value, int):
             raise self.fail(f"key '{key}' must be an integer, not {_type_name(vtype)}")
+        if vtype != VT.UINT32:
+            raise self.fail(
+                f"key '{key}' has type {_type_name(vtype)} (value {int(value)}), but llama.cpp "
+                "reads it as a uint32 and refuses any other type"
+            )
         return int(value)
 
     def per_layer(self, fmt: str, n: int, default: tuple[int, ...]) -> tuple[int, ...]:
@@ -698,7 +721,25 @@ class Meta:
             raise self.fail(f"key '{key}' has {length} entries, expected {n} (one per layer)")
         if isinstance(value, SkippedArray) or not _all_ints(value):
             raise self.fail(f"key '{key}' must hold integers")
+        self._check_layer_array(key, value)
         return tuple(int(v) for v in value)
+
+    def _check_layer_array(self, key: str, value: tuple[Scalar, ...]) -> None:
+        """llama.cpp's ``get_arr`` into a per-layer array: bool, int32 or uint32 elements.
+
+        llama.cpp copies an int32 array's bits into its uint32 fields, so a negative entry
+        would read as about 4 billion there: kvwall refuses it rather than compute with it.
+        """
+        etype = self.raw.element_types.get(key)
+        if etype not in _LAYER_ARRAY_TYPES:
+            raise self.fail(
+                f"key '{key}' is an array of {_type_name(etype or -1)}; llama.cpp reads "
+                "per-layer arrays of bool, int32 or uint32 only"
+            )
+        negative = next((i for i, v in enumerate(value) if int(v) < 0), None)
+        if negative is not None:
+            raise self.fail(f"key '{key}' has a negative entry {value[negative]} "
+                            f"(layer {negative})")
 
     def bool_array(self, fmt: str) -> tuple[bool, ...] | None:
         """A per-layer flag array (booleans or integers); None when the key is no array."""
@@ -714,7 +755,11 @@ class Meta:
             raise self.fail(f"key '{key}' has {len(value)} entries (at most {MAX_LAYERS})")
         if not _all_ints(value):
             raise self.fail(f"key '{key}' must hold booleans or integers")
+        self._check_layer_array(key, value)
         return tuple(bool(v) for v in value)
+
+
+_LAYER_ARRAY_TYPES = frozenset({VT.BOOL, VT.INT32, VT.UINT32})
 
 
 def _all_ints(values: tuple[Scalar, ...]) -> bool:
