@@ -14,6 +14,7 @@ metadata, mirroring ``llama_model_loader``'s getters.
 from __future__ import annotations
 
 import os
+import re
 import stat
 import struct
 import sys
@@ -341,10 +342,16 @@ def _skip_strings(p: Parser, count: int, key: str) -> int:
     left = count
     misses = 0
     while left > 32 and misses <= 64 + (count - left) // 8:
-        window = min(size - pos, max(1 << 12, min(left * 24 + 64, 1 << 22)))
+        window = min(size - pos, max(1 << 12, min(left * 24 + 64, WINDOW)))
         if window < 16:
             break
         chunk = p.read_at(pos, window, f"string array '{key}'")
+        if chunk.startswith(_EMPTY_STRING):  # a run of empty strings (a hole): at C speed
+            hit = _NONZERO.search(chunk)
+            run = min((hit.start() if hit else len(chunk)) // 8, left)
+            left -= run
+            pos += 8 * run
+            continue
         values = np.ndarray((window - 7,), dtype=dtype, buffer=chunk, strides=(1,))
         cand = np.flatnonzero(values < 256)
         if cand.size == 0:
@@ -376,6 +383,10 @@ def _skip_strings(p: Parser, count: int, key: str) -> int:
     return pos
 
 
+_EMPTY_STRING = bytes(8)  # the length prefix of an empty string
+_NONZERO = re.compile(rb"[^\x00]")
+
+
 def _walk_strings(p: Parser, pos: int, count: int, key: str) -> int:
     """The plain walk: one length prefix at a time, a window of the file at a time."""
     unpack = p._u64.unpack_from
@@ -384,6 +395,13 @@ def _walk_strings(p: Parser, pos: int, count: int, key: str) -> int:
         if pos + 8 > p.size:
             raise p.fail(f"file is truncated inside string array '{key}'")
         chunk = p.read_at(pos, min(p.size - pos, WINDOW), f"string array '{key}'")
+        if chunk.startswith(_EMPTY_STRING):
+            # A run of empty strings (a sparse file's hole): skipped at C speed.
+            hit = _NONZERO.search(chunk)
+            run = min((hit.start() if hit else len(chunk)) // 8, left)
+            left -= run
+            pos += 8 * run
+            continue
         # Each string takes 8 bytes at least: no more steps than that fit in the chunk.
         steps = min(left, len(chunk) // 8)
         off = taken = 0
