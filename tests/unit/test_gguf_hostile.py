@@ -253,6 +253,15 @@ def test_escape_sequences_in_the_name_are_shown_escaped(tmp_path):
     assert "tiny\\x1b]0;owned\\x07\\x1b[2J\\nkvwall: fits" in text
 
 
+def test_the_app_planner_shows_the_name_escaped(tmp_path):
+    from kvwall.widgets.viewmodels.planner import plan_html
+
+    hostile = "tiny\x1b[2J\u202eevil"
+    path = write_gguf(tmp_path / "m.gguf", "llama", minimal_kv(**{"general.name": hostile}))[0]
+    page = plan_html(str(path), "", 64 << 30).html
+    assert "\x1b" not in page and "\u202e" not in page and "tiny\\x1b[2J" in page
+
+
 def test_a_huge_damaged_key_name_gives_a_short_error_line(tmp_path):
     head = raw_gguf([pack_string("k" * 60_000 + "\x1b[2J") + struct.pack("<I", 99)])
     path = sparse(tmp_path / "m.gguf", head, len(head) + 64)
