@@ -39,7 +39,8 @@ MAX_KEY = 1 << 16  # metadata key and tensor name lengths beyond this are garbag
 # a real header has under 100 keys and under 2,000 tensors per file.
 MAX_KV = 1 << 14  # metadata keys per file
 MAX_TENSORS = 1 << 15  # tensor-table entries per file
-DECODE_STRING_MAX = 1 << 26  # string values up to 64 MiB are decoded, longer ones skipped
+DECODE_STRING_MAX = 1 << 20  # string values up to 1 MiB are decoded, longer ones skipped
+DECODED_BYTES_MAX = 1 << 24  # string bytes decoded over a file (names, templates...)
 # llama.cpp allows 2**30 array elements; real vocabularies and merge lists have under
 # 300k strings each. Every string is walked, so the total over a file is capped too: a
 # crafted file of 1.5M tiny strings costs about half a second on a loaded machine.
@@ -48,9 +49,10 @@ MAX_STRINGS_TOTAL = 3 << 19  # 1,572,864
 # Numbers decoded (arrays up to DECODE_NUMERIC_MAX long) over a file: per-layer keys need
 # a few thousand.
 MAX_DECODED_NUMBERS = 1 << 18
-MAX_HEADER_READ = 1 << 28  # bytes read from one file's header (a real one: a few MB)
+MAX_HEADER_READ = 1 << 27  # bytes read from one file's header (a real one: under 20 MB)
 READ_BUDGET_S = 10.0  # seconds to read one file's header (a real one: tens of ms)
-WINDOW = 1 << 20  # bytes per positional read
+WINDOW = 1 << 20  # bytes per positional read while walking a string array
+READ_AHEAD = 1 << 16  # bytes read ahead for keys and tensor records (a table: ~60 KB)
 MAX_ARRAY = 1 << 30  # GGUF_MAX_ARRAY_ELEMENTS
 DECODE_NUMERIC_MAX = 4096  # numeric arrays up to this length are decoded (per-layer keys)
 DECODE_STRINGS_MAX = 64  # string arrays up to this length are decoded
@@ -133,7 +135,7 @@ PRead = Callable[[int, int, int], bytes]
 class Parser:
     """Sequential reader over one GGUF file by positional reads; every read is bounded.
 
-    Reads go through a window of :data:`WINDOW` bytes refilled with ``pread``: the file is
+    Reads go through a window of :data:`READ_AHEAD` bytes refilled with ``pread``: the file is
     never mapped, so a file that shrinks while it is read gives a :class:`GGUFError`.
     """
 
@@ -156,6 +158,7 @@ class Parser:
         self.bytes_read = 0
         self.strings_left = MAX_STRINGS_TOTAL
         self.numbers_left = MAX_DECODED_NUMBERS
+        self.decoded_bytes_left = DECODED_BYTES_MAX
 
     def fail(self, msg: str) -> GGUFError:
         """An error naming this file."""
@@ -203,7 +206,7 @@ class Parser:
         self.need(n, what)
         off = self.pos - self.base
         if off < 0 or off + n > len(self.buf):
-            length = min(max(n, WINDOW), self.size - self.pos)
+            length = min(max(n, READ_AHEAD), self.size - self.pos)
             self.buf = self.read_at(self.pos, length, what)
             self.base = self.pos
             off = 0
@@ -237,16 +240,20 @@ class Parser:
         n = self.u64(f"length of {what}")
         if n > limit:
             raise self.fail(f"absurd length {n} for {what} (limit {limit})")
+        self.decoded_bytes_left -= n
+        if self.decoded_bytes_left < 0:
+            raise self.fail(f"{what}: the metadata's strings decode to more than "
+                            f"{DECODED_BYTES_MAX} bytes (kvwall's limit)")
         buf, off = self.view(n, what)
         self.pos += n
         return buf[off : off + n].decode("utf-8", errors="replace")
 
     def value_string(self, what: str) -> str | SkippedString:
-        """A string value: decoded up to 64 MiB, longer ones (legal up to 1 GiB) skipped."""
+        """A string value: decoded up to 1 MiB, longer ones (legal up to 1 GiB) skipped."""
         buf, off = self.view(8, f"length of {what}")
         n: int
         (n,) = self._u64.unpack_from(buf, off)
-        if n <= DECODE_STRING_MAX:
+        if n <= min(DECODE_STRING_MAX, self.decoded_bytes_left):
             return self.string(what)
         self.pos += 8
         if n > MAX_STRING:
@@ -314,7 +321,8 @@ class Parser:
             raise self.fail(f"string array '{key}': the file holds more than "
                             f"{MAX_STRINGS_TOTAL} strings in arrays (kvwall's limit)")
         if count <= DECODE_STRINGS_MAX:
-            return tuple(self.string(f"element of '{key}'") for _ in range(count))
+            what = f"element of '{key}'"
+            return tuple(self.string(what, DECODE_STRING_MAX) for _ in range(count))
         self.pos = _skip_strings(self, count, key)
         return SkippedArray(VT.STRING, count)
 
@@ -439,7 +447,9 @@ def type_info(t: int) -> tuple[str, int, int] | None:
     return info
 
 
-def parse_file(path: str, *, pread: PRead = os.pread) -> RawGGUF:
+def parse_file(
+    path: str, *, pread: PRead = os.pread, clock: Callable[[], float] = time.monotonic
+) -> RawGGUF:
     """Parse the header of one GGUF file (one shard of a split model).
 
     The file is opened without blocking and checked to be a regular file before a byte is
@@ -448,6 +458,7 @@ def parse_file(path: str, *, pread: PRead = os.pread) -> RawGGUF:
     Args:
         path: the file.
         pread: positional reads (``os.pread``; tests inject one that changes the file).
+        clock: monotonic seconds, for the :data:`READ_BUDGET_S` time budget.
 
     Raises:
         GGUFError: the file cannot be opened or read, is not a regular file, changed while
@@ -464,7 +475,7 @@ def parse_file(path: str, *, pread: PRead = os.pread) -> RawGGUF:
         raise gguf_error(path, f"cannot open: {e.strerror or e}") from None
     try:
         size = _regular_file_size(path, fd)
-        return _parse_header(Parser(path, fd, size, pread=pread))
+        return _parse_header(Parser(path, fd, size, pread=pread, clock=clock))
     finally:
         os.close(fd)
 

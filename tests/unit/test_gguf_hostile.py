@@ -184,6 +184,28 @@ def test_one_string_array_over_the_cap(tmp_path):
     assert f"at most {MAX_STRING_ARRAY}" in str(e)
 
 
+def test_many_long_strings_decode_within_the_memory_budget(tmp_path):
+    # 200 string values of 1 MiB each (a hole): only the first 16 MiB are decoded.
+    path = tmp_path / "m.gguf"
+    big = 1 << 20
+    n = 200
+    with open(path, "wb") as f:
+        f.write(raw_gguf([kv_str("general.architecture", "llama"),
+                          kv_u32("llama.context_length", 8), kv_u32("llama.embedding_length", 8),
+                          kv_u32("llama.block_count", 1)], n_kv=4 + n))
+        for i in range(n):
+            f.write(pack_string(f"s{i}") + struct.pack("<IQ", VT.STRING, big))
+            f.seek(big, os.SEEK_CUR)
+        f.truncate(f.tell())
+    tracemalloc.start()
+    try:
+        m = read_model(str(path))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert m.architecture == "llama" and peak < MEMORY_BUDGET, peak
+
+
 # ---------------------------------------------------------------------------------------
 # A file that changes while it is read: an error, never a SIGBUS
 
@@ -199,9 +221,20 @@ def test_file_truncated_while_its_header_is_read(tmp_path, monkeypatch):
             os.truncate(path, 100)  # another process rewrites the model mid-read
         return os.pread(fd, n, offset)
 
-    monkeypatch.setattr(reader, "WINDOW", 256)  # several reads for a small file
+    monkeypatch.setattr(reader, "WINDOW", 256)
+    monkeypatch.setattr(reader, "READ_AHEAD", 256)  # several reads for a small file
     with pytest.raises(GGUFError, match="changed while it was read"):
         parse_file(str(path), pread=pread)
+
+
+def test_a_header_that_takes_too_long_is_given_up(tmp_path, monkeypatch):
+    path = write_gguf(tmp_path / "m.gguf", "llama", minimal_kv(),
+                      tokens=[f"t{i}" for i in range(5000)])[0]
+    ticks = iter(range(0, 10_000, 4))  # a slow disk: every read takes 4 s
+    monkeypatch.setattr(reader, "WINDOW", 256)
+    monkeypatch.setattr(reader, "READ_AHEAD", 256)
+    with pytest.raises(GGUFError, match=r"took over 10 s \(kvwall's limit\)"):
+        parse_file(str(path), clock=lambda: float(next(ticks)))
 
 
 # ---------------------------------------------------------------------------------------
