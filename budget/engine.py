@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -69,6 +69,7 @@ BUDGET_TOLERANCE = 0.02
 MODEL_CACHE_SIZE = 32
 
 ReadModel = Callable[[str], ModelInfo]
+UNTRUSTED_MODEL_PATH_NOTE = "model path from the server not opened (not on its command line)"
 
 
 def _default_read_model(path: str) -> ModelInfo:
@@ -114,6 +115,8 @@ class Engine:
         pool_tracker: the memory-pool trend tracker (default a fresh :class:`PoolTracker`).
         grab_detector: finds other processes that suddenly take a memory pool's memory (default a
             fresh :class:`~kvwall.budget.events.GrabDetector`).
+        trusted_model_paths: model files the user named (settings): a server reporting one
+            of them in ``/props`` has it read; any other reported path is never opened.
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class Engine:
         plan_fn: Callable[..., MemoryPlan] = plan_memory,
         pool_tracker: PoolTracker | None = None,
         grab_detector: GrabDetector | None = None,
+        trusted_model_paths: Collection[str] = (),
     ) -> None:
         self._read_model = read_model or _default_read_model
         self._clock = clock
@@ -133,6 +137,8 @@ class Engine:
         self.pool_tracker = pool_tracker if pool_tracker is not None else PoolTracker()
         self.grab_detector = grab_detector if grab_detector is not None else GrabDetector()
         self._proc_root = proc_root
+        self._trusted_model_paths = frozenset(
+            os.path.normpath(os.path.expanduser(p)) for p in trusted_model_paths)
         self._plan_fn = plan_fn
         self._wall = 0.0  # the epoch time of the poll being analysed
         self._models: OrderedDict[str, tuple[tuple[int, int], ModelInfo | None, str | None]] = (
@@ -255,14 +261,28 @@ class Engine:
                 self._configs.popitem(last=False)
         return hit
 
-    def _model_path(self, state: ServerState, config: ServerConfig | None) -> str | None:
-        path = config.model_path if config is not None else None
-        if not path and state.props:
-            p = state.props.get("model_path")
-            if isinstance(p, str) and p and p != "none":
-                path = p
-        if not path:
-            return None
+    def _model_path(self, state: ServerState, config: ServerConfig | None
+                    ) -> tuple[str | None, str | None]:
+        """The model file to open, and a note when the server named one kvwall will not open.
+
+        The file comes from the process's own command line (``-m``/``--model``/
+        ``LLAMA_ARG_MODEL``, relative to its working directory). A path the server reports
+        in ``/props`` is only a claim: it is opened only when the user listed it
+        (``trusted_model_paths``), so a server cannot make kvwall open a FIFO or a crafted
+        file of its choosing.
+        """
+        if config is not None and config.model_path:
+            return self._resolved(state, config.model_path), None
+        claimed = state.props.get("model_path") if state.props else None
+        if not isinstance(claimed, str) or not claimed or claimed == "none":
+            return None, None
+        path = self._resolved(state, claimed)
+        if os.path.normpath(path) in self._trusted_model_paths:
+            return path, None
+        return None, UNTRUSTED_MODEL_PATH_NOTE
+
+    def _resolved(self, state: ServerState, path: str) -> str:
+        """``path`` with ``~`` expanded, relative to the server's working directory."""
         path = os.path.expanduser(path)
         pid = state.process.pid
         if not os.path.isabs(path) and pid is not None:
@@ -381,8 +401,8 @@ class Engine:
     def _find_model(self, state: ServerState, config: ServerConfig | None) -> _ModelRead:
         """The model file the server runs and its header; router notes when it has none."""
         proc = state.process
-        path = self._model_path(state, config)
-        notes: list[str] = []
+        path, untrusted = self._model_path(state, config)
+        notes: list[str] = [untrusted] if untrusted else []
         if path is not None:
             model, error = self.model(path)
             if error:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TextIO
 
-from kvwall.budget.units import format_bytes
+from kvwall.budget.units import format_bytes, sanitize
 
 if TYPE_CHECKING:  # imported lazily at run time: `kvwall plan` reads only what it needs
     from kvwall.budget.config import ServerConfig
@@ -410,7 +410,8 @@ def _write_text(out: TextIO, obj: JsonObject) -> None:
     m = obj["model"]
     w = out.write
     layers = f"{m['n_layer']} layer{'s' if m['n_layer'] != 1 else ''}"
-    w(f"{m['name']} ({m['architecture']}, {layers}, trained context {m['n_ctx_train']})\n")
+    name, arch = sanitize(str(m["name"]), 200), sanitize(str(m["architecture"]), 100)
+    w(f"{name} ({arch}, {layers}, trained context {m['n_ctx_train']})\n")
     w(f"  {obj['command']}\n\n")
     for warning in obj["warnings"]:
         w(f"WARNING: {warning}\n")
@@ -608,7 +609,7 @@ def _load(args: _Args) -> tuple[ModelInfo, ServerConfig, _Budget]:
     try:
         model = read_model(config.model_path)
     except GGUFError as exc:
-        raise _Failure(_one_line(str(exc))) from None
+        raise _Failure(sanitize(str(exc))) from None
     except OSError as exc:
         raise _Failure(f"cannot read {config.model_path}: {exc.strerror or exc}") from None
     try:

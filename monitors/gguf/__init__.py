@@ -3,7 +3,7 @@
 ``read_model(path)`` parses the GGUF header of a model (every shard of a split model) and
 resolves the hyper-parameters the way llama.cpp does. The modules, by job:
 
-- :mod:`.reader`: the format's limits and the bounds-checked ``struct`` parser;
+- :mod:`.reader`: the format's limits, kvwall's caps and the bounded ``pread`` parser;
 - :mod:`.arch`: per-architecture rules and the table of architecture families;
 - :mod:`.split`: split models' shards;
 - :mod:`.resolve`: header -> :class:`ModelInfo` (and :func:`read_model`);

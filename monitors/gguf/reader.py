@@ -1,7 +1,11 @@
 """GGUF header parser: the format's limits and a bounds-checked ``struct`` reader.
 
-The header of one file is parsed over a read-only memory map, never reading tensor
-data. Long string arrays (the vocabulary and the merges) are skipped without decoding a
+The header of one file is read with positional reads (``os.pread``) through a small
+buffered window, never mapped: a file truncated or rewritten while it is read gives a
+:class:`GGUFError`, never a SIGBUS. The file is checked to be a regular file before a
+byte is read (a FIFO never blocks), and the work is bounded: key, tensor and string counts
+are capped (each error names its cap), and so are the bytes read and the time taken.
+Tensor data is never read. Long string arrays (the vocabulary and the merges) are skipped without decoding a
 single token: a vectorised scan finds the length prefixes and verifies the chain exactly
 (falling back to a plain loop on odd data). :class:`Meta` then gives typed access to the
 metadata, mirroring ``llama_model_loader``'s getters.
@@ -9,12 +13,14 @@ metadata, mirroring ``llama_model_loader``'s getters.
 
 from __future__ import annotations
 
-import mmap
 import os
+import re
 import stat
 import struct
 import sys
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import NamedTuple, TypeAlias
 
 from kvwall.monitors.gguf.keys import GGML_QUANT_SIZES, K_ALIGNMENT, VT, GGMLQuantizationType
@@ -29,10 +35,24 @@ MAX_NAME = 64  # GGML_MAX_NAME: tensor names must be shorter
 MAX_LAYERS = 512  # LLAMA_MAX_LAYERS
 MAX_STRING = 1 << 30  # GGUF_MAX_STRING_LENGTH
 MAX_KEY = 1 << 16  # metadata key and tensor name lengths beyond this are garbage
-DECODE_STRING_MAX = 1 << 26  # string values up to 64 MiB are decoded, longer ones skipped
-# llama.cpp allows 2**30 array elements; real vocabularies and merge lists have < 600k
-# strings. 4M keeps the worst case (a crafted file of 4M empty strings) near one second.
-MAX_STRING_ARRAY = 1 << 22
+# kvwall's own caps, far above what a real model needs (llama.cpp has none below memory):
+# a real header has under 100 keys and under 2,000 tensors per file.
+MAX_KV = 1 << 14  # metadata keys per file
+MAX_TENSORS = 1 << 14  # tensor-table entries per file (a full table costs ~0.25 s)
+DECODE_STRING_MAX = 1 << 20  # string values up to 1 MiB are decoded, longer ones skipped
+DECODED_BYTES_MAX = 1 << 24  # string bytes decoded over a file (names, templates...)
+# llama.cpp allows 2**30 array elements; real vocabularies and merge lists have under
+# 300k strings each. Every string is walked, so the total over a file is capped too: a
+# crafted file of 1.5M tiny strings costs about half a second on a loaded machine.
+MAX_STRING_ARRAY = 1 << 20
+MAX_STRINGS_TOTAL = 3 << 19  # 1,572,864
+# Numbers decoded (arrays up to DECODE_NUMERIC_MAX long) over a file: per-layer keys need
+# a few thousand.
+MAX_DECODED_NUMBERS = 1 << 18
+MAX_HEADER_READ = 1 << 27  # bytes read from one file's header (a real one: under 20 MB)
+READ_BUDGET_S = 10.0  # seconds to read one file's header (a real one: tens of ms)
+WINDOW = 1 << 20  # bytes per positional read while walking a string array
+READ_AHEAD = 1 << 16  # bytes read ahead for keys and tensor records (a table: ~60 KB)
 MAX_ARRAY = 1 << 30  # GGUF_MAX_ARRAY_ELEMENTS
 DECODE_NUMERIC_MAX = 4096  # numeric arrays up to this length are decoded (per-layer keys)
 DECODE_STRINGS_MAX = 64  # string arrays up to this length are decoded
@@ -104,19 +124,41 @@ class RawGGUF:
     kv: dict[str, RawValue]
     kv_types: dict[str, int]
     tensors: list[RawTensor]
+    element_types: dict[str, int] = field(default_factory=dict)
+    """Each array key's element type."""
+
+
+PRead = Callable[[int, int, int], bytes]
+"""``os.pread``'s signature: (fd, length, offset) -> the bytes read (fewer at the end)."""
 
 
 class Parser:
-    """Sequential reader over a memory-mapped GGUF file; every read is bounds-checked."""
+    """Sequential reader over one GGUF file by positional reads; every read is bounded.
 
-    def __init__(self, path: str, buf: mmap.mmap, size: int) -> None:
+    Reads go through a window of :data:`READ_AHEAD` bytes refilled with ``pread``: the file is
+    never mapped, so a file that shrinks while it is read gives a :class:`GGUFError`.
+    """
+
+    def __init__(
+        self, path: str, fd: int, size: int, *, pread: PRead = os.pread,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path
-        self.buf = buf
+        self.fd = fd
         self.size = size
         self.pos = 0
         self.endian = "<"
         self._u32 = struct.Struct("<I")
         self._u64 = struct.Struct("<Q")
+        self._pread = pread
+        self._clock = clock
+        self._deadline = clock() + READ_BUDGET_S
+        self.buf = b""
+        self.base = 0  # file offset of buf[0]
+        self.bytes_read = 0
+        self.strings_left = MAX_STRINGS_TOTAL
+        self.numbers_left = MAX_DECODED_NUMBERS
+        self.decoded_bytes_left = DECODED_BYTES_MAX
 
     def fail(self, msg: str) -> GGUFError:
         """An error naming this file."""
@@ -136,38 +178,82 @@ class Parser:
                 f"but the file has {self.size} bytes"
             )
 
+    def check_time(self) -> None:
+        """Fail once the header has taken longer than :data:`READ_BUDGET_S`."""
+        if self._clock() > self._deadline:
+            raise self.fail(f"reading the header took over {READ_BUDGET_S:g} s (kvwall's limit)")
+
+    def read_at(self, offset: int, n: int, what: str) -> bytes:
+        """Exactly ``n`` bytes at ``offset`` (inside the file's size), by one ``pread``."""
+        self.check_time()
+        self.bytes_read += n
+        if self.bytes_read > MAX_HEADER_READ:
+            raise self.fail(f"the header needs more than {MAX_HEADER_READ} bytes read "
+                            "(kvwall's limit)")
+        try:
+            data = self._pread(self.fd, n, offset)
+        except OSError as e:
+            raise self.fail(f"cannot read {what}: {e.strerror or e}") from None
+        if len(data) < n:
+            raise self.fail(
+                f"the file changed while it was read: {what} at offset {offset} is past "
+                f"its end (it had {self.size} bytes)"
+            )
+        return data
+
+    def view(self, n: int, what: str) -> tuple[bytes, int]:
+        """The window holding the next ``n`` bytes, and their offset in it."""
+        self.need(n, what)
+        off = self.pos - self.base
+        if off < 0 or off + n > len(self.buf):
+            length = min(max(n, READ_AHEAD), self.size - self.pos)
+            self.buf = self.read_at(self.pos, length, what)
+            self.base = self.pos
+            off = 0
+        return self.buf, off
+
     def u32(self, what: str) -> int:
         """The next uint32."""
-        self.need(4, what)
+        buf, off = self.view(4, what)
         v: int
-        (v,) = self._u32.unpack_from(self.buf, self.pos)
+        (v,) = self._u32.unpack_from(buf, off)
         self.pos += 4
         return v
 
     def u64(self, what: str) -> int:
         """The next uint64."""
-        self.need(8, what)
+        buf, off = self.view(8, what)
         v: int
-        (v,) = self._u64.unpack_from(self.buf, self.pos)
+        (v,) = self._u64.unpack_from(buf, off)
         self.pos += 8
         return v
+
+    def unpack(self, fmt: struct.Struct, what: str) -> tuple[int, ...]:
+        """The next values of the (endian-prefixed) struct ``fmt``."""
+        buf, off = self.view(fmt.size, what)
+        values: tuple[int, ...] = fmt.unpack_from(buf, off)
+        self.pos += fmt.size
+        return values
 
     def string(self, what: str, limit: int = MAX_STRING) -> str:
         """A length-prefixed UTF-8 string; one longer than ``limit`` is an error."""
         n = self.u64(f"length of {what}")
         if n > limit:
             raise self.fail(f"absurd length {n} for {what} (limit {limit})")
-        self.need(n, what)
-        raw = self.buf[self.pos : self.pos + n]
+        self.decoded_bytes_left -= n
+        if self.decoded_bytes_left < 0:
+            raise self.fail(f"{what}: the metadata's strings decode to more than "
+                            f"{DECODED_BYTES_MAX} bytes (kvwall's limit)")
+        buf, off = self.view(n, what)
         self.pos += n
-        return raw.decode("utf-8", errors="replace")
+        return buf[off : off + n].decode("utf-8", errors="replace")
 
     def value_string(self, what: str) -> str | SkippedString:
-        """A string value: decoded up to 64 MiB, longer ones (legal up to 1 GiB) skipped."""
-        self.need(8, f"length of {what}")
+        """A string value: decoded up to 1 MiB, longer ones (legal up to 1 GiB) skipped."""
+        buf, off = self.view(8, f"length of {what}")
         n: int
-        (n,) = self._u64.unpack_from(self.buf, self.pos)
-        if n <= DECODE_STRING_MAX:
+        (n,) = self._u64.unpack_from(buf, off)
+        if n <= min(DECODE_STRING_MAX, self.decoded_bytes_left):
             return self.string(what)
         self.pos += 8
         if n > MAX_STRING:
@@ -183,29 +269,21 @@ class Parser:
         fmt = _SCALAR_FORMATS.get(vtype)
         if fmt is None:
             raise self.fail(f"{what} has an invalid value type {vtype}")
-        s = struct.Struct(self.endian + fmt)
-        self.need(s.size, what)
         v: Scalar
-        (v,) = s.unpack_from(self.buf, self.pos)
-        self.pos += s.size
+        (v,) = self.unpack(struct.Struct(self.endian + fmt), what)
         return v
 
-    def array(self, key: str) -> tuple[Scalar, ...] | SkippedArray:
-        """An array value: decoded when short, skipped (with bounds checked) when long."""
+    def array(self, key: str) -> tuple[int, tuple[Scalar, ...] | SkippedArray]:
+        """An array's element type and value: decoded when short, skipped when long."""
         etype = self.u32(f"element type of array '{key}'")
         count = self.u64(f"length of array '{key}'")
         if etype == VT.ARRAY:
             raise self.fail(f"key '{key}' is an array of arrays, which GGUF readers reject")
+        return etype, self._array_value(key, etype, count)
+
+    def _array_value(self, key: str, etype: int, count: int) -> tuple[Scalar, ...] | SkippedArray:
         if etype == VT.STRING:
-            if count > MAX_STRING_ARRAY or count * 8 > self.size - self.pos:
-                raise self.fail(
-                    f"absurd length {count} for string array '{key}' "
-                    f"({self.size - self.pos} bytes left in the file)"
-                )
-            if count <= DECODE_STRINGS_MAX:
-                return tuple(self.string(f"element of '{key}'") for _ in range(count))
-            self.pos = _skip_strings(self, count, key)
-            return SkippedArray(etype, count)
+            return self._string_array(key, count)
         fmt = _SCALAR_FORMATS.get(etype)
         if fmt is None:
             raise self.fail(f"array '{key}' has an invalid element type {etype}")
@@ -217,11 +295,36 @@ class Parser:
             )
         nbytes = count * itemsize
         if count <= DECODE_NUMERIC_MAX:
-            values = struct.unpack_from(f"{self.endian}{count}{fmt}", self.buf, self.pos)
+            self.numbers_left -= count
+            if self.numbers_left < 0:
+                raise self.fail(f"array '{key}': the metadata holds more than "
+                                f"{MAX_DECODED_NUMBERS} short-array numbers (kvwall's limit)")
+            buf, off = self.view(nbytes, f"array '{key}'")
+            values = struct.unpack_from(f"{self.endian}{count}{fmt}", buf, off)
             self.pos += nbytes
             return values
         self.pos += nbytes
         return SkippedArray(etype, count)
+
+    def _string_array(self, key: str, count: int) -> tuple[Scalar, ...] | SkippedArray:
+        """A string array: decoded when short, walked (every length checked) when long."""
+        if count * 8 > self.size - self.pos:
+            raise self.fail(
+                f"absurd length {count} for string array '{key}' "
+                f"({self.size - self.pos} bytes left in the file)"
+            )
+        if count > MAX_STRING_ARRAY:
+            raise self.fail(f"string array '{key}' has {count} strings; kvwall reads at most "
+                            f"{MAX_STRING_ARRAY} (a real vocabulary has under 300,000)")
+        self.strings_left -= count
+        if self.strings_left < 0:
+            raise self.fail(f"string array '{key}': the file holds more than "
+                            f"{MAX_STRINGS_TOTAL} strings in arrays (kvwall's limit)")
+        if count <= DECODE_STRINGS_MAX:
+            what = f"element of '{key}'"
+            return tuple(self.string(what, DECODE_STRING_MAX) for _ in range(count))
+        self.pos = _skip_strings(self, count, key)
+        return SkippedArray(VT.STRING, count)
 
 
 def _skip_strings(p: Parser, count: int, key: str) -> int:
@@ -241,16 +344,22 @@ def _skip_strings(p: Parser, count: int, key: str) -> int:
         # have numpy loaded already and get the vectorised scan (benchmarks/bench_gguf.py).
         return _walk_strings(p, p.pos, count, key)
 
-    buf, size, pos = p.buf, p.size, p.pos
+    size, pos = p.size, p.pos
     dtype = np.dtype(p.endian + "u8")
     unpack = p._u64.unpack_from
     left = count
     misses = 0
     while left > 32 and misses <= 64 + (count - left) // 8:
-        window = min(size - pos, max(1 << 12, min(left * 24 + 64, 1 << 24)))
+        window = min(size - pos, max(1 << 12, min(left * 24 + 64, WINDOW)))
         if window < 16:
             break
-        chunk = buf[pos : pos + window]  # a copy: no buffer export outlives the mmap
+        chunk = p.read_at(pos, window, f"string array '{key}'")
+        if chunk.startswith(_EMPTY_STRING):  # a run of empty strings (a hole): at C speed
+            hit = _NONZERO.search(chunk)
+            run = min((hit.start() if hit else len(chunk)) // 8, left)
+            left -= run
+            pos += 8 * run
+            continue
         values = np.ndarray((window - 7,), dtype=dtype, buffer=chunk, strides=(1,))
         cand = np.flatnonzero(values < 256)
         if cand.size == 0:
@@ -282,14 +391,36 @@ def _skip_strings(p: Parser, count: int, key: str) -> int:
     return pos
 
 
+_EMPTY_STRING = bytes(8)  # the length prefix of an empty string
+_NONZERO = re.compile(rb"[^\x00]")
+
+
 def _walk_strings(p: Parser, pos: int, count: int, key: str) -> int:
+    """The plain walk: one length prefix at a time, a window of the file at a time."""
     unpack = p._u64.unpack_from
-    buf = p.buf
-    try:
-        for _ in range(count):
-            pos += 8 + unpack(buf, pos)[0]
-    except (struct.error, OverflowError):  # a length past the end of the file
-        raise p.fail(f"file is truncated inside string array '{key}'") from None
+    left = count
+    while left:
+        if pos + 8 > p.size:
+            raise p.fail(f"file is truncated inside string array '{key}'")
+        chunk = p.read_at(pos, min(p.size - pos, WINDOW), f"string array '{key}'")
+        if chunk.startswith(_EMPTY_STRING):
+            # A run of empty strings (a sparse file's hole): skipped at C speed.
+            hit = _NONZERO.search(chunk)
+            run = min((hit.start() if hit else len(chunk)) // 8, left)
+            left -= run
+            pos += 8 * run
+            continue
+        # Each string takes 8 bytes at least: no more steps than that fit in the chunk.
+        steps = min(left, len(chunk) // 8)
+        off = taken = 0
+        try:
+            for taken in range(steps):  # noqa: B007 - taken counts the steps done
+                off += 8 + unpack(chunk, off)[0]
+            taken = steps
+        except struct.error:  # the next length prefix runs past the chunk: read on from it
+            pass
+        left -= taken
+        pos += off
     if pos > p.size:
         raise p.fail(f"file is truncated inside string array '{key}'")
     return pos
@@ -316,14 +447,26 @@ def type_info(t: int) -> tuple[str, int, int] | None:
     return info
 
 
-def parse_file(path: str) -> RawGGUF:
+def parse_file(
+    path: str, *, pread: PRead = os.pread, clock: Callable[[], float] = time.monotonic
+) -> RawGGUF:
     """Parse the header of one GGUF file (one shard of a split model).
 
+    The file is opened without blocking and checked to be a regular file before a byte is
+    read: a FIFO, a device or a socket is refused at once.
+
+    Args:
+        path: the file.
+        pread: positional reads (``os.pread``; tests inject one that changes the file).
+        clock: monotonic seconds, for the :data:`READ_BUDGET_S` time budget.
+
     Raises:
-        GGUFError: the file cannot be opened or mapped, or its header is malformed.
+        GGUFError: the file cannot be opened or read, is not a regular file, changed while
+            it was read, its header is malformed, or it exceeds one of kvwall's caps.
     """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
         raise gguf_error(path, "no such file") from None
     except IsADirectoryError:
@@ -332,14 +475,7 @@ def parse_file(path: str) -> RawGGUF:
         raise gguf_error(path, f"cannot open: {e.strerror or e}") from None
     try:
         size = _regular_file_size(path, fd)
-        try:
-            mm = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
-        except (OSError, ValueError) as e:
-            raise gguf_error(path, f"cannot map the file: {e}") from None
-        try:
-            return _parse_header(Parser(path, mm, size))
-        finally:
-            mm.close()
+        return _parse_header(Parser(path, fd, size, pread=pread, clock=clock))
     finally:
         os.close(fd)
 
@@ -347,17 +483,23 @@ def parse_file(path: str) -> RawGGUF:
 def _regular_file_size(path: str, fd: int) -> int:
     """The size of an open, non-empty regular file."""
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
     except OSError as e:
         raise gguf_error(path, f"cannot stat: {e.strerror or e}") from None
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISDIR(mode):
+    if stat.S_ISDIR(st.st_mode):
         raise gguf_error(path, "is a directory, not a GGUF file")
-    if not stat.S_ISREG(mode):
-        raise gguf_error(path, "is not a regular file")
-    if size == 0:
+    if not stat.S_ISREG(st.st_mode):
+        raise gguf_error(path, f"is not a regular file (a {_file_kind(st.st_mode)})")
+    if st.st_size == 0:
         raise gguf_error(path, "file is empty, not a GGUF model")
-    return size
+    return st.st_size
+
+
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, in a word."""
+    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
+    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 @dataclass(frozen=True)
@@ -379,24 +521,25 @@ class _TensorEntry(NamedTuple):
 
 def _parse_header(p: Parser) -> RawGGUF:
     pre = _read_preamble(p)
-    kv, kv_types = _read_metadata(p, pre.n_kv)
-    alignment = _alignment(p, kv, kv_types)
+    meta = _read_metadata(p, pre.n_kv)
+    alignment = _alignment(p, meta.kv, meta.kv_types)
     entries = _read_tensor_table(p, pre.n_tensors)
     _check_data_layout(p, entries, alignment)
     return RawGGUF(
         path=p.path,
         version=pre.version,
         big_endian=pre.big_endian,
-        kv=kv,
-        kv_types=kv_types,
+        kv=meta.kv,
+        kv_types=meta.kv_types,
         tensors=[e.tensor for e in entries],
+        element_types=meta.element_types,
     )
 
 
 def _read_preamble(p: Parser) -> _Preamble:
     """Magic, version (which also tells the byte order) and the two counts."""
-    p.need(4, "the GGUF magic")
-    magic = bytes(p.buf[0:4])
+    buf, off = p.view(4, "the GGUF magic")
+    magic = buf[off : off + 4]
     if magic != MAGIC:
         shown = "".join(chr(c) if 32 <= c < 127 else "?" for c in magic)
         raise p.fail(f"not a GGUF file (magic '{shown}', expected 'GGUF')")
@@ -418,13 +561,29 @@ def _read_preamble(p: Parser) -> _Preamble:
         raise p.fail(f"absurd metadata key count {n_kv} for a {p.size}-byte file")
     if n_tensors * _MIN_TENSOR_BYTES > left:
         raise p.fail(f"absurd tensor count {n_tensors} for a {p.size}-byte file")
+    if n_kv > MAX_KV:
+        raise p.fail(f"metadata key count {n_kv} is over kvwall's limit of {MAX_KV} "
+                     "(a real model has under 100)")
+    if n_tensors > MAX_TENSORS:
+        raise p.fail(f"tensor count {n_tensors} is over kvwall's limit of {MAX_TENSORS} "
+                     "(a real model file has under 2,000)")
     return _Preamble(version, big_endian, n_tensors, n_kv)
 
 
-def _read_metadata(p: Parser, n_kv: int) -> tuple[dict[str, RawValue], dict[str, int]]:
+@dataclass(frozen=True)
+class _Metadata:
+    """The key/value section: values, value types, and array keys' element types."""
+
+    kv: dict[str, RawValue]
+    kv_types: dict[str, int]
+    element_types: dict[str, int]
+
+
+def _read_metadata(p: Parser, n_kv: int) -> _Metadata:
     """The key/value section: values by key, and each key's GGUF value type."""
     kv: dict[str, RawValue] = {}
     kv_types: dict[str, int] = {}
+    element_types: dict[str, int] = {}
     for i in range(n_kv):
         key = p.string(f"metadata key #{i}", MAX_KEY)
         if not key:
@@ -433,12 +592,11 @@ def _read_metadata(p: Parser, n_kv: int) -> tuple[dict[str, RawValue], dict[str,
             raise p.fail(f"duplicate metadata key '{key}'")
         vtype = p.u32(f"value type of '{key}'")
         if vtype == VT.ARRAY:
-            kv[key] = p.array(key)
-            kv_types[key] = VT.ARRAY
+            element_types[key], kv[key] = p.array(key)
         else:
             kv[key] = p.scalar(vtype, f"value of '{key}'")
-            kv_types[key] = vtype
-    return kv, kv_types
+        kv_types[key] = vtype
+    return _Metadata(kv, kv_types, element_types)
 
 
 def _alignment(p: Parser, kv: dict[str, RawValue], kv_types: dict[str, int]) -> int:
@@ -458,6 +616,7 @@ def _read_tensor_table(p: Parser, n_tensors: int) -> list[_TensorEntry]:
     entries: list[_TensorEntry] = []
     seen: set[str] = set()
     type_i32 = struct.Struct(p.endian + "i")
+    offset_u64 = struct.Struct(p.endian + "Q")
     for i in range(n_tensors):
         name = p.string(f"name of tensor #{i}", MAX_KEY)
         if len(name.encode("utf-8", errors="replace")) >= MAX_NAME:
@@ -466,13 +625,9 @@ def _read_tensor_table(p: Parser, n_tensors: int) -> list[_TensorEntry]:
             raise p.fail(f"duplicate tensor name '{name}'")
         seen.add(name)
         shape, n_elements = _read_shape(p, name)
-        ttype: int
-        (ttype,) = type_i32.unpack_from(p.buf, p.pos)
-        p.pos += 4
+        (ttype,) = p.unpack(type_i32, f"type of tensor '{name}'")
         n_bytes = _data_bytes(p, name, ttype, shape, n_elements)
-        offset: int
-        (offset,) = p._u64.unpack_from(p.buf, p.pos)
-        p.pos += 8
+        (offset,) = p.unpack(offset_u64, f"data offset of tensor '{name}'")
         entries.append(_TensorEntry(RawTensor(name, ttype, shape, n_bytes), offset))
     return entries
 
@@ -483,8 +638,7 @@ def _read_shape(p: Parser, name: str) -> tuple[tuple[int, ...], int]:
     if n_dims > MAX_DIMS:
         raise p.fail(f"tensor '{name}' has {n_dims} dimensions (at most {MAX_DIMS})")
     p.need(8 * n_dims + 12, f"shape of tensor '{name}'")
-    shape: tuple[int, ...] = struct.unpack_from(f"{p.endian}{n_dims}q", p.buf, p.pos)
-    p.pos += 8 * n_dims
+    shape = p.unpack(struct.Struct(f"{p.endian}{n_dims}q"), f"shape of tensor '{name}'")
     n_elements = 1
     for d in shape:
         if d < 0:
@@ -561,7 +715,10 @@ class Meta:
         return self.raw.kv_types.get(self.name(fmt)) == VT.ARRAY
 
     def integer(self, fmt: str, default: int | None = None) -> int:
-        """An integer (or bool) key; ``default`` when absent, an error if none is given."""
+        """A uint32 key (llama.cpp's ``get_key<uint32_t>``, which accepts that type only).
+
+        ``default`` when absent, an error if none is given.
+        """
         key = self.name(fmt)
         if key not in self.raw.kv:
             if default is None:
@@ -571,6 +728,11 @@ class Meta:
         value = self.raw.kv[key]
         if (vtype != VT.BOOL and vtype not in INT_TYPES) or not isinstance(value, int):
             raise self.fail(f"key '{key}' must be an integer, not {_type_name(vtype)}")
+        if vtype != VT.UINT32:
+            raise self.fail(
+                f"key '{key}' has type {_type_name(vtype)} (value {int(value)}), but llama.cpp "
+                "reads it as a uint32 and refuses any other type"
+            )
         return int(value)
 
     def per_layer(self, fmt: str, n: int, default: tuple[int, ...]) -> tuple[int, ...]:
@@ -588,7 +750,25 @@ class Meta:
             raise self.fail(f"key '{key}' has {length} entries, expected {n} (one per layer)")
         if isinstance(value, SkippedArray) or not _all_ints(value):
             raise self.fail(f"key '{key}' must hold integers")
+        self._check_layer_array(key, value)
         return tuple(int(v) for v in value)
+
+    def _check_layer_array(self, key: str, value: tuple[Scalar, ...]) -> None:
+        """llama.cpp's ``get_arr`` into a per-layer array: bool, int32 or uint32 elements.
+
+        llama.cpp copies an int32 array's bits into its uint32 fields, so a negative entry
+        would read as about 4 billion there: kvwall refuses it rather than compute with it.
+        """
+        etype = self.raw.element_types.get(key)
+        if etype not in _LAYER_ARRAY_TYPES:
+            raise self.fail(
+                f"key '{key}' is an array of {_type_name(etype or -1)}; llama.cpp reads "
+                "per-layer arrays of bool, int32 or uint32 only"
+            )
+        negative = next((i for i, v in enumerate(value) if int(v) < 0), None)
+        if negative is not None:
+            raise self.fail(f"key '{key}' has a negative entry {value[negative]} "
+                            f"(layer {negative})")
 
     def bool_array(self, fmt: str) -> tuple[bool, ...] | None:
         """A per-layer flag array (booleans or integers); None when the key is no array."""
@@ -604,7 +784,11 @@ class Meta:
             raise self.fail(f"key '{key}' has {len(value)} entries (at most {MAX_LAYERS})")
         if not _all_ints(value):
             raise self.fail(f"key '{key}' must hold booleans or integers")
+        self._check_layer_array(key, value)
         return tuple(bool(v) for v in value)
+
+
+_LAYER_ARRAY_TYPES = frozenset({VT.BOOL, VT.INT32, VT.UINT32})
 
 
 def _all_ints(values: tuple[Scalar, ...]) -> bool:

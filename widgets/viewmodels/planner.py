@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kvwall.budget.units import format_bytes
+from kvwall.budget.units import format_bytes, sanitize
 
 if TYPE_CHECKING:  # the memory model and the GGUF reader (numpy) load on first use
     from kvwall.budget.memory import MemoryPlan
@@ -57,7 +57,7 @@ def plan_html(path: str, flags: str, memory_bytes: int | None) -> PlanOutcome:
     try:
         planned = _plan(path, flags, memory_bytes)
     except (GGUFError, ConfigError, ValueError, OSError) as exc:
-        return PlanOutcome(path, flags, "", str(exc))
+        return PlanOutcome(path, flags, "", sanitize(str(exc)))
     except Exception as exc:  # never a traceback to the user
         log.exception("planning %s failed", path)
         return PlanOutcome(path, flags, "", f"kvwall could not plan this model: {exc}")
@@ -84,7 +84,8 @@ def _plan(path: str, flags: str, memory_bytes: int | None) -> _Planned:
 def _render(path: str, planned: _Planned, memory_bytes: int | None) -> str:
     e = html.escape
     model, plan = planned.model, planned.plan
-    out = [f"<h3>{e(model.name)}</h3><p>{e(path)}<br>{e(model.architecture)}, "
+    out = [f"<h3>{e(sanitize(model.name, 200))}</h3><p>{e(path)}<br>"
+           f"{e(sanitize(model.architecture, 100))}, "
            f"{model.n_layer_all} layers, trained context {model.n_ctx_train:,}</p>"]
     if not plan.ok:
         out.append("<p style='color:#c62828'><b>llama.cpp would refuse this "
