@@ -10,10 +10,13 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from kvwall.monitors.files import read_user_file
 from kvwall.monitors.ollama import ManagedName, managed_child
 from kvwall.monitors.snapshot import ServerProcess
 
 log = logging.getLogger(__name__)
+
+KEY_FILE_MAX_BYTES = 1 << 20  # an --api-key-file holds a few keys; more is not a key file
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -422,8 +425,8 @@ def _parent_argv_cwd(proc: Any) -> tuple[list[str], str | None] | None:
 
 
 def _read_text(path: str) -> str:
-    with open(path, encoding="utf-8", errors="replace") as f:
-        return f.read(1 << 20)
+    """A key file's text: a regular file of at most 1 MiB (a FIFO would hang the scan)."""
+    return read_user_file(path, KEY_FILE_MAX_BYTES).decode("utf-8", errors="replace")
 
 
 # ---------------------------------------------------------------------------- the scan

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvwall.app.userfiles import UnsafeFile, read_user_file
+from kvwall.monitors.files import UnsafeFile, read_user_file
 from kvwall.widgets.viewmodels.settings_model import (
     SCHEMA_VERSION,
     Decoded,

@@ -13,8 +13,8 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 
-from kvwall.app.userfiles import UnsafeFile, read_user_file
 from kvwall.monitors.api_key import api_key_problem
+from kvwall.monitors.files import UnsafeFile, read_user_file
 
 ENV_VAR = "KVWALL_API_KEY"
 MAX_KEY_FILE_BYTES = 64 * 1024  # a key is a line; anything larger is not a key file

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple, TypeAlias
 
+from kvwall.monitors.files import OPEN_FLAGS, file_kind
 from kvwall.monitors.gguf.keys import GGML_QUANT_SIZES, K_ALIGNMENT, VT, GGMLQuantizationType
 from kvwall.monitors.gguf.model import GGUFError, Scalar, gguf_error
 
@@ -466,7 +467,7 @@ def parse_file(
     """
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then refuses it.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+        fd = os.open(path, OPEN_FLAGS)
     except FileNotFoundError:
         raise gguf_error(path, "no such file") from None
     except IsADirectoryError:
@@ -489,17 +490,11 @@ def _regular_file_size(path: str, fd: int) -> int:
     if stat.S_ISDIR(st.st_mode):
         raise gguf_error(path, "is a directory, not a GGUF file")
     if not stat.S_ISREG(st.st_mode):
-        raise gguf_error(path, f"is not a regular file (a {_file_kind(st.st_mode)})")
+        raise gguf_error(path, f"is not a regular file (a {file_kind(st.st_mode)})")
     if st.st_size == 0:
         raise gguf_error(path, "file is empty, not a GGUF model")
     return st.st_size
 
-
-def _file_kind(mode: int) -> str:
-    """What a non-regular file is, in a word."""
-    kinds = ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
-             (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket"))
-    return next((name for test, name in kinds if test(mode)), "special file")
 
 
 @dataclass(frozen=True)

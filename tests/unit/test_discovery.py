@@ -291,6 +291,17 @@ def test_unreadable_api_key_file_is_a_note(tmp_path):
     assert any("not readable" in n and str(missing) in n for n in d.notes_for(s))
 
 
+def test_api_key_file_that_is_a_fifo_is_a_note_not_a_hang(tmp_path):
+    # A FIFO named as --api-key-file would block an open() until a writer came.
+    fifo = tmp_path / "keys.fifo"
+    os.mkfifo(fifo)
+    p = FakeProcess(1, [SERVER, "-m", "m", "--api-key-file", str(fifo)])
+    d = scan(fake_psutil(p))
+    s = only(d.servers)
+    assert s.api_key is None
+    assert any("FIFO" in n and str(fifo) in n for n in d.notes_for(s))
+
+
 def test_api_key_from_env_is_used_but_never_exposed():
     p = FakeProcess(1, [SERVER, "-m", "m"], env={"LLAMA_API_KEY": "envkey",
                                                  "LLAMA_ARG_CTX_SIZE": "4096"})

@@ -18,8 +18,8 @@ from kvwall.app.desktop.settings import (
     SettingsNotWritten,
     SettingsStore,
 )
-from kvwall.app.userfiles import UnsafeFile, read_user_file
 from kvwall.monitors.api_key import api_key_problem
+from kvwall.monitors.files import UnsafeFile, read_user_file
 from kvwall.widgets.viewmodels.settings_model import (
     FIELDS,
     SCHEMA_VERSION,

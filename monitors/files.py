@@ -1,5 +1,5 @@
-"""Reading the user's own small files (settings, key files): regular files only, never
-blocking, never more than a size budget."""
+"""Opening files kvwall did not make (models, settings, key files): regular files only,
+never blocking, never more than a size budget."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import stat
 
 # O_NONBLOCK: opening a FIFO that slipped past the check returns at once instead of
 # waiting for a writer; O_NOCTTY: a terminal device never becomes our controlling tty.
-_OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+OPEN_FLAGS = (os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
                | getattr(os, "O_CLOEXEC", 0))
 
 
-class UnsafeFile(ValueError):
+class UnsafeFile(OSError):
     """A file kvwall will not read: not a regular file, too large, or someone else's."""
 
 
@@ -35,7 +35,7 @@ def read_user_file(path: str | os.PathLike[str], max_bytes: int, *,
         OSError: any other reason it cannot be read.
     """
     _check(os.stat(path), max_bytes, own_only)
-    fd = os.open(path, _OPEN_FLAGS)
+    fd = os.open(path, OPEN_FLAGS)
     try:
         _check(os.fstat(fd), max_bytes, own_only)
         chunks: list[bytes] = []
@@ -55,7 +55,7 @@ def read_user_file(path: str | os.PathLike[str], max_bytes: int, *,
 
 def _check(st: os.stat_result, max_bytes: int, own_only: bool) -> None:
     if not stat.S_ISREG(st.st_mode):
-        raise UnsafeFile(f"is not a regular file (a {_kind(st.st_mode)})")
+        raise UnsafeFile(f"is not a regular file (a {file_kind(st.st_mode)})")
     if st.st_size > max_bytes:
         raise UnsafeFile(f"is larger than {max_bytes} bytes")
     getuid = getattr(os, "getuid", None)
@@ -63,7 +63,8 @@ def _check(st: os.stat_result, max_bytes: int, own_only: bool) -> None:
         raise UnsafeFile("is owned by another user")
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in a word (``FIFO``, ``folder``...)."""
     for test, name in ((stat.S_ISDIR, "folder"), (stat.S_ISFIFO, "FIFO"),
                        (stat.S_ISCHR, "character device"), (stat.S_ISBLK, "block device"),
                        (stat.S_ISSOCK, "socket")):
@@ -72,4 +73,4 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-__all__ = ["UnsafeFile", "read_user_file"]
+__all__ = ["OPEN_FLAGS", "UnsafeFile", "file_kind", "read_user_file"]
