@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvwall.budget.cachetypes import CACHE_TYPES
+from kvwall.budget.labels import server_label
 from kvwall.budget.memory import MemoryPlan
 from kvwall.budget.report import ServerReport
 from kvwall.budget.units import format_bytes
@@ -24,7 +25,7 @@ from kvwall.widgets.viewmodels.whatif_inputs import (
     run_what_if,
     with_turns,
 )
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QTimer, Signal
 from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QComboBox,
@@ -48,6 +49,11 @@ def plan_segments(plan: MemoryPlan) -> tuple[Segment, ...]:
              (pools.RECURRENT, plan.recurrent_bytes),
              (pools.COMPUTE, plan.compute_bytes + plan.output_bytes)]
     return tuple(Segment(k, int(b)) for k, b in parts if b > 0)
+
+
+COPY_TEXT = "Copy command"
+COPIED_TEXT = "Copied ✓"
+COPIED_MS = 1500
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,9 @@ class WhatIfPanel(QWidget):
         lay = QVBoxLayout(self)
         lay.addWidget(self.heading)
         lay.addLayout(self._quick_buttons())
-        lay.addWidget(self._custom_box())
+        # The result right under the buttons that produce it: in view in a small window.
         lay.addWidget(self._result_frame())
+        lay.addWidget(self._custom_box())
         lay.addStretch(1)
         self._set_enabled(False)
         self._clear_result()
@@ -157,12 +164,18 @@ class WhatIfPanel(QWidget):
         self.command_view = QPlainTextEdit()
         self.command_view.setReadOnly(True)
         self.command_view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        # Four lines: a typical command (binary, model path, flags) shows whole.
+        # Three lines: a typical command (binary, model path, flags) shows whole, and the
+        # result still fits an 800x600 window.
         self.command_view.setMaximumHeight(
-            4 * self.command_view.fontMetrics().lineSpacing() + 14)
-        self.copy_button = QPushButton("Copy command")
+            3 * self.command_view.fontMetrics().lineSpacing() + 14)
+        self.copy_button = QPushButton(COPY_TEXT)
         self.copy_button.clicked.connect(self.copy_command)
         self.copy_button.setEnabled(False)
+        # "Copied" shows this long, then the button reads "Copy command" again.
+        self._copied_timer = QTimer(self)
+        self._copied_timer.setSingleShot(True)
+        self._copied_timer.setInterval(COPIED_MS)
+        self._copied_timer.timeout.connect(lambda: self.copy_button.setText(COPY_TEXT))
 
         result = QFrame()
         rl = QVBoxLayout(result)
@@ -195,11 +208,11 @@ class WhatIfPanel(QWidget):
             self.heading.setText("Select a server to try changes")
         elif inputs is None or plan is None or not plan.ok:
             self.heading.setText(
-                f"{server.name}: what-ifs need the server's model file and command line "
+                f"{server_label(server)}: what-ifs need the server's model file and command line "
                 "(kvwall reads them from the local process; a URL-only server cannot be "
                 "simulated).")
         else:
-            self.heading.setText(f"What if {server.name} ran with…")
+            self.heading.setText(f"What if {server_label(server)} ran with…")
         state = self._ready()
         ready = state is not None
         self._set_enabled(ready)
@@ -305,6 +318,8 @@ class WhatIfPanel(QWidget):
         self._sync_visibility()
 
     def _set_command(self, command: str) -> None:
+        self._copied_timer.stop()
+        self.copy_button.setText(COPY_TEXT)
         self.command_view.setPlainText(command)
         self.copy_button.setEnabled(bool(command))
 
@@ -373,6 +388,9 @@ class WhatIfPanel(QWidget):
         return self._result
 
     def copy_command(self) -> None:
+        """Copy the command line to the clipboard; the button says "Copied" a moment."""
         if self._result is not None and not self._result.what_if.refused:
             QGuiApplication.clipboard().setText(self._result.what_if.command)
+            self.copy_button.setText(COPIED_TEXT)
+            self._copied_timer.start()
 

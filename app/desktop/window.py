@@ -7,13 +7,15 @@ import time
 from collections.abc import Callable
 
 from kvwall.app.desktop.poll_worker import PollResult
+from kvwall.budget.labels import server_label
 from kvwall.budget.report import ServerReport, StatusReport
 from kvwall.budget.units import format_duration
 from kvwall.budget.whatif import WhatIf
 from kvwall.widgets.empty_state import EmptyState
 from kvwall.widgets.gauge import GaugePanel
 from kvwall.widgets.history import HistoryView
-from kvwall.widgets.servers_table import ServersTableModel, table_rows
+from kvwall.widgets.servers_table import MODEL_COLUMN, ServersTableModel, table_rows
+from kvwall.widgets.viewmodels.pools import most_urgent_server
 from kvwall.widgets.whatif import WhatIfPanel
 from PySide6.QtCore import QItemSelectionModel, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QIcon
@@ -53,6 +55,9 @@ class MainWindow(QMainWindow):
         self.resize(1180, 820)
         self._result: PollResult | None = None
         self._selected: str | None = None
+        self._selected_label: str | None = None  # follows a restarted server (new pid)
+        # Servers that stopped, greyed in the table (from the history store, when wired).
+        self.stopped_servers: tuple[ServerReport, ...] = ()
         self.hide_on_close = True
         # When a slot row turns warning/critical: the user's thresholds (set by the app).
         self.slot_full_percent = 95.0
@@ -93,9 +98,13 @@ class MainWindow(QMainWindow):
         table.setShowGrid(False)
         header = table.horizontalHeader()
         # Sized to the contents when rows come or go, not on every poll: ResizeToContents
-        # re-measures every cell each time one changes.
+        # re-measures every cell each time one changes. The model column takes what is
+        # left (elided, the tooltip has it whole), so Health and Time left always show.
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        header.setStretchLastSection(True)
+        header.setSectionResizeMode(MODEL_COLUMN, QHeaderView.ResizeMode.Stretch)
+        header.setMinimumSectionSize(40)
+        header.setStretchLastSection(False)
+        table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table_model.modelReset.connect(self._rows_reset)
         self._column_chars: dict[int, int] = {}
         table.setWordWrap(False)
@@ -110,6 +119,11 @@ class MainWindow(QMainWindow):
         scroll.setWidgetResizable(True)
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(self.whatif)
+        self.whatif_scroll = scroll
+        # A result just simulated is brought into view (the panel may be taller than a
+        # small window).
+        self.whatif.simulated.connect(
+            lambda _r: scroll.ensureWidgetVisible(self.whatif.result_frame, 0, 0))
         # Never narrower than the panel itself: it would be cut, not wrapped.
         scroll.setMinimumWidth(self.whatif.minimumSizeHint().width()
                                + scroll.verticalScrollBar().sizeHint().width() + 4)
@@ -127,7 +141,8 @@ class MainWindow(QMainWindow):
         main.addWidget(bottom)
         main.setStretchFactor(0, 2)
         main.setStretchFactor(1, 5)
-        table_box.setMinimumHeight(190)
+        # A header and three rows: the plots and the what-if result need the rest at 600 px.
+        table_box.setMinimumHeight(140)
         return main
 
     # -- data --------------------------------------------------------------------
@@ -136,21 +151,15 @@ class MainWindow(QMainWindow):
         report = result.report
         self.gauges.set_report(report)
         self.table_model.set_rows(table_rows(report, self.slot_full_percent,
-                                             self.slot_warn_turns, self.slot_critical_turns))
+                                             self.slot_warn_turns, self.slot_critical_turns,
+                                             self.stopped_servers))
         self._grow_columns()
         for past in result.past:  # the history store's polls, after a restart
             self.history.add_report(past)
         self.history.add_report(report)
         has_servers = bool(report.servers)
         self.stack.setCurrentIndex(1 if has_servers else 0)
-        keys = [s.key for s in report.servers]
-        if self._selected not in keys:
-            self._selected = None
-            if keys:
-                self.select_server(keys[0])
-        else:
-            self._restore_selection()
-            self._update_selected()
+        self._follow_selection(report)
         stamp = time.strftime("%H:%M:%S", time.localtime(report.wall_time))
         errors = f"  ·  {report.errors[0]}" if report.errors else ""
         self.poll_label.setText(f"last poll {stamp} ({result.poll_seconds * 1000:.0f} ms)"
@@ -161,15 +170,32 @@ class MainWindow(QMainWindow):
                 "gap (the computer slept, or a poll stalled): forecasts restart from now.",
                 15000)
 
+    def _follow_selection(self, report: StatusReport) -> None:
+        """Keep the selected server selected; one that restarted (a new key, the same
+        label) stays selected; else the most urgent one is."""
+        keys = [s.key for s in report.servers]
+        if self._selected in keys:
+            self._restore_selection()
+            self._update_selected()
+            return
+        same = next((s.key for s in report.servers
+                     if self._selected_label and server_label(s) == self._selected_label),
+                    None)
+        self._selected = None
+        target = same or most_urgent_server(report)
+        if target is not None:
+            self.select_server(target)
+
     def _grow_columns(self) -> None:
         """Widen a column whose text outgrew it (never shrink: no jitter).
 
         Measuring a column asks the model for every cell, so a column is measured only
         when its longest text grew (a poll usually changes digits, not lengths).
         """
-        last = self.table_model.columnCount() - 1
         rows = self.table_model.rows()
-        for c in range(last):  # the last one stretches
+        for c in range(self.table_model.columnCount()):
+            if c == MODEL_COLUMN:  # it stretches
+                continue
             chars = max((len(r.cells[c]) for r in rows), default=0)
             if chars <= self._column_chars.get(c, 0):
                 continue
@@ -199,9 +225,11 @@ class MainWindow(QMainWindow):
 
     def select_server(self, key: str) -> bool:
         """Select ``key`` in the table, plots and what-if panel; False if unknown."""
-        if self.server(key) is None:
+        server = self.server(key)
+        if server is None:
             return False
         self._selected = key
+        self._selected_label = server_label(server)
         self._restore_selection()
         row = self.table_model.row_of(key)
         if row >= 0:
@@ -245,6 +273,8 @@ class MainWindow(QMainWindow):
         all_rows = self.table_model.rows()
         if 0 <= r < len(all_rows) and all_rows[r].server_key != self._selected:
             self._selected = all_rows[r].server_key
+            server = self.server(self._selected)
+            self._selected_label = server_label(server) if server is not None else None
             self._update_selected()
             self.server_selected.emit(self._selected)
 

@@ -72,3 +72,28 @@ def report(servers=(), devices=None, t=1000.0, wall=1_760_000_000.0) -> StatusRe
 def advice(title="Use a q8_0 KV cache", saves=1 * GiB) -> Advice:
     return Advice("cache-q8_0", title, saves, 65536, "llama-server -m m.gguf -ctk q8_0 -ctv q8_0",
                   "halves KV, negligible quality cost")
+
+
+def whatif_result(model_path: str, flags=("-c", "8192", "-np", "2"), tokens=(3000, 900),
+                  per_turn=700.0, key="pid:100", url="http://127.0.0.1:8080",
+                  budget=64 * MiB):
+    """A server planned from a real GGUF file and command line, with its what-if inputs:
+    ``(ServerReport, WhatIfInputs)``, as the poll thread delivers them."""
+    from kvwall.budget.config import parse_command_line
+    from kvwall.budget.memory import plan_memory
+    from kvwall.monitors.gguf import read_model
+    from kvwall.widgets.viewmodels.whatif_inputs import WhatIfInputs
+
+    model = read_model(model_path)
+    config = parse_command_line(["llama-server", "-m", model_path, "--port",
+                                 url.rsplit(":", 1)[-1], *flags])
+    the_plan = plan_memory(model, config)
+    slots = [slot(i, the_plan.n_ctx_seq, tokens[i % len(tokens)], per_turn=per_turn,
+                  turns_left=max(1, (the_plan.n_ctx_seq - tokens[i % len(tokens)]) // per_turn),
+                  seconds_left=600.0 if i == 0 else None, processing=i == 0)
+             for i in range(the_plan.n_seq)]
+    srv = server(key=key, name=model_path.rsplit("/", 1)[-1].removesuffix(".gguf"),
+                 slots=slots, the_plan=the_plan, weights=the_plan.weights_bytes,
+                 kv=the_plan.kv_bytes, compute=the_plan.compute_bytes,
+                 measured=the_plan.total_bytes + MiB, device="host", url=url)
+    return srv, WhatIfInputs(srv.key, model, config, budget)
