@@ -21,7 +21,7 @@ from kvwall.budget.report import ServerReport, SlotReport, StatusReport
 from kvwall.budget.units import format_duration
 from kvwall.widgets.viewmodels import pools
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QColor, QHideEvent, QPalette, QShowEvent
+from PySide6.QtGui import QColor, QHideEvent, QPalette, QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -277,6 +277,13 @@ class HistoryView(QWidget):
         if self._dirty and self.isVisible():
             self._redraw()
             self._repaint_timer.start(self.repaint_interval_ms())
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt API)
+        super().resizeEvent(event)
+        # As many legend columns as fit (one entry is ~150 px): not cut in a narrow window.
+        columns = max(1, min(len(self._legend_samples), event.size().width() // 150))
+        if columns != self._legend.columnCount:
+            self._legend.setColumnCount(columns)
 
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt API)
         super().showEvent(event)

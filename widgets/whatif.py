@@ -85,6 +85,7 @@ class WhatIfPanel(QWidget):
         self.heading = QLabel("Select a server to try changes")
         self.heading.setWordWrap(True)
         lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)  # every pixel counts in an 800x600 window
         lay.addWidget(self.heading)
         lay.addLayout(self._quick_buttons())
         # The result right under the buttons that produce it: in view in a small window.
@@ -216,6 +217,8 @@ class WhatIfPanel(QWidget):
         state = self._ready()
         ready = state is not None
         self._set_enabled(ready)
+        # Ready, the window's box title names the server; the heading says only why not.
+        self.heading.setVisible(not ready)
         if state is not None:
             for kind, b in self.buttons.items():
                 applies = quick_changes(kind, state.plan, state.inputs.config) is not None
@@ -240,6 +243,10 @@ class WhatIfPanel(QWidget):
             if fresh != self._result:
                 self._result = fresh
                 self._show_turns(fresh)
+
+    def ready(self) -> bool:
+        """Whether the server shown can be simulated."""
+        return self._ready() is not None
 
     def _set_enabled(self, on: bool) -> None:
         for b in self.buttons.values():

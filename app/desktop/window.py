@@ -18,7 +18,7 @@ from kvwall.widgets.servers_table import MODEL_COLUMN, ServersTableModel, table_
 from kvwall.widgets.viewmodels.pools import most_urgent_server
 from kvwall.widgets.whatif import WhatIfPanel
 from PySide6.QtCore import QItemSelectionModel, Qt, Signal
-from PySide6.QtGui import QCloseEvent, QIcon
+from PySide6.QtGui import QCloseEvent, QIcon, QResizeEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QGroupBox,
@@ -127,7 +127,7 @@ class MainWindow(QMainWindow):
         # Never narrower than the panel itself: it would be cut, not wrapped.
         scroll.setMinimumWidth(self.whatif.minimumSizeHint().width()
                                + scroll.verticalScrollBar().sizeHint().width() + 4)
-        whatif_box = _boxed("What if", scroll)
+        self.whatif_box = whatif_box = _boxed("What if", scroll)
         history_box = _boxed("History", self.history)
 
         bottom = QSplitter(Qt.Orientation.Horizontal)
@@ -136,13 +136,13 @@ class MainWindow(QMainWindow):
         bottom.setStretchFactor(0, 3)
         bottom.setStretchFactor(1, 2)
         table_box = _boxed("Servers and slots", self.table)
-        main = QSplitter(Qt.Orientation.Vertical)
+        self.main_splitter = main = QSplitter(Qt.Orientation.Vertical)
         main.addWidget(table_box)
         main.addWidget(bottom)
         main.setStretchFactor(0, 2)
         main.setStretchFactor(1, 5)
         # A header and three rows: the plots and the what-if result need the rest at 600 px.
-        table_box.setMinimumHeight(140)
+        table_box.setMinimumHeight(130)
         return main
 
     # -- data --------------------------------------------------------------------
@@ -207,6 +207,27 @@ class MainWindow(QMainWindow):
     def _rows_reset(self) -> None:
         self.table.resizeColumnsToContents()
         self._column_chars = {}
+        self._fit_table_height()
+
+    def _fit_table_height(self) -> None:
+        """Give the table the height its rows need, at most 40% of the splitter: the
+        plots and the what-if result share the rest."""
+        sizes = self.main_splitter.sizes()
+        total = sum(sizes)
+        if total <= 0:
+            return
+        rows = self.table_model.rowCount()
+        table_box = self.main_splitter.widget(0)
+        chrome = table_box.sizeHint().height() - self.table.sizeHint().height()
+        needed = (self.table.horizontalHeader().height() + 2 * self.table.frameWidth()
+                  + rows * self.table.verticalHeader().defaultSectionSize()
+                  + max(chrome, 0) + 4)
+        want = max(table_box.minimumHeight(), min(needed, int(total * 0.4)))
+        self.main_splitter.setSizes([want, total - want])
+
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt API)
+        super().resizeEvent(event)
+        self._fit_table_height()
 
     def result(self) -> PollResult | None:
         return self._result
@@ -264,6 +285,8 @@ class MainWindow(QMainWindow):
             device_id = report.devices[0].id
         self.history.select(device_id, server.key if server else None)
         self.whatif.set_server(server, inputs)
+        self.whatif_box.setTitle(f"What if {server_label(server)} ran with…"
+                                 if server is not None and self.whatif.ready() else "What if")
 
     def _table_selection(self, *_args: object) -> None:
         rows = self.table.selectionModel().selectedRows()
