@@ -17,10 +17,11 @@ from kvwall.widgets.history import HistoryView
 from kvwall.widgets.servers_table import MODEL_COLUMN, ServersTableModel, table_rows
 from kvwall.widgets.viewmodels.pools import most_urgent_server
 from kvwall.widgets.whatif import WhatIfPanel
-from PySide6.QtCore import QItemSelectionModel, Qt, Signal
-from PySide6.QtGui import QCloseEvent, QIcon, QResizeEvent
+from PySide6.QtCore import QEvent, QItemSelectionModel, QObject, Qt, Signal
+from PySide6.QtGui import QCloseEvent, QIcon
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QFrame,
     QGroupBox,
     QHeaderView,
     QLabel,
@@ -33,6 +34,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+# What the what-if box needs for its buttons and one result (the table yields to it).
+WHATIF_RESULT_HEIGHT = 340
+
 
 class MainWindow(QMainWindow):
     """Shows :class:`PollResult` objects; holds no maths.
@@ -41,11 +45,13 @@ class MainWindow(QMainWindow):
         close_requested(): the user closed the window (the app decides: hide or quit).
         url_added(str): a server URL typed in the empty state.
         server_selected(str): the server key now selected.
+        demo_requested(): "Start demo" clicked in the empty state.
     """
 
     close_requested = Signal()
     url_added = Signal(str)
     server_selected = Signal(str)
+    demo_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None,
                  simulate: Callable[..., WhatIf] | None = None) -> None:
@@ -56,6 +62,7 @@ class MainWindow(QMainWindow):
         self._result: PollResult | None = None
         self._selected: str | None = None
         self._selected_label: str | None = None  # follows a restarted server (new pid)
+        self._fitted: tuple[int, int] | None = None  # (rows, height) the table was fitted to
         # Servers that stopped, greyed in the table (from the history store, when wired).
         self.stopped_servers: tuple[ServerReport, ...] = ()
         self.hide_on_close = True
@@ -75,12 +82,15 @@ class MainWindow(QMainWindow):
 
         self.empty = EmptyState(memory_bytes=self._largest_free)
         self.empty.url_added.connect(self.url_added)
+        self.empty.demo_requested.connect(self.demo_requested)
         self.stack = QStackedWidget()
         self.stack.addWidget(self.empty)
         self.stack.addWidget(self.content)
 
         central = QWidget()
         lay = QVBoxLayout(central)
+        lay.setContentsMargins(4, 4, 4, 0)  # the pixels go to the what-if result at 600 px
+        lay.setSpacing(4)
         lay.addWidget(gauge_box)
         lay.addWidget(self.stack, 1)
         self.setCentralWidget(central)
@@ -117,6 +127,7 @@ class MainWindow(QMainWindow):
         self.whatif = WhatIfPanel(simulate=simulate)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)  # the group box already frames it
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(self.whatif)
         self.whatif_scroll = scroll
@@ -135,7 +146,7 @@ class MainWindow(QMainWindow):
         bottom.addWidget(whatif_box)
         bottom.setStretchFactor(0, 3)
         bottom.setStretchFactor(1, 2)
-        table_box = _boxed("Servers and slots", self.table)
+        self.table_box = table_box = _boxed("Servers and slots", self.table)
         self.main_splitter = main = QSplitter(Qt.Orientation.Vertical)
         main.addWidget(table_box)
         main.addWidget(bottom)
@@ -143,6 +154,7 @@ class MainWindow(QMainWindow):
         main.setStretchFactor(1, 5)
         # A header and three rows: the plots and the what-if result need the rest at 600 px.
         table_box.setMinimumHeight(130)
+        main.installEventFilter(self)
         return main
 
     # -- data --------------------------------------------------------------------
@@ -158,7 +170,9 @@ class MainWindow(QMainWindow):
             self.history.add_report(past)
         self.history.add_report(report)
         has_servers = bool(report.servers)
-        self.stack.setCurrentIndex(1 if has_servers else 0)
+        if self.stack.currentIndex() != int(has_servers):
+            self.stack.setCurrentIndex(1 if has_servers else 0)
+        self._fit_table_height()
         self._follow_selection(report)
         stamp = time.strftime("%H:%M:%S", time.localtime(report.wall_time))
         errors = f"  ·  {report.errors[0]}" if report.errors else ""
@@ -210,24 +224,27 @@ class MainWindow(QMainWindow):
         self._fit_table_height()
 
     def _fit_table_height(self) -> None:
-        """Give the table the height its rows need, at most 40% of the splitter: the
-        plots and the what-if result share the rest."""
-        sizes = self.main_splitter.sizes()
-        total = sum(sizes)
-        if total <= 0:
-            return
+        """Give the table the height its rows need, at most 40% of the splitter and never
+        so much that a what-if result would not show: the plots share the rest."""
+        # Its height, not sizes(): on a Resize event the splitter has not yet spread it.
+        total = self.main_splitter.height() - self.main_splitter.handleWidth()
         rows = self.table_model.rowCount()
-        table_box = self.main_splitter.widget(0)
+        if total <= 0 or (rows, total) == self._fitted:
+            return  # done for this shape: a height the user dragged to stays
+        self._fitted = (rows, total)
+        table_box = self.table_box
         chrome = table_box.sizeHint().height() - self.table.sizeHint().height()
         needed = (self.table.horizontalHeader().height() + 2 * self.table.frameWidth()
                   + rows * self.table.verticalHeader().defaultSectionSize()
                   + max(chrome, 0) + 4)
-        want = max(table_box.minimumHeight(), min(needed, int(total * 0.4)))
+        want = max(table_box.minimumHeight(),
+                   min(needed, int(total * 0.4), total - WHATIF_RESULT_HEIGHT))
         self.main_splitter.setSizes([want, total - want])
 
-    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt API)
-        super().resizeEvent(event)
-        self._fit_table_height()
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
+        if watched is self.main_splitter and event.type() == QEvent.Type.Resize:
+            self._fit_table_height()  # the window, or the gauges above, changed height
+        return super().eventFilter(watched, event)
 
     def result(self) -> PollResult | None:
         return self._result
