@@ -116,7 +116,7 @@ def test_whatif_result_shows_without_scrolling(qtbot, model_path, size):
     assert w.whatif_box.title() == "What if llama_gqa_f16:8080 ran with…"
     with qtbot.waitSignal(panel.simulated, timeout=3000):
         qtbot.mouseClick(panel.buttons["q8_0"], Qt.MouseButton.LeftButton)
-    qtbot.waitUntil(lambda: panel.command_view.isVisible(), timeout=2000)
+    qtbot.waitUntil(panel.command_view.isVisible, timeout=2000)
     _settle()
     for part in (panel.result_title, panel.copy_button, panel.new_bar, panel.saved_label,
                  panel.max_ctx_label, panel.turns_label, panel.command_view):
