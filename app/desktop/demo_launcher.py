@@ -12,7 +12,7 @@ from PySide6.QtCore import QObject, Qt, Signal
 
 log = logging.getLogger(__name__)
 
-STOP_WAIT_S = 30.0  # how long quitting waits for a demo that is still starting
+STOP_WAIT_S = 30.0  # how long quitting waits for the demo's thread to stop it
 
 
 class DemoLike(Protocol):
@@ -53,6 +53,7 @@ class DemoLauncher(QObject):
         self.demo: DemoLike | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._up = False  # the server answered (set on the GUI thread)
         # Results cross back to the GUI thread as queued signals.
         self._done.connect(self._finish, Qt.ConnectionType.QueuedConnection)
 
@@ -81,10 +82,11 @@ class DemoLauncher(QObject):
             demo.stop()
             self._done.emit("", str(exc) or type(exc).__name__)
             return
-        if self._stopping.is_set():  # the app quit while the server was loading
-            demo.stop()
-            return
         self._done.emit(demo.url, "")
+        # This thread lives as long as the server: on Linux the server is told to end when
+        # the thread that started it ends (PR_SET_PDEATHSIG), so it waits for stop().
+        self._stopping.wait()
+        demo.stop()
 
     def _finish(self, url: str, error: str) -> None:
         if error:
@@ -92,14 +94,15 @@ class DemoLauncher(QObject):
             self.demo = None
             self.failed.emit(error)
         else:
+            self._up = True
             self.started.emit(url)
 
     def stop(self) -> None:
-        """Stop the demo (waits for one still starting); idempotent."""
+        """Stop the demo (its thread stops it, after a start still under way); idempotent."""
         self._stopping.set()
         if self._thread is not None:
+            if not self._up and self.demo is not None:
+                self.demo.stop()  # still loading: cut it short (its start() then fails)
             self._thread.join(STOP_WAIT_S)
             self._thread = None
-        if self.demo is not None:
-            self.demo.stop()
-            self.demo = None
+        self.demo = None
