@@ -136,3 +136,22 @@ def _screenshot(w, name: str) -> None:
     if os.environ.get("KVWALL_SCREENSHOTS"):
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out, SCREENSHOTS / name)
+
+
+def test_empty_state_offers_the_demo_and_a_command_at_800x600(qtbot):
+    w = MainWindow()
+    qtbot.addWidget(w)
+    w.resize(800, 600)
+    w.show()
+    qtbot.waitExposed(w)
+    w.set_result(PollResult(f.report([])))
+    _settle()
+    page = w.empty
+    assert w.stack.currentWidget() is page
+    for part in (page.demo_button, page.sample, page.copy_sample_button, page.plan_button,
+                 page.url_edit):
+        assert _fully_visible(part), type(part).__name__
+    # The whole sample command reads in its field.
+    assert page.sample.fontMetrics().horizontalAdvance(page.sample.text()) < (
+        page.sample.width() - 8)
+    _screenshot(w, "empty-state-800x600.png")
