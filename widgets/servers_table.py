@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kvwall.budget.alerts import slot_fill, slot_level
-from kvwall.budget.labels import server_label
 from kvwall.budget.report import RefusedRequests, ServerReport, SlotReport, StatusReport
 from kvwall.budget.units import format_duration
 from kvwall.widgets.viewmodels import pools
+from kvwall.widgets.viewmodels.pools import server_label
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont
 

@@ -8,14 +8,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvwall.budget.cachetypes import CACHE_TYPES
-from kvwall.budget.labels import server_label
 from kvwall.budget.memory import MemoryPlan
 from kvwall.budget.report import ServerReport
 from kvwall.budget.units import format_bytes
 from kvwall.budget.whatif import WhatIf
 from kvwall.widgets.gauge import StackedBar
 from kvwall.widgets.viewmodels import pools
-from kvwall.widgets.viewmodels.pools import Segment
+from kvwall.widgets.viewmodels.pools import Segment, server_label
 from kvwall.widgets.viewmodels.whatif_inputs import (
     QUICK_CHANGES,
     QUICK_LABELS,
@@ -157,6 +156,10 @@ class WhatIfPanel(QWidget):
         self.saved_label = QLabel()
         self.max_ctx_label = QLabel()
         self.turns_label = QLabel()
+        # Long facts ("capped by the model's trained context") wrap: never wider than the
+        # panel, whose right edge (Copy command) would be cut.
+        for lab in (self.max_ctx_label, self.turns_label):
+            lab.setWordWrap(True)
         self.caveat_label = QLabel()
         self.caveat_label.setWordWrap(True)
         self.refused_label = QLabel()

@@ -21,10 +21,10 @@ from kvwall.budget.alerts import (
     slot_level,
     worst,
 )
-from kvwall.budget.labels import server_label
 from kvwall.budget.report import ServerReport, StatusReport
 from kvwall.budget.units import format_bytes
 from kvwall.widgets.viewmodels import pools
+from kvwall.widgets.viewmodels.pools import server_label
 from PySide6.QtCore import QObject, QRectF, Qt, Signal
 from PySide6.QtGui import QAction, QColor, QIcon, QPainter, QPainterPath, QPen, QPixmap
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon

@@ -44,7 +44,7 @@ def slot(id=0, n_ctx=16384, tokens=4000, turns_left=None, seconds_left=None, per
 def server(key="pid:100", name="qwen3-32b", slots=(), device="nvidia:0",
            measured=7 * GiB, weights=4 * GiB, kv=2 * GiB, compute=300 * MiB, overhead=None,
            health="ok", advice=(), the_plan="default", url="http://127.0.0.1:8080",
-           unattributed=0, pool=None) -> ServerReport:
+           unattributed=0, pool=None, label="") -> ServerReport:
     if overhead is None:
         overhead = measured - weights - kv - compute - unattributed
     if the_plan == "default":
@@ -54,7 +54,7 @@ def server(key="pid:100", name="qwen3-32b", slots=(), device="nvidia:0",
         name=name, model_path=f"/models/{name}.gguf", health=health, plan=the_plan,
         memory=(Attribution(device, measured, weights, kv, compute, overhead, unattributed),),
         slots=tuple(slots), pool=pool, max_ctx={"f16": 40960}, more_servers_fit=0,
-        advice=tuple(advice), errors=())
+        advice=tuple(advice), errors=(), label=label)
 
 
 def device(id="nvidia:0", total=24 * GiB, used=20 * GiB, name="NVIDIA RTX 4090",
@@ -79,7 +79,7 @@ def whatif_result(model_path: str, flags=("-c", "8192", "-np", "2"), tokens=(300
                   budget=64 * MiB):
     """A server planned from a real GGUF file and command line, with its what-if inputs:
     ``(ServerReport, WhatIfInputs)``, as the poll thread delivers them."""
-    from kvwall.budget.config import parse_command_line
+    from kvwall.budget.cmdline.parse import parse_command_line
     from kvwall.budget.memory import plan_memory
     from kvwall.monitors.gguf import read_model
     from kvwall.widgets.viewmodels.whatif_inputs import WhatIfInputs
@@ -95,5 +95,7 @@ def whatif_result(model_path: str, flags=("-c", "8192", "-np", "2"), tokens=(300
     srv = server(key=key, name=model_path.rsplit("/", 1)[-1].removesuffix(".gguf"),
                  slots=slots, the_plan=the_plan, weights=the_plan.weights_bytes,
                  kv=the_plan.kv_bytes, compute=the_plan.compute_bytes,
-                 measured=the_plan.total_bytes + MiB, device="host", url=url)
+                 measured=the_plan.total_bytes + MiB, device="host", url=url,
+                 label=f"{model_path.rsplit('/', 1)[-1].removesuffix('.gguf')}:"
+                       f"{url.rsplit(':', 1)[-1]}")
     return srv, WhatIfInputs(srv.key, model, config, budget)

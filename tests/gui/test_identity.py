@@ -10,27 +10,25 @@ import gui_factories as f
 from kvwall.app.desktop.poll_worker import PollResult
 from kvwall.app.desktop.tray import Tray
 from kvwall.app.desktop.window import MainWindow
-from kvwall.budget.config import ServerConfig
-from kvwall.budget.labels import server_label
 from kvwall.budget.report import RefusedRequests
 from kvwall.widgets.empty_state import SAMPLE_COMMAND, EmptyState
 from kvwall.widgets.servers_table import LEVEL_COLORS, table_rows
+from kvwall.widgets.viewmodels.pools import server_label
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 
 
 def _three_same_named():
+    # Labelled as the engine labels them: the alias, else name:port.
     return [f.server(key=f"pid:{100 + i}", name="llama_gqa_f16",
-                     url=f"http://127.0.0.1:{8080 + i}", slots=[f.slot(0, 4096, 100 * (i + 1))])
+                     url=f"http://127.0.0.1:{8080 + i}", slots=[f.slot(0, 4096, 100 * (i + 1))],
+                     label=f"llama_gqa_f16:{8080 + i}")
             for i in range(3)]
 
 
-def test_labels_are_the_alias_else_name_and_port():
-    local, remote = f.server(), f.server(key="http://gpu-box:8080", url="http://gpu-box:8080")
-    aliased = dataclasses.replace(f.server(), config=ServerConfig(alias="coder"))
-    assert server_label(local) == "qwen3-32b:8080"
-    assert server_label(remote) == "qwen3-32b@gpu-box:8080"
-    assert server_label(aliased) == "coder"
+def test_views_use_the_reports_label_else_the_name():
+    assert server_label(f.server(label="coder")) == "coder"
+    assert server_label(f.server()) == "qwen3-32b"  # a report built without a label
 
 
 def test_tray_menu_tells_same_named_servers_apart(qtbot):

@@ -28,7 +28,7 @@ def test_table_lists_server_and_slots(qtbot):
     m = w.table_model
     assert m.rowCount() == 3
     cells = [[m.index(r, c).data() for c in range(m.columnCount())] for r in range(3)]
-    assert cells[0][0] == "qwen3-32b:8080" and cells[0][2].startswith("16,384 × 2")
+    assert cells[0][0] == "qwen3-32b" and cells[0][2].startswith("16,384 × 2")
     assert cells[0][7] == "ok"
     assert cells[2][0].strip() == "slot 1"
     assert cells[2][3].startswith("73%") and "12,000" in cells[2][3]
@@ -116,7 +116,7 @@ def test_tray_state_colour_and_tooltip():
     locked = f.report([f.server(health="needs API key", slots=[f.slot(0, 16384, 100)])],
                       [f.device(total=24 * f.GiB, used=2 * f.GiB)])
     st_locked = tray_state(locked, th)
-    assert st_locked.level == WARNING and "qwen3-32b:8080: needs API key" in st_locked.tooltip
+    assert st_locked.level == WARNING and "qwen3-32b: needs API key" in st_locked.tooltip
     assert tray_state(_report(tokens=16000, turns_left=1), th).level == CRITICAL
     full = f.report([f.server()], [f.device(total=24 * f.GiB, used=23 * f.GiB)])
     assert tray_state(full, th).level == CRITICAL

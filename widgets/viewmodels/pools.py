@@ -195,3 +195,9 @@ def most_urgent_server(report: StatusReport) -> str | None:
         return max((f for f in fills if f is not None), default=0.0)
 
     return max(report.servers, key=fullest).key
+
+
+def server_label(server: ServerReport) -> str:
+    """The server's unique label (the engine's: its alias, else ``name:port``); its name
+    in reports built without one."""
+    return server.label or server.name
