@@ -12,7 +12,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kvwall.budget.alerts import slot_fill, slot_level
-from kvwall.budget.report import RefusedRequests, ServerReport, SlotReport, StatusReport
+from kvwall.budget.report import (
+    RefusedRequests,
+    ServerReport,
+    SlotReport,
+    StatusReport,
+    StoppedServer,
+)
 from kvwall.budget.units import format_duration
 from kvwall.widgets.viewmodels import pools
 from kvwall.widgets.viewmodels.pools import server_label
@@ -86,8 +92,8 @@ def slot_row(server: ServerReport, slot: SlotReport, label: str, full_percent: f
                      turns, time_left, state), level, tip)
 
 
-def server_row(server: ServerReport, stopped: bool = False) -> TableRow:
-    """A server's row; a ``stopped`` one is greyed and says so."""
+def server_row(server: ServerReport) -> TableRow:
+    """A server's row: its label, model, context per slot and health."""
     plan = server.plan
     ctx = "–"
     if plan is not None and plan.ok:
@@ -104,12 +110,20 @@ def server_row(server: ServerReport, stopped: bool = False) -> TableRow:
         health = f"{health} · {server.refused_requests.count} {REFUSED_MARK}"
         level = "critical"
         tips.insert(0, refused_phrase(server.refused_requests))
-    if stopped:
-        health, level = "stopped", "stopped"
     model = server.model_path or server.name
     return TableRow(server.key, None,
                     (server_label(server), model.rsplit("/", 1)[-1], ctx, "", "", "", "",
                      health), level, "\n".join(tips) or who)
+
+
+def stopped_row(gone: StoppedServer) -> TableRow:
+    """A server that stopped, greyed: "stopped 19:15", its last fill, and (in the
+    tooltip) the command that restarts it."""
+    when = time.strftime("%H:%M", time.localtime(gone.stopped_time))
+    fill = "–" if gone.last_fill is None else f"{gone.last_fill:.0%}"
+    tip = f"{gone.url}\nrestart with: {gone.command}" if gone.command else gone.url
+    return TableRow(gone.key, None, (gone.name, "", "", fill, "", "", "", f"stopped {when}"),
+                    "stopped", tip)
 
 
 def _refused_slots(server: ServerReport) -> frozenset[int]:
@@ -123,45 +137,28 @@ def _refused_slots(server: ServerReport) -> frozenset[int]:
 
 
 def _server_rows(server: ServerReport, full_percent: float, warn_turns: int,
-                 critical_turns: int, stopped: bool) -> list[TableRow]:
-    rows = [server_row(server, stopped)]
+                 critical_turns: int) -> list[TableRow]:
+    rows = [server_row(server)]
     marked = _refused_slots(server)
     for slot in server.slots:
-        row = slot_row(server, slot, f"    slot {slot.id}", full_percent, warn_turns,
-                       critical_turns, slot.id in marked)
-        rows.append(row if not stopped else _greyed(row))
+        rows.append(slot_row(server, slot, f"    slot {slot.id}", full_percent, warn_turns,
+                             critical_turns, slot.id in marked))
     if server.pool is not None:
-        row = slot_row(server, server.pool, "    shared pool", full_percent, warn_turns,
-                       critical_turns, bool(server.refused_requests
-                                            and server.refused_requests.count))
-        rows.append(row if not stopped else _greyed(row))
+        refused = bool(server.refused_requests and server.refused_requests.count)
+        rows.append(slot_row(server, server.pool, "    shared pool", full_percent,
+                             warn_turns, critical_turns, refused))
     return rows
 
 
-def _greyed(row: TableRow) -> TableRow:
-    cells = (*row.cells[:-1], "stopped")
-    return TableRow(row.server_key, row.slot_id, cells, "stopped", row.tooltip)
-
-
 def table_rows(report: StatusReport, full_percent: float = 95.0, warn_turns: int = 5,
-               critical_turns: int = 2,
-               stopped: Sequence[ServerReport] = ()) -> tuple[TableRow, ...]:
+               critical_turns: int = 2) -> tuple[TableRow, ...]:
     """Rows for ``report``; slots coloured by :func:`kvwall.budget.alerts.slot_level` with the
-    user's notification thresholds.
-
-    Args:
-        report: the latest report.
-        full_percent, warn_turns, critical_turns: the user's notification thresholds.
-        stopped: servers that were watched and have stopped, listed after the running
-            ones, greyed (the history store provides them; none until it does).
-    """
+    user's notification thresholds; the servers that stopped follow, greyed."""
     rows: list[TableRow] = []
-    running = {s.key for s in report.servers}
     for server in report.servers:
-        rows += _server_rows(server, full_percent, warn_turns, critical_turns, False)
-    for server in stopped:
-        if server.key not in running:
-            rows += _server_rows(server, full_percent, warn_turns, critical_turns, True)
+        rows += _server_rows(server, full_percent, warn_turns, critical_turns)
+    running = {s.key for s in report.servers}
+    rows += [stopped_row(gone) for gone in report.stopped_servers if gone.key not in running]
     return tuple(rows)
 
 

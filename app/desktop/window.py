@@ -62,8 +62,6 @@ class MainWindow(QMainWindow):
         self._selected: str | None = None
         self._selected_label: str | None = None  # follows a restarted server (new pid)
         self._fitted: tuple[int, int] | None = None  # (rows, height) the table was fitted to
-        # Servers that stopped, greyed in the table (from the history store, when wired).
-        self.stopped_servers: tuple[ServerReport, ...] = ()
         self.hide_on_close = True
         # When a slot row turns warning/critical: the user's thresholds (set by the app).
         self.slot_full_percent = 95.0
@@ -162,8 +160,7 @@ class MainWindow(QMainWindow):
         report = result.report
         self.gauges.set_report(report)
         self.table_model.set_rows(table_rows(report, self.slot_full_percent,
-                                             self.slot_warn_turns, self.slot_critical_turns,
-                                             self.stopped_servers))
+                                             self.slot_warn_turns, self.slot_critical_turns))
         self._grow_columns()
         for past in result.past:  # the history store's polls, after a restart
             self.history.add_report(past)

@@ -10,7 +10,7 @@ import gui_factories as f
 from kvwall.app.desktop.poll_worker import PollResult
 from kvwall.app.desktop.tray import Tray
 from kvwall.app.desktop.window import MainWindow
-from kvwall.budget.report import RefusedRequests
+from kvwall.budget.report import RefusedRequests, StoppedServer
 from kvwall.widgets.empty_state import SAMPLE_COMMAND, EmptyState
 from kvwall.widgets.servers_table import LEVEL_COLORS, table_rows
 from kvwall.widgets.viewmodels.pools import server_label
@@ -90,15 +90,20 @@ def test_refused_requests_mark_the_server_and_its_full_slot():
 
 
 def test_stopped_servers_are_listed_greyed(qtbot):
-    running, stopped = f.server(), f.server(key="pid:7", url="http://127.0.0.1:8085",
-                                            slots=[f.slot(0, 4096, 3000)])
+    import time
+
+    gone = StoppedServer("pid:7", "llama_gqa_f16:8085", "http://127.0.0.1:8085",
+                         "llama-server -m m.gguf --port 8085", 1_760_000_000.0, 0.71)
+    report = dataclasses.replace(f.report([f.server()]), stopped_servers=(gone,))
     w = MainWindow()
     qtbot.addWidget(w)
-    w.stopped_servers = (stopped,)
-    w.set_result(PollResult(f.report([running])))
+    w.set_result(PollResult(report))
     rows = w.table_model.rows()
-    assert [r.server_key for r in rows] == ["pid:100", "pid:7", "pid:7"]
-    assert all(r.level == "stopped" and r.cells[-1] == "stopped" for r in rows[1:])
+    assert [r.server_key for r in rows] == ["pid:100", "pid:7"]
+    at = time.strftime("%H:%M", time.localtime(gone.stopped_time))
+    assert rows[1].cells[0] == "llama_gqa_f16:8085" and rows[1].cells[3] == "71%"
+    assert rows[1].cells[-1] == f"stopped {at}" and rows[1].level == "stopped"
+    assert "restart with: llama-server -m m.gguf --port 8085" in rows[1].tooltip
     grey = w.table_model.index(1, 0).data(Qt.ItemDataRole.ForegroundRole).color()
     assert grey == LEVEL_COLORS["stopped"]
 
