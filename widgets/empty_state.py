@@ -1,5 +1,6 @@
 """What the window shows when no server runs: how servers are found, a field to add a
-server URL, and the planner for a GGUF file chosen from disk (``kvwall plan`` in a dialog).
+server URL, a sample command to copy, the demo one click away, and the planner for a GGUF
+file chosen from disk (``kvwall plan`` in a dialog).
 """
 
 from __future__ import annotations
@@ -8,7 +9,8 @@ import html
 from collections.abc import Callable
 
 from kvwall.widgets.viewmodels.planner import PlanOutcome, plan_html
-from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, Signal
+from PySide6.QtCore import QObject, QRunnable, Qt, QThreadPool, QTimer, Signal
+from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QDialog,
     QDialogButtonBox,
@@ -34,14 +36,20 @@ EXPLANATION = (
 )
 
 
+SAMPLE_COMMAND = "llama-server -m ~/models/your-model.gguf -c 16384 -np 2 --port 8080"
+COPIED_MS = 1500  # how long "Copied" shows on the button
+
+
 class EmptyState(QWidget):
     """The no-server page.
 
     Signals:
         url_added(str): the user asked to watch this server URL (not yet validated).
+        demo_requested(): the user asked for the demo (a tiny server and agent).
     """
 
     url_added = Signal(str)
+    demo_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None,
                  memory_bytes: Callable[[], int | None] | None = None) -> None:
@@ -68,14 +76,55 @@ class EmptyState(QWidget):
         lay.addLayout(row)
         lay.addWidget(self.url_message)
         lay.addSpacing(12)
-        lay.addWidget(QLabel("<b>No server yet?</b> See what a model would need, or run "
-                             "<code>kvwall --demo</code> to watch a tiny server fill up:"))
+        lay.addWidget(QLabel("<b>No server yet?</b> Start one, for example:"))
+        lay.addLayout(self._sample_row())
+        lay.addWidget(QLabel("Or see what a model would need, or watch a tiny demo server "
+                             "fill up (<code>kvwall --demo</code>):"))
+        self.demo_button = QPushButton("Start demo")
+        self.demo_button.setToolTip("Start a tiny llama-server and an agent whose context "
+                                    "grows, to see kvwall at work within a minute")
+        self.demo_button.clicked.connect(self._demo_clicked)
+        self.demo_message = QLabel()
+        self.demo_message.setWordWrap(True)
         plan_row = QHBoxLayout()
+        plan_row.addWidget(self.demo_button)
         plan_row.addWidget(self.plan_button)
         plan_row.addStretch(1)
         lay.addLayout(plan_row)
+        lay.addWidget(self.demo_message)
         lay.addStretch(1)
         self.dialog: PlanDialog | None = None
+
+    def _sample_row(self) -> QHBoxLayout:
+        """The sample command, selectable, and a button that copies it."""
+        self.sample = QLineEdit(SAMPLE_COMMAND)
+        self.sample.setReadOnly(True)
+        self.sample.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
+        self.copy_sample_button = QPushButton("Copy")
+        self.copy_sample_button.clicked.connect(self.copy_sample)
+        self._copied_timer = QTimer(self)
+        self._copied_timer.setSingleShot(True)
+        self._copied_timer.setInterval(COPIED_MS)
+        self._copied_timer.timeout.connect(lambda: self.copy_sample_button.setText("Copy"))
+        row = QHBoxLayout()
+        row.addWidget(self.sample, 1)
+        row.addWidget(self.copy_sample_button)
+        return row
+
+    def copy_sample(self) -> None:
+        """Copy the sample command; the button says "Copied" a moment."""
+        QGuiApplication.clipboard().setText(self.sample.text())
+        self.copy_sample_button.setText("Copied ✓")
+        self._copied_timer.start()
+
+    def _demo_clicked(self) -> None:
+        self.set_demo_message("Starting the demo server…", busy=True)
+        self.demo_requested.emit()
+
+    def set_demo_message(self, text: str, busy: bool = False) -> None:
+        """Say how the demo is going; the button is disabled while it starts."""
+        self.demo_message.setText(text)
+        self.demo_button.setEnabled(not busy)
 
     def _add(self) -> None:
         from kvwall.widgets.viewmodels.settings_model import InvalidSetting, normalise_url

@@ -19,8 +19,9 @@ import pyqtgraph as pg
 from kvwall.budget.report import ServerReport, SlotReport, StatusReport
 from kvwall.budget.units import format_duration
 from kvwall.widgets.viewmodels import pools
+from kvwall.widgets.viewmodels.pools import server_label
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QColor, QHideEvent, QPalette, QShowEvent
+from PySide6.QtGui import QColor, QHideEvent, QPalette, QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (
     QComboBox,
     QHBoxLayout,
@@ -117,8 +118,13 @@ class HistoryView(QWidget):
         self._make_memory_curves()
         self._make_context_curves()
 
+        # The plot's title, above it and wrapped: a pyqtgraph title is cut in a narrow
+        # window.
+        self.caption = QLabel()
+        self.caption.setWordWrap(True)
+        self.caption.setObjectName("history_caption")
         top = QHBoxLayout()
-        top.addStretch(1)
+        top.addWidget(self.caption, 1)
         top.addWidget(QLabel("Show the last"))
         top.addWidget(self.window_box)
         lay = QVBoxLayout(self)
@@ -272,6 +278,13 @@ class HistoryView(QWidget):
             self._redraw()
             self._repaint_timer.start(self.repaint_interval_ms())
 
+    def resizeEvent(self, event: QResizeEvent) -> None:  # noqa: N802 (Qt API)
+        super().resizeEvent(event)
+        # As many legend columns as fit (one entry is ~150 px): not cut in a narrow window.
+        columns = max(1, min(len(self._legend_samples), event.size().width() // 150))
+        if columns != self._legend.columnCount:
+            self._legend.setColumnCount(columns)
+
     def showEvent(self, event: QShowEvent) -> None:  # noqa: N802 (Qt API)
         super().showEvent(event)
         if self._dirty:
@@ -308,11 +321,12 @@ class HistoryView(QWidget):
             names = self._pool_names
             if self._device_id in names:
                 title = f"{names[self._device_id]}: memory by component"
-                if title != self._titles.get("memory"):
-                    self._titles["memory"] = title
-                    self.memory_plot.setTitle(title)
+                self._titles["memory"] = title
         else:
             self._draw_context(start, now, window)
+        caption = self._titles.get("memory" if showing_memory else "context", "")
+        if caption != self.caption.text():
+            self.caption.setText(caption)
 
     def _draw_memory(self, start: float, now: float) -> None:
         data = self.memory_series(self._device_id) if self._device_id else None
@@ -383,12 +397,10 @@ class HistoryView(QWidget):
         if data is not None and len(data):
             first_t = _left_edge(start, float(data[0, 0]), now)
         self.context_plot.setXRange(first_t, horizon, padding=0.02)
-        name = server.name if server else ""
-        title = (f"{name}: KV cells per slot · dotted = the slot's limit · dashed = forecast"
-                 if name else "")
-        if title != self._titles.get("context"):
-            self._titles["context"] = title
-            self.context_plot.setTitle(title)
+        name = server_label(server) if server else ""
+        self._titles["context"] = (
+            f"{name}: KV cells per slot · dotted = the slot's limit · dashed = forecast"
+            if name else "")
 
 
 def _left_edge(start: float, first_sample: float, now: float) -> float:

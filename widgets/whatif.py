@@ -14,7 +14,7 @@ from kvwall.budget.units import format_bytes
 from kvwall.budget.whatif import WhatIf
 from kvwall.widgets.gauge import StackedBar
 from kvwall.widgets.viewmodels import pools
-from kvwall.widgets.viewmodels.pools import Segment
+from kvwall.widgets.viewmodels.pools import Segment, server_label
 from kvwall.widgets.viewmodels.whatif_inputs import (
     QUICK_CHANGES,
     QUICK_LABELS,
@@ -24,7 +24,7 @@ from kvwall.widgets.viewmodels.whatif_inputs import (
     run_what_if,
     with_turns,
 )
-from PySide6.QtCore import Signal
+from PySide6.QtCore import QTimer, Signal
 from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QComboBox,
@@ -48,6 +48,11 @@ def plan_segments(plan: MemoryPlan) -> tuple[Segment, ...]:
              (pools.RECURRENT, plan.recurrent_bytes),
              (pools.COMPUTE, plan.compute_bytes + plan.output_bytes)]
     return tuple(Segment(k, int(b)) for k, b in parts if b > 0)
+
+
+COPY_TEXT = "Copy command"
+COPIED_TEXT = "Copied ✓"
+COPIED_MS = 1500
 
 
 @dataclass(frozen=True)
@@ -79,10 +84,12 @@ class WhatIfPanel(QWidget):
         self.heading = QLabel("Select a server to try changes")
         self.heading.setWordWrap(True)
         lay = QVBoxLayout(self)
+        lay.setContentsMargins(4, 4, 4, 4)  # every pixel counts in an 800x600 window
         lay.addWidget(self.heading)
         lay.addLayout(self._quick_buttons())
-        lay.addWidget(self._custom_box())
+        # The result right under the buttons that produce it: in view in a small window.
         lay.addWidget(self._result_frame())
+        lay.addWidget(self._custom_box())
         lay.addStretch(1)
         self._set_enabled(False)
         self._clear_result()
@@ -149,6 +156,10 @@ class WhatIfPanel(QWidget):
         self.saved_label = QLabel()
         self.max_ctx_label = QLabel()
         self.turns_label = QLabel()
+        # Long facts ("capped by the model's trained context") wrap: never wider than the
+        # panel, whose right edge (Copy command) would be cut.
+        for lab in (self.max_ctx_label, self.turns_label):
+            lab.setWordWrap(True)
         self.caveat_label = QLabel()
         self.caveat_label.setWordWrap(True)
         self.refused_label = QLabel()
@@ -157,12 +168,18 @@ class WhatIfPanel(QWidget):
         self.command_view = QPlainTextEdit()
         self.command_view.setReadOnly(True)
         self.command_view.setFont(QFontDatabase.systemFont(QFontDatabase.SystemFont.FixedFont))
-        # Four lines: a typical command (binary, model path, flags) shows whole.
+        # Three lines: a typical command (binary, model path, flags) shows whole, and the
+        # result still fits an 800x600 window.
         self.command_view.setMaximumHeight(
-            4 * self.command_view.fontMetrics().lineSpacing() + 14)
-        self.copy_button = QPushButton("Copy command")
+            3 * self.command_view.fontMetrics().lineSpacing() + 14)
+        self.copy_button = QPushButton(COPY_TEXT)
         self.copy_button.clicked.connect(self.copy_command)
         self.copy_button.setEnabled(False)
+        # "Copied" shows this long, then the button reads "Copy command" again.
+        self._copied_timer = QTimer(self)
+        self._copied_timer.setSingleShot(True)
+        self._copied_timer.setInterval(COPIED_MS)
+        self._copied_timer.timeout.connect(lambda: self.copy_button.setText(COPY_TEXT))
 
         result = QFrame()
         rl = QVBoxLayout(result)
@@ -195,14 +212,16 @@ class WhatIfPanel(QWidget):
             self.heading.setText("Select a server to try changes")
         elif inputs is None or plan is None or not plan.ok:
             self.heading.setText(
-                f"{server.name}: what-ifs need the server's model file and command line "
+                f"{server_label(server)}: what-ifs need the server's model file and command line "
                 "(kvwall reads them from the local process; a URL-only server cannot be "
                 "simulated).")
         else:
-            self.heading.setText(f"What if {server.name} ran with…")
+            self.heading.setText(f"What if {server_label(server)} ran with…")
         state = self._ready()
         ready = state is not None
         self._set_enabled(ready)
+        # Ready, the window's box title names the server; the heading says only why not.
+        self.heading.setVisible(not ready)
         if state is not None:
             for kind, b in self.buttons.items():
                 applies = quick_changes(kind, state.plan, state.inputs.config) is not None
@@ -227,6 +246,10 @@ class WhatIfPanel(QWidget):
             if fresh != self._result:
                 self._result = fresh
                 self._show_turns(fresh)
+
+    def ready(self) -> bool:
+        """Whether the server shown can be simulated."""
+        return self._ready() is not None
 
     def _set_enabled(self, on: bool) -> None:
         for b in self.buttons.values():
@@ -305,6 +328,8 @@ class WhatIfPanel(QWidget):
         self._sync_visibility()
 
     def _set_command(self, command: str) -> None:
+        self._copied_timer.stop()
+        self.copy_button.setText(COPY_TEXT)
         self.command_view.setPlainText(command)
         self.copy_button.setEnabled(bool(command))
 
@@ -373,6 +398,9 @@ class WhatIfPanel(QWidget):
         return self._result
 
     def copy_command(self) -> None:
+        """Copy the command line to the clipboard; the button says "Copied" a moment."""
         if self._result is not None and not self._result.what_if.refused:
             QGuiApplication.clipboard().setText(self._result.what_if.command)
+            self.copy_button.setText(COPIED_TEXT)
+            self._copied_timer.start()
 

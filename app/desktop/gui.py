@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, cast
 
+from kvwall.app.desktop.demo_launcher import DemoLauncher, DemoLike, real_demo
 from kvwall.app.desktop.notifications import NotificationCenter
 from kvwall.app.desktop.poll_worker import PollResult, PollThread, PollWorker
 from kvwall.app.desktop.settings import SettingsStore, set_autostart
@@ -36,6 +37,10 @@ log = logging.getLogger(__name__)
 
 PAUSE_SECONDS = 3600.0
 TRAY_WAIT_TRIES = 30  # x 2 s: how long to wait for a tray that is not there at start
+# Beside the settings file: present once kvwall has said, on a first start, where it lives.
+TRAY_HINT_MARKER = "tray-hint-shown"
+TRAY_HINT = ("kvwall is in the tray", "It watches your llama.cpp servers from here. Click "
+             "the icon to open the window.")
 
 
 class KvwallApp(QObject):
@@ -49,6 +54,7 @@ class KvwallApp(QObject):
         on_settings_applied: told the new settings each time the user applies them
             (the poll source's own thresholds, such as the GPU-grab share, follow them).
         simulate: the what-if function (default ``kvwall.budget.whatif.simulate``).
+        make_demo: builds the demo "Start demo" starts (default ``kvwall --demo``'s).
 
     Signals:
         result_shown(PollResult): a poll result reached the window and tray.
@@ -63,7 +69,9 @@ class KvwallApp(QObject):
                  on_servers_changed: Callable[[Sequence[str], dict[str, str]], None] | None = None,
                  on_settings_applied: Callable[[Settings], None] | None = None,
                  simulate: Callable[..., WhatIf] | None = None,
-                 autostart_home: Path | None = None, parent: QObject | None = None) -> None:
+                 autostart_home: Path | None = None,
+                 make_demo: Callable[[], DemoLike] | None = None,
+                 parent: QObject | None = None) -> None:
         super().__init__(parent)
         self.store = store or SettingsStore()
         loaded = self.store.load()
@@ -91,6 +99,10 @@ class KvwallApp(QObject):
         self.notifications.open_server.connect(self.show_server)
         self.window.close_requested.connect(self._window_closed)
         self.window.url_added.connect(self.add_server_url)
+        self.demo_launcher = DemoLauncher(make_demo or real_demo, self)
+        self.window.demo_requested.connect(self.start_demo)
+        self.demo_launcher.started.connect(self._demo_started)
+        self.demo_launcher.failed.connect(self._demo_failed)
         if use_tray:
             self._make_tray()
         self.window.hide_on_close = self.tray is not None
@@ -145,12 +157,26 @@ class KvwallApp(QObject):
             self._tray_wait.start()
         if show_window or (show_window is None and self.tray is None):
             self.show_window()
+        elif self.tray is not None:
+            self._first_start_hint()
         if self.startup_message:
             self.window.statusBar().showMessage(self.startup_message, 30000)
             if self.tray is not None:
                 self.tray.icon.showMessage("kvwall settings recovered", self.startup_message,
                                            QSystemTrayIcon.MessageIcon.Information, 15000)
         self.poll_thread.start()
+
+    def _first_start_hint(self) -> None:
+        """Once per user: started into the tray with no window, say where kvwall is."""
+        marker = self.store.path.with_name(TRAY_HINT_MARKER)
+        if marker.exists() or self.tray is None:
+            return
+        self.tray.icon.showMessage(*TRAY_HINT, QSystemTrayIcon.MessageIcon.Information, 10000)
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError as exc:  # said again next start: better than never
+            log.warning("cannot remember the tray hint: %s", exc.strerror)
 
     def stop(self) -> None:
         """Stop polling and hide the tray (idempotent)."""
@@ -161,6 +187,7 @@ class KvwallApp(QObject):
         self._pause_timer.stop()
         self._tray_wait.stop()
         self.poll_thread.stop()
+        self.demo_launcher.stop()
         if self.tray is not None:
             self.tray.hide()
         self.window.hide_on_close = False
@@ -194,6 +221,19 @@ class KvwallApp(QObject):
         self.show_window()
         if key:
             self.window.select_server(key)
+
+    def start_demo(self) -> None:
+        """Start the demo server and agent in the background ("Start demo")."""
+        if not self.demo_launcher.start():
+            self.window.empty.set_demo_message("The demo is already running.")
+
+    def _demo_started(self, url: str) -> None:
+        self.window.empty.set_demo_message(f"Demo server running at {url}: it appears "
+                                           "here within a poll.")
+        self.worker.request_poll()
+
+    def _demo_failed(self, message: str) -> None:
+        self.window.empty.set_demo_message(f"The demo could not start: {message}")
 
     def set_paused(self, paused: bool) -> None:
         if paused:

@@ -24,6 +24,7 @@ from kvwall.budget.alerts import (
 from kvwall.budget.report import ServerReport, StatusReport
 from kvwall.budget.units import format_bytes
 from kvwall.widgets.viewmodels import pools
+from kvwall.widgets.viewmodels.pools import server_label
 from PySide6.QtCore import QObject, QRectF, Qt, Signal
 from PySide6.QtGui import QAction, QColor, QIcon, QPainter, QPainterPath, QPen, QPixmap
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon
@@ -60,7 +61,7 @@ def tray_state(report: StatusReport | None, thresholds: Thresholds) -> TrayState
     for server in report.servers:
         if server.health in UNREACHABLE_HEALTH or server.health in NEEDS_USER_HEALTH:
             levels.append(WARNING)
-            lines.append(f"{server.name}: {server.health}")
+            lines.append(f"{server_label(server)}: {server.health}")
         for slot in list(server.slots) + ([server.pool] if server.pool else []):
             levels.append(slot_level(slot, thresholds.slot_full_percent,
                                            thresholds.slot_warn_turns,
@@ -226,9 +227,11 @@ def _server_line(server: ServerReport) -> str:
         fill = slot_fill(slot)
         if fill is not None and (worst_slot is None or fill > worst_slot):
             worst_slot = fill
-    bits = [server.name]
+    bits = [server_label(server)]
     if server.health != "ok":
         bits.append(server.health)
+    if server.refused_requests is not None and server.refused_requests.count:
+        bits.append(f"{server.refused_requests.count} refused")
     if worst_slot is not None:
         bits.append(f"fullest slot {worst_slot:.0%}")
     return "  ·  ".join(bits)

@@ -13,12 +13,14 @@ from kvwall.budget.whatif import WhatIf
 from kvwall.widgets.empty_state import EmptyState
 from kvwall.widgets.gauge import GaugePanel
 from kvwall.widgets.history import HistoryView
-from kvwall.widgets.servers_table import ServersTableModel, table_rows
+from kvwall.widgets.servers_table import MODEL_COLUMN, ServersTableModel, table_rows
+from kvwall.widgets.viewmodels.pools import most_urgent_server, server_label
 from kvwall.widgets.whatif import WhatIfPanel
-from PySide6.QtCore import QItemSelectionModel, Qt, Signal
+from PySide6.QtCore import QEvent, QItemSelectionModel, QObject, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QIcon
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QFrame,
     QGroupBox,
     QHeaderView,
     QLabel,
@@ -31,6 +33,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+# What the what-if box needs for its buttons and one result (the table yields to it).
+WHATIF_RESULT_HEIGHT = 340
+
 
 class MainWindow(QMainWindow):
     """Shows :class:`PollResult` objects; holds no maths.
@@ -39,11 +44,13 @@ class MainWindow(QMainWindow):
         close_requested(): the user closed the window (the app decides: hide or quit).
         url_added(str): a server URL typed in the empty state.
         server_selected(str): the server key now selected.
+        demo_requested(): "Start demo" clicked in the empty state.
     """
 
     close_requested = Signal()
     url_added = Signal(str)
     server_selected = Signal(str)
+    demo_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None,
                  simulate: Callable[..., WhatIf] | None = None) -> None:
@@ -53,6 +60,8 @@ class MainWindow(QMainWindow):
         self.resize(1180, 820)
         self._result: PollResult | None = None
         self._selected: str | None = None
+        self._selected_label: str | None = None  # follows a restarted server (new pid)
+        self._fitted: tuple[int, int] | None = None  # (rows, height) the table was fitted to
         self.hide_on_close = True
         # When a slot row turns warning/critical: the user's thresholds (set by the app).
         self.slot_full_percent = 95.0
@@ -70,12 +79,15 @@ class MainWindow(QMainWindow):
 
         self.empty = EmptyState(memory_bytes=self._largest_free)
         self.empty.url_added.connect(self.url_added)
+        self.empty.demo_requested.connect(self.demo_requested)
         self.stack = QStackedWidget()
         self.stack.addWidget(self.empty)
         self.stack.addWidget(self.content)
 
         central = QWidget()
         lay = QVBoxLayout(central)
+        lay.setContentsMargins(4, 4, 4, 0)  # the pixels go to the what-if result at 600 px
+        lay.setSpacing(4)
         lay.addWidget(gauge_box)
         lay.addWidget(self.stack, 1)
         self.setCentralWidget(central)
@@ -93,9 +105,13 @@ class MainWindow(QMainWindow):
         table.setShowGrid(False)
         header = table.horizontalHeader()
         # Sized to the contents when rows come or go, not on every poll: ResizeToContents
-        # re-measures every cell each time one changes.
+        # re-measures every cell each time one changes. The model column takes what is
+        # left (elided, the tooltip has it whole), so Health and Time left always show.
         header.setSectionResizeMode(QHeaderView.ResizeMode.Interactive)
-        header.setStretchLastSection(True)
+        header.setSectionResizeMode(MODEL_COLUMN, QHeaderView.ResizeMode.Stretch)
+        header.setMinimumSectionSize(40)
+        header.setStretchLastSection(False)
+        table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table_model.modelReset.connect(self._rows_reset)
         self._column_chars: dict[int, int] = {}
         table.setWordWrap(False)
@@ -108,12 +124,18 @@ class MainWindow(QMainWindow):
         self.whatif = WhatIfPanel(simulate=simulate)
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.Shape.NoFrame)  # the group box already frames it
         scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(self.whatif)
+        self.whatif_scroll = scroll
+        # A result just simulated is brought into view (the panel may be taller than a
+        # small window).
+        self.whatif.simulated.connect(
+            lambda _r: scroll.ensureWidgetVisible(self.whatif.result_frame, 0, 0))
         # Never narrower than the panel itself: it would be cut, not wrapped.
         scroll.setMinimumWidth(self.whatif.minimumSizeHint().width()
                                + scroll.verticalScrollBar().sizeHint().width() + 4)
-        whatif_box = _boxed("What if", scroll)
+        self.whatif_box = whatif_box = _boxed("What if", scroll)
         history_box = _boxed("History", self.history)
 
         bottom = QSplitter(Qt.Orientation.Horizontal)
@@ -121,13 +143,15 @@ class MainWindow(QMainWindow):
         bottom.addWidget(whatif_box)
         bottom.setStretchFactor(0, 3)
         bottom.setStretchFactor(1, 2)
-        table_box = _boxed("Servers and slots", self.table)
-        main = QSplitter(Qt.Orientation.Vertical)
+        self.table_box = table_box = _boxed("Servers and slots", self.table)
+        self.main_splitter = main = QSplitter(Qt.Orientation.Vertical)
         main.addWidget(table_box)
         main.addWidget(bottom)
         main.setStretchFactor(0, 2)
         main.setStretchFactor(1, 5)
-        table_box.setMinimumHeight(190)
+        # A header and three rows: the plots and the what-if result need the rest at 600 px.
+        table_box.setMinimumHeight(130)
+        main.installEventFilter(self)
         return main
 
     # -- data --------------------------------------------------------------------
@@ -142,15 +166,10 @@ class MainWindow(QMainWindow):
             self.history.add_report(past)
         self.history.add_report(report)
         has_servers = bool(report.servers)
-        self.stack.setCurrentIndex(1 if has_servers else 0)
-        keys = [s.key for s in report.servers]
-        if self._selected not in keys:
-            self._selected = None
-            if keys:
-                self.select_server(keys[0])
-        else:
-            self._restore_selection()
-            self._update_selected()
+        if self.stack.currentIndex() != int(has_servers):
+            self.stack.setCurrentIndex(1 if has_servers else 0)
+        self._fit_table_height()
+        self._follow_selection(report)
         stamp = time.strftime("%H:%M:%S", time.localtime(report.wall_time))
         errors = f"  ·  {report.errors[0]}" if report.errors else ""
         self.poll_label.setText(f"last poll {stamp} ({result.poll_seconds * 1000:.0f} ms)"
@@ -161,15 +180,32 @@ class MainWindow(QMainWindow):
                 "gap (the computer slept, or a poll stalled): forecasts restart from now.",
                 15000)
 
+    def _follow_selection(self, report: StatusReport) -> None:
+        """Keep the selected server selected; one that restarted (a new key, the same
+        label) stays selected; else the most urgent one is."""
+        keys = [s.key for s in report.servers]
+        if self._selected in keys:
+            self._restore_selection()
+            self._update_selected()
+            return
+        same = next((s.key for s in report.servers
+                     if self._selected_label and server_label(s) == self._selected_label),
+                    None)
+        self._selected = None
+        target = same or most_urgent_server(report)
+        if target is not None:
+            self.select_server(target)
+
     def _grow_columns(self) -> None:
         """Widen a column whose text outgrew it (never shrink: no jitter).
 
         Measuring a column asks the model for every cell, so a column is measured only
         when its longest text grew (a poll usually changes digits, not lengths).
         """
-        last = self.table_model.columnCount() - 1
         rows = self.table_model.rows()
-        for c in range(last):  # the last one stretches
+        for c in range(self.table_model.columnCount()):
+            if c == MODEL_COLUMN:  # it stretches
+                continue
             chars = max((len(r.cells[c]) for r in rows), default=0)
             if chars <= self._column_chars.get(c, 0):
                 continue
@@ -181,6 +217,30 @@ class MainWindow(QMainWindow):
     def _rows_reset(self) -> None:
         self.table.resizeColumnsToContents()
         self._column_chars = {}
+        self._fit_table_height()
+
+    def _fit_table_height(self) -> None:
+        """Give the table the height its rows need, at most 40% of the splitter and never
+        so much that a what-if result would not show: the plots share the rest."""
+        # Its height, not sizes(): on a Resize event the splitter has not yet spread it.
+        total = self.main_splitter.height() - self.main_splitter.handleWidth()
+        rows = self.table_model.rowCount()
+        if total <= 0 or (rows, total) == self._fitted:
+            return  # done for this shape: a height the user dragged to stays
+        self._fitted = (rows, total)
+        table_box = self.table_box
+        chrome = table_box.sizeHint().height() - self.table.sizeHint().height()
+        needed = (self.table.horizontalHeader().height() + 2 * self.table.frameWidth()
+                  + rows * self.table.verticalHeader().defaultSectionSize()
+                  + max(chrome, 0) + 4)
+        want = max(table_box.minimumHeight(),
+                   min(needed, int(total * 0.4), total - WHATIF_RESULT_HEIGHT))
+        self.main_splitter.setSizes([want, total - want])
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt API)
+        if watched is self.main_splitter and event.type() == QEvent.Type.Resize:
+            self._fit_table_height()  # the window, or the gauges above, changed height
+        return super().eventFilter(watched, event)
 
     def result(self) -> PollResult | None:
         return self._result
@@ -199,9 +259,11 @@ class MainWindow(QMainWindow):
 
     def select_server(self, key: str) -> bool:
         """Select ``key`` in the table, plots and what-if panel; False if unknown."""
-        if self.server(key) is None:
+        server = self.server(key)
+        if server is None:
             return False
         self._selected = key
+        self._selected_label = server_label(server)
         self._restore_selection()
         row = self.table_model.row_of(key)
         if row >= 0:
@@ -236,6 +298,8 @@ class MainWindow(QMainWindow):
             device_id = report.devices[0].id
         self.history.select(device_id, server.key if server else None)
         self.whatif.set_server(server, inputs)
+        self.whatif_box.setTitle(f"What if {server_label(server)} ran with…"
+                                 if server is not None and self.whatif.ready() else "What if")
 
     def _table_selection(self, *_args: object) -> None:
         rows = self.table.selectionModel().selectedRows()
@@ -245,6 +309,8 @@ class MainWindow(QMainWindow):
         all_rows = self.table_model.rows()
         if 0 <= r < len(all_rows) and all_rows[r].server_key != self._selected:
             self._selected = all_rows[r].server_key
+            server = self.server(self._selected)
+            self._selected_label = server_label(server) if server is not None else None
             self._update_selected()
             self.server_selected.emit(self._selected)
 

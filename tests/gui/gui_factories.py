@@ -44,7 +44,7 @@ def slot(id=0, n_ctx=16384, tokens=4000, turns_left=None, seconds_left=None, per
 def server(key="pid:100", name="qwen3-32b", slots=(), device="nvidia:0",
            measured=7 * GiB, weights=4 * GiB, kv=2 * GiB, compute=300 * MiB, overhead=None,
            health="ok", advice=(), the_plan="default", url="http://127.0.0.1:8080",
-           unattributed=0, pool=None) -> ServerReport:
+           unattributed=0, pool=None, label="") -> ServerReport:
     if overhead is None:
         overhead = measured - weights - kv - compute - unattributed
     if the_plan == "default":
@@ -54,7 +54,7 @@ def server(key="pid:100", name="qwen3-32b", slots=(), device="nvidia:0",
         name=name, model_path=f"/models/{name}.gguf", health=health, plan=the_plan,
         memory=(Attribution(device, measured, weights, kv, compute, overhead, unattributed),),
         slots=tuple(slots), pool=pool, max_ctx={"f16": 40960}, more_servers_fit=0,
-        advice=tuple(advice), errors=())
+        advice=tuple(advice), errors=(), label=label)
 
 
 def device(id="nvidia:0", total=24 * GiB, used=20 * GiB, name="NVIDIA RTX 4090",
@@ -72,3 +72,30 @@ def report(servers=(), devices=None, t=1000.0, wall=1_760_000_000.0) -> StatusRe
 def advice(title="Use a q8_0 KV cache", saves=1 * GiB) -> Advice:
     return Advice("cache-q8_0", title, saves, 65536, "llama-server -m m.gguf -ctk q8_0 -ctv q8_0",
                   "halves KV, negligible quality cost")
+
+
+def whatif_result(model_path: str, flags=("-c", "8192", "-np", "2"), tokens=(3000, 900),
+                  per_turn=700.0, key="pid:100", url="http://127.0.0.1:8080",
+                  budget=64 * MiB):
+    """A server planned from a real GGUF file and command line, with its what-if inputs:
+    ``(ServerReport, WhatIfInputs)``, as the poll thread delivers them."""
+    from kvwall.budget.cmdline.parse import parse_command_line
+    from kvwall.budget.memory import plan_memory
+    from kvwall.monitors.gguf import read_model
+    from kvwall.widgets.viewmodels.whatif_inputs import WhatIfInputs
+
+    model = read_model(model_path)
+    config = parse_command_line(["llama-server", "-m", model_path, "--port",
+                                 url.rsplit(":", 1)[-1], *flags])
+    the_plan = plan_memory(model, config)
+    slots = [slot(i, the_plan.n_ctx_seq, tokens[i % len(tokens)], per_turn=per_turn,
+                  turns_left=max(1, (the_plan.n_ctx_seq - tokens[i % len(tokens)]) // per_turn),
+                  seconds_left=600.0 if i == 0 else None, processing=i == 0)
+             for i in range(the_plan.n_seq)]
+    srv = server(key=key, name=model_path.rsplit("/", 1)[-1].removesuffix(".gguf"),
+                 slots=slots, the_plan=the_plan, weights=the_plan.weights_bytes,
+                 kv=the_plan.kv_bytes, compute=the_plan.compute_bytes,
+                 measured=the_plan.total_bytes + MiB, device="host", url=url,
+                 label=f"{model_path.rsplit('/', 1)[-1].removesuffix('.gguf')}:"
+                       f"{url.rsplit(':', 1)[-1]}")
+    return srv, WhatIfInputs(srv.key, model, config, budget)

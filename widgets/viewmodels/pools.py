@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kvwall.budget.alerts import slot_fill
 from kvwall.budget.report import Attribution, ServerReport, SlotReport, StatusReport
 from kvwall.monitors.snapshot import DeviceMemory
 
@@ -169,3 +170,34 @@ def requests_left(turns_left: int | None) -> str:
         return "full"
     return "next request" if turns_left == 1 else f"~{turns_left} requests"
 
+
+
+DEMO_NAME = "kvwall-demo"  # the model name kvwall --demo's server reports
+
+
+def most_urgent_server(report: StatusReport) -> str | None:
+    """The key of the server to show first: the one whose slot fills first (refused
+    requests count as already full), else the demo server, else the fullest one."""
+    if not report.servers:
+        return None
+    refused = [s for s in report.servers if s.refused_requests and s.refused_requests.count]
+    if refused:
+        return refused[0].key
+    nearest = nearest_forecast(report)
+    if nearest is not None:
+        return nearest[0].key
+    demo = next((s for s in report.servers if s.name == DEMO_NAME), None)
+    if demo is not None:
+        return demo.key
+
+    def fullest(server: ServerReport) -> float:
+        fills = [slot_fill(s) for s in (*server.slots, *([server.pool] if server.pool else []))]
+        return max((f for f in fills if f is not None), default=0.0)
+
+    return max(report.servers, key=fullest).key
+
+
+def server_label(server: ServerReport) -> str:
+    """The server's unique label (the engine's: its alias, else ``name:port``); its name
+    in reports built without one."""
+    return server.label or server.name
