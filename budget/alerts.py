@@ -342,7 +342,7 @@ class NotificationRules:
         lv = level_for(self._rules["down"], down,
                        self._previous("server_unreachable", server.key))
         self._step(run, "server_unreachable", server.key, lv, lambda level: Notification(
-            "server_unreachable", level, server.key, f"kvwall: {_who(server)} is {server.health}",
+            "server_unreachable", level, server.key, f"kvwall: {server_label(server)} is {server.health}",
             f"{server.url} stopped answering; its agents will fail until it is back.",
             server.key))
         slots = [("slot_forecast", s, f"{server.key}/slot{s.id}") for s in server.slots]
@@ -434,7 +434,7 @@ def forecast_phrase(server: ServerReport, slot: SlotReport) -> str:
     fills it".
     """
     f = slot.forecast
-    what = f"{'the shared pool' if server.pool is slot else f'slot {slot.id}'} of {_who(server)}"
+    what = f"{'the shared pool' if server.pool is slot else f'slot {slot.id}'} of {server_label(server)}"
     if f.turns_left == 0:
         return f"{what} is full"
     when = None if f.seconds_left is None else format_duration(f.seconds_left)
@@ -456,8 +456,9 @@ def _biggest_server(report: StatusReport, device_id: str) -> ServerReport | None
     return best
 
 
-def _who(server: ServerReport) -> str:
-    """The server's unique label (alias, else name:port); its name from older reports."""
+def server_label(server: ServerReport) -> str:
+    """The server's unique label (the engine's: its alias, else ``name:port``); its name
+    in reports built without one. The tray, the table, the plots and notifications use it."""
     return server.label or server.name
 
 
@@ -536,7 +537,7 @@ def _pool_forecast_notification(level: Level, fc: PoolForecast, name: str,
            f"{format_bytes(fc.bytes_per_minute)} more used every minute: "
            f"full in ~{format_duration(fc.seconds_left)}.")
     if server is not None:
-        msg += f" {_who(server)} runs on it."
+        msg += f" {server_label(server)} runs on it."
     title = ("kvwall: memory running out" if level == WARNING
              else "kvwall: memory almost gone")
     return Notification("pool_forecast", level, f"memory:{fc.device_id}", title,
@@ -547,7 +548,7 @@ def _full_notification(level: Level, subject: str, server: ServerReport,
                        slot: SlotReport) -> Notification:
     advice = _top_advice(server, "context")
     what = "The shared KV pool" if server.pool is slot else f"Slot {slot.id}"
-    msg = (f"{what} of {_who(server)} holds {slot.tokens} of {slot.n_ctx} tokens; the next "
+    msg = (f"{what} of {server_label(server)} holds {slot.tokens} of {slot.n_ctx} tokens; the next "
            "request may fail with exceed_context_size_error.")
-    return Notification("slot_full", level, subject, f"kvwall: {_who(server)} context is full",
+    return Notification("slot_full", level, subject, f"kvwall: {server_label(server)} context is full",
                         _with_advice(msg, advice), server.key, advice)

@@ -16,10 +16,10 @@ os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
 
 import numpy as np
 import pyqtgraph as pg
+from kvwall.budget.alerts import server_label
 from kvwall.budget.report import ServerReport, SlotReport, StatusReport
 from kvwall.budget.units import format_duration
 from kvwall.widgets.viewmodels import pools
-from kvwall.widgets.viewmodels.pools import server_label
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QColor, QHideEvent, QPalette, QResizeEvent, QShowEvent
 from PySide6.QtWidgets import (

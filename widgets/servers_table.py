@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from kvwall.budget.alerts import slot_fill, slot_level
+from kvwall.budget.alerts import server_label, slot_fill, slot_level
 from kvwall.budget.report import (
     RefusedRequests,
     ServerReport,
@@ -21,7 +21,6 @@ from kvwall.budget.report import (
 )
 from kvwall.budget.units import format_duration
 from kvwall.widgets.viewmodels import pools
-from kvwall.widgets.viewmodels.pools import server_label
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor, QFont
 

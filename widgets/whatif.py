@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from kvwall.budget.alerts import server_label
 from kvwall.budget.cachetypes import CACHE_TYPES
 from kvwall.budget.memory import MemoryPlan
 from kvwall.budget.report import ServerReport
@@ -14,7 +15,7 @@ from kvwall.budget.units import format_bytes
 from kvwall.budget.whatif import WhatIf
 from kvwall.widgets.gauge import StackedBar
 from kvwall.widgets.viewmodels import pools
-from kvwall.widgets.viewmodels.pools import Segment, server_label
+from kvwall.widgets.viewmodels.pools import Segment
 from kvwall.widgets.viewmodels.whatif_inputs import (
     QUICK_CHANGES,
     QUICK_LABELS,

@@ -17,6 +17,7 @@ from kvwall.budget.alerts import (
     Thresholds,
     forecast_phrase,
     level_for,
+    server_label,
     slot_fill,
     slot_level,
     worst,
@@ -24,7 +25,6 @@ from kvwall.budget.alerts import (
 from kvwall.budget.report import ServerReport, StatusReport
 from kvwall.budget.units import format_bytes
 from kvwall.widgets.viewmodels import pools
-from kvwall.widgets.viewmodels.pools import server_label
 from PySide6.QtCore import QObject, QRectF, Qt, Signal
 from PySide6.QtGui import QAction, QColor, QIcon, QPainter, QPainterPath, QPen, QPixmap
 from PySide6.QtWidgets import QMenu, QSystemTrayIcon

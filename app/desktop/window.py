@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from kvwall.app.desktop.poll_worker import PollResult
+from kvwall.budget.alerts import server_label
 from kvwall.budget.report import ServerReport, StatusReport
 from kvwall.budget.units import format_duration
 from kvwall.budget.whatif import WhatIf
@@ -14,7 +15,7 @@ from kvwall.widgets.empty_state import EmptyState
 from kvwall.widgets.gauge import GaugePanel
 from kvwall.widgets.history import HistoryView
 from kvwall.widgets.servers_table import MODEL_COLUMN, ServersTableModel, table_rows
-from kvwall.widgets.viewmodels.pools import most_urgent_server, server_label
+from kvwall.widgets.viewmodels.pools import most_urgent_server
 from kvwall.widgets.whatif import WhatIfPanel
 from PySide6.QtCore import QEvent, QItemSelectionModel, QObject, Qt, Signal
 from PySide6.QtGui import QCloseEvent, QIcon

@@ -10,10 +10,10 @@ import gui_factories as f
 from kvwall.app.desktop.poll_worker import PollResult
 from kvwall.app.desktop.tray import Tray
 from kvwall.app.desktop.window import MainWindow
+from kvwall.budget.alerts import server_label
 from kvwall.budget.report import RefusedRequests, StoppedServer
 from kvwall.widgets.empty_state import SAMPLE_COMMAND, EmptyState
 from kvwall.widgets.servers_table import LEVEL_COLORS, table_rows
-from kvwall.widgets.viewmodels.pools import server_label
 from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 

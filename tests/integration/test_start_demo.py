@@ -11,7 +11,7 @@ os.environ.setdefault("PYQTGRAPH_QT_LIB", "PySide6")
 import pytest
 from kvwall.app.demo.llamabin import find_llama_server
 from kvwall.app.demo.session import healthy
-from kvwall.widgets.viewmodels.pools import server_label
+from kvwall.budget.alerts import server_label
 
 pytestmark = pytest.mark.skipif(find_llama_server() is None, reason="no llama-server")
 

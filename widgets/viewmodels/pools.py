@@ -197,7 +197,3 @@ def most_urgent_server(report: StatusReport) -> str | None:
     return max(report.servers, key=fullest).key
 
 
-def server_label(server: ServerReport) -> str:
-    """The server's unique label (the engine's: its alias, else ``name:port``); its name
-    in reports built without one."""
-    return server.label or server.name
