@@ -41,7 +41,7 @@ def subprocess_s(model: Path, runs: int, pycache: str) -> float:
 
     def run() -> None:
         done = subprocess.run(argv, capture_output=True, env=env)
-        if done.returncode != 0:
+        if done.returncode not in (0, 3):  # 3: planned, and it does not fit in --memory
             raise SystemExit(f"kvwall plan failed: {done.stderr.decode()}")
 
     run()  # warm the page cache and .pyc files

@@ -502,10 +502,11 @@ class Engine:
         ):
             return hit
         max_ctx = self._restart_contexts(b)
-        advice = advice_options(b.model, config, b.plan, budget_bytes=b.budget,
-                                gpu_names=b.device_ids, pool=b.where.kind, slots=b.slots,
-                                host_total_bytes=host_total, host_free_bytes=host_free,
-                                plan_fn=self._plan_fn)
+        plan_fn = self._plan_fn
+        advice = _LazyOptions(lambda: advice_options(
+            b.model, config, b.plan, budget_bytes=b.budget, gpu_names=b.device_ids,
+            pool=b.where.kind, slots=b.slots, host_total_bytes=host_total,
+            host_free_bytes=host_free, plan_fn=plan_fn))
         cached = _Cached(inputs, b.budget, max_ctx, advice)
         self._cached[key] = cached
         return cached
@@ -572,7 +573,8 @@ class _Fit:
     """The fit step: what the free memory of the server's memory pool still holds."""
 
     max_ctx: dict[str, int] = field(default_factory=dict)
-    advice: AdviceOptions = field(default_factory=AdviceOptions)  # advice_in_view picks
+    # Every fix, simulated on first use: only a server with a problem in view pays for it.
+    advice: Callable[[], AdviceOptions] = AdviceOptions
     more_servers: int | None = None
     more_slots: int | None = None
     restart_budget_bytes: int | None = None
@@ -600,7 +602,24 @@ class _Cached:
     inputs: tuple[object, ...]
     budget: int
     max_ctx: dict[str, int]
-    advice: AdviceOptions
+    advice: _LazyOptions
+
+
+class _LazyOptions:
+    """A server's :class:`AdviceOptions`, simulated the first time they are asked for.
+
+    Simulating every fix costs tens of milliseconds a server; most polls have no problem
+    in view and need none of them (``benchmarks/bench_status_cpu.py``)."""
+
+    def __init__(self, compute: Callable[[], AdviceOptions]) -> None:
+        self._compute: Callable[[], AdviceOptions] | None = compute
+        self._options: AdviceOptions | None = None
+
+    def __call__(self) -> AdviceOptions:
+        if self._options is None:
+            compute, self._compute = self._compute, None
+            self._options = compute() if compute is not None else AdviceOptions()
+        return self._options
 
 
 def _advice_in_view(state: ServerState, devices: tuple[DeviceMemory, ...],
@@ -617,7 +636,10 @@ def _advice_in_view(state: ServerState, devices: tuple[DeviceMemory, ...],
         followed.slots, followed.kv_pool, refused=refused, plan_bytes=fit.plan_bytes,
         budget_bytes=fit.restart_budget_bytes, pools=on, pool_forecasts=pool_forecasts,
         host=host, cache_ram_on=planned.config is not None and planned.config.cache_ram_mib != 0)
-    return advice_in_view(fit.advice, problems_in_view(view), followed.slots, followed.kv_pool)
+    problems = problems_in_view(view)
+    if not problems:
+        return ()
+    return advice_in_view(fit.advice(), problems, followed.slots, followed.kv_pool)
 
 
 

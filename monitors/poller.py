@@ -33,19 +33,24 @@ _R = TypeVar("_R")
 
 
 class DaemonPool:
-    """Runs each task on a daemon thread of its own, at most ``max_workers`` at once.
+    """Runs tasks on daemon threads, at most ``max_workers`` at once.
 
     ``concurrent.futures.ThreadPoolExecutor`` joins its threads when the interpreter
     exits, so one request stuck in a hostile server would keep ``kvwall status`` (or the
-    app) from ever ending. A daemon thread is abandoned at exit instead. Tasks beyond
-    ``max_workers`` wait in a queue; :meth:`shutdown` cancels those.
+    app) from ever ending. A daemon thread is abandoned at exit instead. A worker waits
+    up to ``idle_s`` for the next task before it ends, so a poll each second reuses its
+    threads instead of starting one per request. Tasks beyond ``max_workers`` wait in a
+    queue; :meth:`shutdown` cancels those.
     """
 
-    def __init__(self, max_workers: int, thread_name_prefix: str) -> None:
+    def __init__(self, max_workers: int, thread_name_prefix: str, idle_s: float = 30.0) -> None:
         self._max_workers = max_workers
         self._prefix = thread_name_prefix
+        self._idle_s = idle_s
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
         self._running = 0
+        self._idle = 0
         self._queue: list[tuple[Future[object], Callable[[], object]]] = []
         self._closed = False
         self._count = 0
@@ -57,22 +62,35 @@ class DaemonPool:
             if self._closed:
                 raise RuntimeError("cannot submit after shutdown")
             self._queue.append((future, lambda: fn(*args, **kwargs)))  # type: ignore[arg-type]
-            start = self._running < self._max_workers
+            start = self._idle == 0 and self._running < self._max_workers
             if start:
                 self._running += 1
                 self._count += 1
                 name = f"{self._prefix}_{self._count}"
+            else:
+                self._wake.notify()
         if start:
             threading.Thread(target=self._work, name=name, daemon=True).start()
         return future
 
-    def _work(self) -> None:
-        while True:
-            with self._lock:
-                if not self._queue:
+    def _next(self) -> tuple[Future[object], Callable[[], object]] | None:
+        """The next queued task, waiting up to ``idle_s`` for one; None: end the worker."""
+        with self._lock:
+            while not self._queue:
+                if self._closed:
                     self._running -= 1
-                    return
-                future, task = self._queue.pop(0)
+                    return None
+                self._idle += 1
+                woken = self._wake.wait(self._idle_s)
+                self._idle -= 1
+                if not woken and not self._queue:
+                    self._running -= 1
+                    return None
+            return self._queue.pop(0)
+
+    def _work(self) -> None:
+        while (item := self._next()) is not None:
+            future, task = item
             if not future.set_running_or_notify_cancel():
                 continue
             try:
@@ -87,6 +105,7 @@ class DaemonPool:
         with self._lock:
             self._closed = True
             queued, self._queue = (self._queue, []) if cancel_futures else ([], self._queue)
+            self._wake.notify_all()
         for future, _ in queued:
             future.cancel()
 

@@ -101,9 +101,11 @@ def remote_group(urls: Sequence[str], token_file: str | None, deadline_s: float 
         return None
     token = None
     if token_file is not None:
-        try:
-            with open(token_file, encoding="utf-8") as f:
-                token = f.readline().strip()
+        from kvwall.monitors.files import read_user_file
+
+        try:  # a regular file of the user's, at most 64 KiB (a FIFO must not hang us)
+            data = read_user_file(token_file, 1 << 16, own_only=True)
+            token = data.decode("utf-8", errors="replace").split("\n", 1)[0].strip()
         except OSError as e:
             raise ValueError(f"--remote-token-file: cannot read {token_file!r} "
                              f"({e.strerror or e})") from None

@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `kvwall status` starts fast
         StoppedServer,
     )
     from kvwall.monitors.poller import Poller
+    from kvwall.monitors.remote import RemoteGroup
     from kvwall.monitors.snapshot import DeviceMemory, Snapshot
 
 JsonObject = dict[str, Any]  # a JSON object as json.dumps takes it
@@ -676,6 +677,16 @@ def _read_args(args: argparse.Namespace, environ: Mapping[str, str]
     return urls, keys, watch, deadline
 
 
+def _remotes(args: argparse.Namespace, deadline: float | None, secrets: set[str]
+             ) -> RemoteGroup | None:
+    """The ``--remote`` readers; None (and nothing imported) without ``--remote``."""
+    if not args.remote:
+        return None
+    from kvwall.app.headless.remote_view import remote_group
+
+    return remote_group(args.remote, args.remote_token_file, deadline, secrets)
+
+
 def _open_history(args: argparse.Namespace, injected: bool,
                   path: str | os.PathLike[str] | None) -> HistoryStore | None:
     """The history store, None with ``--no-history`` (or for an injected poller, unless
@@ -706,9 +717,7 @@ def main(argv: Sequence[str] | None = None, *, poller: SnapshotSource | None = N
         return EXIT_USAGE
     secrets = set(keys.values())
     try:
-        from kvwall.app.headless.remote_view import remote_group, with_remotes
-
-        remotes = remote_group(args.remote, args.remote_token_file, deadline, secrets)
+        remotes = _remotes(args, deadline, secrets)
     except ValueError as e:  # a bad --remote URL or token file (never the token itself)
         sys.stderr.write(f"kvwall status: {e}\n")
         return EXIT_USAGE
@@ -726,7 +735,10 @@ def main(argv: Sequence[str] | None = None, *, poller: SnapshotSource | None = N
         next_at = monotonic()
         while True:
             obj, text, found = session.poll()
-            obj, text = with_remotes(obj, text, remotes)
+            if remotes is not None:
+                from kvwall.app.headless.remote_view import with_remotes
+
+                obj, text = with_remotes(obj, text, remotes)
             secrets |= found
             if args.json:
                 payload = json.dumps(obj, separators=(",", ":") if watch else None,
