@@ -29,7 +29,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _servers import tiny_servers  # noqa: E402
+from _servers import tiny_servers
 
 WARMUP_S = 5.0
 START_DEADLINE_S = 60.0

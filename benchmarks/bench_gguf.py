@@ -21,7 +21,7 @@ import gguf
 from kvwall.monitors.gguf import read_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "unit"))
-from gguf_builders import GT, Tensor, minimal_kv, write_gguf  # noqa: E402
+from gguf_builders import GT, Tensor, minimal_kv, write_gguf
 
 N_VOCAB = 152_064
 N_MERGES = 151_387

@@ -24,17 +24,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _servers import tiny_servers  # noqa: E402
-from kvwall.budget.config import ServerConfig  # noqa: E402
-from kvwall.budget.forecast import ContextTracker, PoolTracker  # noqa: E402
-from kvwall.budget.history import (  # noqa: E402
+from _servers import tiny_servers
+from kvwall.budget.config import ServerConfig
+from kvwall.budget.forecast import ContextTracker, PoolTracker
+from kvwall.budget.history import (
     FILE_NAME,
     HistoryStore,
     seed_trackers,
     stored_reports,
 )
-from kvwall.budget.report import Forecast, ServerReport, SlotReport, StatusReport  # noqa: E402
-from kvwall.monitors.snapshot import DeviceMemory  # noqa: E402
+from kvwall.budget.report import Forecast, ServerReport, SlotReport, StatusReport
+from kvwall.monitors.snapshot import DeviceMemory
 
 POLL_S = 2.0
 GiB = 1 << 30

@@ -61,7 +61,7 @@ def main() -> None:
     from kvwall.monitors.gguf import read_model
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_gguf import build  # noqa: E402
+    from bench_gguf import build
 
     with tempfile.TemporaryDirectory() as tmp:
         tiny = write_model("qwen3", Path(tmp) / "tiny-qwen3.gguf")

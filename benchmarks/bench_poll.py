@@ -21,11 +21,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _servers import tiny_servers  # noqa: E402
-from kvwall.budget.engine import Engine  # noqa: E402
-from kvwall.monitors.devices import MemorySources  # noqa: E402
-from kvwall.monitors.discovery import Scanner  # noqa: E402
-from kvwall.monitors.poller import Poller  # noqa: E402
+from _servers import tiny_servers
+from kvwall.budget.engine import Engine
+from kvwall.monitors.devices import MemorySources
+from kvwall.monitors.discovery import Scanner
+from kvwall.monitors.poller import Poller
 
 GOAL_MS = 50.0
 

@@ -23,7 +23,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _servers import tiny_servers  # noqa: E402
+from _servers import tiny_servers
 
 GOAL_PERCENT = 2.0
 LLAMASTAT_ONCE_S = 1.2

@@ -163,7 +163,7 @@ class Engine:
         """
         try:
             wall = self._clock()
-        except Exception:  # noqa: BLE001 - a broken clock must not stop the report
+        except Exception:  # a forecast must not break the report  # noqa: BLE001 - a broken clock must not stop the report
             wall = 0.0
         try:
             devices = tuple(snapshot.memory.devices)
@@ -180,7 +180,7 @@ class Engine:
         for state in snapshot.servers:
             try:
                 reports.append(self._analyse_server(state, devices, forecasts))
-            except Exception as e:  # noqa: BLE001 - one server never breaks the report
+            except Exception as e:  # one server never breaks the report
                 log.exception("analysis failed for %s", state.process.url)
                 reports.append(_failed_report(state, e))
         self._retain({r.key for r in reports})
@@ -208,7 +208,7 @@ class Engine:
         try:
             self.pool_tracker.observe(devices, ts)
             forecasts = self.pool_tracker.forecasts(devices)
-        except Exception:  # noqa: BLE001 - a forecast must not break the report
+        except Exception:
             log.exception("pool forecast failed")
         try:
             pids: set[int] = set()
@@ -217,7 +217,7 @@ class Engine:
                     if pid is not None:
                         pids.add(pid)
             events = self.grab_detector.observe(devices, ts, pids)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("process grab detection failed")
         return forecasts, events
 
@@ -410,7 +410,7 @@ class Engine:
             return _ModelRead(path, model, (path, *self._models[path][0]), (),
                               _child_notes(proc))
         if proc.pid is not None and (config is None or config.model_path is None) and (
-            state.props and state.props.get("role") == "router"
+            (state.props and state.props.get("role") == "router")
             or state.router_models is not None
         ):
             notes.append("router: each model runs in its own child llama-server")
@@ -524,7 +524,7 @@ class Engine:
                 max_ctx[ctype] = largest_context(b.model, variant, b.budget,
                                                  gpu_names=b.device_ids, pool=b.where.kind,
                                                  plan_fn=self._plan_fn)
-            except Exception:  # noqa: BLE001 - one odd what-if must not hide the rest
+            except Exception:  # one odd what-if must not hide the rest
                 log.exception("max_ctx failed for %s", ctype)
         return max_ctx
 

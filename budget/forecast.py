@@ -557,7 +557,7 @@ class PoolTracker:
         self._bucket_s = bucket_s
         self._window_s = window_s
         self._floors = dict(floor_bytes or {})
-        self._maxlen = int(math.ceil(history_s / bucket_s)) + 1
+        self._maxlen = math.ceil(history_s / bucket_s) + 1
         self._series: dict[str, _PoolSeries] = {}
 
     def observe(self, devices: Iterable[DeviceMemory], timestamp: float) -> None:

@@ -66,7 +66,7 @@ def ollama_settings(current: ServerConfig, advised: ServerConfig) -> list[str]:
     out: list[str] = []
     kv_changed = (advised.cache_type_k, advised.cache_type_v) != (
         current.cache_type_k, current.cache_type_v)
-    if advised.flash_attn == "on" and current.flash_attn != "on" or kv_changed:
+    if (advised.flash_attn == "on" and current.flash_attn != "on") or kv_changed:
         out.append(_FA_ON)
     if kv_changed:
         # One setting for K and V: Ollama quantizes both alike.

@@ -143,7 +143,7 @@ def _server(host: str, s: Json) -> ServerReport:
         more_servers_fit=_int(s.get("more_servers_fit")),
         advice=tuple(x for x in (_advice(a) for a in _items(s.get("advice"))) if x is not None),
         errors=tuple(_texts(s.get("errors"))),
-        notes=(f"on {host} (remote kvwall)",) + tuple(_texts(s.get("notes"))),
+        notes=(f"on {host} (remote kvwall)", *tuple(_texts(s.get("notes")))),
         more_slots_fit=_int(s.get("more_slots_fit")),
         managed_by=s.get("managed_by") if isinstance(s.get("managed_by"), str) else None,
     )

@@ -457,7 +457,7 @@ class AmdMonitor:
         root: str | os.PathLike[str] = "/",
         *,
         proc_root: str | os.PathLike[str] | None = None,
-        hip_visible_devices: str | None | object = ...,
+        hip_visible_devices: str | object | None = ...,
     ) -> None:
         self._root = root
         self._proc_root = root if proc_root is None else proc_root
@@ -473,7 +473,7 @@ class AmdMonitor:
         """``ROCm<i>`` names of the visible AMD GPUs (sysfs only; cheap). Never raises."""
         try:
             cards, _ = scan_cards(self._root)
-        except Exception:
+        except Exception:  # noqa: BLE001 - sysfs surprises mean no AMD device, never a failed poll
             return ()
         ordinals = cuda_ordinals(self._hip_visible, len(cards))
         return tuple(f"ROCm{o}" for o in sorted(ordinals.values()))
@@ -498,7 +498,7 @@ class AmdMonitor:
             return (), tuple(errors)
         try:
             per_device = read_process_memory(self._proc_root, pids)
-        except Exception as exc:  # procfs surprises must not cost the device figures
+        except Exception as exc:  # noqa: BLE001 - procfs surprises must not cost the device figures
             per_device = {}
             errors.append(f"AMD per-process memory could not be read: {exc}")
         ordinals = cuda_ordinals(self._hip_visible, len(cards))

@@ -172,7 +172,7 @@ class AppleMonitor:
         """True on Apple Silicon (cheap after the first call). Never raises."""
         try:
             return self._read_static()[0]
-        except Exception:
+        except Exception:  # noqa: BLE001 - sysctl surprises mean no Apple pool, never a failed poll
             return False
 
     def read(self, host: HostPool | None = None) -> tuple[DeviceMemory, ...]:

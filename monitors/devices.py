@@ -94,7 +94,7 @@ class MemorySources:
     def _guard(self, what: str, fn: Callable[[], _T], errors: list[str]) -> _T | None:
         try:
             return fn()
-        except Exception as exc:  # a source's bug must never cost the whole poll
+        except Exception as exc:  # noqa: BLE001 - a source's bug must never cost the whole poll
             message = f"{what} could not be read: {exc}"
             self._log_once(message)
             errors.append(message)
@@ -124,7 +124,7 @@ class MemorySources:
             except HostMemoryError as exc:
                 devices.append(host_device_error(str(exc)))
                 errors.append(str(exc))
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one source's failure must never cost the whole poll
                 message = f"host memory could not be read: {exc}"
                 devices.append(host_device_error(message))
                 errors.append(message)
@@ -144,7 +144,7 @@ class MemorySources:
 
             try:
                 timestamp = float(self._clock())
-            except Exception:
+            except Exception:  # noqa: BLE001 - one source's failure must never cost the whole poll
                 timestamp = time.monotonic()
             return MemorySnapshot(timestamp=timestamp, devices=tuple(devices), errors=tuple(errors))
 
@@ -169,7 +169,7 @@ class MemorySources:
         for fn in (self.nvml.gpu_names, self.amd.gpu_names):
             try:
                 names.extend(fn())
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - one source's failure must never cost the whole poll
                 log.debug("gpu_names: %s", exc)
         if self.apple.present():
             names.append("MTL0")
@@ -179,5 +179,5 @@ class MemorySources:
         """Release NVML (``nvmlShutdown`` once). Never raises."""
         try:
             self.nvml.close()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one source's failure must never cost the whole poll
             log.debug("NVML close failed: %s", exc)

@@ -346,8 +346,8 @@ def read_key_file(path: str, read_text: Callable[[str], str]) -> str | None:
     Raises:
         OSError: the file cannot be read.
     """
-    for line in read_text(path).splitlines():
-        line = line.rstrip("\r")
+    for raw in read_text(path).splitlines():
+        line = raw.rstrip("\r")
         if line and not line.startswith("#"):
             return line
     return None
@@ -401,7 +401,7 @@ def resolve_api_key(
                          "user (give kvwall the key for its URL instead).")
             continue
         if cwd and not os.path.isabs(path):
-            path = os.path.join(cwd, path)
+            path = os.path.join(cwd, path)  # noqa: PLW2901 - the name the notes below use
         try:
             key = read_key_file(path, read_text)
         except OSError as e:
@@ -528,7 +528,7 @@ class Scanner:
     def __init__(self, psutil_mod: Any = None, *,
                  read_text: Callable[[str], str] = _read_text) -> None:
         if psutil_mod is None:
-            import psutil as psutil_mod  # noqa: PLC0415
+            import psutil as psutil_mod
         self.psutil = psutil_mod
         self.read_text = read_text
         self._static: dict[_ProcKey, _Static | None] = {}
@@ -586,7 +586,7 @@ class Scanner:
         each) and only candidates become ``psutil.Process`` objects: several times cheaper
         per poll than ``process_iter``'s full stat parse of every process.
         """
-        import psutil as real  # noqa: PLC0415 - already imported by __init__ in practice
+        import psutil as real  # already imported by __init__ in practice
 
         if self.psutil is not real or not real.LINUX:
             return list(self.psutil.process_iter(["pid", "name"]))
@@ -856,17 +856,17 @@ __all__ = [
     "InvalidURL",
     "RedactedArgv",
     "Scanner",
+    "ServerKey",
     "argv_value",
     "classify",
     "discover",
     "endpoint_from_config",
-    "is_router",
     "is_local_address",
+    "is_router",
     "make_url",
     "normalize_url",
     "redact_argv",
     "resolve_api_key",
     "scan",
     "server_key",
-    "ServerKey",
 ]

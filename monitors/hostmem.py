@@ -142,7 +142,7 @@ def process_rss(pid: int, process: Callable[[int], ProcessInfo] | None = None) -
     factory = process or _default_process
     try:
         return int(factory(pid).memory_info().rss)
-    except Exception:  # NoSuchProcess, AccessDenied, ZombieProcess, OSError
+    except Exception:  # noqa: BLE001 - NoSuchProcess, AccessDenied, ZombieProcess, OSError
         return None
 
 
@@ -151,5 +151,5 @@ def process_name(pid: int, process: Callable[[int], ProcessInfo] | None = None) 
     factory = process or _default_process
     try:
         return str(factory(pid).name())
-    except Exception:
+    except Exception:  # noqa: BLE001 - psutil: NoSuchProcess, AccessDenied, ZombieProcess, OSError
         return ""

@@ -383,7 +383,7 @@ def process_cpu_seconds(pid: int, proc_root: str = "/proc") -> float | None:
     except (OSError, ValueError, IndexError):
         pass
     try:
-        import psutil  # noqa: PLC0415 - loaded by discovery already
+        import psutil  # loaded by discovery already
 
         t = psutil.Process(pid).cpu_times()
         return float(t.user + t.system)
@@ -806,10 +806,10 @@ class LlamaClient:
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
-    "HttpResponse",
     "LLAMA_MAX_SEQ",
-    "LlamaClient",
     "READ_TIMEOUT_S",
+    "HttpResponse",
+    "LlamaClient",
     "ResponseError",
     "Transport",
     "TransportError",

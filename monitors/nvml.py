@@ -221,7 +221,7 @@ class NvmlMonitor:
         nvml: Any | None = None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        cuda_visible_devices: str | None | object = ...,
+        cuda_visible_devices: str | object | None = ...,
         process_name: Callable[[int], str] = process_name,
         backoff_initial_s: float = BACKOFF_INITIAL_S,
         backoff_max_s: float = BACKOFF_MAX_S,
@@ -262,7 +262,7 @@ class NvmlMonitor:
         if self._initialized and self._nvml is not None:
             try:
                 self._nvml.nvmlShutdown()
-            except Exception as exc:  # a lost GPU may fail shutdown too; nothing to do
+            except Exception as exc:  # noqa: BLE001 - a lost GPU may fail shutdown too; nothing to do
                 log.debug("nvmlShutdown failed: %s", exc)
         self._initialized = False
         for dev in self._devices:
@@ -291,7 +291,7 @@ class NvmlMonitor:
         nvml = self._nvml
         try:
             nvml.nvmlInit()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - NVML raises its own error classes and ctypes errors alike
             absent = _absent_message(nvml, exc)
             if absent is not None:
                 message, hint = absent
@@ -315,7 +315,7 @@ class NvmlMonitor:
         driver = None
         try:
             driver = str(nvml.nvmlSystemGetDriverVersion())
-        except Exception:
+        except Exception:  # noqa: BLE001 - NVML raises its own error classes and ctypes errors alike
             driver = None
         self._status = NvmlStatus(STATE_OK, driver_version=driver)
         return True
@@ -370,7 +370,7 @@ class NvmlMonitor:
         nvml = self._nvml
         try:
             count = int(nvml.nvmlDeviceGetCount())
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - NVML raises its own error classes and ctypes errors alike
             kind = _classify(nvml, exc)
             self._count_error = f"NVIDIA driver is not responding ({exc})"
             self._status = NvmlStatus(STATE_ERROR, self._count_error)
@@ -397,7 +397,7 @@ class NvmlMonitor:
                 dev.name = str(nvml.nvmlDeviceGetName(dev.handle))
             if dev.uuid is None:  # CUDA_VISIBLE_DEVICES=GPU-..., and exporters' joins
                 dev.uuid = str(nvml.nvmlDeviceGetUUID(dev.handle))
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - NVML raises its own error classes and ctypes errors alike
             log.debug("NVML device %d identification failed: %s", index, exc)
 
     def _ordinals(self) -> dict[int, int]:
@@ -441,7 +441,7 @@ class NvmlMonitor:
                 if dev.name is None:
                     dev.name = str(self._nvml.nvmlDeviceGetName(dev.handle))
             result = self._query(index, dev, ordinal, host)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - NVML raises its own error classes and ctypes errors alike
             kind = _classify(self._nvml, exc)
             if kind == "uninitialized":
                 # Someone shut NVML down under us: start again on the next read.

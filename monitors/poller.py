@@ -145,7 +145,7 @@ class ClientPool:
     """
 
     def __init__(self, factory: Callable[[ServerProcess], LlamaClient] | None = None) -> None:
-        self._factory = factory or (lambda p: LlamaClient(p))
+        self._factory = factory or (LlamaClient)
         self._clients: dict[str, LlamaClient] = {}
         self._lock = threading.Lock()
 
@@ -258,7 +258,7 @@ class Poller:
         ts = self.clock()
         try:
             return self._poll(ts)
-        except Exception as e:  # noqa: BLE001 - a poll never raises
+        except Exception as e:  # a poll never raises
             log.exception("poll failed")
             return Snapshot(timestamp=ts, memory=MemorySnapshot(timestamp=ts, devices=()),
                             servers=(), errors=(f"Poll failed: {type(e).__name__}: {e}",))

@@ -42,7 +42,7 @@ def main(argv: list[str]) -> int:
     for line in done.stdout.splitlines():
         path = line.split(":", 1)[0]
         rel = path.removeprefix("kvwall/")
-        if line.startswith("Success") or line.startswith("Found "):
+        if line.startswith(("Success", "Found ")):
             continue
         if wanted and not any(rel == w or rel.startswith(w + "/") or rel == w + ".py"
                               for w in wanted):

@@ -124,13 +124,13 @@ def _apply_change(argv: list[str], start: int, name: str, value: object) -> list
     if text is None:
         return _drop(argv, start, opt, keep_first=False)
     if not uses:
-        return argv + [opt.short, text]
+        return [*argv, opt.short, text]
     # replace the last use in place (it is the one that wins), drop the others
     last = uses[-1]
     if last.inline is not None:
-        argv = argv[: last.at] + [f"{last.flag}={text}"] + argv[last.at + last.n_tokens :]
+        argv = [*argv[:last.at], f"{last.flag}={text}", *argv[last.at + last.n_tokens:]]
     else:
-        argv = argv[: last.at + 1] + [text] + argv[last.at + 2 :]
+        argv = [*argv[:last.at + 1], text, *argv[last.at + 2:]]
     for use in reversed(uses[:-1]):
         argv = argv[: use.at] + argv[use.at + use.n_tokens :]
     return argv

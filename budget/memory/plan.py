@@ -114,7 +114,7 @@ def _slot_capacity(model: ModelInfo, config: ServerConfig, rv: Resolved, lay: La
     usable = n_ctx_slot * rv.n_seq
     # what -c usable would allocate: llama_context pads n_ctx, and split slots each
     smaller = pad(usable) if rv.unified else pad(pad(usable) // rv.n_seq) * rv.n_seq
-    if not (lay.kv_layers and 0 < usable and smaller < ctx.n_ctx):
+    if not (lay.kv_layers and usable > 0 and smaller < ctx.n_ctx):
         return _SlotCapacity(n_ctx_slot, None)
     cap = (
         "--kv-unified-per-slot"

@@ -48,7 +48,7 @@ class FakeServer:
             def log_message(self, *args: object) -> None:  # keep test output clean
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:  # http.server's name
                 owner.requests.append(self.path)
                 owner.handle(self)
 

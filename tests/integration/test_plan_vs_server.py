@@ -177,7 +177,7 @@ def test_plan_refuses_what_llama_server_refuses(llama_server, tiny_model, kind, 
 @pytest.mark.parametrize("args", [c[1] for c in REJECTED_FLAGS], ids=[c[0] for c in REJECTED_FLAGS])
 def test_flag_values_rejected_by_both(llama_server, tiny_model, args):
     path = tiny_model("llama")
-    code, text = _start(llama_server, path, args)
+    code, _text = _start(llama_server, path, args)
     assert code is not None and code != 0
     with pytest.raises(ConfigError) as err:
         parse_command_line(["llama-server", "-m", str(path), *args])

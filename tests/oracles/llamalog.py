@@ -27,10 +27,10 @@ from types import MappingProxyType
 
 __all__ = [
     "MIB",
-    "KVCacheLine",
-    "RecurrentLine",
     "BreakdownRow",
+    "KVCacheLine",
     "LoadLog",
+    "RecurrentLine",
     "parse_load_log",
     "strip_line",
 ]
@@ -419,7 +419,7 @@ class _Section:
         self.iswa_role = ""
         self.iswa_cells: int | None = None
 
-    def feed(self, line: str) -> bool:  # noqa: C901, PLR0911, PLR0912 - a flat dispatch table
+    def feed(self, line: str) -> bool:  # a flat dispatch table
         """Take the line if it belongs to a load; True when taken."""
         if _RE_CTX_START.match(line):
             self.n_contexts += 1

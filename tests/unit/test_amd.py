@@ -100,9 +100,9 @@ def test_no_sysfs_means_no_amd_devices(tmp_path):
 
 
 def _card(**kw) -> AmdCard:
-    base = dict(card="card0", pci_address="0000:03:00.0", device_id=0x9999,
-                vram_total_bytes=8 * GiB, vram_used_bytes=GiB,
-                gtt_total_bytes=16 * GiB, gtt_used_bytes=0, vram_vendor="samsung")
+    base = {"card": "card0", "pci_address": "0000:03:00.0", "device_id": 0x9999,
+                "vram_total_bytes": 8 * GiB, "vram_used_bytes": GiB,
+                "gtt_total_bytes": 16 * GiB, "gtt_used_bytes": 0, "vram_vendor": "samsung"}
     base.update(kw)
     return AmdCard(**base)
 

@@ -101,7 +101,7 @@ def test_intel_mac_and_other_systems_have_no_apple_pool():
 
 
 def test_garbage_sysctl_output_raises_a_clear_error():
-    with pytest.raises(SysctlError, match="hw.memsize"):
+    with pytest.raises(SysctlError, match=r"hw.memsize"):
         AppleMonitor(RecordedSysctl("garbage")).read(HostPool(16 * GiB, 8 * GiB))
 
 

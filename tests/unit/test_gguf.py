@@ -285,7 +285,7 @@ def test_gemma4_without_swa_head_sizes_is_refused(tmp_path):
             },
         ),
     )
-    with pytest.raises(GGUFError, match="missing required key 'gemma4.attention.key_length_swa'"):
+    with pytest.raises(GGUFError, match=r"missing required key 'gemma4.attention.key_length_swa'"):
         read_model(str(path))
 
 
@@ -366,7 +366,7 @@ def test_old_deepseek2_without_mla_lengths_is_plain_attention(tmp_path):
 
 def test_deepseek2_needs_kv_lora_rank(tmp_path):
     path = write(tmp_path, "deepseek2", minimal_kv())
-    with pytest.raises(GGUFError, match="deepseek2.attention.kv_lora_rank"):
+    with pytest.raises(GGUFError, match=r"deepseek2.attention.kv_lora_rank"):
         read_model(str(path))
 
 
@@ -396,7 +396,7 @@ def test_mamba2_is_recurrent_everywhere_with_ssm_sizes(tmp_path):
 
 def test_mamba_without_ssm_keys_is_refused(tmp_path):
     path = write(tmp_path, "mamba", minimal_kv(n_head=0))
-    with pytest.raises(GGUFError, match="mamba.ssm.conv_kernel"):
+    with pytest.raises(GGUFError, match=r"mamba.ssm.conv_kernel"):
         read_model(str(path))
 
 
@@ -523,7 +523,7 @@ def test_split_tensor_count_mismatch_and_wrong_shard_number(tmp_path):
         [Tensor("b.weight", (32,))],
         name="s-00002-of-00002.gguf",
     )
-    with pytest.raises(GGUFError, match="3 tensors expected but 2 found"):
+    with pytest.raises(GGUFError, match=r"3 tensors expected but 2 found"):
         read_model(str(tmp_path / "s-00001-of-00002.gguf"))
     write(
         tmp_path,
@@ -532,7 +532,7 @@ def test_split_tensor_count_mismatch_and_wrong_shard_number(tmp_path):
         [Tensor("b.weight", (32,))],
         name="s-00002-of-00002.gguf",
     )
-    with pytest.raises(GGUFError, match="is shard 1 of 2 by its metadata, expected 2 of 2"):
+    with pytest.raises(GGUFError, match=r"is shard 1 of 2 by its metadata, expected 2 of 2"):
         read_model(str(tmp_path / "s-00001-of-00002.gguf"))
 
 

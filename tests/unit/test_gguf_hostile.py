@@ -93,7 +93,7 @@ def test_fifo_model_is_refused_at_once(fifo):
 
 
 def test_character_device_is_refused(tmp_path):
-    with pytest.raises(GGUFError, match="character device"):
+    with pytest.raises(GGUFError, match=r"character device"):
         read_model("/dev/zero")
 
 
@@ -223,7 +223,7 @@ def test_file_truncated_while_its_header_is_read(tmp_path, monkeypatch):
 
     monkeypatch.setattr(reader, "WINDOW", 256)
     monkeypatch.setattr(reader, "READ_AHEAD", 256)  # several reads for a small file
-    with pytest.raises(GGUFError, match="changed while it was read"):
+    with pytest.raises(GGUFError, match=r"changed while it was read"):
         parse_file(str(path), pread=pread)
 
 
@@ -253,7 +253,7 @@ def test_key_length_of_a_type_llama_cpp_rejects(tmp_path, vtype):
     value = -64 if vtype in (VT.INT32, VT.INT64, VT.INT8) else 64
     kv = minimal_kv(**{"{arch}.attention.key_length": (value, vtype)})
     path = write_gguf(tmp_path / "m.gguf", "llama", kv)[0]
-    with pytest.raises(GGUFError, match="llama.cpp reads it as a uint32"):
+    with pytest.raises(GGUFError, match=r"llama.cpp reads it as a uint32"):
         read_model(str(path))
 
 
@@ -268,7 +268,7 @@ def test_plan_refuses_a_negative_size_instead_of_fitting(tmp_path):
 def test_per_layer_array_of_a_type_llama_cpp_rejects(tmp_path):
     kv = minimal_kv(n_layer=2, **{"{arch}.attention.head_count_kv": ([4, 4], VT.ARRAY, VT.INT64)})
     path = write_gguf(tmp_path / "m.gguf", "llama", kv)[0]
-    with pytest.raises(GGUFError, match="bool, int32 or uint32 only"):
+    with pytest.raises(GGUFError, match=r"bool, int32 or uint32 only"):
         read_model(str(path))
 
 

@@ -90,7 +90,7 @@ def test_floor_counts_as_run_out():
     assert a.seconds_left - b.seconds_left == pytest.approx(120.0, rel=0.05)
     assert b.floor_bytes == 2 * GIB
     # Below the floor: out of memory now.
-    t, _ = feed(floored, 2 * GIB, GIB, 200, t0=1000.0)
+    _t, _ = feed(floored, 2 * GIB, GIB, 200, t0=1000.0)
     assert floored.forecast("host").seconds_left == 0.0
 
 

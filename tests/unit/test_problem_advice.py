@@ -105,7 +105,7 @@ def test_trained_context_caps_the_context_fixes(qwen3):
 
 
 def test_refused_requests_are_a_context_problem(qwen3):
-    config, plan = setup(qwen3, "-c", "4096", "-np", "1")
+    _config, plan = setup(qwen3, "-c", "4096", "-np", "1")
     problems = problems_in_view(view(plan, [slot(0, 4096, 100)],
                                      refused=RefusedRequests(2, 1.0e9)))
     assert [p.solves for p in problems] == ["context"] and "refused" in problems[0].text
