@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from kvwall.budget.alerts import Thresholds
 from kvwall.budget.cachetypes import TYPE_SIZES, CacheType, cache_type_changes
 from kvwall.budget.config import ServerConfig
 from kvwall.budget.memory import MemoryPlan, largest_fitting, plan_memory
@@ -342,17 +343,22 @@ class AdviceOptions:
     host_ram: tuple[Advice, ...] = ()
 
 
+_NOTIFY = Thresholds()  # the notification defaults: advice and warnings see one wall
+
+
 @dataclass(frozen=True)
 class ProblemLimits:
-    """When a slot, a memory pool or host RAM is a problem (the notification defaults)."""
+    """When a slot, a memory pool or host RAM is a problem: at the warning levels of the
+    notifications (:class:`kvwall.budget.alerts.Thresholds`), so advice appears when a
+    warning does."""
 
-    full_percent: float = 95.0
-    warn_turns: int = 5
-    warn_minutes: float = 15.0
-    min_confidence: float = 0.25
-    free_warn_percent: float = 10.0
-    pool_warn_minutes: float = 15.0
-    pool_min_confidence: float = 0.6
+    full_percent: float = _NOTIFY.slot_full_percent
+    warn_turns: int = _NOTIFY.slot_warn_turns
+    warn_minutes: float = _NOTIFY.slot_warn_minutes
+    min_confidence: float = _NOTIFY.min_confidence
+    free_warn_percent: float = _NOTIFY.free_warn_percent
+    pool_warn_minutes: float = _NOTIFY.pool_warn_minutes
+    pool_min_confidence: float = _NOTIFY.pool_min_confidence
 
 
 @dataclass(frozen=True)
