@@ -62,7 +62,9 @@ class DaemonPool:
             if self._closed:
                 raise RuntimeError("cannot submit after shutdown")
             self._queue.append((future, lambda: fn(*args, **kwargs)))  # type: ignore[arg-type]
-            start = self._idle == 0 and self._running < self._max_workers
+            # Each waiting worker takes one queued task; start another for the rest, so
+            # one hung request never holds up the next (tasks run side by side).
+            start = len(self._queue) > self._idle and self._running < self._max_workers
             if start:
                 self._running += 1
                 self._count += 1

@@ -115,3 +115,24 @@ def test_memory_sources_are_told_the_servers_pids():
                 clients=pool(refused)) as p:
         p.poll()
     assert seen == [(1, 2)]
+
+
+def test_daemon_pool_runs_tasks_side_by_side_when_a_worker_waits_idle():
+    # A poll after the first: a worker idles between polls. Three requests that each wait
+    # for the others must still run at once (serialised, one hung server would hold up
+    # every other server's request until the poll's deadline).
+    import threading
+    import time as _time
+
+    from kvwall.monitors.poller import DaemonPool
+
+    pool = DaemonPool(4, "test-pool", idle_s=30.0)
+    pool.submit(lambda: None).result(timeout=5)
+    deadline = _time.monotonic() + 5
+    while pool._idle != 1 and _time.monotonic() < deadline:  # the worker went idle
+        threading.Event().wait(0.01)  # polling with a deadline, not a sleep-and-hope
+    assert pool._idle == 1
+    barrier = threading.Barrier(3, timeout=5)
+    futures = [pool.submit(barrier.wait) for _ in range(3)]
+    assert sorted(f.result(timeout=10) for f in futures) == [0, 1, 2]
+    pool.shutdown()
