@@ -787,14 +787,28 @@ class Scanner:
         return local[0][0], port
 
 
+def _loopback_alias(url: str) -> str:
+    """``http://localhost:N`` as the process scan writes it (``http://127.0.0.1:N``).
+
+    ``localhost`` is the one name kvwall treats as an address without a lookup: a URL
+    the user added for a local server then merges with the server the scan finds.
+    """
+    for name in ("://localhost:", "://localhost/"):
+        if name in url:
+            return url.replace(name, name.replace("localhost", "127.0.0.1"), 1)
+    return url
+
+
 def _configured_keys(api_keys: Mapping[str, str] | None) -> dict[str, str]:
     """The user's API keys by normalised URL (unusable URLs left out)."""
     configured_keys: dict[str, str] = {}
     for url, key in (api_keys or {}).items():
         try:
-            configured_keys[normalize_url(url)] = key
+            normal = normalize_url(url)
         except ValueError:
             continue
+        configured_keys[normal] = key
+        configured_keys.setdefault(_loopback_alias(normal), key)
     return configured_keys
 
 
@@ -809,8 +823,8 @@ def _configured_servers(extra_urls: Iterable[str], seen_urls: set[str],
         except ValueError as e:
             errors.append(f"Configured server URL ignored: {e}.")
             continue
-        if url in seen_urls:
-            continue
+        if url in seen_urls or _loopback_alias(url) in seen_urls:
+            continue  # the process scan found it (a URL merges with its server)
         seen_urls.add(url)
         servers.append(ServerProcess(url=url, api_key=configured_keys.get(url), source="url"))
     return servers

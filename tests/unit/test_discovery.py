@@ -350,6 +350,15 @@ def test_configured_urls_are_added_once_with_their_key():
     assert len(d.errors) == 1 and "ftp://nope" in d.errors[0]
 
 
+def test_a_localhost_url_merges_with_the_server_the_scan_finds():
+    p = FakeProcess(1, [SERVER, "-m", "m", "--port", "9001"])
+    d = scan(fake_psutil(p), extra_urls=["http://localhost:9001"],
+             api_keys={"http://localhost:9001": "local-key"})
+    assert [(s.url, s.source, s.pid) for s in d.servers] == [
+        ("http://127.0.0.1:9001", "process", 1)]
+    assert d.servers[0].api_key == "local-key"
+
+
 def test_process_table_unavailable_is_an_error_not_a_crash():
     def boom(attrs=None):
         raise psutil.AccessDenied()
