@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from kvwall.app.headless.api_keys import ENV_VAR, KEY_HELP, KeySourceError, api_keys
-from kvwall.budget.units import format_bytes, format_duration
+from kvwall.budget.units import format_bytes, format_duration, sanitize
 
 if TYPE_CHECKING:  # imported lazily at run time: `kvwall status` starts fast
     from kvwall.budget.engine import Engine
@@ -315,8 +315,10 @@ def snapshot_json(snapshot: Snapshot, wall_time: float,
                   pool_forecasts: Sequence[PoolForecast] = (),
                   stopped: Sequence[StoppedServer] = ()) -> JsonObject:
     """The same object for a poll that found no server (no engine needed)."""
-    errors = list(snapshot.errors) + [e for e in snapshot.memory.errors
-                                      if e not in snapshot.errors]
+    # Discovery's errors quote other processes' command lines: escaped like the engine's.
+    raw = list(snapshot.errors) + [e for e in snapshot.memory.errors
+                                   if e not in snapshot.errors]
+    errors = [sanitize(e) for e in raw]
     return {
         "schema_version": SCHEMA_VERSION,
         "time": _num(wall_time),

@@ -161,3 +161,17 @@ def test_a_huge_error_message_with_escapes_is_escaped_and_cut():
     out = io.StringIO()
     main(["--json"], poller=_poller(answers), out=out)
     assert json.loads(out.getvalue())["servers"][0]["health"] == HEALTH_ERROR
+
+
+def test_a_discovery_error_quoting_a_hostile_command_line_is_escaped_with_no_server():
+    # Another local user's process chose its --host: its text reaches our error list.
+    from kvwall.monitors.discovery import Discovery
+
+    hostile = Discovery(errors=(f"llama.cpp server 7 listens on {ESCAPES}:8080",))
+    for fmt in ([], ["--json"]):
+        poller = Poller(discover_fn=lambda **kw: hostile, deadline_s=5.0)
+        out = io.StringIO()
+        assert main(fmt, poller=poller, out=out) == 0
+        text = out.getvalue()
+        assert "\x1b" not in text and "\x07" not in text and "\rFORGED" not in text
+        assert "listens on" in text
