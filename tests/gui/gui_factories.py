@@ -11,7 +11,7 @@ from kvwall.budget.report import (
     SlotReport,
     StatusReport,
 )
-from kvwall.monitors.snapshot import DeviceMemory
+from kvwall.monitors.snapshot import DeviceMemory, ProcessMemory
 
 GiB = 1024**3
 MiB = 1024**2
@@ -99,3 +99,30 @@ def whatif_result(model_path: str, flags=("-c", "8192", "-np", "2"), tokens=(300
                  label=f"{model_path.rsplit('/', 1)[-1].removesuffix('.gguf')}:"
                        f"{url.rsplit(':', 1)[-1]}")
     return srv, WhatIfInputs(srv.key, model, config, budget)
+
+
+class FakeClock:
+    """A clock the test moves by setting ``t`` (seconds)."""
+
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def one_slot_report(turns_left, tokens=10000, t=0.0, health="ok", advice=()) -> StatusReport:
+    """One server with one 16,384-cell slot on a 24 GiB GPU half in use."""
+    s = slot(0, n_ctx=16384, tokens=tokens, turns_left=turns_left, per_turn=800.0)
+    srv = server(slots=[s], health=health, advice=advice)
+    dev = device(total=24 * GiB, used=12 * GiB)
+    return report([srv], [dev], t=t)
+
+
+def gpu_used_by(used_by: dict[int, int], total=24 * GiB) -> DeviceMemory:
+    """A GPU whose per-process use is ``used_by`` (pid -> bytes); pid 100 is the server."""
+    procs = tuple(ProcessMemory(pid, b, "llama-server" if pid == 100 else "python")
+                  for pid, b in used_by.items())
+    used = sum(used_by.values())
+    return DeviceMemory("nvidia:0", "nvidia", "NVIDIA RTX 4090", False, total, used,
+                        total - used, procs)

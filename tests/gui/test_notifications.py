@@ -5,41 +5,16 @@ from __future__ import annotations
 import gui_factories as f
 from kvwall.app.desktop.notifications import NotificationCenter
 from kvwall.budget.alerts import NotificationRules, Thresholds
-from kvwall.monitors.snapshot import DeviceMemory, ProcessMemory
-
-
-class FakeClock:
-    def __init__(self, t: float = 0.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def _slot_report(turns_left, tokens=10000, t=0.0, health="ok", advice=()):
-    s = f.slot(0, n_ctx=16384, tokens=tokens, turns_left=turns_left, per_turn=800.0)
-    srv = f.server(slots=[s], health=health, advice=advice)
-    dev = f.device(total=24 * f.GiB, used=12 * f.GiB)
-    return f.report([srv], [dev], t=t)
-
-
-def _gpu(used_by: dict[int, int], total=24 * f.GiB):
-    """A GPU whose per-process use is ``used_by`` (pid -> bytes); pid 100 is the server."""
-    procs = tuple(ProcessMemory(pid, b, "llama-server" if pid == 100 else "python")
-                  for pid, b in used_by.items())
-    used = sum(used_by.values())
-    return DeviceMemory("nvidia:0", "nvidia", "NVIDIA RTX 4090", False, total, used,
-                        total - used, procs)
 
 
 def test_center_emits_and_click_opens_the_server(qtbot):
     from PySide6.QtWidgets import QSystemTrayIcon
 
-    clock = FakeClock()
+    clock = f.FakeClock()
     tray = QSystemTrayIcon()
     center = NotificationCenter(NotificationRules(Thresholds(), clock=clock), tray)
     with qtbot.waitSignal(center.notified, timeout=1000) as blocker:
-        center.handle(_slot_report(3))
+        center.handle(f.one_slot_report(3))
     assert blocker.args[0].kind == "slot_forecast"
     with qtbot.waitSignal(center.open_server, timeout=1000) as clicked:
         tray.messageClicked.emit()  # what the desktop sends when the message is clicked
@@ -62,7 +37,7 @@ class _Poller:
 def _gpu_snapshot(t, other_bytes):
     from kvwall.monitors.snapshot import MemorySnapshot, Snapshot
 
-    dev = _gpu({555: other_bytes})
+    dev = f.gpu_used_by({555: other_bytes})
     return Snapshot(t, MemorySnapshot(t, (dev,)), ())
 
 
@@ -75,7 +50,7 @@ def test_the_users_grab_share_reaches_the_engine_through_the_live_source():
         source = LiveSource(poller=_Poller([_gpu_snapshot(0, f.GiB),
                                             _gpu_snapshot(5, 3 * f.GiB)]), engine=Engine())
         source.set_grab_share(grab_percent / 100)
-        rules = NotificationRules(Thresholds(grab_percent=grab_percent), clock=FakeClock())
+        rules = NotificationRules(Thresholds(grab_percent=grab_percent), clock=f.FakeClock())
         fired = []
         for _ in range(2):
             result = source()

@@ -98,13 +98,18 @@ def exporter(tmp_path) -> Iterator[Exporter]:
         wait_for("the exporter", lambda: http_get(ex.url + "/", TOKEN)[0] == 200, proc)
         yield ex
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        _stop(proc)
 
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not ended within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
 
 @dataclass
 class Prometheus:
@@ -141,12 +146,7 @@ def prometheus(tmp_path, exporter) -> Iterator[Prometheus]:
         wait_for("Prometheus ready", lambda: http_get(prom.url + "/-/ready")[0] == 200, proc)
         yield prom
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+        _stop(proc)
 
 
 def status_json(*args: str) -> dict:

@@ -17,22 +17,7 @@ from kvwall.budget.alerts import (
 from kvwall.budget.events import GrabDetector
 from kvwall.budget.forecast import PoolTracker
 from kvwall.budget.units import format_bytes
-from kvwall.monitors.snapshot import DeviceMemory, ProcessMemory
-
-
-class FakeClock:
-    def __init__(self, t: float = 0.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def _slot_report(turns_left, tokens=10000, t=0.0, health="ok", advice=()):
-    s = f.slot(0, n_ctx=16384, tokens=tokens, turns_left=turns_left, per_turn=800.0)
-    srv = f.server(slots=[s], health=health, advice=advice)
-    dev = f.device(total=24 * f.GiB, used=12 * f.GiB)
-    return f.report([srv], [dev], t=t)
+from kvwall.monitors.snapshot import DeviceMemory
 
 
 def test_level_for_hysteresis_and_missing_values():
@@ -55,45 +40,45 @@ def test_level_for_hysteresis_and_missing_values():
 
 
 def test_slot_forecast_fires_once_per_crossing_and_rearms_after_hysteresis():
-    clock = FakeClock()
+    clock = f.FakeClock()
     rules = NotificationRules(Thresholds(slot_warn_turns=5, slot_critical_turns=2), clock=clock,
                               cooldown_s=60)
-    assert rules.evaluate(_slot_report(12)) == []
-    fired = rules.evaluate(_slot_report(5))
+    assert rules.evaluate(f.one_slot_report(12)) == []
+    fired = rules.evaluate(f.one_slot_report(5))
     assert [(n.kind, n.level) for n in fired] == [("slot_forecast", WARNING)]
     assert fired[0].server_key == "pid:100"
     assert "slot 0 of qwen3-32b full in ~5 " in fired[0].message.lower()
     # Staying in the band, or hovering just outside it (within hysteresis): silence.
     for turns in (4, 5, 6, 4, 6, 5):
         clock.t += 10
-        assert rules.evaluate(_slot_report(turns)) == []
+        assert rules.evaluate(f.one_slot_report(turns)) == []
     # Escalation is a new crossing.
     clock.t += 10
-    assert [n.level for n in rules.evaluate(_slot_report(2))] == [CRITICAL]
-    assert rules.evaluate(_slot_report(1)) == []
+    assert [n.level for n in rules.evaluate(f.one_slot_report(2))] == [CRITICAL]
+    assert rules.evaluate(f.one_slot_report(1)) == []
     # Back beyond warn + hysteresis (5 + 1): re-armed; a new crossing fires again.
     clock.t += 100
-    assert rules.evaluate(_slot_report(9)) == []
+    assert rules.evaluate(f.one_slot_report(9)) == []
     assert rules.level("slot_forecast", "pid:100/slot0") == OK
     clock.t += 100
-    assert [n.level for n in rules.evaluate(_slot_report(4))] == [WARNING]
+    assert [n.level for n in rules.evaluate(f.one_slot_report(4))] == [WARNING]
 
 
 def test_cooldown_stops_a_storm_from_a_flapping_value():
-    clock = FakeClock()
+    clock = f.FakeClock()
     rules = NotificationRules(Thresholds(), clock=clock, cooldown_s=300)
     fired = 0
     for i in range(40):  # flaps between 3 and 9 turns every poll
         clock.t += 5
-        fired += len(rules.evaluate(_slot_report(3 if i % 2 == 0 else 9)))
+        fired += len(rules.evaluate(f.one_slot_report(3 if i % 2 == 0 else 9)))
     assert fired == 1
     clock.t += 300
-    rules.evaluate(_slot_report(9))
-    assert len(rules.evaluate(_slot_report(3))) == 1
+    rules.evaluate(f.one_slot_report(9))
+    assert len(rules.evaluate(f.one_slot_report(3))) == 1
 
 
 def test_full_slot_and_free_memory_and_advice():
-    clock = FakeClock()
+    clock = f.FakeClock()
     rules = NotificationRules(Thresholds(slot_full_percent=95, free_warn_percent=10,
                                          free_critical_percent=5), clock=clock)
     adv = (f.advice("Use a q8_0 KV cache", 2 * f.GiB),)
@@ -102,7 +87,7 @@ def test_full_slot_and_free_memory_and_advice():
     ctx_fix = replace(f.advice("A larger context (-c 32768)", -2 * f.GiB),
                       action="larger-context", solves="context", n_ctx_slot=32768,
                       turns_left=7)
-    full = _slot_report(0, tokens=16000, advice=(*adv, ctx_fix))
+    full = f.one_slot_report(0, tokens=16000, advice=(*adv, ctx_fix))
     fired = rules.evaluate(full)
     assert [(n.kind, n.level) for n in fired] == [("slot_full", CRITICAL)]
     assert "16000 of 16384" in fired[0].message
@@ -121,36 +106,28 @@ def test_full_slot_and_free_memory_and_advice():
 
 
 def test_unreachable_server_and_process_grab():
-    clock = FakeClock()
+    clock = f.FakeClock()
     rules = NotificationRules(Thresholds(grab_percent=10), clock=clock)
-    ok = _slot_report(None, t=0)
+    ok = f.one_slot_report(None, t=0)
     assert rules.evaluate(ok) == []
-    down = _slot_report(None, t=2, health="unreachable")
+    down = f.one_slot_report(None, t=2, health="unreachable")
     fired = rules.evaluate(down)
     assert [(n.kind, n.subject) for n in fired] == [("server_unreachable", "pid:100")]
-    assert rules.evaluate(_slot_report(None, t=4, health="unreachable")) == []
+    assert rules.evaluate(f.one_slot_report(None, t=4, health="unreachable")) == []
 
 
-
-def _gpu(used_by: dict[int, int], total=24 * f.GiB):
-    """A GPU whose per-process use is ``used_by`` (pid -> bytes); pid 100 is the server."""
-    procs = tuple(ProcessMemory(pid, b, "llama-server" if pid == 100 else "python")
-                  for pid, b in used_by.items())
-    used = sum(used_by.values())
-    return DeviceMemory("nvidia:0", "nvidia", "NVIDIA RTX 4090", False, total, used,
-                        total - used, procs)
 
 
 def _grab_report(detector, t, used_by, advice=()):
     """A report whose memory_events come from the real detector (budget/events.py)."""
-    dev = _gpu(used_by)
+    dev = f.gpu_used_by(used_by)
     srv = f.server(measured=used_by.get(100, 0), advice=advice)
     events = detector.observe([dev], t, server_pids={100})
     return replace(f.report([srv], [dev], t=t), memory_events=events)
 
 
 def test_process_grab_fires_once_from_the_budget_events_and_opens_the_server():
-    clock = FakeClock()
+    clock = f.FakeClock()
     rules = NotificationRules(Thresholds(grab_percent=10), clock=clock)
     detector = GrabDetector(share=0.10, grown_bytes=4 * f.GiB, window_s=60)
     adv = (f.advice("Use a q8_0 KV cache", 2 * f.GiB),)
@@ -189,7 +166,7 @@ def _pool_report(tracker, t, free, advice=(), device_id="host"):
 
 
 def test_pool_forecast_to_run_out_fires_once_per_crossing_with_hysteresis():
-    clock = FakeClock()
+    clock = f.FakeClock()
     rules = NotificationRules(Thresholds(pool_warn_minutes=15, pool_critical_minutes=5),
                               clock=clock, cooldown_s=60)
     tracker = PoolTracker(bucket_s=10, window_s=300)
@@ -241,7 +218,7 @@ def test_pool_forecast_to_run_out_fires_once_per_crossing_with_hysteresis():
 
 
 def test_a_jump_in_memory_is_not_a_pool_forecast():
-    rules = NotificationRules(Thresholds(), clock=FakeClock())
+    rules = NotificationRules(Thresholds(), clock=f.FakeClock())
     tracker = PoolTracker()
     fired = []
     for i in range(60):  # a model is loaded once (12 GiB), otherwise flat
@@ -251,22 +228,22 @@ def test_a_jump_in_memory_is_not_a_pool_forecast():
 
 
 def test_disabled_kinds_and_pause_are_silent():
-    clock = FakeClock()
+    clock = f.FakeClock()
     rules = NotificationRules(Thresholds(kinds=frozenset({"free_memory"})), clock=clock)
-    assert rules.evaluate(_slot_report(1)) == []
+    assert rules.evaluate(f.one_slot_report(1)) == []
     rules2 = NotificationRules(Thresholds(), clock=clock)
     rules2.pause(3600)
-    assert rules2.evaluate(_slot_report(1)) == []
+    assert rules2.evaluate(f.one_slot_report(1)) == []
     clock.t += 3601
     assert not rules2.paused
     # The crossing happened during the pause: it does not fire late.
-    assert rules2.evaluate(_slot_report(1)) == []
+    assert rules2.evaluate(f.one_slot_report(1)) == []
 
 
 def test_a_forecast_from_one_turn_does_not_warn_yet():
     from kvwall.budget.report import Forecast, SlotReport
 
-    rules = NotificationRules(Thresholds(), clock=FakeClock())
+    rules = NotificationRules(Thresholds(), clock=f.FakeClock())
     guess = SlotReport(0, 16384, 2000, False, Forecast(tokens_per_turn=3000.0, turns_left=5,
                                                        seconds_left=30.0, confidence=0.125,
                                                        turns_seen=1))
@@ -287,7 +264,7 @@ def _refused_report(count, t=0.0):
 
 
 def test_a_refused_request_raises_one_notification_and_a_baseline_is_silent():
-    clock = FakeClock()
+    clock = f.FakeClock()
     rules = NotificationRules(clock=clock, cooldown_s=60)
     assert [n.kind for n in rules.evaluate(_refused_report(3))] == []  # seen before we came
     clock.t += 2
