@@ -33,9 +33,6 @@ EXIT_REFUSED = 1
 EXIT_USAGE = 2
 EXIT_DOES_NOT_FIT = 3
 
-# The note budget/config.py writes when a number has trailing text (``-c 8k`` reads 8):
-# a plan for the wrong size, so it is said first, as a warning.
-_TRAILING_TEXT_NOTE = "it ignores what follows the number"
 
 HELP = """\
 usage: kvwall plan MODEL.gguf [llama-server flags...] [options]
@@ -287,6 +284,7 @@ def _plan_object(model: ModelInfo, config: ServerConfig, plan: MemoryPlan,
                  rows: Sequence[WhatIf], budget: _Budget) -> JsonObject:
     """The documented ``plan`` object (``docs/json-schema.md``)."""
     from kvwall.budget.cmdline.edit import render_command
+    from kvwall.budget.cmdline.parse import TRAILING_TEXT_NOTE
 
     obj: JsonObject = {
         "schema_version": SCHEMA_VERSION,
@@ -309,7 +307,7 @@ def _plan_object(model: ModelInfo, config: ServerConfig, plan: MemoryPlan,
         "devices": [],
         "assumptions": list(plan.assumptions),
         "errors": list(plan.errors),
-        "warnings": [a for a in plan.assumptions if _TRAILING_TEXT_NOTE in a],
+        "warnings": [a for a in plan.assumptions if TRAILING_TEXT_NOTE in a],
         "what_if": [_what_if_json(row, model, budget) for row in rows],
     }
     if plan.ok:

@@ -197,6 +197,11 @@ def _parse_bool(value: str, source: str) -> bool:
     raise ConfigError(f"{source}: invalid boolean value {value!r} (on/off, true/false, 1/0)")
 
 
+TRAILING_TEXT_NOTE = "it ignores what follows the number"
+"""Part of the note for a number with trailing text (``-c 8k`` reads 8): ``kvwall plan``
+finds these notes by it and says them first, as warnings."""
+
+
 def _stoi(value: str, source: str, notes: list[str], *, unsigned_ll: bool = False) -> int:
     """C++ ``std::stoi``: leading blanks, sign, digits; trailing text ignored (with a note)."""
     m = re.match(r"\s*([+-]?\d+)", value)
@@ -204,9 +209,7 @@ def _stoi(value: str, source: str, notes: list[str], *, unsigned_ll: bool = Fals
         raise ConfigError(f"{source}: invalid value {value!r} (expected a whole number)")
     n = int(m.group(1))
     if m.end() != len(value):
-        notes.append(
-            f"{source} {value}: llama-server reads this as {n} (it ignores what follows the number)"
-        )
+        notes.append(f"{source} {value}: llama-server reads this as {n} ({TRAILING_TEXT_NOTE})")
     limit = 2**64 if unsigned_ll else 2**31
     if not (-limit <= n < limit):
         raise ConfigError(f"{source}: value {value!r} is out of range")
