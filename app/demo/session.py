@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kvwall.widgets.viewmodels.pools import DEMO_NAME
+
 log = logging.getLogger(__name__)
 
 HOW_TO_GET = (
@@ -31,7 +33,7 @@ HOW_TO_GET = (
 # Demo model: small enough to answer quickly on a laptop CPU, large enough that its KV
 # cache shows on the gauge.
 DEMO_MODEL = {"n_layer": 4, "n_embd": 256, "n_head": 8, "n_head_kv": 4, "n_ff": 512,
-              "n_ctx_train": 8192, "name": "kvwall-demo"}
+              "n_ctx_train": 8192, "name": DEMO_NAME}
 DEMO_ARGS = ("-c", "8192", "-np", "2", "-ctk", "f16", "-ctv", "f16")
 START_DEADLINE_S = 60.0
 WORDS = ["the", "of", "and", "to", "in", "is", "was", "that", "for", "on", "with", "as", "by", "at", "from", "it", "an", "be", "this", "are", "or", "hello", "world", "model", "memory", "cache", "context", "token", "slot", "server", "agent", "llama", "tiny"]
@@ -212,7 +214,7 @@ class Demo:
         model = self.model_path()
         self.port = free_port()
         argv = [exe, "-m", str(model), "--host", "127.0.0.1", "--port", str(self.port),
-                "-a", "kvwall-demo", *self.server_args]
+                "-a", DEMO_NAME, *self.server_args]
         with open(self.log_path, "wb") as log_file:
             # The server must not outlive kvwall, even a kvwall that was killed.
             self.proc = subprocess.Popen(

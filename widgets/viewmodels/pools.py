@@ -172,7 +172,7 @@ def requests_left(turns_left: int | None) -> str:
 
 
 
-DEMO_NAME = "kvwall-demo"  # the model name kvwall --demo's server reports
+DEMO_NAME = "kvwall-demo"  # the alias and model name of kvwall --demo's server (app/demo uses it)
 
 
 def most_urgent_server(report: StatusReport) -> str | None:
