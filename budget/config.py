@@ -56,6 +56,8 @@ class ServerConfig:
         embedding: ``--embedding`` (the server then reserves outputs for a whole batch).
         split_mode: ``-sm`` (None = layer).
         tensor_split: ``-ts`` proportions, empty = by free memory.
+        main_gpu: ``-mg``, the device index ``-sm none`` keeps everything on.
+        device: ``-dev`` as given (``Vulkan0,Vulkan1``, ``none``); None = every GPU.
         unknown_flags: arguments this build of llama-server does not know (it would
             refuse them); kept in argv, ignored by the model.
         notes: parse-time remarks for the user (``-c 8k`` is read as 8 by llama-server,
@@ -102,6 +104,8 @@ class ServerConfig:
     embedding: bool = False
     split_mode: str | None = None
     tensor_split: tuple[float, ...] = ()
+    main_gpu: int = 0
+    device: str | None = None
     unknown_flags: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 

@@ -87,6 +87,8 @@ FIELD_OPTIONS: dict[str, FieldOption] = {
     "embedding": FieldOption("--embedding", "void"),
     "split_mode": FieldOption("--split-mode", "str"),
     "tensor_split": FieldOption("--tensor-split", "tensor_split"),
+    "main_gpu": FieldOption("--main-gpu", "int"),
+    "device": FieldOption("--device", "str"),
 }
 
 _N_VALUES: dict[OptionKind, int] = {"void": 0, "bool": 0, "int": 1, "str": 1, "str2": 2}

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import bisect
 import re
+import struct
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from kvwall.budget.cachetypes import row_bytes
 from kvwall.budget.config import ServerConfig
@@ -11,6 +15,7 @@ from kvwall.budget.memory.compute import compute_buffers
 from kvwall.budget.memory.layout import Layout, pad
 from kvwall.budget.memory.resolve import Context, Resolved, context
 from kvwall.monitors.gguf import ModelInfo
+from kvwall.monitors.gguf.model import TensorInfo
 
 # common/common.h LLM_FFN_EXPS_REGEX (what -cmoe / -ncmoe keep on the CPU)
 _FFN_EXPS = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
@@ -61,6 +66,31 @@ class _RecurrentState:
     by_device: dict[str, int]
 
 
+def _f32(x: float) -> float:
+    """``x`` rounded to a C ``float``, as llama.cpp computes the split points."""
+    return float(struct.unpack("f", struct.pack("f", x))[0])
+
+
+@lru_cache(maxsize=256)
+def _split_points(shares: tuple[float, ...]) -> tuple[float, ...]:
+    """llama_model::load_tensors' cumulative, normalised split points (in ``float``)."""
+    acc = 0.0
+    points = []
+    for share in shares:
+        acc = _f32(acc + _f32(share))
+        points.append(acc)
+    return tuple(_f32(p / acc) if acc else 0.0 for p in points)
+
+
+def _shares(rv: Resolved) -> tuple[float, ...]:
+    """-ts (or --fit's layer counts), else the free memory of each device, else equal."""
+    if rv.splits and any(rv.splits):
+        return rv.splits
+    if rv.device_free and len(rv.device_free) == len(rv.gpu_names):
+        return tuple(float(f) for f in rv.device_free)
+    return (1.0,) * len(rv.gpu_names)
+
+
 def layer_device(rv: Resolved, model: ModelInfo, il: int) -> str:
     """llama_model::load_tensors' layer -> device rule (il == n_layer_all is the output)."""
     if not rv.gpu_names or rv.n_gpu_layers <= 0:
@@ -70,32 +100,33 @@ def layer_device(rv: Resolved, model: ModelInfo, il: int) -> str:
     act = min(rv.n_gpu_layers, n_all + 1)
     if il < start or il - start >= act:
         return "Host"
-    # the first device whose cumulative -ts share exceeds the layer's position
-    # (std::upper_bound); without -ts llama.cpp splits by free memory: equal shares here
-    shares = rv.splits or (1.0,) * len(rv.gpu_names)
-    total = sum(shares)
-    pos = (il - start) / act
-    acc = 0.0
-    for name, share in zip(rv.gpu_names, shares, strict=True):
-        acc += share
-        if acc / total > pos:
-            return name
-    return rv.gpu_names[-1]
+    # std::upper_bound: the first device whose split point exceeds the layer's position
+    pos = _f32((il - start) / act)
+    points = _split_points(_shares(rv))
+    index = bisect.bisect_right(points, pos)
+    return rv.gpu_names[min(index, len(rv.gpu_names) - 1)]
 
 
-def _overrides(config: ServerConfig) -> list[tuple[re.Pattern[str], str]]:
-    out: list[tuple[re.Pattern[str], str]] = []
+def user_overrides(config: ServerConfig) -> tuple[tuple[str, str], ...]:
+    """The tensor overrides of the command line, in llama.cpp's order: ``-ot`` patterns,
+    then ``-cmoe``, then ``-ncmoe`` (common/arg.cpp appends them in that order)."""
+    out: list[tuple[str, str]] = []
     for item in config.override_tensor:
         pattern, _, buft = item.partition("=")
-        try:
-            out.append((re.compile(pattern), buft))
-        except re.error:
-            continue
+        out.append((pattern, buft))
     if config.cpu_moe:
-        out.append((re.compile(_FFN_EXPS), "CPU"))
+        out.append((_FFN_EXPS, "CPU"))
     for i in range(config.n_cpu_moe):
-        out.append((re.compile(rf"blk\.{i}{_FFN_EXPS}"), "CPU"))
-    return out
+        out.append((rf"blk\.{i}{_FFN_EXPS}", "CPU"))
+    return tuple(out)
+
+
+@lru_cache(maxsize=4096)
+def _compiled(pattern: str) -> re.Pattern[str] | None:
+    try:
+        return re.compile(pattern)
+    except re.error:
+        return None
 
 
 def _buft_device(buft: str, rv: Resolved) -> str | None:
@@ -108,34 +139,54 @@ def _buft_device(buft: str, rv: Resolved) -> str | None:
     return None
 
 
-def _weights(model: ModelInfo, config: ServerConfig, rv: Resolved) -> dict[str, int]:
-    out: dict[str, int] = {}
-    overrides = _overrides(config) if rv.gpu_names else []
+def _override_device(name: str, overrides: Sequence[tuple[str, str]], rv: Resolved) -> str | None:
+    """The device of the first override whose pattern matches ``name`` (std::regex_search)."""
+    for pattern, buft in overrides:
+        compiled = _compiled(pattern)
+        if compiled is not None and compiled.search(name):
+            return _buft_device(buft, rv)
+    return None
+
+
+def tensor_devices(model: ModelInfo, config: ServerConfig, rv: Resolved) -> Iterator[tuple[TensorInfo, str]]:
+    """Each tensor llama-server loads and the device that holds it (``Host`` for CPU
+    buffers): its layer's device, unless an override (``-ot``, ``-cmoe``, ``-ncmoe``, or
+    ``--fit``'s own) sends it elsewhere. ``token_embd`` stays on the host; tensors outside
+    the layers go with the output layer."""
+    overrides: Sequence[tuple[str, str]] = ()
+    if rv.gpu_names:
+        overrides = rv.fit_overrides if rv.fit_overrides is not None else user_overrides(config)
     load_mtp = "draft-mtp" in (config.spec_type or "")
     n_main = model.n_layer
     output_dev = layer_device(rv, model, model.n_layer_all)
-    has_output = False
-    embd_bytes = 0
+    layer_devs = [layer_device(rv, model, il) for il in range(model.n_layer_all)]
     for t in model.tensors:
         m = _BLK.match(t.name)
         if m:
             il = int(m.group(1))
             if model.n_layer_nextn > 0 and il >= n_main and not load_mtp:
                 continue  # NextN/MTP layers are skipped at load unless MTP is used
-            dev = layer_device(rv, model, il) if il < model.n_layer_all else output_dev
+            dev = layer_devs[il] if il < model.n_layer_all else output_dev
         elif t.name.startswith(_INPUT_TENSORS):
             dev = "Host"
-            if t.name.startswith("token_embd."):
-                embd_bytes += t.n_bytes
         else:
             dev = output_dev
-            if t.name.startswith("output.weight"):
-                has_output = True
-        for pattern, buft in overrides:
-            if pattern.search(t.name):
-                dev = _buft_device(buft, rv) or dev
-                break
+        if overrides:
+            dev = _override_device(t.name, overrides, rv) or dev
+        yield t, dev
+
+
+def _weights(model: ModelInfo, config: ServerConfig, rv: Resolved) -> dict[str, int]:
+    out: dict[str, int] = {}
+    has_output = False
+    embd_bytes = 0
+    for t, dev in tensor_devices(model, config, rv):
         out[dev] = out.get(dev, 0) + t.n_bytes
+        if t.name.startswith("token_embd."):
+            embd_bytes += t.n_bytes
+        elif t.name.startswith("output.weight"):
+            has_output = True
+    output_dev = layer_device(rv, model, model.n_layer_all)
     if not has_output and output_dev != "Host" and embd_bytes:
         # tied embeddings: llama.cpp duplicates token_embd onto the output device
         out[output_dev] = out.get(output_dev, 0) + embd_bytes

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kvwall.budget.config import ServerConfig
-from kvwall.budget.memory.alloc import Alloc, allocate
-from kvwall.budget.memory.fit import MiB, fit_context
+from kvwall.budget.memory.alloc import Alloc, allocate, layer_device, tensor_devices
+from kvwall.budget.memory.fit import FitResult, MiB, fit
 from kvwall.budget.memory.layout import KV_PAD, Layout, model_layout, pad
 from kvwall.budget.memory.refusals import check_config
-from kvwall.budget.memory.resolve import Context, Resolved, context, resolve
-from kvwall.budget.memory.results import DeviceBudget, MemoryPlan
+from kvwall.budget.memory.resolve import NGL_DEFAULT_NOTE, Context, Resolved, context, resolve
+from kvwall.budget.memory.results import DeviceBudget, MemoryPlan, Placement
 from kvwall.monitors.gguf import ModelInfo
 from kvwall.monitors.gguf.arch import SPECIAL_CACHE_ARCHS
 
@@ -38,23 +39,38 @@ def plan_memory(
     *,
     gpu_names: Sequence[str] = (),
     free_bytes: int | None = None,
+    device_free: Mapping[str, int] | None = None,
 ) -> MemoryPlan:
     """Predict what llama-server allocates for ``model`` run with ``config``.
 
     Args:
         model: the GGUF header.
         config: the parsed command line.
-        gpu_names: llama.cpp device names the server will offload to (``("CUDA0",)``);
-            empty for a CPU-only build/machine (everything lands in ``Host``).
-        free_bytes: memory the ``--fit`` logic would see (used only when ``-c`` is unset
-            and fit is on), in bytes: the free memory of the GPUs, or on a CPU-only
-            machine the host's *total* RAM (that is what common/fit.cpp compares against
-            there). None = assume the full trained context fits.
+        gpu_names: llama.cpp device names the server will offload to (``("CUDA0",)``),
+            in llama.cpp's order; empty for a CPU-only build/machine (everything lands in
+            ``Host``).
+        free_bytes: on a CPU-only machine, the host's *total* RAM (what common/fit.cpp
+            compares against there); with GPUs and no ``device_free``, their free memory
+            in total, taken as equal shares. None = unknown: ``--fit`` is not simulated
+            (the full trained context is assumed to fit).
+        device_free: free bytes per GPU as llama.cpp reads them (``--list-devices``): the
+            split by free memory and ``--fit``'s per-device targets use them.
 
     Returns:
         The plan; refused configurations carry ``errors`` instead of numbers.
     """
-    return plan_laid_out(model, config, gpu_names=gpu_names, free_bytes=free_bytes, layout=model_layout(model))
+    return plan_laid_out(
+        model, config, gpu_names=gpu_names, free_bytes=free_bytes, layout=model_layout(model), device_free=device_free
+    )
+
+
+def _device_free(
+    gpu_names: Sequence[str], free_bytes: int | None, device_free: Mapping[str, int] | None
+) -> Mapping[str, int] | None:
+    """Per-GPU free memory: as given, else ``free_bytes`` in equal shares, else unknown."""
+    if device_free is not None or not gpu_names or free_bytes is None:
+        return device_free
+    return {g: free_bytes // len(gpu_names) for g in gpu_names}
 
 
 def _sized_by_fit(config: ServerConfig) -> bool:
@@ -226,42 +242,70 @@ def plan_laid_out(
     free_bytes: int | None,
     layout: Layout,
     quiet: bool = False,
+    device_free: Mapping[str, int] | None = None,
 ) -> MemoryPlan:
     """:func:`plan_memory` with the model's layout already computed (for many plans of one
     model); ``quiet`` leaves out the notes that only describe the configuration."""
-    rv = resolve(model, config, gpu_names)
+    rv = resolve(model, config, gpu_names, _device_free(gpu_names, free_bytes, device_free))
     notes = list(rv.notes)
     if config.n_ctx is not None and config.n_ctx < 0:
         return _empty_plan(config, rv, None, notes, (
             f"-c {config.n_ctx}: a negative context size; llama.cpp aborts "
             "(GGML_ASSERT(n_outputs >= 1) in llama-context.cpp)"
         ))  # fmt: skip
-    if _sized_by_fit(config):
-        verdict = check_config(model, config, rv, 0)  # before --fit sizes anything
-        rv = verdict.rv
-        notes.extend(verdict.notes)
-        if verdict.error:
-            return _empty_plan(config, rv, None, notes, verdict.error)
-        choice = fit_context(model, config, rv, layout, free_bytes)
-        n_ctx_req = choice.n_ctx
-        notes.append(choice.note)
-    else:
-        request = _requested_context(model, config, rv)
-        n_ctx_req = request.n_ctx_req
-        if request.note:
-            notes.append(request.note)
-        verdict = check_config(model, config, rv, n_ctx_req)
-        rv = verdict.rv
-        notes.extend(verdict.notes)
-        if verdict.error:
-            return _empty_plan(config, rv, context(model, config, rv, n_ctx_req), notes, verdict.error)
+    by_fit = _sized_by_fit(config)
+    request = _Request(0, None) if by_fit else _requested_context(model, config, rv)
+    if request.note:
+        notes.append(request.note)
+    verdict = check_config(model, config, rv, request.n_ctx_req)  # before --fit sizes anything
+    rv = verdict.rv
+    notes.extend(verdict.notes)
+    if verdict.error:
+        ctx = None if by_fit else context(model, config, rv, request.n_ctx_req)
+        return _empty_plan(config, rv, ctx, notes, verdict.error)
+    n_ctx_req = request.n_ctx_req
+    fitted: FitResult | None = None
+    if config.fit:
+        fitted = fit(model, config, rv, layout, n_ctx_req, None if rv.gpu_names else free_bytes)
+        rv, n_ctx_req = fitted.rv, fitted.n_ctx
+        notes.extend(fitted.notes)
+        if fitted.status == "layers":
+            notes = [n for n in notes if n != NGL_DEFAULT_NOTE]
     if not quiet:
         notes.extend(_config_notes(model, config, rv, layout))
     alloc = allocate(model, config, rv, layout, n_ctx_req)
     slots = _slot_capacity(model, config, rv, layout, alloc.ctx)
     if slots.note and not quiet:
         notes.append(slots.note)
-    return _assemble(config, rv, layout, alloc, slots.n_ctx_slot, notes)
+    plan = _assemble(config, rv, layout, alloc, slots.n_ctx_slot, notes)
+    return dataclasses.replace(plan, placement=_placement(model, config, rv, fitted))
+
+
+def _placement(model: ModelInfo, config: ServerConfig, rv: Resolved, fitted: FitResult | None) -> Placement:
+    """Layers per device, experts kept on the host, and how to pin what --fit chose."""
+    counts: dict[str, int] = {}
+    for il in range(model.n_layer_all + 1):
+        dev = layer_device(rv, model, il)
+        counts[dev] = counts.get(dev, 0) + 1
+    layers = tuple((g, counts[g]) for g in (*rv.gpu_names, "Host") if counts.get(g))
+    cpu_experts = sorted({
+        int(t.name.split(".")[1])
+        for t, dev in tensor_devices(model, config, rv)
+        if dev == "Host" and "_exps" in t.name and t.name.startswith("blk.")
+        and layer_device(rv, model, int(t.name.split(".")[1])) != "Host"
+    })  # fmt: skip
+    status = fitted.status if fitted else "off"
+    pinned: tuple[tuple[str, object], ...] = ()
+    summary = ""
+    if fitted and status == "layers":
+        summary = fitted.notes[-1].split(": ", 1)[1]
+        overrides = tuple(f"{p}={b}" for p, b in (rv.fit_overrides or ()))
+        pinned = (("n_gpu_layers", rv.n_gpu_layers),)
+        if rv.splits:
+            pinned += (("tensor_split", rv.splits),)
+        if overrides:
+            pinned += (("override_tensor", overrides),)
+    return Placement(rv.n_gpu_layers, layers, tuple(cpu_experts), status, summary, pinned)
 
 
 def budget_total(plan: MemoryPlan, gpu_names: Sequence[str]) -> int:
@@ -296,23 +340,57 @@ def max_context(
     memory_bytes: int,
     *,
     gpu_names: Sequence[str] = (),
+    device_free: Mapping[str, int] | None = None,
 ) -> int:
-    """The largest ``-c`` (multiple of 256 per stream) whose plan's total fits in
-    ``memory_bytes``; 0 when even the smallest context does not fit.
+    """The largest ``-c`` (multiple of 256 per stream) whose plan fits in ``memory_bytes``
+    (and on each GPU in its ``device_free``, when given); 0 when even the smallest context
+    does not fit.
 
-    The search stops at the trained context per slot (``n_ctx_train`` x slots): more
-    cells than that cannot be used by any slot.
+    The placement is the one llama-server would load with now: what ``--fit`` chose is
+    kept, so a larger context is not bought by moving more layers to the CPU. The search
+    stops at the trained context per slot (``n_ctx_train`` x slots): more cells than that
+    cannot be used by any slot.
     """
     lay = model_layout(model)
-    rv = resolve(model, config, gpu_names)
+    pinned = _pinned_config(model, config, gpu_names, device_free, lay)
+    rv = resolve(model, pinned, gpu_names, device_free)
     step = KV_PAD * rv.n_stream
     hi_ctx = max(model.n_ctx_train, KV_PAD) * rv.n_seq
     hi = max(1, hi_ctx // step)
 
     def fits(k: int) -> bool:
         plan = plan_laid_out(
-            model, config.replace(n_ctx=k * step), gpu_names=gpu_names, free_bytes=None, layout=lay, quiet=True
-        )
-        return plan.ok and budget_total(plan, gpu_names) <= memory_bytes
+            model, pinned.replace(n_ctx=k * step), gpu_names=gpu_names, free_bytes=None, layout=lay,
+            quiet=True, device_free=device_free,
+        )  # fmt: skip
+        return plan.ok and fits_devices(plan, memory_bytes, gpu_names, device_free)
 
     return largest_fitting(fits, hi) * step
+
+
+def _pinned_config(
+    model: ModelInfo,
+    config: ServerConfig,
+    gpu_names: Sequence[str],
+    device_free: Mapping[str, int] | None,
+    lay: Layout,
+) -> ServerConfig:
+    """``config`` with ``--fit``'s placement written out and ``--fit`` off."""
+    if not config.fit:
+        return config
+    plan = plan_laid_out(model, config, gpu_names=gpu_names, free_bytes=None, layout=lay, quiet=True,
+                         device_free=device_free)  # fmt: skip
+    changes: dict[str, object] = dict(plan.placement.pinned) if plan.placement else {}
+    changes["fit"] = False
+    return config.replace(**changes)
+
+
+def fits_devices(
+    plan: MemoryPlan, memory_bytes: int, gpu_names: Sequence[str], device_free: Mapping[str, int] | None
+) -> bool:
+    """Whether ``plan`` fits the budget: in total, and on each GPU in its free memory."""
+    if budget_total(plan, gpu_names) > memory_bytes:
+        return False
+    if device_free:
+        return all(d.total_bytes <= device_free[d.name] for d in plan.devices if d.name in device_free)
+    return True

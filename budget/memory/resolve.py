@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from kvwall.budget.config import ServerConfig
 from kvwall.budget.memory.layout import pad
 from kvwall.monitors.gguf import ModelInfo
 from kvwall.monitors.gguf.arch import RS_ROLLBACK_ARCHS
+
+NGL_DEFAULT_NOTE = "-ngl not given: all layers on the GPU (--fit may move some to the CPU)"
 
 _SPEC_TYPES_WITH_RS = ("draft-mtp", "draft-eagle3", "draft-dflash", "draft-dspark")
 
@@ -17,7 +19,12 @@ _SPEC_TYPES_WITH_RS = ("draft-mtp", "draft-eagle3", "draft-dflash", "draft-dspar
 class Resolved:
     """The resolved configuration of one plan, and the notes resolving it gave.
 
-    ``gpu_names`` holds llama.cpp device names (``CUDA0``), the offload targets.
+    ``gpu_names`` holds llama.cpp device names (``CUDA0``), the offload targets, in the
+    model's device order; ``device_free`` their free bytes as llama.cpp reads them (empty:
+    unknown). ``splits`` are the ``-ts`` shares, or the layer counts ``--fit`` chose; empty:
+    by free memory (equal shares when it is unknown). ``fit_overrides`` are the tensor
+    overrides ``--fit`` added (``(regex, buffer type)``, first match wins); they stand in
+    for the user's, which ``--fit`` never combines with its own.
     """
 
     n_seq: int
@@ -27,8 +34,10 @@ class Resolved:
     n_rs_seq: int
     n_gpu_layers: int  # resolved count incl. output layer
     gpu_names: tuple[str, ...]
-    splits: tuple[float, ...]  # -ts shares per GPU; empty = equal shares
+    splits: tuple[float, ...]
     notes: tuple[str, ...]
+    device_free: tuple[int, ...] = ()
+    fit_overrides: tuple[tuple[str, str], ...] | None = None
 
     @property
     def fa_effective(self) -> bool:
@@ -72,6 +81,7 @@ class _Offload:
     gpu_names: tuple[str, ...]
     splits: tuple[float, ...]
     n_gpu_layers: int
+    device_free: tuple[int, ...]
     notes: tuple[str, ...]
 
 
@@ -98,26 +108,41 @@ def _rollback_rows(model: ModelInfo, config: ServerConfig) -> int:
     return 0
 
 
-def _offload(model: ModelInfo, config: ServerConfig, gpu_names: Sequence[str]) -> _Offload:
-    """``-sm``, ``-ts``, ``-ngl``: the GPUs used, their shares and the offloaded layer count."""
-    notes: list[str] = []
+def _model_devices(config: ServerConfig, gpu_names: Sequence[str], notes: list[str]) -> tuple[str, ...]:
+    """The model's devices: ``-dev`` picks and orders them, ``-sm none`` keeps the ``-mg`` one."""
     gpus = tuple(gpu_names)
-    splits: tuple[float, ...] = ()
+    if config.device is not None:
+        wanted = [d.strip() for d in config.device.split(",") if d.strip()]
+        if wanted == ["none"]:
+            return ()
+        gpus = tuple(d for d in wanted if d in gpus or not gpus)
     if config.split_mode == "none" and len(gpus) > 1:
-        gpus = gpus[:1]
-        notes.append(f"-sm none: everything on the main GPU {gpus[0]} (-mg 0)")
-    elif config.split_mode == "tensor" and gpus:
+        index = config.main_gpu if 0 <= config.main_gpu < len(gpus) else 0
+        notes.append(f"-sm none: everything on the main GPU {gpus[index]} (-mg {index})")
+        return (gpus[index],)
+    if config.split_mode == "tensor" and gpus:
         notes.append(
             "-sm tensor: weights and KV shown split by layer; llama.cpp splits each tensor across the GPUs"
         )
+    return gpus
+
+
+def _offload(
+    model: ModelInfo, config: ServerConfig, gpu_names: Sequence[str], device_free: Mapping[str, int] | None
+) -> _Offload:
+    """``-dev``, ``-sm``, ``-mg``, ``-ts``, ``-ngl``: the GPUs used, their shares and the offloaded layers."""
+    notes: list[str] = []
+    gpus = _model_devices(config, gpu_names, notes)
+    free = tuple(device_free[g] for g in gpus) if device_free and all(g in device_free for g in gpus) else ()
+    splits: tuple[float, ...] = ()
     if len(gpus) > 1:
         ts = tuple(config.tensor_split[: len(gpus)]) + (0.0,) * (len(gpus) - len(config.tensor_split))
         if any(ts):
             splits = ts
-        else:
+        elif not free:
             notes.append(
                 f"layers split evenly over {', '.join(gpus)} (llama.cpp splits by free memory "
-                "when -ts is not given)"
+                "when -ts is not given, and that is unknown here)"
             )
     n_all = model.n_layer_all
     ngl = config.n_gpu_layers
@@ -126,13 +151,18 @@ def _offload(model: ModelInfo, config: ServerConfig, gpu_names: Sequence[str]) -
     elif ngl is None or ngl < 0:
         n_gpu_layers = n_all + 1
         if ngl is None:
-            notes.append("-ngl not given: all layers on the GPU (--fit may move some to the CPU)")
+            notes.append(NGL_DEFAULT_NOTE)
     else:
         n_gpu_layers = min(ngl, n_all + 1)
-    return _Offload(gpus, splits, n_gpu_layers, tuple(notes))
+    return _Offload(gpus, splits, n_gpu_layers, free, tuple(notes))
 
 
-def resolve(model: ModelInfo, config: ServerConfig, gpu_names: Sequence[str]) -> Resolved:
+def resolve(
+    model: ModelInfo,
+    config: ServerConfig,
+    gpu_names: Sequence[str],
+    device_free: Mapping[str, int] | None = None,
+) -> Resolved:
     """Resolve slots, flash attention, speculative rows and offload for one plan."""
     notes: list[str] = list(config.notes)
     slots = _slots(config)
@@ -141,7 +171,7 @@ def resolve(model: ModelInfo, config: ServerConfig, gpu_names: Sequence[str]) ->
     if fa != "off" and model.architecture == "grok":
         fa = "off"
         notes.append("flash attention forced off: llama.cpp does not support it with Grok")
-    offload = _offload(model, config, gpu_names)
+    offload = _offload(model, config, gpu_names, device_free)
     notes.extend(offload.notes)
     return Resolved(
         n_seq=slots.n_seq,
@@ -153,4 +183,5 @@ def resolve(model: ModelInfo, config: ServerConfig, gpu_names: Sequence[str]) ->
         gpu_names=offload.gpu_names,
         splits=offload.splits,
         notes=tuple(notes),
+        device_free=offload.device_free,
     )

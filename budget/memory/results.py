@@ -29,6 +29,31 @@ class DeviceBudget:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where llama-server puts the layers, after ``--fit``.
+
+    Attributes:
+        n_gpu_layers: layers offloaded (the output layer counts), as ``-ngl`` would say.
+        layers: (device, layers) in model order, ``Host`` last (the CPU's layers).
+        cpu_expert_layers: layers on a GPU whose expert tensors stay on the host.
+        fit: what ``--fit`` did: ``off``, ``unchanged``, ``context``, ``layers``, ``failed``
+            (it gave up; the command's own placement is loaded), ``not_simulated``
+            (the device memory is unknown).
+        summary: "llama-server will start with ..." when ``--fit`` moved anything, else "".
+        pinned: ServerConfig changes that reproduce the placement without ``--fit``
+            (``n_gpu_layers``, ``tensor_split``, ``override_tensor``); empty when ``--fit``
+            moved nothing.
+    """
+
+    n_gpu_layers: int
+    layers: tuple[tuple[str, int], ...]
+    cpu_expert_layers: tuple[int, ...]
+    fit: str
+    summary: str
+    pinned: tuple[tuple[str, object], ...] = ()
+
+
+@dataclass(frozen=True)
 class MemoryPlan:
     """The predicted allocation of one llama-server.
 
@@ -60,6 +85,7 @@ class MemoryPlan:
         kv_layers: layers that own a KV cache (as llama.cpp's "layers" count, SWA included).
         flash_attn_effective: whether attention runs with flash attention (after ``auto``).
         n_rs_seq: extra recurrent rows per sequence (speculative rollback).
+        placement: where the layers go (None for a refused plan).
     """
 
     n_ctx: int
@@ -90,6 +116,7 @@ class MemoryPlan:
     kv_layers: int = 0
     flash_attn_effective: bool = True
     n_rs_seq: int = 0
+    placement: Placement | None = None
 
     @property
     def ok(self) -> bool:

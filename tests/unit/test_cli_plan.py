@@ -271,7 +271,7 @@ def test_help_lists_every_option_and_exits_0(models):
 
 
 def test_plan_for_a_gpu_from_a_cpu_machine(models):
-    code, obj = run_json(str(models["llama"]), "-c", "4096", "-np", "1", "--gpus", "CUDA0", "--memory", "1G")
+    code, obj = run_json(str(models["llama"]), "-c", "4096", "-np", "1", "--gpus", "CUDA0", "--memory", "2G")
     assert code == 0
     rows = {d["name"]: d for d in obj["devices"]}
     assert set(rows) == {"CUDA0", "Host"} and rows["CUDA0"]["kv_bytes"] == obj["budget"]["kv_bytes"]
