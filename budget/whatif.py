@@ -68,6 +68,7 @@ def simulate(
     gpu_names: Sequence[str] = (),
     label: str | None = None,
     base: MemoryPlan | None = None,
+    device_free: Mapping[str, int] | None = None,
 ) -> WhatIf:
     """Apply ``changes`` (ServerConfig field names) and predict the result.
 
@@ -80,7 +81,7 @@ def simulate(
         config: the current configuration.
         changes: field -> new value, e.g. ``{"cache_type_k": "q8_0", "cache_type_v": "q8_0"}``.
         memory_bytes: the budget ``max_ctx`` is searched against.
-        gpu_names: as for :func:`kvwall.budget.memory.plan_memory`.
+        gpu_names, device_free: as for :func:`kvwall.budget.memory.plan_memory`.
         label: the row label; default derived from ``changes``.
         base: the current plan, if already computed.
 
@@ -89,16 +90,16 @@ def simulate(
     """
     lay = model_layout(model)
     if base is None:
-        base = plan_laid_out(model, config, gpu_names=gpu_names, free_bytes=None, layout=lay)
+        base = plan_laid_out(model, config, gpu_names=gpu_names, free_bytes=None, layout=lay, device_free=device_free)
     applied: Changes = dict(changes)
     if "n_ctx" not in applied and base.ok:
         # The user's own -c when given: llama.cpp derives more than the cells from it
         # (``-c 8`` also caps the batch sizes), so the padded cell count would not agree.
         applied["n_ctx"] = config.n_ctx if config.n_ctx is not None else base.n_ctx
     new_config = config.replace(**applied)
-    plan = plan_laid_out(model, new_config, gpu_names=gpu_names, free_bytes=None, layout=lay)
+    plan = plan_laid_out(model, new_config, gpu_names=gpu_names, free_bytes=None, layout=lay, device_free=device_free)
     saves = (budget_total(base, gpu_names) - budget_total(plan, gpu_names)) if plan.ok and base.ok else 0
-    best = max_context(model, new_config, memory_bytes, gpu_names=gpu_names) if plan.ok else 0
+    best = max_context(model, new_config, memory_bytes, gpu_names=gpu_names, device_free=device_free) if plan.ok else 0
     command = render_command(config.command_line(**applied))
     return WhatIf(
         label=label or _label(applied, config),
@@ -194,6 +195,7 @@ def what_if_table(
     memory_bytes: int,
     gpu_names: Sequence[str] = (),
     extra_cache_types: Sequence[str] = (),
+    device_free: Mapping[str, int] | None = None,
 ) -> list[WhatIf]:
     """The standard what-if grid: cache types f16/q8_0/q4_0 (+ extras) crossed with the
     current slot count and fewer slots (half, one fewer, one).
@@ -212,7 +214,7 @@ def what_if_table(
         if t not in CACHE_TYPES:
             raise ValueError(f"Unsupported cache type: {t} (allowed: {', '.join(CACHE_TYPES)})")
     lay = model_layout(model)
-    base = plan_laid_out(model, config, gpu_names=gpu_names, free_bytes=None, layout=lay)
+    base = plan_laid_out(model, config, gpu_names=gpu_names, free_bytes=None, layout=lay, device_free=device_free)
     types = list(dict.fromkeys(["f16", "q8_0", "q4_0", *extra_cache_types]))
     if not lay.kv_layers:  # recurrent only: the cache type changes nothing
         types = [config.cache_type_k]
@@ -223,5 +225,6 @@ def what_if_table(
             if n != n_now and base.ok and rows and rows[-1].refused and rows[-1].plan.n_seq == n_now:
                 break  # refused for the cache type: fewer slots cannot help, one row says it
             changes = _row_changes(config, base, t, n)
-            rows.append(simulate(model, config, changes, memory_bytes=memory_bytes, gpu_names=gpu_names, base=base))
+            rows.append(simulate(model, config, changes, memory_bytes=memory_bytes, gpu_names=gpu_names, base=base,
+                                 device_free=device_free))  # fmt: skip
     return rows
