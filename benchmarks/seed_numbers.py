@@ -24,39 +24,35 @@ from pathlib import Path
 
 from kvwall.app.demo.realshapes import write_header
 from kvwall.budget.cmdline.parse import parse_command_line
-from kvwall.budget.memory import MemoryPlan, budget_total, max_context, plan_memory
+from kvwall.budget.memory import DeviceBudget, MemoryPlan, max_context, plan_memory
 from kvwall.budget.units import format_bytes, parse_size
 from kvwall.monitors.gguf import ModelInfo, read_model
 
-GPU = ("CUDA0",)
+GPU = "CUDA0"
 FREE_AFTER_WEIGHTS = parse_size("34GiB")  # the seed's "34 GB free" (see the notes)
 H200 = parse_size("141GB")  # the spec sheet's capacity
 GPU_16GB = parse_size("16GiB")  # a "16 GB" card holds 16 GiB
-FIT_MARGIN = parse_size("1024MiB")  # what llama-server's --fit leaves free (-fitt default)
 Q8 = ("-ctk", "q8_0", "-ctv", "q8_0", "-fa", "on")
 BEGIN, END = "<!-- seed-numbers:begin -->", "<!-- seed-numbers:end -->"
 
 
-def plan(model: ModelInfo, args: Sequence[str], *, gpu: bool = False, free: int | None = None) -> MemoryPlan:
-    """``plan_memory`` of ``llama-server -m MODEL ARGS`` (on one CUDA GPU when ``gpu``)."""
+def plan(model: ModelInfo, args: Sequence[str], *, free: int | None = None) -> MemoryPlan:
+    """``plan_memory`` of ``llama-server -m MODEL ARGS`` on one CUDA GPU; with ``free``
+    bytes free on it, ``--fit`` places the model as llama-server would."""
     config = parse_command_line(["llama-server", "-m", model.path, *args])
-    return plan_memory(model, config, gpu_names=GPU if gpu else (), free_bytes=free)
+    device_free = {GPU: free} if free is not None else None
+    return plan_memory(model, config, gpu_names=(GPU,), device_free=device_free)
 
 
-def context_fitting(model: ModelInfo, args: Sequence[str], memory_bytes: int) -> int:
-    """``max_context``: the largest ``-c`` whose plan on the GPU fits ``memory_bytes``."""
+def context_fitting(model: ModelInfo, args: Sequence[str], free: int) -> int:
+    """``max_context``: the largest ``-c`` whose plan fits the GPU's ``free`` bytes."""
     config = parse_command_line(["llama-server", "-m", model.path, *args])
-    return max_context(model, config, memory_bytes, gpu_names=GPU)
+    return max_context(model, config, free, gpu_names=(GPU,), device_free={GPU: free})
 
 
-def device(p: MemoryPlan, name: str) -> int:
-    """Total bytes the plan puts on device ``name``."""
-    return next(d.total_bytes for d in p.devices if d.name == name)
-
-
-def device_compute(p: MemoryPlan, name: str) -> int:
-    """Compute-buffer bytes the plan puts on device ``name``."""
-    return next(d.compute_bytes for d in p.devices if d.name == name)
+def device(p: MemoryPlan, name: str) -> DeviceBudget:
+    """The plan's row for device ``name``."""
+    return next(d for d in p.devices if d.name == name)
 
 
 # ---------------------------------------------------------------------------------------
@@ -85,11 +81,11 @@ class Dense70B:
 
 def dense_70b(model: ModelInfo) -> Dense70B:
     one = ("-np", "1")
-    at_128k = plan(model, ("-c", "131072", *one), gpu=True)
-    q8 = plan(model, ("-c", "131072", *one, *Q8), gpu=True)
+    at_128k = plan(model, ("-c", "131072", *one))
+    q8 = plan(model, ("-c", "131072", *one, *Q8))
     # the GPU holds the weights and has 34 GiB left: KV and compute buffers share it
-    budget = next(d.weights_bytes for d in at_128k.devices if d.name == "CUDA0") + FREE_AFTER_WEIGHTS
-    agents = plan(model, ("-np", "4", "-c", str(4 * 131072)), gpu=True)
+    free = device(at_128k, GPU).weights_bytes + FREE_AFTER_WEIGHTS
+    agents = plan(model, ("-np", "4", "-c", str(4 * 131072)))
     return Dense70B(
         weights_bytes=at_128k.weights_bytes,
         kv_128k_bytes=at_128k.kv_bytes,
@@ -97,60 +93,70 @@ def dense_70b(model: ModelInfo) -> Dense70B:
         kv_per_token_q8_0=int(q8.kv_bytes_per_cell),
         kv_only_tokens_f16=int(FREE_AFTER_WEIGHTS // at_128k.kv_bytes_per_cell),
         kv_only_tokens_q8_0=int(FREE_AFTER_WEIGHTS // q8.kv_bytes_per_cell),
-        plan_tokens_f16=context_fitting(model, one, budget),
-        plan_tokens_q8_0_one_slot=context_fitting(model, (*one, *Q8), budget),
-        plan_tokens_q8_0_two_slots=context_fitting(model, ("-np", "2", "-kvu", *Q8), budget),
+        plan_tokens_f16=context_fitting(model, one, free),
+        plan_tokens_q8_0_one_slot=context_fitting(model, (*one, *Q8), free),
+        plan_tokens_q8_0_two_slots=context_fitting(model, ("-np", "2", "-kvu", *Q8), free),
         n_ctx_train=model.n_ctx_train,
         agents_kv_bytes=agents.kv_bytes,
-        agents_gpu_bytes=budget_total(agents, GPU),
+        agents_gpu_bytes=device(agents, GPU).total_bytes,
         h200_tokens_per_agent_f16=context_fitting(model, ("-np", "4"), H200) // 4,
         h200_tokens_per_agent_q8_0=context_fitting(model, ("-np", "4", *Q8), H200) // 4,
     )
 
 
 @dataclass(frozen=True)
+class Fitted:
+    """What ``--fit`` makes of one command on the 16 GiB GPU."""
+
+    n_ctx: int
+    cpu_expert_layers: int
+    gpu_bytes: int
+    host_bytes: int
+    summary: str
+
+
+def fitted(model: ModelInfo, args: Sequence[str]) -> Fitted:
+    p = plan(model, args, free=GPU_16GB)
+    assert p.placement is not None, p.errors
+    return Fitted(
+        n_ctx=p.n_ctx,
+        cpu_expert_layers=len(p.placement.cpu_expert_layers),
+        gpu_bytes=device(p, GPU).total_bytes,
+        host_bytes=device(p, "Host").total_bytes,
+        summary=p.placement.summary,
+    )
+
+
+@dataclass(frozen=True)
 class MoeOn16GB:
-    """The Qwen3.6-35B-A3B shape on a 16 GiB GPU: all experts on the CPU, or just enough."""
+    """The Qwen3.6-35B-A3B shape on a 16 GiB GPU: every expert on the CPU, or ``--fit``'s
+    choice with the trained context asked for, or with llama-server's defaults."""
 
     weights_bytes: int
     n_layer: int
+    n_ctx_train: int
     n_kv_layers: int
     recurrent_bytes: int
-    fit_ctx_all_experts_cpu: int
-    gpu_bytes_all_experts_cpu: int
-    host_bytes_all_experts_cpu: int
-    n_cpu_moe: int
-    ctx_n_cpu_moe: int
-    gpu_bytes_n_cpu_moe: int
-    host_bytes_n_cpu_moe: int
     gpu_bytes_no_offload: int
+    all_experts_cpu: Fitted
+    full_context: Fitted
+    defaults: Fitted
 
 
 def moe_on_16gb(model: ModelInfo) -> MoeOn16GB:
     one = ("-np", "1")
-    # no -c: --fit picks the context from the 16 GiB it sees
-    cpu_experts = plan(model, (*one, "-ot", "exps=CPU"), gpu=True, free=GPU_16GB)
     full = ("-c", str(model.n_ctx_train), *one)
-    # the fewest layers whose experts go to the CPU for the full context to fit, --fit's
-    # margin kept free
-    n = next(
-        n for n in range(model.n_layer + 1)
-        if context_fitting(model, (*one, "--n-cpu-moe", str(n)), GPU_16GB - FIT_MARGIN) >= model.n_ctx_train
-    )  # fmt: skip
-    some = plan(model, (*full, "--n-cpu-moe", str(n)), gpu=True)
+    everything = plan(model, (*full, "-fit", "off"))
     return MoeOn16GB(
-        weights_bytes=cpu_experts.weights_bytes,
+        weights_bytes=everything.weights_bytes,
         n_layer=model.n_layer,
-        n_kv_layers=cpu_experts.kv_layers,
-        recurrent_bytes=cpu_experts.recurrent_bytes,
-        fit_ctx_all_experts_cpu=cpu_experts.n_ctx,
-        gpu_bytes_all_experts_cpu=device(cpu_experts, "CUDA0"),
-        host_bytes_all_experts_cpu=device(cpu_experts, "Host"),
-        n_cpu_moe=n,
-        ctx_n_cpu_moe=some.n_ctx,
-        gpu_bytes_n_cpu_moe=device(some, "CUDA0"),
-        host_bytes_n_cpu_moe=device(some, "Host"),
-        gpu_bytes_no_offload=device(plan(model, full, gpu=True), "CUDA0"),
+        n_ctx_train=model.n_ctx_train,
+        n_kv_layers=everything.kv_layers,
+        recurrent_bytes=everything.recurrent_bytes,
+        gpu_bytes_no_offload=device(everything, GPU).total_bytes,
+        all_experts_cpu=fitted(model, (*one, "-ot", "exps=CPU")),
+        full_context=fitted(model, full),
+        defaults=fitted(model, one),
     )
 
 
@@ -171,16 +177,16 @@ class MlaCompute:
 
 def mla_compute(model: ModelInfo) -> MlaCompute:
     args = ("-np", "1", "-c", "131072", "-fa", "on", "-ot", "exps=CPU")
-    f16 = plan(model, args, gpu=True)
-    q8 = plan(model, (*args, *Q8), gpu=True)
+    f16 = plan(model, args)
+    q8 = plan(model, (*args, *Q8))
     return MlaCompute(
         n_ctx=f16.n_ctx,
         kv_f16_bytes=f16.kv_bytes,
         kv_q8_0_bytes=q8.kv_bytes,
-        gpu_compute_f16=device_compute(f16, "CUDA0"),
-        gpu_compute_q8_0=device_compute(q8, "CUDA0"),
-        host_compute_f16=device_compute(f16, "Host"),
-        host_compute_q8_0=device_compute(q8, "Host"),
+        gpu_compute_f16=device(f16, GPU).compute_bytes,
+        gpu_compute_q8_0=device(q8, GPU).compute_bytes,
+        host_compute_f16=device(f16, "Host").compute_bytes,
+        host_compute_q8_0=device(q8, "Host").compute_bytes,
         # MLA keeps one K row per cell and layer; V is a view of it
         k_layer_f16_bytes=f16.kv_bytes // f16.kv_layers,
         k_layer_q8_0_bytes=q8.kv_bytes // q8.kv_layers,
@@ -250,12 +256,15 @@ def _table(f: Figures) -> list[str]:
          f"4 × {tokens(d.h200_tokens_per_agent_q8_0)} at q8_0",
          "`-np 4 -c 524288`; 141 GB GPU"),
         ("A Qwen3.6-35B-A3B-shaped MoE on 16 GB, with experts offloaded",
-         f"all experts on the CPU: GPU {format_bytes(q.gpu_bytes_all_experts_cpu)}, host "
-         f"{format_bytes(q.host_bytes_all_experts_cpu)}, `--fit` keeps "
-         f"{tokens(q.fit_ctx_all_experts_cpu)} tokens; the experts of {q.n_cpu_moe} of "
-         f"{q.n_layer} layers on the CPU: GPU {format_bytes(q.gpu_bytes_n_cpu_moe)}, host "
-         f"{format_bytes(q.host_bytes_n_cpu_moe)}, {tokens(q.ctx_n_cpu_moe)} tokens",
-         f"16 GiB GPU, `-np 1`; `-ot exps=CPU`; `--n-cpu-moe {q.n_cpu_moe}`"),
+         f"every expert on the CPU: GPU {format_bytes(q.all_experts_cpu.gpu_bytes)}, host "
+         f"{format_bytes(q.all_experts_cpu.host_bytes)}, `--fit` keeps "
+         f"{tokens(q.all_experts_cpu.n_ctx)} tokens; asked for the trained context, `--fit` "
+         f"moves the experts of {q.full_context.cpu_expert_layers} of {q.n_layer} layers: GPU "
+         f"{format_bytes(q.full_context.gpu_bytes)}, host {format_bytes(q.full_context.host_bytes)}, "
+         f"{tokens(q.full_context.n_ctx)} tokens; with no `-c`, it shrinks the context to "
+         f"{tokens(q.defaults.n_ctx)} first, then moves the experts of "
+         f"{q.defaults.cpu_expert_layers} layers",
+         f"16 GiB free on CUDA0, `-np 1`; `-ot exps=CPU`; `-c {q.n_ctx_train}`; no `-c`"),
         ("A DeepSeek compute buffer shrinks when the KV cache goes from f16 to q8_0 under "
          "flash attention",
          f"not predicted: GPU compute buffer {format_bytes(m.gpu_compute_f16)} at f16, "
@@ -274,7 +283,8 @@ def _notes(f: Figures) -> list[str]:
         f"- **GB and GiB.** llama.cpp prints MiB and GiB (powers of 1024); disk sizes and "
         f"spec sheets say GB (powers of 1000). The 128k cache is {tokens(d.kv_128k_bytes)} "
         f"bytes: {format_bytes(d.kv_128k_bytes)}, or {gb(d.kv_128k_bytes)}, so the seed's "
-        "40 GiB and 43 GB are the same cache.",
+        "40 GiB and 43 GB are the same cache. A \"16 GB\" graphics card holds 16 GiB (its "
+        "memory chips come in powers of two); the H200 is taken at its spec sheet's 141 GB.",
         f"- **109k and 218k.** 34 GiB over {format_bytes(d.kv_per_token_f16)} a token is "
         f"{tokens(d.kv_only_tokens_f16)} tokens, 109k in units of 1,024: the seed's 34 GB is "
         "34 GiB. Its 218k doubles that, as if q8_0 took 8 bits a value; a q8_0 block is 34 "
@@ -288,11 +298,12 @@ def _notes(f: Figures) -> list[str]:
         f"heads of 256) and the others Gated DeltaNet state ({format_bytes(q.recurrent_bytes)} "
         "a slot, whatever the context); 256 experts (8 used) of width 512 and a shared "
         "expert in every layer. The trained context is cheap; the weights "
-        f"({format_bytes(q.weights_bytes)}) are the "
-        f"problem: without offload the GPU would need {format_bytes(q.gpu_bytes_no_offload)}. "
-        f"`--n-cpu-moe {q.n_cpu_moe}` is the fewest expert layers on the CPU that fit the whole "
-        "context with `--fit`'s 1 GiB margin left free; each expert layer kept on the GPU "
-        "runs at GPU memory bandwidth instead of the host's.",
+        f"({format_bytes(q.weights_bytes)}) are the problem: without offload the GPU would "
+        f"need {format_bytes(q.gpu_bytes_no_offload)}. With `-c {q.n_ctx_train}` kvwall's "
+        f"`--fit` (common/fit.cpp's steps) says \"{q.full_context.summary}\"; each expert "
+        "layer kept on the GPU runs at GPU memory bandwidth instead of the host's. Without "
+        "`-c`, `--fit` shrinks the context to its minimum before it moves a layer: "
+        f"\"{q.defaults.summary}\". Give `-c`.",
         "- **DeepSeek's compute buffer.** kvwall's compute estimate has no cache-type term, "
         "and llama.cpp b11434 agrees where its graph is concerned: with flash attention, "
         "`build_attn_mha` hands the cache's K and V views to `ggml_flash_attn_ext` as they "
@@ -302,13 +313,14 @@ def _notes(f: Figures) -> list[str]:
         "other way: for prompt batches its tile and MMA kernels need f16 K/V, and "
         "`ggml_cuda_flash_attn_ext_get_alloc_size` adds an f16 copy of the K view (V, a view "
         "of K, shares it) to the flash-attention node, inside the compute buffer: about "
-        f"{format_bytes(m.k_layer_f16_bytes)} more at q8_0 for this context, a growth. A "
-        "compute buffer shrinks with the cache type only when attention runs on another "
-        "device than the cache (the op falls back to the CPU for a head size or type its "
-        "backend lacks): the scheduler then copies each layer's K view into that device's "
-        f"compute buffer in the cache's type, {format_bytes(m.k_layer_f16_bytes)} at f16 and "
-        f"{format_bytes(m.k_layer_q8_0_bytes)} at q8_0. kvwall models neither, and neither "
-        "could be measured here (no CUDA device).",
+        f"{format_bytes(m.k_layer_f16_bytes)} more at q8_0 for this context: a growth. The "
+        "one path found in the source where a compute buffer shrinks with the cache type is "
+        "attention running on another device than the cache (the op falls back to the CPU "
+        "for a head size or type its backend lacks): the scheduler then copies the K view "
+        "into that device's compute buffer in the cache's type, "
+        f"{format_bytes(m.k_layer_f16_bytes)} at f16 and {format_bytes(m.k_layer_q8_0_bytes)} "
+        "at q8_0 for one layer. kvwall models neither, and neither could be measured here "
+        "(no CUDA device), so the report is not reproduced.",
         "- **The models.** Header-only GGUFs (`kvwall.app.demo.realshapes`): each model's "
         "public config.json as llama.cpp's converter writes it, the tensor types "
         "`llama-quantize Q4_K_M` picks, no tensor data. DeepSeek-V3 and R1 share the shape. "

@@ -45,10 +45,16 @@ def test_the_seeds_figures_come_out_of_the_plans(figures):
     assert d.plan_tokens_q8_0_two_slots < d.kv_only_tokens_q8_0
     assert d.agents_kv_bytes == 4 * d.kv_128k_bytes > seed_numbers.H200
     assert d.h200_tokens_per_agent_f16 < d.h200_tokens_per_agent_q8_0
-    # the MoE: experts on the CPU leave the GPU far under 16 GiB; keeping some on it fills it
-    assert q.gpu_bytes_all_experts_cpu < q.gpu_bytes_n_cpu_moe <= seed_numbers.GPU_16GB
-    assert q.host_bytes_n_cpu_moe < q.host_bytes_all_experts_cpu
-    assert 0 < q.n_cpu_moe < q.n_layer and q.gpu_bytes_no_offload > seed_numbers.GPU_16GB
+    # the MoE: it does not fit without offload; every expert on the CPU leaves the GPU far
+    # under 16 GiB, and --fit keeps as many on it as fit with the trained context
+    assert q.gpu_bytes_no_offload > seed_numbers.GPU_16GB
+    assert q.all_experts_cpu.cpu_expert_layers == q.n_layer
+    assert q.all_experts_cpu.gpu_bytes < q.full_context.gpu_bytes <= seed_numbers.GPU_16GB
+    assert q.full_context.host_bytes < q.all_experts_cpu.host_bytes
+    assert 0 < q.full_context.cpu_expert_layers < q.n_layer
+    assert q.all_experts_cpu.n_ctx == q.full_context.n_ctx == q.n_ctx_train
+    # with no -c, --fit gives up context before it moves any expert
+    assert q.defaults.n_ctx < q.n_ctx_train and q.defaults.cpu_expert_layers < q.full_context.cpu_expert_layers
     # DeepSeek: q8_0 halves (about) the KV cache and leaves the modelled compute buffers
     assert m.kv_q8_0_bytes < m.kv_f16_bytes
     assert (m.gpu_compute_f16, m.host_compute_f16) == (m.gpu_compute_q8_0, m.host_compute_q8_0)
