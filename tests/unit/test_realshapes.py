@@ -11,9 +11,17 @@ from kvwall.app.demo.realshapes import SHAPES, header, write_header
 from kvwall.monitors.gguf import read_model
 
 
+@pytest.fixture
+def folder(tmp_path):
+    """A folder whose header files (hundreds of GB claimed, sparse) are removed afterwards."""
+    yield tmp_path
+    for path in tmp_path.glob("*.gguf"):
+        path.unlink()
+
+
 @pytest.mark.parametrize("key", list(SHAPES))
-def test_header_claims_the_real_size_and_costs_almost_nothing_on_disk(tmp_path, key):
-    path = write_header(key, tmp_path / f"{key}.gguf")
+def test_header_claims_the_real_size_and_costs_almost_nothing_on_disk(folder, key):
+    path = write_header(key, folder / f"{key}.gguf")
     model = read_model(str(path))  # kvwall's reader checks every tensor lies inside the file
     st = os.stat(path)
     assert st.st_blocks * 512 < 1 << 20  # a sparse hole, not gigabytes of zeros
@@ -25,8 +33,8 @@ def test_header_claims_the_real_size_and_costs_almost_nothing_on_disk(tmp_path, 
     assert model.file_type == "MOSTLY_Q4_K_M"
 
 
-def test_gguf_py_reads_the_same_table(tmp_path):
-    path = write_header("llama-3.1-70b", tmp_path / "l.gguf")
+def test_gguf_py_reads_the_same_table(folder):
+    path = write_header("llama-3.1-70b", folder / "l.gguf")
     ours = read_model(str(path))
     ref = gguf.GGUFReader(str(path))
     assert [(t.name, t.tensor_type.name.lower(), int(t.n_bytes)) for t in ref.tensors] == [
@@ -35,16 +43,16 @@ def test_gguf_py_reads_the_same_table(tmp_path):
     assert ref.fields["llama.block_count"].contents() == ours.n_layer_all == 80
 
 
-def test_the_hybrid_moe_has_kv_only_in_its_attention_layers(tmp_path):
-    model = read_model(str(write_header("qwen3.6-35b-a3b", tmp_path / "q.gguf")))
+def test_the_hybrid_moe_has_kv_only_in_its_attention_layers(folder):
+    model = read_model(str(write_header("qwen3.6-35b-a3b", folder / "q.gguf")))
     attention = [il for il, recurrent in enumerate(model.recurrent_layers) if not recurrent]
     assert attention == list(range(3, model.n_layer_all, 4))
     assert all(f"blk.{il}.attn_k.weight" in {t.name for t in model.tensors} for il in attention)
     assert model.n_expert == 256 and model.n_expert_used == 8
 
 
-def test_deepseek_is_read_as_mla(tmp_path):
-    model = read_model(str(write_header("deepseek-v3", tmp_path / "d.gguf")))
+def test_deepseek_is_read_as_mla(folder):
+    model = read_model(str(write_header("deepseek-v3", folder / "d.gguf")))
     assert model.is_mla and model.kv_lora_rank == 512
     assert (model.head_k, model.n_head_kv[0]) == (512 + 64, 1)  # the latent and the rope part
 
