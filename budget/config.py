@@ -58,6 +58,7 @@ class ServerConfig:
         tensor_split: ``-ts`` proportions, empty = by free memory.
         main_gpu: ``-mg``, the device index ``-sm none`` keeps everything on.
         device: ``-dev`` as given (``Vulkan0,Vulkan1``, ``none``); None = every GPU.
+        load_mode: ``-lm`` (``auto``, ``mmap``, ``none``...); None = auto (mmap).
         unknown_flags: arguments this build of llama-server does not know (it would
             refuse them); kept in argv, ignored by the model.
         notes: parse-time remarks for the user (``-c 8k`` is read as 8 by llama-server,
@@ -106,6 +107,7 @@ class ServerConfig:
     tensor_split: tuple[float, ...] = ()
     main_gpu: int = 0
     device: str | None = None
+    load_mode: str | None = None
     unknown_flags: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
 

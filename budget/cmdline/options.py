@@ -89,6 +89,7 @@ FIELD_OPTIONS: dict[str, FieldOption] = {
     "tensor_split": FieldOption("--tensor-split", "tensor_split"),
     "main_gpu": FieldOption("--main-gpu", "int"),
     "device": FieldOption("--device", "str"),
+    "load_mode": FieldOption("--load-mode", "str"),
 }
 
 _N_VALUES: dict[OptionKind, int] = {"void": 0, "bool": 0, "int": 1, "str": 1, "str2": 2}

@@ -176,16 +176,30 @@ def tensor_devices(model: ModelInfo, config: ServerConfig, rv: Resolved) -> Iter
         yield t, dev
 
 
+_MMAP_MODES = (None, "auto", "mmap", "mmap+mlock")
+
+
 def _weights(model: ModelInfo, config: ServerConfig, rv: Resolved) -> dict[str, int]:
+    """Model buffer bytes per device. With mmap (the default) the host's buffer of each
+    file is the mapped range from its first to its last host tensor, gaps included
+    (llama_model_loader::get_mapping_range), as llama.cpp reports it."""
     out: dict[str, int] = {}
+    spans: dict[int, tuple[int, int]] = {}
+    mmap = config.load_mode in _MMAP_MODES
     has_output = False
     embd_bytes = 0
     for t, dev in tensor_devices(model, config, rv):
-        out[dev] = out.get(dev, 0) + t.n_bytes
+        if dev == "Host" and mmap:
+            first, last = spans.get(t.shard, (t.offset, t.offset + t.n_bytes))
+            spans[t.shard] = (min(first, t.offset), max(last, t.offset + t.n_bytes))
+        else:
+            out[dev] = out.get(dev, 0) + t.n_bytes
         if t.name.startswith("token_embd."):
             embd_bytes += t.n_bytes
         elif t.name.startswith("output.weight"):
             has_output = True
+    if spans:
+        out["Host"] = out.get("Host", 0) + sum(last - first for first, last in spans.values())
     output_dev = layer_device(rv, model, model.n_layer_all)
     if not has_output and output_dev != "Host" and embd_bytes:
         # tied embeddings: llama.cpp duplicates token_embd onto the output device

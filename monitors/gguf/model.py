@@ -31,6 +31,8 @@ class TensorInfo:
         shape: ggml order (ne0 first), as stored in the file.
         n_bytes: bytes of tensor data (blocks * type size).
         shard: index of the file (0-based) in ``ModelInfo.paths`` holding the data.
+        offset: where the data starts in that file's data section (mmap'd CPU buffers
+            span from a file's first to its last tensor on the host).
     """
 
     name: str
@@ -39,6 +41,7 @@ class TensorInfo:
     shape: tuple[int, ...]
     n_bytes: int
     shard: int = 0
+    offset: int = 0
 
 
 @dataclass(frozen=True)

@@ -107,12 +107,14 @@ RawValue: TypeAlias = Scalar | tuple[Scalar, ...] | SkippedArray | SkippedString
 
 
 class RawTensor(NamedTuple):
-    """One tensor-table entry as parsed: name, ggml type, ggml-order shape, data bytes."""
+    """One tensor-table entry as parsed: name, ggml type, ggml-order shape, data bytes, and
+    the data offset (from the start of the file's data section)."""
 
     name: str
     ggml_type: int
     shape: tuple[int, ...]
     n_bytes: int
+    offset: int = 0
 
 
 @dataclass
@@ -623,7 +625,7 @@ def _read_tensor_table(p: Parser, n_tensors: int) -> list[_TensorEntry]:
         (ttype,) = p.unpack(type_i32, f"type of tensor '{name}'")
         n_bytes = _data_bytes(p, name, ttype, shape, n_elements)
         (offset,) = p.unpack(offset_u64, f"data offset of tensor '{name}'")
-        entries.append(_TensorEntry(RawTensor(name, ttype, shape, n_bytes), offset))
+        entries.append(_TensorEntry(RawTensor(name, ttype, shape, n_bytes, offset), offset))
     return entries
 
 

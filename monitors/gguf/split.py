@@ -39,7 +39,7 @@ def tensor_table(raw: RawGGUF, shard: int) -> list[TensorInfo]:
     for t in raw.tensors:
         info = type_info(t.ggml_type)
         assert info is not None  # checked while parsing
-        out.append(TensorInfo(t.name, info[0], t.ggml_type, t.shape, t.n_bytes, shard))
+        out.append(TensorInfo(t.name, info[0], t.ggml_type, t.shape, t.n_bytes, shard, t.offset))
     return out
 
 
