@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import IO
 
 from kvwall.monitors.files import read_user_file
-from kvwall.monitors.nvml import cuda_ordinals
 from kvwall.monitors.snapshot import DeviceMemory
 
 log = logging.getLogger(__name__)
@@ -684,6 +683,9 @@ def monitor_names(memory: Iterable[DeviceMemory], env: Mapping[str, str]
     as ``HIP_VISIBLE_DEVICES`` does (the monitors number them with kvwall's own
     environment); an Apple GPU is ``MTL0``.
     """
+    # imported here: `kvwall plan` with a binary's answer never needs NVML (nor psutil)
+    from kvwall.monitors.nvml import cuda_ordinals
+
     pools = [d for d in memory if d.kind != "host"]
     nvidia = [d for d in pools if d.kind == "nvidia"]
     amd = [d for d in pools if d.kind == "amd"]

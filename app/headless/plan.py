@@ -390,15 +390,16 @@ def _detect_budget(args: _Args) -> _Budget:
         return _Budget(total, names, total, "--memory", devices, free or None, found)
     from kvwall.monitors.hostmem import read_host_pool
 
-    host = read_host_pool()
     if names:
         known = [free[n] for n in names if n in free]
         if known:
             total = sum(known)
             return _Budget(total, names, total, _free_words(devices), devices, free, found)
+        host = read_host_pool()
         return _Budget(host.available_bytes, names, None,
                        "available host RAM now (GPU memory unknown)", devices, None, found)
     # CPU-only: --fit compares against the host's total RAM (common/fit.cpp)
+    host = read_host_pool()
     return _Budget(host.available_bytes, (), host.total_bytes, "available host RAM now",
                    (), None, found)
 
