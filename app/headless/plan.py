@@ -270,6 +270,7 @@ class _Budget:
     # device_free (None: unknown; the lead's memory model takes it next)
     device_free: Mapping[str, int] | None = None
     found: LlamaDevices | None = None  # what the binary (or kvwall's monitors) reported
+    notes: tuple[str, ...] = ()  # what the budget assumed, for the assumptions
 
 
 def _gpu_present(root: str = "/") -> bool:
@@ -387,7 +388,12 @@ def _detect_budget(args: _Args) -> _Budget:
     if args.device_memory is not None or args.memory is not None:
         total = args.memory if args.memory is not None else sum(
             args.device_memory.values() if args.device_memory else ())
-        return _Budget(total, names, total, "--memory", devices, free or None, found)
+        notes: tuple[str, ...] = ()
+        if args.memory is not None and len(devices) > 1:
+            notes = ("--memory shared by " + ", ".join(
+                f"{d.name} {format_bytes(d.free_bytes)}" for d in devices)
+                + " (in proportion to their free memory; equally when it is unknown)",)
+        return _Budget(total, names, total, "--memory", devices, free or None, found, notes)
     from kvwall.monitors.hostmem import read_host_pool
 
     if names:
@@ -823,9 +829,10 @@ def _device_assumptions(budget: _Budget, cmd_env: Mapping[str, str]) -> list[str
 
     found = budget.found
     if found is None or (found.binary is None and not found.devices and found.error is None):
-        return []
+        return list(budget.notes)
     if found.error is not None:
-        return [sanitize(f"{found.error}: devices from {found.source} instead", 300)]
+        return [sanitize(f"{found.error}: devices from {found.source} instead", 300),
+                *budget.notes]
     listed = "; ".join(
         sanitize(f"{d.name} {d.description}, {format_bytes(d.total_bytes)}"
                  + (f", {format_bytes(d.free_bytes)} free" if d.free_bytes is not None else ""),
@@ -838,7 +845,7 @@ def _device_assumptions(budget: _Budget, cmd_env: Mapping[str, str]) -> list[str
     if found.cached and budget.source != "--memory":
         out.append("free memory as of the cached answer (kvwall asks the binary again when it "
                    "or its device variables change, or after a day)")
-    return out
+    return out + list(budget.notes)
 
 
 def _silence_stdout() -> None:

@@ -79,6 +79,16 @@ def test_the_wheel_lists_one_and_two_lavapipe_devices(vulkan_binary, console_scr
         assert list_devices(binary, {**os.environ, "GGML_VK_VISIBLE_DEVICES": "0,0"}).cached
 
 
+def test_a_vulkan_build_from_source_lists_its_device():
+    exe = os.environ.get("KVWALL_TEST_VULKAN_SERVER")
+    if not exe:
+        pytest.skip("KVWALL_TEST_VULKAN_SERVER (a llama-server built with Vulkan) is not set")
+    one = list_devices(exe, {**os.environ, "GGML_VK_VISIBLE_DEVICES": "0"})
+    assert one.error is None and one.names == ("Vulkan0",)
+    assert list_devices(exe, {**os.environ, "GGML_VK_VISIBLE_DEVICES": "0,0"}).names == (
+        "Vulkan0", "Vulkan1")
+
+
 def test_the_cpu_build_lists_no_device_and_says_its_build():
     exe = find_llama_server()
     if exe is None:

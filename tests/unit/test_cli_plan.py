@@ -358,6 +358,9 @@ def test_one_memory_size_is_split_over_several_devices(models):
     _, obj = run_json(str(models["llama"]), "-c", "4096", "--gpus", "CUDA0,CUDA1", "--memory", "3G")
     assert obj["memory"]["budget_bytes"] == 3 << 30
     assert [d["free_bytes"] for d in obj["memory"]["devices"]] == [3 << 29, 3 << 29]
+    assert "--memory shared by CUDA0 1.50 GiB, CUDA1 1.50 GiB" in " ".join(obj["assumptions"])
+    _, obj = run_json(str(models["llama"]), "-c", "4096", "--memory", "CUDA0=1G,CUDA1=2G")
+    assert not any("shared by" in a for a in obj["assumptions"])
 
 
 @pytest.mark.parametrize(("memory", "gpus", "words"), [
