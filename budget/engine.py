@@ -398,9 +398,11 @@ class Engine:
         """The devices the server offloads to: its own executable's ``--list-devices``
         (with its environment) when kvwall may run it, else the pools that list its pid.
 
-        The free bytes per device are kept for the memory model's per-device ``--fit``
-        (DEVICE_FREE_HOOK: pass ``gpus.free_bytes`` as ``device_free=`` to ``plan_fn``
-        once ``plan_memory`` takes it).
+        DEVICE_FREE_HOOK: ``free_bytes`` is each device's free memory *now*, with this
+        server's own buffers already allocated; the ``--fit`` and split decisions the
+        server made at its start saw that plus what it holds there. Replaying them needs
+        ``free_bytes + the server's bytes on the device`` (measured per process where
+        the driver tells, else planned) as ``plan_fn``'s ``device_free``: not passed yet.
         """
         found = self._binary_devices(state)
         if found is None or found.error is not None:
@@ -605,7 +607,7 @@ class _ServerDevices:
     """The devices step: what the plan offloads to, their free memory, the build."""
 
     names: tuple[str, ...]  # llama.cpp device names, in its order
-    free_bytes: Mapping[str, int]  # as llama.cpp would see them (DEVICE_FREE_HOOK)
+    free_bytes: Mapping[str, int]  # free now, as llama.cpp reads it (DEVICE_FREE_HOOK)
     build_number: int | None  # llama.cpp's build, None when unknown
 
 

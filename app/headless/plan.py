@@ -266,8 +266,8 @@ class _Budget:
     fit_free_bytes: int | None
     source: str  # plain words: "free GPU memory (CUDA0: NVML now)", "available host RAM now", "--memory"
     devices: tuple[LlamaDevice, ...] = ()  # the devices planned for, with the free memory used
-    # llama.cpp device name -> free bytes as llama.cpp would see them: plan_memory's
-    # device_free (None: unknown; the lead's memory model takes it next)
+    # llama.cpp device name -> free bytes as llama.cpp would see them, for every device in
+    # gpu_names: plan_memory's device_free (None when any is unknown: equal shares then)
     device_free: Mapping[str, int] | None = None
     found: LlamaDevices | None = None  # what the binary (or kvwall's monitors) reported
     notes: tuple[str, ...] = ()  # what the budget assumed, for the assumptions
@@ -385,6 +385,7 @@ def _detect_budget(args: _Args) -> _Budget:
     devices = _planned_devices(args, found)
     names = tuple(d.name for d in devices)
     free = {d.name: d.free_bytes for d in devices if d.free_bytes is not None}
+    every = free if names and len(free) == len(names) else None
     if args.device_memory is not None or args.memory is not None:
         total = args.memory if args.memory is not None else sum(
             args.device_memory.values() if args.device_memory else ())
@@ -393,14 +394,14 @@ def _detect_budget(args: _Args) -> _Budget:
             notes = ("--memory shared by " + ", ".join(
                 f"{d.name} {format_bytes(d.free_bytes)}" for d in devices)
                 + " (in proportion to their free memory; equally when it is unknown)",)
-        return _Budget(total, names, total, "--memory", devices, free or None, found, notes)
+        return _Budget(total, names, total, "--memory", devices, every, found, notes)
     from kvwall.monitors.hostmem import read_host_pool
 
     if names:
         known = [free[n] for n in names if n in free]
         if known:
             total = sum(known)
-            return _Budget(total, names, total, _free_words(devices), devices, free, found)
+            return _Budget(total, names, total, _free_words(devices), devices, every, found)
         host = read_host_pool()
         return _Budget(host.available_bytes, names, None,
                        "available host RAM now (GPU memory unknown)", devices, None, found)
@@ -776,13 +777,14 @@ def _plan_and_what_ifs(model: ModelInfo, config: ServerConfig, budget: _Budget,
     from kvwall.budget.memory import plan_memory
     from kvwall.budget.whatif import what_if_table
 
-    plan = plan_memory(model, config, gpu_names=budget.gpu_names, free_bytes=budget.fit_free_bytes)
+    plan = plan_memory(model, config, gpu_names=budget.gpu_names, free_bytes=budget.fit_free_bytes,
+                       device_free=budget.device_free)
     plan = replace(plan, assumptions=_assumptions(plan, config, budget, args.cmd_env))
     rows: list[WhatIf] = []
     if plan.ok:
         rows = what_if_table(
             model, config, memory_bytes=budget.memory_bytes, gpu_names=budget.gpu_names,
-            extra_cache_types=args.extra_types,
+            extra_cache_types=args.extra_types, device_free=budget.device_free,
         )  # fmt: skip
     obj = _plan_object(model, config, plan, rows, budget)
     obj["fit_command"] = None

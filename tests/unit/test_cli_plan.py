@@ -344,11 +344,12 @@ def test_memory_devices_table_matches_the_real_output_exactly(models):
 
 
 def test_memory_per_device_plans_for_those_devices(models):
-    code, obj = run_json(str(models["llama"]), "-c", "4096", "--memory", "CUDA0=1G,CUDA1=512M")
+    # more than --fit's default 1 GiB margin on each device, so the layers stay there
+    code, obj = run_json(str(models["llama"]), "-c", "4096", "--memory", "CUDA0=3G,CUDA1=1536M")
     assert code == 0
     mem = obj["memory"]
-    assert mem["gpu_names"] == ["CUDA0", "CUDA1"] and mem["budget_bytes"] == 1536 * MiB
-    assert [(d["name"], d["free_bytes"]) for d in mem["devices"]] == [("CUDA0", 1 << 30), ("CUDA1", 512 * MiB)]
+    assert mem["gpu_names"] == ["CUDA0", "CUDA1"] and mem["budget_bytes"] == 4608 * MiB
+    assert [(d["name"], d["free_bytes"]) for d in mem["devices"]] == [("CUDA0", 3 << 30), ("CUDA1", 1536 * MiB)]
     assert {d["name"] for d in obj["devices"]} == {"CUDA0", "CUDA1", "Host"}
     _, obj = run_json(str(models["llama"]), "-c", "4096", "--gpus", "CUDA1,CUDA0", "--memory", "CUDA0=1G")
     assert [(d["name"], d["free_bytes"]) for d in obj["memory"]["devices"]] == [("CUDA1", None), ("CUDA0", 1 << 30)]
@@ -447,3 +448,15 @@ def test_a_cpu_build_plans_cpu_only_and_a_broken_one_falls_back(models, tmp_path
     _, obj = run_json("--cmd", f"/nonexistent/llama-server -m {models['llama']} -c 4096")
     assert obj["memory"]["device_error"] == "llama-server not found"
     assert any("llama-server not found: devices from kvwall's monitors" in a for a in obj["assumptions"])
+
+
+def test_each_devices_free_memory_reaches_the_layer_split(tmp_path):
+    model = write_model("llama", tmp_path / "eight.gguf", n_layer=8)
+
+    def kv_on(memory: str) -> dict[str, int]:
+        _, obj = run_json(str(model), "-c", "4096", "-np", "1", "--memory", memory)
+        return {d["name"]: d["kv_bytes"] for d in obj["devices"] if not d["is_host"]}
+
+    even, lopsided = kv_on("Vulkan0=3G,Vulkan1=3G"), kv_on("Vulkan0=4G,Vulkan1=2G")
+    assert sum(even.values()) == sum(lopsided.values())
+    assert lopsided["Vulkan0"] > even["Vulkan0"] and lopsided["Vulkan1"] < even["Vulkan1"]
