@@ -48,8 +48,17 @@ from kvwall.budget.report import (
     StatusReport,
 )
 from kvwall.budget.units import sanitize
-from kvwall.monitors.discovery import server_key
+from kvwall.monitors.discovery import CLI_NAMES, SERVER_NAMES, UNIFIED_NAMES, server_key
 from kvwall.monitors.gguf import ModelInfo
+from kvwall.monitors.llama_devices import (
+    FAILURE_RETRY_S,
+    LlamaDevices,
+    device_environment,
+    list_devices,
+    runnable,
+    server_build_number,
+    with_live_free,
+)
 from kvwall.monitors.snapshot import (
     HEALTH_LOADING,
     HEALTH_SLEEPING,
@@ -117,6 +126,8 @@ class Engine:
             fresh :class:`~kvwall.budget.events.GrabDetector`).
         trusted_model_paths: model files the user named (settings): a server reporting one
             of them in ``/props`` has it read; any other reported path is never opened.
+        list_devices_fn: asks a server's executable for its devices
+            (default :func:`kvwall.monitors.llama_devices.list_devices`, cached on disk).
     """
 
     def __init__(
@@ -130,6 +141,7 @@ class Engine:
         pool_tracker: PoolTracker | None = None,
         grab_detector: GrabDetector | None = None,
         trusted_model_paths: Collection[str] = (),
+        list_devices_fn: Callable[..., LlamaDevices] = list_devices,
     ) -> None:
         self._read_model = read_model or _default_read_model
         self._clock = clock
@@ -148,6 +160,11 @@ class Engine:
         self._cached: dict[str, _Cached] = {}
         self._configs: OrderedDict[tuple[object, ...],
                                    tuple[ServerConfig | None, str | None]] = OrderedDict()
+        self._list_devices = list_devices_fn
+        # (exe, subcommand, device environment) -> its devices: asked once per process
+        # lifetime of kvwall (the disk cache makes later starts a file read)
+        self._binaries: OrderedDict[tuple[object, ...], tuple[LlamaDevices, float]] = (
+            OrderedDict())
 
     # ------------------------------------------------------------------ public
 
@@ -345,7 +362,8 @@ class Engine:
         key = server_key(state.process)
         found = self._find_config(state)
         read = self._find_model(state, found.config)
-        ids = device_ids(state, devices)
+        gpus = self._server_devices(state, devices)
+        ids = gpus.names
         planned = self._planned(key, state, read, found.config, ids)
         memory, memory_notes = _attribute(state, planned.plan, devices)
         unified = planned.plan.kv_unified if planned.plan is not None else (
@@ -374,6 +392,54 @@ class Engine:
             label=sanitize(_display_label(state, planned.config, name), 200),
             refused_requests=refused,
         )
+
+    def _server_devices(self, state: ServerState, devices: tuple[DeviceMemory, ...]
+                        ) -> _ServerDevices:
+        """The devices the server offloads to: its own executable's ``--list-devices``
+        (with its environment) when kvwall may run it, else the pools that list its pid.
+
+        DEVICE_FREE_HOOK: ``free_bytes`` is each device's free memory *now*, with this
+        server's own buffers already allocated; the ``--fit`` and split decisions the
+        server made at its start saw that plus what it holds there. Replaying them needs
+        ``free_bytes + the server's bytes on the device`` (measured per process where
+        the driver tells, else planned) as ``plan_fn``'s ``device_free``: not passed yet.
+        """
+        found = self._binary_devices(state)
+        if found is None or found.error is not None:
+            build = server_build_number(_build_info(state), state.process.exe, found)
+            return _ServerDevices(device_ids(state, devices), {}, build)
+        live = with_live_free(found, devices, state.process.device_env)
+        return _ServerDevices(live.names, live.free_bytes(),
+                              server_build_number(_build_info(state), None, found))
+
+    def _binary_devices(self, state: ServerState) -> LlamaDevices | None:
+        """``--list-devices`` of the server's executable (a dictionary lookup after the
+        first time); None when there is none kvwall may run."""
+        proc = state.process
+        exe = proc.exe
+        if not exe or os.path.basename(exe).removesuffix(".exe") not in _LLAMA_PROGRAMS:
+            return None
+        sub: tuple[str, ...] = ()
+        if proc.argv and os.path.basename(proc.argv[0]) in UNIFIED_NAMES and len(proc.argv) > 1:
+            sub = (proc.argv[1],)
+        memo = (exe, sub, tuple(sorted(proc.device_env.items())))
+        hit = self._binaries.get(memo)
+        now = time.monotonic()
+        if hit is not None and (hit[0].error is None or now - hit[1] < FAILURE_RETRY_S):
+            return hit[0]
+        if not runnable(exe):
+            return None
+        env = {k: v for k, v in os.environ.items() if k not in device_environment(os.environ)}
+        env.update(proc.device_env)
+        try:
+            found = self._list_devices(exe, env, subcommand=sub)
+        except Exception as e:  # noqa: BLE001 - a device query must not cost the report
+            log.debug("--list-devices of %s failed: %s", exe, e)
+            return None
+        self._binaries[memo] = (found, now)
+        while len(self._binaries) > MODEL_CACHE_SIZE:
+            self._binaries.popitem(last=False)
+        return found
 
     def _refused(self, key: str, state: ServerState) -> RefusedRequests | None:
         """Requests the server refused (context exceeded), None without ``/slots``."""
@@ -527,6 +593,22 @@ class Engine:
             except Exception:  # one odd what-if must not hide the rest
                 log.exception("max_ctx failed for %s", ctype)
         return max_ctx
+
+
+_LLAMA_PROGRAMS = SERVER_NAMES | CLI_NAMES | UNIFIED_NAMES
+
+
+def _build_info(state: ServerState) -> object:
+    return state.props.get("build_info") if state.props else None
+
+
+@dataclass(frozen=True)
+class _ServerDevices:
+    """The devices step: what the plan offloads to, their free memory, the build."""
+
+    names: tuple[str, ...]  # llama.cpp device names, in its order
+    free_bytes: Mapping[str, int]  # free now, as llama.cpp reads it (DEVICE_FREE_HOOK)
+    build_number: int | None  # llama.cpp's build, None when unknown
 
 
 @dataclass(frozen=True)

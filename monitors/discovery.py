@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from kvwall.monitors.files import read_user_file
+from kvwall.monitors.llama_devices import device_environment
 from kvwall.monitors.ollama import ManagedName, managed_child
 from kvwall.monitors.snapshot import ServerProcess
 
@@ -486,6 +487,8 @@ class _Static:
     own: bool = True  # runs as kvwall's user
     cwd: str | None = None
     managed: ManagedName | None = None  # Ollama / llama-swap child (issue 11)
+    exe: str | None = None  # its executable, when it runs as kvwall's user
+    device_env: Mapping[str, str] = field(default_factory=dict)  # see device_environment
 
 
 _ProcKey = tuple[int, float | None, str]
@@ -577,6 +580,7 @@ class Scanner:
             secret_env={k: environ[k] for k in SECRET_ENV if k in environ},
             env_readable=env_readable, own=own, cwd=cwd,
             managed=managed_child(cmdline, lambda: _parent_argv_cwd(proc)),
+            exe=exe if own and exe else None, device_env=device_environment(environ),
         )
 
     def _candidates(self) -> list[Any]:
@@ -748,6 +752,7 @@ class Scanner:
             parent_pid=f.ppid if is_child else None, rss_bytes=f.rss_bytes, name=st.name,
             managed_by=st.managed.managed_by if st.managed else None,
             managed_model=st.managed.model if st.managed else None,
+            exe=st.exe, device_env=st.device_env,
         )
         return _Placed(server, tuple(own_notes))
 

@@ -81,6 +81,11 @@ class ServerProcess:
             (``ollama``, ``llama-swap``), else None.
         managed_model: that manager's name for its model (``llama3.2:3b``, a llama-swap
             model id), None when unknown.
+        exe: the executable of a local server run by kvwall's user (``psutil``'s
+            ``exe()``), None otherwise or when unreadable: what ``--list-devices`` asks.
+        device_env: its environment variables that decide which devices llama.cpp sees
+            (``GGML_VK_VISIBLE_DEVICES``, ``CUDA_VISIBLE_DEVICES``, ``LD_LIBRARY_PATH``...;
+            :func:`kvwall.monitors.llama_devices.device_environment`), empty when unreadable.
     """
 
     url: str
@@ -94,6 +99,8 @@ class ServerProcess:
     name: str = ""
     managed_by: str | None = None
     managed_model: str | None = None
+    exe: str | None = None
+    device_env: Mapping[str, str] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

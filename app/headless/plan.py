@@ -23,6 +23,8 @@ if TYPE_CHECKING:  # imported lazily at run time: `kvwall plan` reads only what 
     from kvwall.budget.memory import MemoryPlan
     from kvwall.budget.whatif import WhatIf
     from kvwall.monitors.gguf import ModelInfo
+    from kvwall.monitors.llama_devices import LlamaDevice, LlamaDevices
+    from kvwall.monitors.snapshot import DeviceMemory
 
 JsonObject = dict[str, Any]  # a JSON object as json.dumps takes it
 
@@ -50,13 +52,23 @@ Only the GGUF header is read, never the weights.
 
 options:
   --cmd "COMMAND"         the whole llama-server (or `llama serve`) command line as one
-                          string; VAR=VALUE words in front of it are its environment
+                          string; VAR=VALUE words in front of it are its environment.
+                          Its binary (a path, or a name on PATH such as llama-server-vulkan)
+                          is asked for its devices and build (`--list-devices`,
+                          `--version`, run with that environment; the answer is cached
+                          per binary and device variables: GGML_VK_VISIBLE_DEVICES,
+                          CUDA_VISIBLE_DEVICES, HIP_VISIBLE_DEVICES, ...)
   --memory SIZE           the memory budget for the what-if table and --fit, e.g. 24G,
-                          24GiB, 24576M, 25.7GB (G/GiB/M/MiB are binary, GB/MB decimal).
-                          Default: free memory now (GPU memory when this machine has a
-                          GPU llama.cpp can use, else available host RAM)
+                          24GiB, 24576M, 25.7GB (G/GiB/M/MiB are binary, GB/MB decimal);
+                          with several GPUs, split in proportion to their free memory.
+                          Default: free memory now (the devices' free memory as the
+                          binary reports it, or kvwall's GPU monitors, else available
+                          host RAM)
+  --memory DEV=SIZE,...   free memory per llama.cpp device, e.g. Vulkan0=2G,Vulkan1=2G;
+                          plans for these devices (in llama.cpp's order) unless --gpus
   --gpus NAMES            plan for these llama.cpp devices instead of the ones detected:
-                          CUDA0,CUDA1 / ROCm0 / MTL0 ..., or "none" for a CPU-only server
+                          CUDA0,CUDA1 / ROCm0 / Vulkan0 / MTL0 ..., or "none" for a
+                          CPU-only server
   --what-if-cache TYPE    add a cache type to the what-if table (repeatable or comma-
                           separated): f32 f16 bf16 q8_0 q4_0 q4_1 iq4_nl q5_0 q5_1
   --json                  print the documented JSON object (docs/json-schema.md)
@@ -83,9 +95,12 @@ class _Args:
     llama_argv: list[str]
     env: dict[str, str]
     memory: int | None = None
+    device_memory: dict[str, int] | None = None  # --memory Vulkan0=2G,Vulkan1=2G
     gpus: tuple[str, ...] | None = None
     extra_types: tuple[str, ...] = ()
     cmd_env: dict[str, str] | None = None  # VAR=VALUE words in front of --cmd
+    binary_known: bool = False  # --cmd named its program (asked for its devices)
+    run_env: dict[str, str] | None = None  # the environment the server would run with
     json: bool = False
     help: bool = False
 
@@ -136,7 +151,8 @@ def _split_args(argv: Sequence[str], environ: Mapping[str, str]) -> _Args:
     _read_own_options(out, words.own)
     env = {k: v for k, v in environ.items() if k.startswith(("LLAMA_ARG_", "LLAMA_API_KEY"))}
     if words.own["--cmd"]:
-        out.llama_argv, out.cmd_env = _split_cmd(words.own["--cmd"][-1], words.rest)
+        out.llama_argv, out.cmd_env, out.binary_known = _split_cmd(words.own["--cmd"][-1],
+                                                                   words.rest)
         env.update(out.cmd_env)
     else:
         rest = words.rest
@@ -148,24 +164,28 @@ def _split_args(argv: Sequence[str], environ: Mapping[str, str]) -> _Args:
         else:
             out.llama_argv = ["llama-server", *rest]
     out.env = env
+    out.run_env = {**environ, **(out.cmd_env or {})}
     return out
 
 
 def _read_own_options(out: _Args, own: Mapping[str, list[str]]) -> None:
     """--memory, --gpus and --what-if-cache into ``out`` (the last value wins)."""
     from kvwall.budget.cachetypes import CACHE_TYPES
-    from kvwall.budget.units import parse_size
+    from kvwall.monitors.llama_devices import is_device_name
 
-    if own["--memory"]:
-        try:
-            out.memory = parse_size(own["--memory"][-1])
-        except ValueError as exc:
-            raise UsageError(f"--memory: {exc}") from None
-        if out.memory <= 0:
-            raise UsageError(f"--memory: must be more than 0, got {own['--memory'][-1]!r}")
     if own["--gpus"]:
         names = [n.strip() for n in own["--gpus"][-1].split(",") if n.strip()]
         out.gpus = () if names in ([], ["none"]) else tuple(names)
+        for name in out.gpus:
+            if not is_device_name(name):
+                raise UsageError(f"--gpus: not a llama.cpp device name: {name!r} "
+                                 "(CUDA0, ROCm0, Vulkan0, MTL0...)")
+    if own["--memory"]:
+        value = own["--memory"][-1]
+        if "=" in value:
+            out.device_memory = _device_sizes(value, out.gpus)
+        else:
+            out.memory = _size(value)
     types: list[str] = []
     for item in own["--what-if-cache"]:
         for t in (part.strip() for part in item.split(",")):
@@ -178,8 +198,41 @@ def _read_own_options(out: _Args, own: Mapping[str, list[str]]) -> None:
     out.extra_types = tuple(types)
 
 
-def _split_cmd(cmd: str, rest: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """``--cmd "VAR=VALUE llama-server ..."``: (llama-server's argv, the VAR=VALUE words)."""
+def _size(text: str) -> int:
+    """One ``--memory`` size, more than 0."""
+    from kvwall.budget.units import parse_size
+
+    try:
+        size = parse_size(text.strip())
+    except ValueError as exc:
+        raise UsageError(f"--memory: {exc}") from None
+    if size <= 0:
+        raise UsageError(f"--memory: must be more than 0, got {text!r}")
+    return size
+
+
+def _device_sizes(value: str, gpus: tuple[str, ...] | None) -> dict[str, int]:
+    """``--memory Vulkan0=2G,Vulkan1=2G``: llama.cpp device name -> free bytes."""
+    from kvwall.monitors.llama_devices import is_device_name
+
+    sizes: dict[str, int] = {}
+    for part in (p.strip() for p in value.split(",")):
+        name, eq, size = part.partition("=")
+        name = name.strip()
+        if not eq or not is_device_name(name) or name.lower() in ("cpu", "host"):
+            raise UsageError(f"--memory: expected DEVICE=SIZE (e.g. Vulkan0=2G,Vulkan1=2G), "
+                             f"got {part!r}")
+        if name in sizes:
+            raise UsageError(f"--memory: {name} is given twice")
+        if gpus is not None and name not in gpus:
+            raise UsageError(f"--memory: {name} is not one of --gpus {','.join(gpus) or 'none'}")
+        sizes[name] = _size(size)
+    return sizes
+
+
+def _split_cmd(cmd: str, rest: Sequence[str]) -> tuple[list[str], dict[str, str], bool]:
+    """``--cmd "VAR=VALUE llama-server ..."``: (llama-server's argv, the VAR=VALUE words,
+    whether the command named its program)."""
     if rest:
         raise UsageError(
             f"--cmd takes the whole command line; unexpected extra arguments: {shlex.join(rest)}"
@@ -196,9 +249,10 @@ def _split_cmd(cmd: str, rest: Sequence[str]) -> tuple[list[str], dict[str, str]
         words.pop(0)
     if not words:
         raise UsageError("--cmd: the command line is empty")
-    if words[0].startswith("-"):
+    named = not words[0].startswith("-")
+    if not named:
         words.insert(0, "llama-server")
-    return words, cmd_env
+    return words, cmd_env, named
 
 
 # ---------------------------------------------------------------------------
@@ -210,7 +264,13 @@ class _Budget:
     memory_bytes: int
     gpu_names: tuple[str, ...]
     fit_free_bytes: int | None
-    source: str  # plain words: "free GPU memory now (CUDA0)", "available host RAM now", "--memory"
+    source: str  # plain words: "free GPU memory (CUDA0: NVML now)", "available host RAM now", "--memory"
+    devices: tuple[LlamaDevice, ...] = ()  # the devices planned for, with the free memory used
+    # llama.cpp device name -> free bytes as llama.cpp would see them, for every device in
+    # gpu_names: plan_memory's device_free (None when any is unknown: equal shares then)
+    device_free: Mapping[str, int] | None = None
+    found: LlamaDevices | None = None  # what the binary (or kvwall's monitors) reported
+    notes: tuple[str, ...] = ()  # what the budget assumed, for the assumptions
 
 
 def _gpu_present(root: str = "/") -> bool:
@@ -239,41 +299,116 @@ def _gpu_present(root: str = "/") -> bool:
     return False
 
 
-def _gpu_free() -> dict[str, int]:
-    """Free bytes per llama.cpp device name, from kvwall's device monitors."""
+def _gpu_pools() -> tuple[DeviceMemory, ...]:
+    """kvwall's GPU pools now (NVML, amdgpu sysfs, Apple); none on a machine without a GPU."""
+    if not _gpu_present():
+        return ()
     try:
         from kvwall.monitors.devices import MemorySources
 
-        snapshot = MemorySources().poll()
+        sources = MemorySources()
+        try:
+            return sources.poll().devices
+        finally:
+            sources.close()
     except Exception:  # noqa: BLE001 - a broken driver must not stop a plan: use host RAM
-        return {}
-    return {
-        dev.llama_device: dev.free_bytes
-        for dev in snapshot.devices
-        if dev.llama_device and dev.free_bytes is not None and dev.kind != "host"
-    }
+        return ()
+
+
+def _find_devices(args: _Args) -> LlamaDevices | None:
+    """The devices the server would see: its binary's ``--list-devices`` when --cmd names
+    it (with the command's environment; cached), else kvwall's monitors; None when
+    --gpus and --memory say everything (and no binary is named)."""
+    from kvwall.monitors.llama_devices import from_monitors, known_devices
+
+    env = args.run_env if args.run_env is not None else dict(os.environ)
+    if args.binary_known:
+        return known_devices(args.llama_argv, env, _gpu_pools)
+    if args.gpus is not None and (args.gpus == () or args.device_memory is not None
+                                  or args.memory is not None):
+        return None
+    return from_monitors(_gpu_pools(), env)
+
+
+def _planned_devices(args: _Args, found: LlamaDevices | None) -> tuple[LlamaDevice, ...]:
+    """The devices planned for (--gpus, else the names --memory gives, else the ones
+    found), with the free memory the plan uses (--memory wins over what was found)."""
+    from kvwall.monitors.llama_devices import LlamaDevice
+
+    seen = {d.name: d for d in found.devices} if found is not None else {}
+    order = list(seen)
+    if args.gpus is not None:
+        names = list(args.gpus)
+    elif args.device_memory is not None:  # llama.cpp's order where it is known
+        given = list(args.device_memory)
+        names = [n for n in order if n in given] + [n for n in given if n not in seen]
+    else:
+        names = order
+    devices = [seen.get(n) or LlamaDevice(n, "", None, None, "--gpus") for n in names]
+    if args.device_memory is not None:
+        devices = [replace(d, free_bytes=args.device_memory[d.name], source="--memory")
+                   if d.name in args.device_memory else d for d in devices]
+    elif args.memory is not None and devices:
+        devices = [replace(d, free_bytes=share, source="--memory")
+                   for d, share in zip(devices, _shares(args.memory, devices), strict=True)]
+    return tuple(devices)
+
+
+def _shares(total: int, devices: Sequence[LlamaDevice]) -> list[int]:
+    """``total`` split over ``devices`` in proportion to their free memory (equally when
+    any is unknown); the shares add up to ``total``."""
+    free = [d.free_bytes for d in devices]
+    weights = [f for f in free if f is not None and f > 0]
+    if len(weights) != len(devices):
+        weights = [1] * len(devices)
+    shares = [total * w // sum(weights) for w in weights]
+    shares[0] += total - sum(shares)
+    return shares
+
+
+def _free_words(devices: Sequence[LlamaDevice]) -> str:
+    """Where the free GPU memory comes from: ``free GPU memory (Vulkan0: llama-server
+    --list-devices)``; a monitor's figure is read now."""
+    live = ("NVML", "amdgpu sysfs", "Apple")
+    groups: dict[str, list[str]] = {}
+    for d in devices:
+        if d.free_bytes is not None:
+            groups.setdefault(f"{d.source} now" if d.source in live else d.source, []).append(d.name)
+    return "free GPU memory (" + "; ".join(
+        f"{', '.join(names)}: {src}" for src, names in groups.items()) + ")"
 
 
 def _detect_budget(args: _Args) -> _Budget:
-    """The memory budget: --memory, else free memory now (GPU when one is used, else host)."""
-    want_gpus = args.gpus is None or bool(args.gpus)
-    gpu_free = _gpu_free() if want_gpus and (args.memory is None or args.gpus is None) and _gpu_present() else {}
-    gpu_names = args.gpus if args.gpus is not None else tuple(sorted(gpu_free))
-    if args.memory is not None:
-        return _Budget(args.memory, gpu_names, args.memory, "--memory")
+    """The memory budget: --memory, else the free memory of the devices the server would
+    see (its binary's --list-devices, or kvwall's monitors), else available host RAM."""
+    found = _find_devices(args)
+    devices = _planned_devices(args, found)
+    names = tuple(d.name for d in devices)
+    free = {d.name: d.free_bytes for d in devices if d.free_bytes is not None}
+    every = free if names and len(free) == len(names) else None
+    if args.device_memory is not None or args.memory is not None:
+        total = args.memory if args.memory is not None else sum(
+            args.device_memory.values() if args.device_memory else ())
+        notes: tuple[str, ...] = ()
+        if args.memory is not None and len(devices) > 1:
+            notes = ("--memory shared by " + ", ".join(
+                f"{d.name} {format_bytes(d.free_bytes)}" for d in devices)
+                + " (in proportion to their free memory; equally when it is unknown)",)
+        return _Budget(total, names, total, "--memory", devices, every, found, notes)
     from kvwall.monitors.hostmem import read_host_pool
 
-    host = read_host_pool()
-    if gpu_names:
-        known = [gpu_free[n] for n in gpu_names if n in gpu_free]
+    if names:
+        known = [free[n] for n in names if n in free]
         if known:
-            free = sum(known)
-            return _Budget(free, gpu_names, free, f"free GPU memory now ({', '.join(gpu_names)})")
-        return _Budget(
-            host.available_bytes, gpu_names, None, "available host RAM now (GPU memory unknown)"
-        )
+            total = sum(known)
+            return _Budget(total, names, total, _free_words(devices), devices, every, found)
+        host = read_host_pool()
+        return _Budget(host.available_bytes, names, None,
+                       "available host RAM now (GPU memory unknown)", devices, None, found)
     # CPU-only: --fit compares against the host's total RAM (common/fit.cpp)
-    return _Budget(host.available_bytes, (), host.total_bytes, "available host RAM now")
+    host = read_host_pool()
+    return _Budget(host.available_bytes, (), host.total_bytes, "available host RAM now",
+                   (), None, found)
 
 
 # ---------------------------------------------------------------------------
@@ -298,11 +433,7 @@ def _plan_object(model: ModelInfo, config: ServerConfig, plan: MemoryPlan,
         },
         "command": render_command(config.command_line()),
         "config": _config_json(plan),
-        "memory": {
-            "budget_bytes": budget.memory_bytes,
-            "source": budget.source,
-            "gpu_names": list(budget.gpu_names),
-        },
+        "memory": _memory_json(budget),
         "budget": None,
         "devices": [],
         "assumptions": list(plan.assumptions),
@@ -313,6 +444,24 @@ def _plan_object(model: ModelInfo, config: ServerConfig, plan: MemoryPlan,
     if plan.ok:
         _add_budget_json(obj, plan, budget)
     return obj
+
+
+def _memory_json(budget: _Budget) -> JsonObject:
+    """The budget, the devices planned for and where they come from, the build."""
+    found = budget.found
+    return {
+        "budget_bytes": budget.memory_bytes,
+        "source": budget.source,
+        "gpu_names": list(budget.gpu_names),
+        "devices": [
+            {"name": d.name, "description": d.description or None,
+             "total_bytes": d.total_bytes, "free_bytes": d.free_bytes, "source": d.source}
+            for d in budget.devices
+        ],
+        "binary": found.binary if found is not None else None,
+        "device_error": found.error if found is not None else None,
+        "build_number": found.build_number if found is not None else None,
+    }
 
 
 def _config_json(plan: MemoryPlan) -> JsonObject:
@@ -628,13 +777,14 @@ def _plan_and_what_ifs(model: ModelInfo, config: ServerConfig, budget: _Budget,
     from kvwall.budget.memory import plan_memory
     from kvwall.budget.whatif import what_if_table
 
-    plan = plan_memory(model, config, gpu_names=budget.gpu_names, free_bytes=budget.fit_free_bytes)
-    plan = replace(plan, assumptions=_assumptions(plan, config, budget))
+    plan = plan_memory(model, config, gpu_names=budget.gpu_names, free_bytes=budget.fit_free_bytes,
+                       device_free=budget.device_free)
+    plan = replace(plan, assumptions=_assumptions(plan, config, budget, args.cmd_env))
     rows: list[WhatIf] = []
     if plan.ok:
         rows = what_if_table(
             model, config, memory_bytes=budget.memory_bytes, gpu_names=budget.gpu_names,
-            extra_cache_types=args.extra_types,
+            extra_cache_types=args.extra_types, device_free=budget.device_free,
         )  # fmt: skip
     obj = _plan_object(model, config, plan, rows, budget)
     obj["fit_command"] = None
@@ -655,7 +805,8 @@ def _plan_and_what_ifs(model: ModelInfo, config: ServerConfig, budget: _Budget,
     return obj, plan.ok
 
 
-def _assumptions(plan: MemoryPlan, config: ServerConfig, budget: _Budget) -> tuple[str, ...]:
+def _assumptions(plan: MemoryPlan, config: ServerConfig, budget: _Budget,
+                 cmd_env: Mapping[str, str] | None = None) -> tuple[str, ...]:
     """The plan's assumptions plus what the CLI assumed: environment, budget, devices."""
     assumptions = list(plan.assumptions)
     env_used = sorted(k for k in config.env if k != "LLAMA_API_KEY")
@@ -663,6 +814,7 @@ def _assumptions(plan: MemoryPlan, config: ServerConfig, budget: _Budget) -> tup
         assumptions.insert(0, "applied from the environment: " + ", ".join(f"{k}={config.env[k]}" for k in env_used))
     if budget.source == "--memory" and config.n_ctx is None and config.fit:
         assumptions.append("--fit was modelled against --memory instead of this machine's memory")
+    assumptions.extend(_device_assumptions(budget, cmd_env or {}))
     if not budget.gpu_names:
         assumptions.append("CPU-only: everything is in host RAM (use --gpus CUDA0 to plan for a GPU)")
     elif budget.fit_free_bytes is None:
@@ -671,6 +823,31 @@ def _assumptions(plan: MemoryPlan, config: ServerConfig, budget: _Budget) -> tup
             "(pass --memory SIZE with the GPU's free memory)"
         )
     return tuple(dict.fromkeys(assumptions))
+
+
+def _device_assumptions(budget: _Budget, cmd_env: Mapping[str, str]) -> list[str]:
+    """Where the devices came from: the binary's list (and its build), or why not."""
+    from kvwall.monitors.llama_devices import device_environment
+
+    found = budget.found
+    if found is None or (found.binary is None and not found.devices and found.error is None):
+        return list(budget.notes)
+    if found.error is not None:
+        return [sanitize(f"{found.error}: devices from {found.source} instead", 300),
+                *budget.notes]
+    listed = "; ".join(
+        sanitize(f"{d.name} {d.description}, {format_bytes(d.total_bytes)}"
+                 + (f", {format_bytes(d.free_bytes)} free" if d.free_bytes is not None else ""),
+                 200)
+        for d in found.devices) or "no GPU"
+    build = f" (llama.cpp b{found.build_number})" if found.build_number else ""
+    env = device_environment(cmd_env)
+    with_env = " with " + " ".join(f"{k}={v}" for k, v in env.items()) if env else ""
+    out = [sanitize(f"devices from {found.source}{with_env}{build}: ", 300) + listed]
+    if found.cached and budget.source != "--memory":
+        out.append("free memory as of the cached answer (kvwall asks the binary again when it "
+                   "or its device variables change, or after a day)")
+    return out + list(budget.notes)
 
 
 def _silence_stdout() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -328,3 +329,134 @@ def test_big_endian_gguf_is_refused_like_llama_server_on_a_little_endian_host(tm
         assert code == 2 and out == "" and "big-endian" in err and err.count("\n") == 1
     else:
         assert code == 0
+
+
+# ---------------------------------------------------------------- devices
+
+
+def test_memory_devices_table_matches_the_real_output_exactly(models):
+    tables = _documented_tables()
+    _, obj = run_json(str(models["llama"]), "-c", "4096", "--gpus", "CUDA0", "--memory", "1G")
+    (row,) = obj["memory"]["devices"]
+    assert tables["memory.devices"] == set(row)
+    assert row == {"name": "CUDA0", "description": None, "total_bytes": None,
+                   "free_bytes": 1 << 30, "source": "--memory"}
+
+
+def test_memory_per_device_plans_for_those_devices(models):
+    # more than --fit's default 1 GiB margin on each device, so the layers stay there
+    code, obj = run_json(str(models["llama"]), "-c", "4096", "--memory", "CUDA0=3G,CUDA1=1536M")
+    assert code == 0
+    mem = obj["memory"]
+    assert mem["gpu_names"] == ["CUDA0", "CUDA1"] and mem["budget_bytes"] == 4608 * MiB
+    assert [(d["name"], d["free_bytes"]) for d in mem["devices"]] == [("CUDA0", 3 << 30), ("CUDA1", 1536 * MiB)]
+    assert {d["name"] for d in obj["devices"]} == {"CUDA0", "CUDA1", "Host"}
+    _, obj = run_json(str(models["llama"]), "-c", "4096", "--gpus", "CUDA1,CUDA0", "--memory", "CUDA0=1G")
+    assert [(d["name"], d["free_bytes"]) for d in obj["memory"]["devices"]] == [("CUDA1", None), ("CUDA0", 1 << 30)]
+
+
+def test_one_memory_size_is_split_over_several_devices(models):
+    _, obj = run_json(str(models["llama"]), "-c", "4096", "--gpus", "CUDA0,CUDA1", "--memory", "3G")
+    assert obj["memory"]["budget_bytes"] == 3 << 30
+    assert [d["free_bytes"] for d in obj["memory"]["devices"]] == [3 << 29, 3 << 29]
+    assert "--memory shared by CUDA0 1.50 GiB, CUDA1 1.50 GiB" in " ".join(obj["assumptions"])
+    _, obj = run_json(str(models["llama"]), "-c", "4096", "--memory", "CUDA0=1G,CUDA1=2G")
+    assert not any("shared by" in a for a in obj["assumptions"])
+
+
+@pytest.mark.parametrize(("memory", "gpus", "words"), [
+    ("CUDA0=lots", None, ["lots"]),
+    ("CUDA0=1G,CUDA0=2G", None, ["CUDA0", "twice"]),
+    ("CUDA1=1G", "CUDA0", ["CUDA1", "--gpus"]),
+    ("host=1G", None, ["host=1G"]),
+    ("=1G", None, ["DEVICE=SIZE"]),
+    ("CUDA0=0", None, ["more than 0"]),
+    ("1G", "CUDA0;rm", ["--gpus", "CUDA0;rm"]),
+])
+def test_bad_per_device_memory_or_gpus_is_exit_2(models, memory, gpus, words):
+    argv = [str(models["llama"]), "--memory", memory] + (["--gpus", gpus] if gpus else [])
+    code, out, err = run(*argv)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    for w in words:
+        assert w in err
+
+
+def fake_llama_server(tmp_path, listing: str, *, name: str = "llama-server", exit_code: int = 0) -> str:
+    """A shell script standing in for a llama-server build; counts its runs in ``runs``."""
+    (tmp_path / "listing.txt").write_text(listing)
+    exe = tmp_path / "bin" / name
+    exe.parent.mkdir(exist_ok=True)
+    exe.write_text(
+        f'#!/bin/sh\necho "$1" >> "{tmp_path}/runs"\n'
+        # like ggml-vulkan with lavapipe: its devices only when GGML_VK_VISIBLE_DEVICES names them
+        f'case "$1" in --list-devices) [ "$GGML_VK_VISIBLE_DEVICES" = 0,0 ] && cat "{tmp_path}/listing.txt" '
+        '|| printf "Available devices:\n  (none)\n";; '
+        '--version) echo "version: 0.1.0-dev (build 1, commit 7e4c0a9)" >&2;; esac\n'
+        f"exit {exit_code}\n")
+    exe.chmod(0o755)
+    return str(exe)
+
+
+TWO_DEVICES = ("Available devices:\n  Vulkan0: llvmpipe (2048 MiB, 2000 MiB free)\n"
+               "  Vulkan1: llvmpipe (2048 MiB, 1000 MiB free)\n")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the fake binary is a sh script")
+def test_cmd_binary_is_asked_for_its_devices_once(models, tmp_path):
+    exe = fake_llama_server(tmp_path, TWO_DEVICES)
+    cmd = f"GGML_VK_VISIBLE_DEVICES=0,0 {exe} -m {models['llama']} -c 4096 -np 1"
+    code, obj = run_json("--cmd", cmd)
+    mem = obj["memory"]
+    assert code == 0 and mem["gpu_names"] == ["Vulkan0", "Vulkan1"] and mem["device_error"] is None
+    assert mem["budget_bytes"] == 3000 * MiB and mem["build_number"] == 10434 and mem["binary"] == exe
+    assert [d["free_bytes"] for d in mem["devices"]] == [2000 * MiB, 1000 * MiB]
+    assert mem["source"] == "free GPU memory (Vulkan0, Vulkan1: llama-server --list-devices)"
+    assert any("with GGML_VK_VISIBLE_DEVICES=0,0" in a and "b10434" in a for a in obj["assumptions"])
+    assert {d["name"] for d in obj["devices"]} == {"Vulkan0", "Vulkan1", "Host"}
+    before = (tmp_path / "runs").read_text()
+    _, again = run_json("--cmd", cmd)
+    assert (tmp_path / "runs").read_text() == before, "the cached answer ran the binary"
+    assert "cached" in again["memory"]["source"] and again["memory"]["gpu_names"] == ["Vulkan0", "Vulkan1"]
+    # --gpus and --memory override what the binary says; the build is still the binary's
+    _, over = run_json("--cmd", cmd, "--gpus", "Vulkan1", "--memory", "Vulkan1=512M")
+    assert over["memory"]["gpu_names"] == ["Vulkan1"] and over["memory"]["budget_bytes"] == 512 * MiB
+    assert over["memory"]["devices"][0]["total_bytes"] == 2048 * MiB
+    assert over["memory"]["build_number"] == 10434
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the fake binary is a sh script")
+def test_cmd_binary_on_path_is_found_with_the_commands_path(models, tmp_path):
+    exe = fake_llama_server(tmp_path, TWO_DEVICES, name="llama-server-vulkan")
+    path = os.pathsep.join((os.path.dirname(exe), "/usr/bin", "/bin"))
+    _, obj = run_json("--cmd", f"GGML_VK_VISIBLE_DEVICES=0,0 llama-server-vulkan -m {models['llama']} -c 4096",
+                      environ={"PATH": path})
+    assert obj["memory"]["gpu_names"] == ["Vulkan0", "Vulkan1"]
+    _, obj = run_json("--cmd", f"llama-server-vulkan -m {models['llama']} -c 4096", environ={"PATH": path})
+    assert obj["memory"]["gpu_names"] == [] and obj["memory"]["device_error"] is None
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="the fake binary is a sh script")
+def test_a_cpu_build_plans_cpu_only_and_a_broken_one_falls_back(models, tmp_path):
+    cpu = fake_llama_server(tmp_path, "Available devices:\n  (none)\n", name="llama-cpu")
+    code, obj = run_json("--cmd", f"{cpu} -m {models['llama']} -c 4096")
+    assert code == 0 and obj["memory"]["gpu_names"] == [] and obj["memory"]["device_error"] is None
+    assert [d["name"] for d in obj["devices"]] == ["Host"]
+    broken = fake_llama_server(tmp_path, "\x1b[2Jnot a list", name="llama-broken", exit_code=1)
+    code, text, err = run("--cmd", f"{broken} -m {models['llama']} -c 4096")
+    assert code in (0, 3) and err == "" and "\x1b" not in text
+    assert "llama-broken --list-devices failed (exit status 1)" in text
+    _, obj = run_json("--cmd", f"/nonexistent/llama-server -m {models['llama']} -c 4096")
+    assert obj["memory"]["device_error"] == "llama-server not found"
+    assert any("llama-server not found: devices from kvwall's monitors" in a for a in obj["assumptions"])
+
+
+def test_each_devices_free_memory_reaches_the_layer_split(tmp_path):
+    model = write_model("llama", tmp_path / "eight.gguf", n_layer=8)
+
+    def kv_on(memory: str) -> dict[str, int]:
+        _, obj = run_json(str(model), "-c", "4096", "-np", "1", "--memory", memory)
+        return {d["name"]: d["kv_bytes"] for d in obj["devices"] if not d["is_host"]}
+
+    even, lopsided = kv_on("Vulkan0=3G,Vulkan1=3G"), kv_on("Vulkan0=4G,Vulkan1=2G")
+    assert sum(even.values()) == sum(lopsided.values())
+    assert lopsided["Vulkan0"] > even["Vulkan0"] and lopsided["Vulkan1"] < even["Vulkan1"]

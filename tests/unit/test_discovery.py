@@ -194,6 +194,30 @@ def test_env_port_and_host_apply_and_argv_overrides_env():
     assert b.url == "http://127.0.0.1:9666"
 
 
+def test_the_executable_and_device_environment_are_kept_for_the_device_query():
+    env = {"GGML_VK_VISIBLE_DEVICES": "0,0", "CUDA_VISIBLE_DEVICES": "1", "HOME": "/home/u",
+           "LD_LIBRARY_PATH": "/opt/llama/lib", "LLAMA_ARG_CTX_SIZE": "4096", "LLAMA_API_KEY": "k"}
+    s = only(discover(fake_psutil(FakeProcess(1, [SERVER, "-m", "m"], env=env))))
+    assert s.exe == SERVER
+    assert dict(s.device_env) == {"GGML_VK_VISIBLE_DEVICES": "0,0", "CUDA_VISIBLE_DEVICES": "1",
+                                  "LD_LIBRARY_PATH": "/opt/llama/lib"}
+    assert "0,0" not in repr(s)  # like env, never in a repr or a log
+
+
+def test_no_executable_for_another_users_server_or_one_that_hides_it():
+    theirs = FakeProcess(1, [SERVER, "-m", "m", "--port", "9001"], uid=os.getuid() + 1,
+                         deny_env=True)
+
+    class Hidden(FakeProcess):
+        def exe(self):
+            raise psutil.AccessDenied(self.pid)
+
+    gone = Hidden(2, [SERVER, "-m", "m", "--port", "9002"], env={"GGML_VK_VISIBLE_DEVICES": "0"})
+    a, b = sorted(discover(fake_psutil(theirs, gone)), key=lambda s: s.pid)
+    assert (a.exe, dict(a.device_env)) == (None, {})
+    assert b.exe is None and dict(b.device_env) == {"GGML_VK_VISIBLE_DEVICES": "0"}
+
+
 def test_unreadable_environment_falls_back_to_argv_with_a_note():
     p = FakeProcess(1, [SERVER, "-m", "m", "--port", "9001"], env={"LLAMA_ARG_PORT": "1"},
                     deny_env=True)
