@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 
 import pytest
@@ -219,6 +220,15 @@ def test_fit_on_a_cpu_only_machine_shrinks_toward_total_memory():
     assert pinned.n_ctx == 131072
 
 
+def _laid_out(tensors):
+    """The tensors with file offsets, packed in order as a GGUF lays them out."""
+    out, offset = [], 0
+    for t in tensors:
+        out.append(dataclasses.replace(t, offset=offset))
+        offset += t.n_bytes
+    return tuple(out)
+
+
 def test_weights_follow_gpu_layers_and_expert_overrides():
     n = 4
     tensors = (
@@ -230,11 +240,15 @@ def test_weights_follow_gpu_layers_and_expert_overrides():
     m = make_model(n_layer=n, tensors=tensors, n_head_kv=1, head_k=64, head_v=64)
     by = lambda plan: {d.name: d.weights_bytes for d in plan.devices}  # noqa: E731
     gpu = ("CUDA0",)
-    assert by(plan_memory(m, cfg("-c 256"), gpu_names=gpu)) == {"CUDA0": 5600, "Host": 1000}
-    assert by(plan_memory(m, cfg("-c 256 -ngl 2"), gpu_names=gpu)) == {"CUDA0": 2900, "Host": 3700}
-    assert by(plan_memory(m, cfg("-c 256 -cmoe"), gpu_names=gpu)) == {"CUDA0": 2400, "Host": 4200}
-    assert by(plan_memory(m, cfg("-c 256 -ncmoe 1"), gpu_names=gpu)) == {"CUDA0": 4800, "Host": 1800}
-    assert by(plan_memory(m, cfg("-c 256"))) == {"Host": 6600}
+    assert by(plan_memory(m, cfg("-lm none -c 256"), gpu_names=gpu)) == {"CUDA0": 5600, "Host": 1000}
+    assert by(plan_memory(m, cfg("-lm none -c 256 -ngl 2"), gpu_names=gpu)) == {"CUDA0": 2900, "Host": 3700}
+    assert by(plan_memory(m, cfg("-lm none -c 256 -cmoe"), gpu_names=gpu)) == {"CUDA0": 2400, "Host": 4200}
+    assert by(plan_memory(m, cfg("-lm none -c 256 -ncmoe 1"), gpu_names=gpu)) == {"CUDA0": 4800, "Host": 1800}
+    # with mmap (the default) the host's buffer is the file range from its first to its last
+    # host tensor: attn 3 (on the GPU) sits inside it
+    laid = make_model(n_layer=n, tensors=_laid_out(tensors), n_head_kv=1, head_k=64, head_v=64)
+    assert by(plan_memory(laid, cfg("-c 256 -ngl 2"), gpu_names=gpu)) == {"CUDA0": 2900, "Host": 3800}
+    assert by(plan_memory(m, cfg("-lm none -c 256"))) == {"Host": 6600}
     kv = {d.name: d.kv_bytes for d in plan_memory(m, cfg("-c 256 -np 1 -ngl 2"), gpu_names=gpu).devices}
     assert kv == {"CUDA0": 256 * 64 * 2 * 2, "Host": 3 * 256 * 64 * 2 * 2}
     nkvo = plan_memory(m, cfg("-c 256 -np 1 -nkvo"), gpu_names=gpu)

@@ -53,7 +53,8 @@ def test_the_seeds_figures_come_out_of_the_plans(figures):
     assert q.gpu_bytes_no_offload > seed_numbers.GPU_16GB
     assert q.all_experts_cpu.cpu_expert_layers == q.n_layer
     assert q.all_experts_cpu.gpu_bytes < q.full_context.gpu_bytes <= seed_numbers.GPU_16GB
-    assert q.full_context.host_bytes < q.all_experts_cpu.host_bytes
+    # the host's mmap'd range spans the file either way (llama.cpp maps first..last host tensor)
+    assert q.full_context.host_bytes <= q.all_experts_cpu.host_bytes
     assert 0 < q.full_context.cpu_expert_layers < q.n_layer
     assert q.all_experts_cpu.n_ctx == q.full_context.n_ctx == q.n_ctx_train
     # with no -c, --fit gives up context before it moves any expert
