@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from kvwall.budget.cachetypes import row_bytes
 from kvwall.budget.config import ServerConfig
-from kvwall.budget.memory.compute import compute_buffers
+from kvwall.budget.memory.compute import GpuOffload, compute_buffers
 from kvwall.budget.memory.layout import Layout, pad
 from kvwall.budget.memory.resolve import Context, Resolved, context
 from kvwall.monitors.gguf import ModelInfo
@@ -58,6 +58,7 @@ class _KvCache:
     swa: int
     per_cell: int
     by_device: dict[str, int]
+    host_layer: int  # K + V of the largest layer cached on the host (0: none)
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ def _kv_cache(model: ModelInfo, config: ServerConfig, rv: Resolved, lay: Layout,
     cells_swa = _swa_cells(model, config, rv, lay, ctx)
     by_device: dict[str, int] = {}
     kv_k = kv_v = kv_swa = 0
-    per_cell = 0
+    per_cell = host_layer = 0
     for il, swa, kw, vw in zip(lay.kv_layers, lay.swa, lay.k_width, lay.v_width, strict=True):
         cells = cells_swa if swa else ctx.n_ctx_seq
         k_row = row_bytes(tk, kw)
@@ -239,7 +240,9 @@ def _kv_cache(model: ModelInfo, config: ServerConfig, rv: Resolved, lay: Layout,
             kv_swa += k + v
         dev = layer_device(rv, model, il) if config.kv_offload else "Host"
         by_device[dev] = by_device.get(dev, 0) + k + v
-    return _KvCache(cells_swa, kv_k, kv_v, kv_swa, per_cell, by_device)
+        if dev == "Host":
+            host_layer = max(host_layer, k + v)
+    return _KvCache(cells_swa, kv_k, kv_v, kv_swa, per_cell, by_device, host_layer)
 
 
 def _recurrent_state(model: ModelInfo, config: ServerConfig, rv: Resolved, lay: Layout) -> _RecurrentState:
@@ -255,14 +258,33 @@ def _recurrent_state(model: ModelInfo, config: ServerConfig, rv: Resolved, lay: 
     return _RecurrentState(total, by_device)
 
 
+def _gpu_offload(model: ModelInfo, config: ServerConfig, rv: Resolved, host_kv: int) -> GpuOffload:
+    """Which GPUs run layers, the largest host weight the first GPU runs, pipelining."""
+    if not rv.gpu_names:
+        return GpuOffload(frozenset(), 0, pipeline=False)
+    devices = {layer_device(rv, model, il) for il in range(model.n_layer_all)}  # the output alone computes ~0
+    host_weights = max(
+        (t.n_bytes for t, dev in tensor_devices(model, config, rv)
+         if dev == "Host" and not t.name.startswith(_INPUT_TENSORS) and len(t.shape) > 1),
+        default=0,
+    )  # fmt: skip
+    overrides = rv.fit_overrides if rv.fit_overrides is not None else user_overrides(config)
+    pipeline = (
+        len(rv.gpu_names) > 1
+        and rv.n_gpu_layers >= model.n_layer_all + 1
+        and config.split_mode in (None, "layer")
+        and config.kv_offload
+        and not overrides
+    )
+    return GpuOffload(frozenset(devices - {"Host"}), host_weights, pipeline, host_kv)
+
+
 def allocate(model: ModelInfo, config: ServerConfig, rv: Resolved, lay: Layout, n_ctx_req: int) -> Alloc:
     """Every buffer llama-server allocates for a requested context of ``n_ctx_req`` cells."""
     ctx = context(model, config, rv, n_ctx_req)
     kv = _kv_cache(model, config, rv, lay, ctx)
     rs = _recurrent_state(model, config, rv, lay)
-    offloaded = bool(rv.gpu_names) and rv.n_gpu_layers > 0
-    devices = {layer_device(rv, model, il) for il in range(model.n_layer_all + 1)} if offloaded else set()
-    compute = compute_buffers(model, rv, lay, ctx, kv.cells_swa, devices)
+    compute = compute_buffers(model, rv, lay, ctx, kv.cells_swa, _gpu_offload(model, config, rv, kv.host_layer))
     # llama_context::output_reserve(n_seq_max): logits (and embeddings) for n_seq_max rows
     n_out = rv.n_seq
     output = model.n_vocab * n_out * 4

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Set
+from dataclasses import dataclass
 
 from kvwall.budget.memory.layout import Layout, head_k
 from kvwall.budget.memory.resolve import Context, Resolved
@@ -61,7 +61,7 @@ def _recurrent_bytes(model: ModelInfo, lay: Layout, n_tok: int) -> int:
 
 
 def compute_buffers(
-    model: ModelInfo, rv: Resolved, lay: Layout, ctx: Context, cells_swa: int, layer_devices: Set[str]
+    model: ModelInfo, rv: Resolved, lay: Layout, ctx: Context, cells_swa: int, offload: GpuOffload
 ) -> dict[str, int]:
     """Estimated ``sched_reserve`` compute buffer per device.
 
@@ -84,7 +84,7 @@ def compute_buffers(
         lay: the model's layout.
         ctx: the context sizes.
         cells_swa: cells per stream of the SWA cache.
-        layer_devices: the devices the layers (and the output) are on.
+        offload: how the graph spreads over the GPUs (ignored without GPUs).
 
     Returns:
         Bytes per device name (``Host`` included when offloading).
@@ -100,12 +100,72 @@ def compute_buffers(
     n_out = min(n_tok, rv.n_seq)
     logits = model.n_vocab * n_out * _F32
     peak = mask + max(attn, ffn, rec, n_embd * n_tok * _F32) + logits
-    if not rv.gpu_names or rv.n_gpu_layers <= 0:
+    if not rv.gpu_names:
         return {"Host": int(peak)}
-    gpus = set(layer_devices) - {"Host"}
-    out = {name: int(peak) for name in sorted(gpus)}
-    # the CPU backend's part (input embeddings, staged inputs) sits in pinned host memory
-    out["Host"] = int(n_embd * n_tok * _F32 + mask)
+    return _with_gpus(rv, n_embd * n_tok, mask, _gpu_peak(model, lay, n_kv, n_tok, fa, mask + logits), offload)
+
+
+def _gpu_peak(model: ModelInfo, lay: Layout, n_kv: int, n_tok: int, fa: bool, fixed: int) -> int:
+    """One layer's peak on a GPU backend (fitted to Vulkan's ``sched_reserve``): attention
+    ``2*q + (k + v) + 3*n_embd`` values a token (plus the f32 KQ without flash attention),
+    feed-forward ``4*n_ff`` (MoE: ``4 * n_ff_exp * n_expert_used``)."""
+    attn = _attention_bytes(model, lay, n_kv, 0, n_tok, fa) - 128 * n_tok * _F32 if lay.kv_layers else 0
+    n_ff = max(model.n_ff or (0,))
+    if model.n_expert_used:
+        n_ff = _n_ff_exp(model) * model.n_expert_used
+    ffn = 4 * n_ff * n_tok * _F32
+    return fixed + max(attn, ffn, _recurrent_bytes(model, lay, n_tok), model.n_embd * n_tok * _F32)
+
+
+@dataclass(frozen=True)
+class GpuOffload:
+    """How the scheduler spreads one graph over the GPUs (what sizes their buffers).
+
+    Attributes:
+        layer_devices: the GPUs holding layers (the output layer included).
+        host_weights: the largest weight tensor on the host outside the input layer; 0
+            when every layer's weights are on a GPU. Batches of 32 tokens or more run such
+            weights on the first GPU (``--op-offload``), copied into its compute buffer.
+        pipeline: pipeline parallelism (several GPUs, every layer and the KV offloaded,
+            ``-sm layer``, no tensor overrides): the scheduler keeps 4 copies of the inputs.
+        host_kv: K + V of the largest layer whose cache is on the host (its attention
+            then runs on the first GPU on a copy); 0 when every cache is on a GPU.
+    """
+
+    layer_devices: frozenset[str]
+    host_weights: int
+    pipeline: bool
+    host_kv: int = 0
+
+
+_PIPELINE_COPIES = 4  # GGML_SCHED_MAX_COPIES
+
+
+def _with_gpus(rv: Resolved, embd_tok: int, mask: int, peak: int, offload: GpuOffload) -> dict[str, int]:
+    """Compute buffers with GPUs: one per GPU that runs part of the graph, and the CPU
+    backend's in pinned host memory (``Vulkan_Host``, ``CUDA_Host``).
+
+    Fitted to the b11434 Vulkan backend's ``sched_reserve`` lines (docs/llamacpp-notes.md):
+    the host holds the staged inputs, ``mask + 16 x n_embd x T`` bytes with flash attention
+    (``20 x`` without); with pipeline parallelism four copies of the mask and ``40 x``
+    (``56 x``). Each GPU with layers holds the one-layer peak (plus three more mask copies
+    under pipeline parallelism, and on the first GPU the staged activations it passes on).
+    """
+    copies = _PIPELINE_COPIES if offload.pipeline else 1
+    per_tok = (40 if rv.fa_effective else 56) if offload.pipeline else (16 if rv.fa_effective else 20)
+    out: dict[str, int] = {}
+    first = rv.gpu_names[0]
+    for name in rv.gpu_names:
+        runs_host_work = name == first and (offload.host_weights or offload.host_kv)
+        if name not in offload.layer_devices and not runs_host_work:
+            continue
+        size = peak + (copies - 1) * mask
+        if name == first and offload.pipeline:
+            size += 48 * embd_tok
+        if runs_host_work:
+            size += max(offload.host_weights, offload.host_kv, 8 * embd_tok)
+        out[name] = size
+    out["Host"] = copies * mask + per_tok * embd_tok
     return out
 
 

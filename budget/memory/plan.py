@@ -145,7 +145,7 @@ def _slot_capacity(model: ModelInfo, config: ServerConfig, rv: Resolved, lay: La
 
 
 def _device_rows(rv: Resolved, alloc: Alloc) -> tuple[DeviceBudget, ...]:
-    names = [n for n in rv.gpu_names if rv.n_gpu_layers > 0] + ["Host"]
+    names = [n for n in rv.gpu_names if rv.n_gpu_layers > 0 or alloc.device_total(n) > 0] + ["Host"]
     devices = []
     for name in names:
         is_host = name == "Host"
