@@ -200,8 +200,18 @@ def vulkan_server_found() -> VulkanServer:
     return search.server
 
 
+@pytest.fixture(scope="session")
+def mesa_shader_cache(pytestconfig, tmp_path_factory) -> str:
+    """A shader cache kept between test runs (in .pytest_cache). lavapipe compiles every
+    ggml-vulkan pipeline at the first warm-up and completion, about 30 s on 2 cores; Mesa
+    keeps them under $XDG_CACHE_HOME, which every test gets fresh."""
+    cache = getattr(pytestconfig, "cache", None)  # None with -p no:cacheprovider
+    path = cache.mkdir("mesa_shader_cache") if cache else tmp_path_factory.mktemp("mesa")
+    return str(path)
+
+
 @pytest.fixture
-def vulkan_server(tmp_path, vulkan_server_found) -> Iterator:
+def vulkan_server(tmp_path, vulkan_server_found, mesa_shader_cache) -> Iterator:
     """Factory: ``vulkan_server(model, *args, devices="0", env=None, wait=True)`` ->
     RunningServer, started with ``GGML_VK_VISIBLE_DEVICES=devices`` (``"0,0"``: two
     lavapipe devices) and ``-lv 4``; stopped after the test."""
@@ -212,7 +222,7 @@ def vulkan_server(tmp_path, vulkan_server_found) -> Iterator:
             model,
             args,
             log_dir=tmp_path,
-            env=vulkan_server_found.environment(devices, env),
+            env=vulkan_server_found.environment(devices, {"MESA_SHADER_CACHE_DIR": mesa_shader_cache, **(env or {})}),
             wait=wait,
             verbosity=verbosity,
             exe=str(vulkan_server_found.exe),
@@ -226,7 +236,7 @@ def vulkan_server(tmp_path, vulkan_server_found) -> Iterator:
 
 
 @pytest.fixture
-def run_vulkan_until_exit(tmp_path, vulkan_server_found):
+def run_vulkan_until_exit(tmp_path, vulkan_server_found, mesa_shader_cache):
     """Factory: ``run_vulkan_until_exit(model, *args, devices="0", env=None)`` ->
     (exit code, log) when the Vulkan server exits by itself (a configuration it refuses),
     or (None, log) once it served ``/health`` (then it is stopped)."""
@@ -237,7 +247,7 @@ def run_vulkan_until_exit(tmp_path, vulkan_server_found):
             [str(a) for a in args],
             log_dir=tmp_path,
             exe=str(vulkan_server_found.exe),
-            env=vulkan_server_found.environment(devices, env),
+            env=vulkan_server_found.environment(devices, {"MESA_SHADER_CACHE_DIR": mesa_shader_cache, **(env or {})}),
         )
 
     return run
