@@ -48,7 +48,9 @@ def test_the_environment_variable_wins_and_its_build_is_named(tmp_path):
     found = search_vulkan_server({ENV_VAR: str(exe)}, info)
     assert found.server is not None and found.server.source == "env"
     assert found.server.version == "version: 11434 (abcdef0)"
-    assert found.server.devices == ("Vulkan0: llvmpipe (LLVM 15.0.6, 256 bits) (2048 MiB, 2048 MiB free)",)
+    assert found.server.devices == (
+        "Vulkan0: llvmpipe (LLVM 15.0.6, 256 bits) (2048 MiB, 2048 MiB free)",
+    )
     assert str(exe) in found.describe() and "11434" in found.describe()
 
 
