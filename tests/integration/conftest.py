@@ -271,10 +271,19 @@ def tiny_model(tmp_path_factory):
     return get
 
 
+_header_shown: list[bool] = []
+
+
 def pytest_report_header(config):
-    """Which Vulkan llama-server the Vulkan tests use, or why they skip (shown when this
-    folder's tests are named on the command line; the skip reasons say it otherwise)."""
+    """Which Vulkan llama-server the Vulkan tests use, or why they skip (pytest asks only
+    when this folder is named on the command line; else the summary says it)."""
+    _header_shown.append(True)
     return find_vulkan_server().describe()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _header_shown and find_vulkan_server.cache_info().currsize:  # a fixture used it
+        terminalreporter.write_line(find_vulkan_server().describe())
 
 
 def pytest_collection_modifyitems(config, items):
