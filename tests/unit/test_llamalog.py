@@ -1,6 +1,7 @@
 """The llama-server log parser on logs recorded from the real server (tests/fixtures/logs,
-re-recorded by tests/fixtures/logs/record.py) and on lines built from llama.cpp's own
-printf formats for what a CPU-only build never prints (GPU buffers, offload, device rows)."""
+re-recorded by tests/fixtures/logs/record.py: the CPU build, and a Vulkan build on one and
+two lavapipe devices) and on lines built from llama.cpp's own printf formats for what
+those builds never print (CUDA buffers, older spellings)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from oracles.llamalog import LoadLog, parse_load_log, strip_line
+from oracles.llamalog import HOST, LoadLog, buffer_device, parse_load_log, strip_line
 
 LOGS = Path(__file__).resolve().parents[1] / "fixtures" / "logs"
 INDEX = json.loads((LOGS / "index.json").read_text())
@@ -23,6 +24,15 @@ def load(name: str) -> LoadLog:
 def arg(name: str, flag: str) -> str | None:
     args = INDEX[name]["args"]
     return args[args.index(flag) + 1] if flag in args else None
+
+
+def device_names(name: str) -> list[str]:
+    """The devices GGML_VK_VISIBLE_DEVICES gave the recorded server ([] on the CPU build)."""
+    visible = INDEX[name].get("devices")
+    return [f"Vulkan{i}" for i in range(len(visible.split(",")))] if visible else []
+
+
+VULKAN = sorted(n for n in INDEX if INDEX[n].get("backend") == "vulkan")
 
 
 # ---------------------------------------------------------------- every recorded log
@@ -41,11 +51,13 @@ def test_started_servers_parse_as_loaded_and_refusals_as_refused(name):
         assert log.model_total_mib > 0
         assert log.compute_total_mib > 0
         assert log.kv_caches or log.recurrent
-        # the exit table of a clean SIGTERM shutdown is there, with a Host row
-        assert [row.name for row in log.memory_breakdown] == ["Host"]
     else:
         assert log.refusal_reason is not None
         assert log.kv_caches == () and log.compute_buffers_mib == {}
+    if INDEX[name]["served"] and INDEX[name]["exit_code"] == 0:
+        # the exit table of a clean SIGTERM shutdown is there: a row per device, then Host
+        rows = [row.name.split(" (")[0] for row in log.memory_breakdown]
+        assert rows == [*device_names(name), "Host"]
 
 
 @pytest.mark.parametrize("name", sorted(n for n in INDEX if INDEX[n]["started"]))
@@ -379,3 +391,202 @@ llama_memory_breakdown_print: |   - Host               |                 1500 = 
     assert log.n_ctx_seq == 8192
     assert log.kv_caches[0].cells == 8192 and log.kv_total_mib == 1024.0
     assert log.memory_breakdown[0].context_mib == 1024
+
+
+# ---------------------------------------------------------------- Vulkan logs (b11434, lavapipe)
+
+
+@pytest.mark.parametrize("name", VULKAN)
+def test_vulkan_logs_name_the_visible_devices_and_key_buffers_by_them(name):
+    log = load(name)
+    devices = device_names(name)
+    assert [d.name for d in log.devices] == devices
+    assert all(d.free_mib > 0 and d.description for d in log.devices)
+    assert {buffer_device(b) for b in log.buffer_names} <= {*devices, HOST}
+    assert (log.offloaded_layers is not None) and log.offloadable_layers is not None
+    assert list(log.by_device)[-1] == HOST and set(log.by_device) <= {*devices, HOST}
+    assert log.fit.ran and log.fit.seconds is not None
+
+
+@pytest.mark.parametrize("name", [n for n in VULKAN if INDEX[n]["exit_code"] == 0])
+def test_buffers_per_device_add_up_to_the_exit_breakdown(name):
+    """Two prints of the same memory: the buffer lines grouped by device, and llama.cpp's
+    own table (integer MiB of summed bytes, so within 1 MiB of the summed 0.01 MiB lines)."""
+    log = load(name)
+    rows = {row.name.split(" (")[0]: row for row in log.memory_breakdown}
+    assert set(rows) == set(log.by_device) | set(device_names(name))
+    for device, row in rows.items():
+        bufs = log.by_device.get(device)
+        if bufs is None:  # a device holding nothing
+            assert row.self_mib == 0
+            continue
+        assert abs(row.model_mib - bufs.model_mib) <= 1, device
+        assert abs(row.context_mib - bufs.context_mib) <= 1, device
+        assert abs(row.compute_mib - bufs.compute_mib) <= 1, device
+
+
+def test_all_layers_on_one_device_keep_token_embd_mapped_on_the_host():
+    log = load("vulkan_llama_1dev")
+    n_layer = INDEX["vulkan_llama_1dev"]["overrides"]["n_layer"]
+    assert (log.offloaded_layers, log.offloadable_layers) == (n_layer + 1, n_layer + 1)
+    assert set(log.model_buffers_mib) == {"CPU_Mapped", "Vulkan0"}
+    assert set(log.kv_buffers_mib) == {"Vulkan0"}
+    assert set(log.compute_buffers_mib) == {"Vulkan0", "Vulkan_Host"}
+    assert log.output_buffer_type == "Vulkan_Host"
+
+
+def test_ngl_0_keeps_weights_and_kv_on_the_host_but_computes_on_the_device():
+    log = load("vulkan_llama_ngl0")
+    assert log.offloaded_layers == 0
+    assert set(log.model_buffers_mib) == {"CPU_Mapped"} and set(log.kv_buffers_mib) == {"CPU"}
+    assert log.output_buffer_type == "CPU"
+    assert log.compute_buffers_mib["Vulkan0"] > 0  # large batches still run on the device
+
+
+def test_recurrent_state_lands_on_the_device():
+    log = load("vulkan_mamba_1dev")
+    assert set(log.rs_buffers_mib) == {"Vulkan0"} and log.kv_buffers_mib == {}
+    assert log.rs_buffers_mib["Vulkan0"] == pytest.approx(log.recurrent_total_mib, abs=0.011)
+
+
+@pytest.mark.parametrize("name", ["vulkan_llama_2dev", "vulkan_gemma3_2dev"])
+def test_two_devices_each_hold_weights_kv_and_compute(name):
+    log = load(name)
+    for device in ("Vulkan0", "Vulkan1"):
+        held = log.by_device[device]
+        assert held.model_mib > 0 and held.kv_mib > 0 and held.compute_mib > 0
+    assert log.fit.no_changes and [p.name for p in log.fit.initial] == ["Vulkan0", "Vulkan1"]
+    assert sum(log.kv_buffers_mib.values()) == pytest.approx(
+        log.kv_total_mib, abs=0.011 * len(log.kv_caches)
+    )
+
+
+def test_lv5_layer_lines_and_fit_trial_loads_are_not_the_served_model():
+    log = load("vulkan_llama_2dev_lv5")
+    text = (LOGS / "vulkan_llama_2dev_lv5.log").read_text()
+    assert text.count("llama_model_loader: loaded meta data") == 2  # a --fit trial, then the load
+    assert log.n_loads == 1 and log.extra_loads == ()
+    n_layer = INDEX["vulkan_llama_2dev_lv5"]["overrides"]["n_layer"]
+    assert sorted(log.layer_devices) == list(range(n_layer + 1))  # n_layer: the output layer
+    # each device holds the KV cache of the repeating layers assigned to it
+    (kv,) = log.kv_caches
+    per_layer = kv.size_mib / kv.layers
+    for device in ("Vulkan0", "Vulkan1"):
+        n_kv = sum(1 for il, d in log.layer_devices.items() if d == device and il < n_layer)
+        assert log.kv_buffers_mib[device] == pytest.approx(n_kv * per_layer, abs=0.011)
+
+
+# ---------------------------------------------------------------- what --fit decided
+
+
+def _fitt(name: str) -> int:
+    return int(arg(name, "-fitt"))
+
+
+def _kv_layers_per_device(log: LoadLog) -> dict[str, float]:
+    (kv,) = log.kv_caches
+    per_layer = kv.size_mib / kv.layers
+    return {d: mib / per_layer for d, mib in log.kv_buffers_mib.items()}
+
+
+def test_squeezed_fit_without_c_shrinks_the_context_then_the_layers():
+    name = "vulkan_fit_squeezed"
+    log = load(name)
+    fit = log.fit
+    assert (fit.outcome, fit.no_changes, fit.on_host) == ("success", False, False)
+    # the command as given does not fit in what -fitt leaves
+    (device,) = log.devices
+    assert fit.targets_mib == (device.free_mib - _fitt(name),)
+    assert fit.projected_used_mib > fit.targets_mib[0]
+    assert fit.deficit_mib == pytest.approx(fit.projected_used_mib - fit.targets_mib[0], abs=1)
+    # the training context first, down to the minimum --fit may set, then layers
+    assert fit.n_ctx_from == log.n_ctx_train == INDEX[name]["overrides"]["n_ctx_train"]
+    assert fit.n_ctx_to == log.n_ctx < fit.n_ctx_from
+    assert fit.n_ctx_user is None and not fit.fit_by_context
+    assert fit.layers_per_device == {"Vulkan0": log.offloaded_layers}
+    assert fit.n_gpu_layers == log.offloaded_layers < log.offloadable_layers
+    assert fit.devices[0].used_mib <= fit.targets_mib[0]
+    # the layers it kept on the CPU hold their KV cache there (the output layer has none)
+    layers = _kv_layers_per_device(log)
+    assert layers["Vulkan0"] == pytest.approx(fit.n_gpu_layers - 1, abs=0.01)
+    assert layers["CPU"] == pytest.approx(log.offloadable_layers - fit.n_gpu_layers, abs=0.01)
+
+
+def test_squeezed_fit_with_c_keeps_the_context_and_moves_more_layers():
+    log, without_c = load("vulkan_fit_squeezed_c"), load("vulkan_fit_squeezed")
+    assert log.fit.n_ctx_user == log.n_ctx == int(arg("vulkan_fit_squeezed_c", "-c"))
+    assert log.fit.n_ctx_from is None
+    assert log.fit.n_gpu_layers == log.offloaded_layers < without_c.offloaded_layers
+
+
+def test_squeezed_fit_on_two_devices_fills_the_last_device_first():
+    name = "vulkan_fit_squeezed_2dev"
+    log = load(name)
+    fit = log.fit
+    assert [p.name for p in fit.initial] == ["Vulkan0", "Vulkan1"]
+    assert {p.target_mib for p in fit.initial} == {_fitt(name)}
+    assert fit.targets_mib == tuple(d.free_mib - _fitt(name) for d in log.devices)
+    assert [d.name for d in fit.devices] == ["Vulkan0", "Vulkan1"]
+    assert fit.n_gpu_layers == log.offloaded_layers
+    assert all(d.used_mib <= t for d, t in zip(fit.devices, fit.targets_mib, strict=True))
+    # each device's KV cache is that of the layers --fit gave it; Vulkan1, the last,
+    # also holds the output layer, which has no KV
+    layers = _kv_layers_per_device(log)
+    v0, v1 = fit.layers_per_device["Vulkan0"], fit.layers_per_device["Vulkan1"]
+    assert (layers["Vulkan0"], layers["Vulkan1"]) == pytest.approx((v0, v1 - 1), abs=0.01)
+
+
+def test_fit_gives_up_when_ngl_is_set_but_keeps_the_context_it_shrank():
+    log = load("vulkan_fit_ngl_set")
+    fit = log.fit
+    assert fit.outcome == "failure" and "n_gpu_layers already set by user" in fit.message
+    assert fit.devices == () and fit.n_gpu_layers is None
+    assert log.offloaded_layers == log.offloadable_layers  # -ngl 99 as given
+    assert fit.n_ctx_to == log.n_ctx < fit.n_ctx_from  # the context step ran before it gave up
+    assert any("failed to fit params" in w for w in log.warnings)
+
+
+def test_squeezed_moe_fit_moves_experts_to_the_cpu():
+    log = load("vulkan_moe_fit_squeezed")
+    fit = log.fit
+    assert fit.outcome == "success" and fit.dense_only_surplus_mib > 0
+    (device,) = fit.devices
+    assert 0 < device.n_part <= device.n_layer == log.offloaded_layers
+    assert fit.overflow_types.keys() <= {0}
+    # the experts it moved are mapped from the file on the host
+    assert log.model_buffers_mib["CPU_Mapped"] > log.model_buffers_mib["Vulkan0"]
+
+
+def test_fit_error_lines_are_an_error_outcome():
+    fit = load("llama_qv_fa_off").fit
+    assert fit.outcome == "error" and fit.message == "failed to create llama_context from model"
+
+
+def test_fit_lines_of_older_builds_and_devices_printed_before_the_model():
+    old = """llama_model_load_from_file_impl: using device CUDA0 (NVIDIA RTX 4090) - 23500 MiB free
+llama_model_loader: loaded meta data with 30 key-value pairs and 291 tensors from m.gguf (version GGUF V3 (latest))
+load_tensors: offloaded 20/33 layers to GPU
+llama_params_fit_impl:   - CUDA0 (NVIDIA RTX 4090)   : 20 layers,  22000 MiB used,   1500 MiB free
+llama_params_fit: successfully fit params to free device memory
+"""
+    log = parse_load_log(old)
+    assert [(d.name, d.description, d.free_mib) for d in log.devices] == [
+        ("CUDA0", "NVIDIA RTX 4090", 23500)
+    ]
+    assert log.fit.outcome == "success" and log.fit.layers_per_device == {"CUDA0": 20}
+
+
+@pytest.mark.parametrize(
+    ("buffer", "memory"),
+    [
+        ("Vulkan0", "Vulkan0"),
+        ("CUDA1", "CUDA1"),
+        ("CPU", HOST),
+        ("CPU_Mapped", HOST),
+        ("CPU_REPACK", HOST),
+        ("Vulkan_Host", HOST),
+        ("CUDA_Host", HOST),
+    ],
+)
+def test_buffer_names_map_to_the_memory_they_are_in(buffer, memory):
+    assert buffer_device(buffer) == memory
