@@ -102,19 +102,40 @@ def compute_buffers(
     peak = mask + max(attn, ffn, rec, n_embd * n_tok * _F32) + logits
     if not rv.gpu_names:
         return {"Host": int(peak)}
-    return _with_gpus(rv, n_embd * n_tok, mask, _gpu_peak(model, lay, n_kv, n_tok, fa, mask + logits), offload)
+    peaks = _GpuPeaks(*_gpu_phases(model, lay, n_kv, n_tok, fa), fixed=mask + logits)
+    return _with_gpus(rv, n_embd * n_tok, mask, peaks, offload)
 
 
-def _gpu_peak(model: ModelInfo, lay: Layout, n_kv: int, n_tok: int, fa: bool, fixed: int) -> int:
-    """One layer's peak on a GPU backend (fitted to Vulkan's ``sched_reserve``): attention
-    ``2*q + (k + v) + 3*n_embd`` values a token (plus the f32 KQ without flash attention),
-    feed-forward ``4*n_ff`` (MoE: ``4 * n_ff_exp * n_expert_used``)."""
+@dataclass(frozen=True)
+class _GpuPeaks:
+    """One layer's working sets on a GPU backend, by phase, and the persistent inputs."""
+
+    attn: int
+    ffn: int
+    other: int
+    fixed: int
+
+    def peak(self, offload: GpuOffload | None = None) -> int:
+        """The peak; with ``offload``, the first GPU also holds copies of what it runs for
+        the host: a cache layer during attention, a weight during the feed-forward."""
+        kv = offload.host_kv if offload else 0
+        weight = offload.host_weights if offload else 0
+        return self.fixed + max(self.attn + kv, self.ffn + weight, self.other)
+
+
+def _gpu_phases(model: ModelInfo, lay: Layout, n_kv: int, n_tok: int, fa: bool) -> tuple[int, int, int]:
+    """One layer's working sets on a GPU backend (fitted to Vulkan's ``sched_reserve``):
+    attention ``2*q + (k + v) + 3*n_embd`` values a token (plus the f32 KQ without flash
+    attention), feed-forward ``4*n_ff`` (MoE: ``4 * n_ff_exp * n_expert_used``)."""
     attn = _attention_bytes(model, lay, n_kv, 0, n_tok, fa) - 128 * n_tok * _F32 if lay.kv_layers else 0
     n_ff = max(model.n_ff or (0,))
     if model.n_expert_used:
         n_ff = _n_ff_exp(model) * model.n_expert_used
     ffn = 4 * n_ff * n_tok * _F32
-    return fixed + max(attn, ffn, _recurrent_bytes(model, lay, n_tok), model.n_embd * n_tok * _F32)
+    rec = _recurrent_bytes(model, lay, n_tok)
+    if lay.recurrent_layers and model.shortconv_l_cache:
+        rec = 8 * model.n_embd * n_tok * _F32  # LFM2's short-conv blocks on Vulkan
+    return attn, ffn, max(rec, model.n_embd * n_tok * _F32)
 
 
 @dataclass(frozen=True)
@@ -141,7 +162,7 @@ class GpuOffload:
 _PIPELINE_COPIES = 4  # GGML_SCHED_MAX_COPIES
 
 
-def _with_gpus(rv: Resolved, embd_tok: int, mask: int, peak: int, offload: GpuOffload) -> dict[str, int]:
+def _with_gpus(rv: Resolved, embd_tok: int, mask: int, peaks: _GpuPeaks, offload: GpuOffload) -> dict[str, int]:
     """Compute buffers with GPUs: one per GPU that runs part of the graph, and the CPU
     backend's in pinned host memory (``Vulkan_Host``, ``CUDA_Host``).
 
@@ -149,7 +170,9 @@ def _with_gpus(rv: Resolved, embd_tok: int, mask: int, peak: int, offload: GpuOf
     the host holds the staged inputs, ``mask + 16 x n_embd x T`` bytes with flash attention
     (``20 x`` without); with pipeline parallelism four copies of the mask and ``40 x``
     (``56 x``). Each GPU with layers holds the one-layer peak (plus three more mask copies
-    under pipeline parallelism, and on the first GPU the staged activations it passes on).
+    under pipeline parallelism, and on the first GPU the staged activations it passes on);
+    the first GPU also runs the host layers' batches (``--op-offload``) on copies of their
+    weights and caches.
     """
     copies = _PIPELINE_COPIES if offload.pipeline else 1
     per_tok = (40 if rv.fa_effective else 56) if offload.pipeline else (16 if rv.fa_effective else 20)
@@ -159,11 +182,9 @@ def _with_gpus(rv: Resolved, embd_tok: int, mask: int, peak: int, offload: GpuOf
         runs_host_work = name == first and (offload.host_weights or offload.host_kv)
         if name not in offload.layer_devices and not runs_host_work:
             continue
-        size = peak + (copies - 1) * mask
+        size = peaks.peak(offload if runs_host_work else None) + (copies - 1) * mask
         if name == first and offload.pipeline:
             size += 48 * embd_tok
-        if runs_host_work:
-            size += max(offload.host_weights, offload.host_kv, 8 * embd_tok)
         out[name] = size
     out["Host"] = copies * mask + per_tok * embd_tok
     return out
