@@ -318,18 +318,24 @@ class Engine:
         model_version: tuple[object, ...],
         config: ServerConfig,
         gpus: tuple[str, ...],
+        start_free: Mapping[str, int] | None = None,
     ) -> tuple[MemoryPlan | None, ServerConfig, tuple[str, ...]]:
-        """The plan with the server's real context: /slots corrects what --fit chose."""
+        """The plan with the server's real context: /slots corrects what --fit chose.
+
+        ``start_free`` is the free memory each GPU had when the server started (what its
+        ``--fit`` and its split by free memory saw); with it, where --fit put the layers is
+        replayed; without it the command's own placement is planned."""
+        extra = {"device_free": dict(start_free)} if start_free else {}
         slots = state.slots or ()
         slot_ctx = slots[0].n_ctx if slots else _props_slot_ctx(state.props)
         n_slots = _props_int(state.props, "total_slots") or (len(slots) or None)
         inputs = (model_version, config.argv, tuple(sorted(config.env.items())), gpus,
-                  slot_ctx, n_slots)
+                  slot_ctx, n_slots, tuple(sorted((start_free or {}).items())))
         hit = self._plans.get(key)
         if hit is not None and hit[0] == inputs:
             return hit[1], hit[2], hit[3]
         notes: list[str] = []
-        plan = self._plan_fn(model, config, gpu_names=gpus)
+        plan = self._plan_fn(model, config, gpu_names=gpus, **extra)
         if plan.ok and (slot_ctx or n_slots):
             seq = n_slots or plan.n_seq
             ctx = slot_ctx or plan.n_ctx_slot
@@ -341,7 +347,7 @@ class Engine:
                     n_ctx = ctx if plan.kv_unified else ctx * seq
                     fixed = config.replace(n_ctx=n_ctx, n_parallel=seq,
                                            kv_unified=plan.kv_unified)
-                    replan = self._plan_fn(model, fixed, gpu_names=gpus)
+                    replan = self._plan_fn(model, fixed, gpu_names=gpus, **extra)
                     if replan.ok:
                         why = ("--fit chose it" if config.n_ctx is None
                                else "the server differs from its command line")
@@ -364,7 +370,7 @@ class Engine:
         read = self._find_model(state, found.config)
         gpus = self._server_devices(state, devices)
         ids = gpus.names
-        planned = self._planned(key, state, read, found.config, ids)
+        planned = self._planned(key, state, read, found.config, ids, gpus.start_free)
         memory, memory_notes = _attribute(state, planned.plan, devices)
         unified = planned.plan.kv_unified if planned.plan is not None else (
             _unified_guess(planned.config) if planned.config is not None else False)
@@ -398,11 +404,13 @@ class Engine:
         """The devices the server offloads to: its own executable's ``--list-devices``
         (with its environment) when kvwall may run it, else the pools that list its pid.
 
-        DEVICE_FREE_HOOK: ``free_bytes`` is each device's free memory *now*, with this
-        server's own buffers already allocated; the ``--fit`` and split decisions the
-        server made at its start saw that plus what it holds there. Replaying them needs
-        ``free_bytes + the server's bytes on the device`` (measured per process where
-        the driver tells, else planned) as ``plan_fn``'s ``device_free``: not passed yet.
+        ``free_bytes`` is each device's free memory *now*, with this server's own buffers
+        already allocated; the ``--fit`` and split decisions the server made at its start
+        saw that plus what it holds there. ``start_free`` replays that: the binary's own
+        figure where it is what llama.cpp reads (Vulkan, Metal), else the live free memory
+        plus what the driver measures for this process on the device. A device the driver
+        does not measure per process leaves ``start_free`` empty (the command's own
+        placement is planned).
         """
         found = self._binary_devices(state)
         if found is None or found.error is not None:
@@ -410,7 +418,8 @@ class Engine:
             return _ServerDevices(device_ids(state, devices), {}, build)
         live = with_live_free(found, devices, state.process.device_env)
         return _ServerDevices(live.names, live.free_bytes(),
-                              server_build_number(_build_info(state), None, found))
+                              server_build_number(_build_info(state), None, found),
+                              _start_free(live, devices, state.process.pid))
 
     def _binary_devices(self, state: ServerState) -> LlamaDevices | None:
         """``--list-devices`` of the server's executable (a dictionary lookup after the
@@ -486,7 +495,8 @@ class Engine:
         return _ModelRead(None, None, (), (), (*notes, *_child_notes(proc)))
 
     def _planned(self, key: str, state: ServerState, read: _ModelRead,
-                 config: ServerConfig | None, ids: tuple[str, ...]) -> _Planned:
+                 config: ServerConfig | None, ids: tuple[str, ...],
+                 start_free: Mapping[str, int] | None = None) -> _Planned:
         """The memory plan (None when the model is unknown or llama.cpp would refuse)."""
         if read.model is None or config is None:
             notes: tuple[str, ...] = ()
@@ -494,7 +504,8 @@ class Engine:
                 notes = ("the model file is not readable here: weights from /v1/models; KV "
                          "cache and compute buffers unknown",)
             return _Planned(None, config, (), notes)
-        plan, config, plan_notes = self._plan(key, state, read.model, read.version, config, ids)
+        plan, config, plan_notes = self._plan(key, state, read.model, read.version, config, ids,
+                                              start_free)
         if plan is not None and plan.errors:
             return _Planned(None, config, tuple(
                 f"llama.cpp would refuse this configuration: {e}" for e in plan.errors),
@@ -607,8 +618,32 @@ class _ServerDevices:
     """The devices step: what the plan offloads to, their free memory, the build."""
 
     names: tuple[str, ...]  # llama.cpp device names, in its order
-    free_bytes: Mapping[str, int]  # free now, as llama.cpp reads it (DEVICE_FREE_HOOK)
+    free_bytes: Mapping[str, int]  # free now, as llama.cpp reads it
     build_number: int | None  # llama.cpp's build, None when unknown
+    start_free: Mapping[str, int] | None = None  # free when the server started (replayed)
+
+
+_FREE_ROUNDING = 64 * 1024 * 1024  # free memory moves a little each poll: replan on real change
+
+
+def _start_free(live: LlamaDevices, devices: Sequence[DeviceMemory], pid: int | None
+                ) -> Mapping[str, int] | None:
+    """Each GPU's free memory as the server saw it at its start (see ``_server_devices``)."""
+    out: dict[str, int] = {}
+    pools = {d.llama_device: d for d in devices if d.llama_device}
+    for dev in live.devices:
+        if dev.free_bytes is None:
+            return None
+        pool = pools.get(dev.name)
+        if pool is None or not dev.name.startswith(("CUDA", "ROCm")):
+            out[dev.name] = dev.free_bytes  # the binary's figure is what --fit reads
+            continue
+        held = [p.used_bytes for p in pool.processes if p.pid == pid]
+        if not held:
+            return None
+        free = dev.free_bytes + held[0]
+        out[dev.name] = free - free % _FREE_ROUNDING
+    return out or None
 
 
 @dataclass(frozen=True)

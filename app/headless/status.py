@@ -231,6 +231,20 @@ def _plan_json(plan: MemoryPlan | None) -> JsonObject | None:
         "devices": [{"name": d.name, "weights_bytes": d.weights_bytes, "kv_bytes": d.kv_bytes,
                      "recurrent_bytes": d.recurrent_bytes, "compute_bytes": d.compute_bytes,
                      "total_bytes": d.total_bytes} for d in plan.devices],
+        "placement": _placement_json(plan),
+    }
+
+
+def _placement_json(plan: MemoryPlan) -> JsonObject | None:
+    p = plan.placement
+    if p is None:
+        return None
+    return {
+        "n_gpu_layers": p.n_gpu_layers,
+        "layers": [{"device": name, "layers": n} for name, n in p.layers],
+        "cpu_expert_layers": list(p.cpu_expert_layers),
+        "fit": p.fit,
+        "summary": p.summary,
     }
 
 
