@@ -44,7 +44,10 @@ Predict what llama-server allocates for MODEL.gguf with these flags: weights, KV
 recurrent state, compute and output buffers per device, the context each slot gets, the
 defaults and guesses behind the numbers, and a what-if table (KV cache types f16, q8_0,
 q4_0 and any you name, crossed with the current slot count and fewer slots) with the bytes
-each change saves, the largest context that fits, and the exact command line.
+each change saves, the largest context that fits, and the exact command line. For a
+server on GPUs: where llama-server's --fit puts the layers, and an offload table (-ngl N,
+-ncmoe N and -ot exps=CPU for a MoE, -nkvo, -ts for several GPUs) with the GPU memory each
+frees, the largest context it allows, its speed cost and its command line.
 
 llama-server flags are read exactly as llama-server reads them (short, long, --x=y and
 underscore spellings; LLAMA_ARG_* variables from your environment or in front of --cmd).
@@ -77,8 +80,9 @@ options:
 exit status: 0 plan printed, it fits the memory budget; 1 llama.cpp would refuse this
 configuration (the reason is printed, no budget); 2 bad path, unreadable GGUF (or a split
 model's later shard, or a big-endian one), or an argument or flag value llama-server
-rejects; 3 plan printed, it does not fit the memory budget (the what-if commands that
-fit are offered). With --json, errors are printed as a JSON object too
+rejects; 3 plan printed, it does not fit the memory budget, in total or on one GPU (the
+what-if commands that fit are offered; a command --fit starts by moving layers to the CPU
+fits). With --json, errors are printed as a JSON object too
 ({"schema_version": 1, "error": "...", "exit_code": 2}).
 """
 
