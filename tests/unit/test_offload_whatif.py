@@ -211,3 +211,19 @@ def test_a_30b_moe_on_16_gib_gets_the_experts_that_let_64k_fit(shapes):
     best = min(reaching, key=lambda r: r.config.n_cpu_moe)
     assert 0 < best.config.n_cpu_moe < m.n_layer and best.plan.placement.n_gpu_layers == m.n_layer_all + 1
     assert len(best.plan.placement.cpu_expert_layers) == best.config.n_cpu_moe
+
+
+def test_the_gui_planner_page_lists_the_same_offload_rows(shapes):
+    import html
+
+    from kvwall.widgets.viewmodels.planner import plan_html
+
+    m = shapes["70b"]
+    page = plan_html(m.path, "-c 32768", 24 * GIB, gpu_names=("CUDA0",))
+    assert page.error is None and "Offload" in page.html
+    assert "llama-server will start with 39 layers on CUDA0, 42 on the CPU" in page.html
+    config = parse_command_line(["llama-server", "-m", m.path, "-c", "32768"])
+    rows = offload_table(m, config, memory_bytes=24 * GIB, gpu_names=("CUDA0",), device_free={"CUDA0": 24 * GIB})
+    for row in rows:
+        assert html.escape(row.command) in page.html and html.escape(row.caveat) in page.html
+    assert "Offload" not in plan_html(m.path, "-c 32768", 24 * GIB).html  # CPU-only: none
