@@ -223,7 +223,8 @@ def advise(
     Returns:
         Advice that frees memory on the pool, valid for llama.cpp, most bytes saved
         first. On a GPU pool, one offload fix per lever (``-ngl``, ``-ncmoe``/``-ot``,
-        ``-nkvo``, ``-ts``): its row that moves the least off the GPUs and fits. ``--cache-ram`` advice frees host RAM (its ``saves_bytes`` is the lowered
+        ``-nkvo``, ``-ts``): its row that moves the least off the GPUs and fits.
+        ``--cache-ram`` advice frees host RAM (its ``saves_bytes`` is the lowered
         ceiling, what the cache may hold at most) and ranks last on a discrete GPU.
         Empty when the plan itself is refused.
     """
@@ -362,9 +363,11 @@ def _offload_context_fixes(model: ModelInfo, config: ServerConfig, plan: MemoryP
                                    device_free=device_free, headroom=CONTEXT_HEADROOM):  # fmt: skip
         assert row.offload is not None
         flags = f"{row.label} -c {n_ctx}"
-        title = f"move {_offload_words(model, row)} ({flags}): {_tokens(n_ctx)} context fits in {format_bytes(budget_bytes)}"
-        out.append(Advice(_OFFLOAD_ACTIONS[row.offload], title, current - pool_bytes(row.plan, pool), row.max_ctx,
-                          row.command, row.caveat, solves="context", n_ctx_slot=row.plan.n_ctx_slot))  # fmt: skip
+        title = (f"move {_offload_words(model, row)} ({flags}): {_tokens(n_ctx)} context fits "
+                 f"in {format_bytes(budget_bytes)}")
+        out.append(Advice(_OFFLOAD_ACTIONS[row.offload], title, current - pool_bytes(row.plan, pool),
+                          row.max_ctx, row.command, row.caveat, solves="context",
+                          n_ctx_slot=row.plan.n_ctx_slot))
     return out
 
 
@@ -677,8 +680,8 @@ def advice_options(model: ModelInfo, config: ServerConfig, plan: MemoryPlan, *,
                      device_free=device_free, offload=offload)
     current = pool_bytes(plan, pool)
     # A configuration that does not fit needs a fix that makes it fit, not just one that frees.
-    solves = (lambda a: current - a.saves_bytes <= budget_bytes) if current > budget_bytes else (lambda a: True)
-    memory = sorted((a for a in freeing if a.action != "cache-ram" and solves(a)),
+    memory = sorted((a for a in freeing if a.action != "cache-ram"
+                     and (current <= budget_bytes or current - a.saves_bytes <= budget_bytes)),
                     key=lambda a: ADVICE_COST[a.action])
     host = tuple(replace(a, solves="host-ram") for a in freeing if a.action == "cache-ram")
     return AdviceOptions(

@@ -442,7 +442,8 @@ def _expert_levers(model: ModelInfo, config: ServerConfig, base: MemoryPlan, roo
     chosen = sorted({n for n in options if 0 < n < n_layer and n != config.n_cpu_moe})
     levers = [_Lever(f"-ncmoe {n}", "cpu-moe", {"n_cpu_moe": n}) for n in chosen]
     if EXPERTS_ON_CPU not in config.override_tensor:
-        levers.append(_Lever("-ot exps=CPU", "cpu-moe", {"override_tensor": (*config.override_tensor, EXPERTS_ON_CPU)}))
+        ot = (*config.override_tensor, EXPERTS_ON_CPU)
+        levers.append(_Lever("-ot exps=CPU", "cpu-moe", {"override_tensor": ot}))
     return levers
 
 
@@ -519,15 +520,14 @@ def _split_levers(config: ServerConfig, base: MemoryPlan, room: _Room) -> list[_
     free = room.device_free
     if free and all(g in free for g in gpus) and config.tensor_split:
         shares = tuple(round(free[g] / 2**30, 1) for g in gpus)
-        levers.append(_Lever(f"-ts {_split_text(shares)}", "tensor-split", {**pinned, "tensor_split": shares}))
+        levers.append(_split_lever(pinned, shares))
     k = max(1, round(sum(layers) / 16))
     for src, dst in _shifts(base, room, layers):
         if layers[src] > k:
             moved = list(layers)
             moved[src] -= k
             moved[dst] += k
-            shares = tuple(float(n) for n in moved)
-            levers.append(_Lever(f"-ts {_split_text(shares)}", "tensor-split", {**pinned, "tensor_split": shares}))
+            levers.append(_split_lever(pinned, tuple(float(n) for n in moved)))
     return levers
 
 
@@ -547,8 +547,10 @@ def _shifts(base: MemoryPlan, room: _Room, layers: Sequence[int]) -> list[tuple[
     return [(src, dst)] if src != dst else []
 
 
-def _split_text(shares: Sequence[float]) -> str:
-    return ",".join(f"{v:g}" for v in shares)
+def _split_lever(pinned: Changes, shares: tuple[float, ...]) -> _Lever:
+    """``-ts shares``, with ``--fit``'s other choices (``pinned``) written out."""
+    text = ",".join(f"{v:g}" for v in shares)
+    return _Lever(f"-ts {text}", "tensor-split", {**pinned, "tensor_split": shares})
 
 
 def _cpu_layers(model: ModelInfo, plan: MemoryPlan) -> int:
@@ -558,10 +560,13 @@ def _cpu_layers(model: ModelInfo, plan: MemoryPlan) -> int:
 
 
 def _expert_layer_count(model: ModelInfo) -> int:
-    return len({t.name.split(".")[1] for t in model.tensors if t.name.startswith("blk.") and "_exps" in t.name})
+    return len({t.name.split(".")[1] for t in model.tensors
+                if t.name.startswith("blk.") and "_exps" in t.name})
 
 
-def offload_cost(model: ModelInfo, base: MemoryPlan, plan: MemoryPlan, config: ServerConfig, max_ctx: int = 0) -> str:
+def offload_cost(
+    model: ModelInfo, base: MemoryPlan, plan: MemoryPlan, config: ServerConfig, max_ctx: int = 0
+) -> str:
     """What a placement costs in speed, in plain words, against the current one.
 
     Args:
@@ -575,11 +580,12 @@ def offload_cost(model: ModelInfo, base: MemoryPlan, plan: MemoryPlan, config: S
         return "no trade-off"
     parts = _layer_cost(model, base, plan) + _expert_cost(model, base, plan)
     if not config.kv_offload:
-        at_max = ""
+        size = format_bytes(plan.kv_bytes + plan.recurrent_bytes)
         if max_ctx > plan.n_ctx:
-            at_max = f"; {format_bytes(plan.kv_bytes_per_cell * max_ctx / max(1, plan.n_stream))} at -c {max_ctx}"
-        parts.append(f"the KV cache ({format_bytes(plan.kv_bytes + plan.recurrent_bytes)}{at_max}) in host RAM: "
-                     "attention reads it over PCIe, so every token slows down as the context grows")  # fmt: skip
+            at_max = plan.kv_bytes_per_cell * max_ctx / max(1, plan.n_stream)
+            size += f"; {format_bytes(at_max)} at -c {max_ctx}"
+        parts.append(f"the KV cache ({size}) in host RAM: attention reads it over PCIe, so every "
+                     "token slows down as the context grows")
     parts += _shift_cost(base, plan)
     return "; ".join(parts) or "as much of the model on the CPU as now: about the same speed"
 
@@ -613,9 +619,9 @@ def _expert_cost(model: ModelInfo, base: MemoryPlan, plan: MemoryPlan) -> list[s
         return [f"every expert on the GPUs (now those of {e_now} layers on the CPU): faster generation"]
     n_moe = _expert_layer_count(model)
     which = "all" if e_new == n_moe else f"{e_new} of {n_moe}"
-    return [f"the experts of {which} MoE layers on the CPU (now {e_now}): each token reads its {model.n_expert_used} "
-            f"routed experts (of {model.n_expert}) there from host memory, a smaller slowdown than whole "
-            "layers on the CPU"]  # fmt: skip
+    return [f"the experts of {which} MoE layers on the CPU (now {e_now}): each token reads its "
+            f"{model.n_expert_used} routed experts (of {model.n_expert}) there from host memory, a "
+            "smaller slowdown than whole layers on the CPU"]
 
 
 def _shift_cost(base: MemoryPlan, plan: MemoryPlan) -> list[str]:

@@ -748,7 +748,9 @@ def _gpu_columns(obj: JsonObject) -> list[str]:
 def _freed_cells(r: JsonObject, gpus: Sequence[str]) -> str:
     """GPU memory freed (per GPU, else in total) and what host RAM takes on in exchange."""
     saves = {d["name"]: d["saves_bytes"] for d in r["device_saves"]}
-    cells = [_signed(saves.get(g, 0), freed=True) for g in gpus] or [_signed(r["saves_bytes"] or 0, freed=True)]
+    cells = [_signed(saves.get(g, 0), freed=True) for g in gpus]
+    if not gpus:  # many GPUs: one column, in total
+        cells = [_signed(r["saves_bytes"] or 0, freed=True)]
     cells.append(_signed(-saves.get("Host", 0), freed=False))
     return "".join(f" {c:>12}" for c in cells)
 

@@ -227,3 +227,23 @@ def test_the_gui_planner_page_lists_the_same_offload_rows(shapes):
     for row in rows:
         assert html.escape(row.command) in page.html and html.escape(row.caveat) in page.html
     assert "Offload" not in plan_html(m.path, "-c 32768", 24 * GIB).html  # CPU-only: none
+
+
+@pytest.mark.parametrize(("argv", "changes"), [
+    (["--n-gpu-layers", "99"], {"n_gpu_layers": 31}),
+    (["-ngl", "all"], {"n_gpu_layers": 0}),
+    (["--n-cpu-moe", "3"], {"n_cpu_moe": 6}),
+    (["--override-tensor", "a=CPU", "-ot", "b=CUDA0"], {"override_tensor": ("a=CPU", "b=CUDA0", EXPERTS_ON_CPU)}),
+    (["--kv-offload"], {"kv_offload": False}),
+    (["--tensor-split", "1/1"], {"tensor_split": (40.0, 41.0)}),
+    ([], {"tensor_split": (22.5, 10.0), "n_gpu_layers": 64, "fit": False}),
+])
+def test_offload_edits_keep_the_users_spelling_and_reparse(argv, changes):
+    config = parse_command_line(["llama-server", "-m", "m.gguf", *argv])
+    command = config.command_line(**changes)
+    again = parse_command_line(command)
+    assert {k: getattr(again, k) for k in changes} == changes
+    for flag in argv:  # a flag the user wrote is edited in place, not added twice
+        if flag.startswith("--"):
+            assert command.count(flag) <= 1
+    assert len([w for w in command if w in ("-ot", "--override-tensor")]) <= 1
