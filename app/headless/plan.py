@@ -746,7 +746,7 @@ def _gpu_columns(obj: JsonObject) -> list[str]:
 
 
 def _freed_cells(r: JsonObject, gpus: Sequence[str]) -> str:
-    """GPU memory freed (per GPU, else in total) and what host RAM takes on in exchange."""
+    """GPU memory freed (per GPU, else in total) and what the Host row takes on in exchange."""
     saves = {d["name"]: d["saves_bytes"] for d in r["device_saves"]}
     cells = [_signed(saves.get(g, 0), freed=True) for g in gpus]
     if not gpus:  # many GPUs: one column, in total
@@ -756,7 +756,7 @@ def _freed_cells(r: JsonObject, gpus: Sequence[str]) -> str:
 
 
 def _signed(n: int, *, freed: bool) -> str:
-    """``4.59 GiB`` freed or ``-4.59 GiB`` (costs); host RAM as ``+4.59 GiB`` taken on."""
+    """``4.59 GiB`` freed or ``-4.59 GiB`` (costs); the Host row as ``+4.59 GiB`` taken on."""
     if n == 0:
         return "-"
     if freed:
@@ -771,8 +771,9 @@ def _write_offload(out: TextIO, obj: JsonObject, first: int) -> None:
     gpus = _gpu_columns(obj)
     heads = [f"{g} freed" for g in gpus] or ["GPUs freed"]
     w(f"\noffload (what moving work to the CPU buys; largest context that fits in "
-      f"{format_bytes(obj['memory']['budget_bytes'])}; * = fits):\n")
-    w(f"  {'#':>2}   {'change':<16}" + "".join(f" {h:>12}" for h in [*heads, "host RAM"])
+      f"{format_bytes(obj['memory']['budget_bytes'])}; * = fits; Host: what the Host row "
+      "above holds more or less):\n")
+    w(f"  {'#':>2}   {'change':<16}" + "".join(f" {h:>12}" for h in [*heads, "Host"])
       + f" {'largest -c':>11}  per slot\n")
     for i, r in enumerate(obj["offload"], first):
         if r["refused"]:

@@ -8,22 +8,26 @@ import json
 import shlex
 
 import pytest
+from kvwall.app.demo.realshapes import write_header
 from kvwall.app.demo.tinymodels import write_model
 from kvwall.app.headless.plan import EXIT_DOES_NOT_FIT, EXIT_OK, main
 from kvwall.budget.cmdline.parse import parse_command_line
 from kvwall.budget.memory import plan_memory
 from kvwall.monitors.gguf import read_model
-from model_shapes import write_llama_70b, write_qwen3_30b_a3b
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
+    """Llama-3.1-70B and Qwen3.6-35B-A3B at Q4_K_M, header only (removed afterwards: they
+    claim tens of GB, sparse), and a tiny llama."""
     root = tmp_path_factory.mktemp("cli-offload")
-    return {
-        "70b": str(write_llama_70b(root / "llama-70b.gguf")),
-        "moe": str(write_qwen3_30b_a3b(root / "qwen3-30b-a3b.gguf")),
+    yield {
+        "70b": str(write_header("llama-3.1-70b", root / "llama-70b.gguf")),
+        "moe": str(write_header("qwen3.6-35b-a3b", root / "qwen3.6-35b-a3b.gguf")),
         "tiny": str(write_model("llama", root / "tiny.gguf", n_layer=8, n_embd=256, n_ff=1024)),
     }
+    for path in root.glob("*.gguf"):
+        path.unlink()
 
 
 def run(*argv: str) -> tuple[int, str]:
@@ -43,15 +47,21 @@ def test_a_70b_that_fit_starts_on_24_gib_is_not_called_does_not_fit(models):
     code, text = run(*argv)
     assert code == EXIT_OK and "DOES NOT FIT" not in text
     assert "fits as --fit places it" in text
-    assert "placement: llama-server will start with 39 layers on CUDA0, 42 on the CPU, -c 32768" in text
+    model = read_model(models["70b"])
+    fitted = plan_memory(model, parse_command_line(["llama-server", "-m", models["70b"], "-c", "32768"]),
+                         gpu_names=("CUDA0",), device_free={"CUDA0": 24 << 30})
+    n_gpu = fitted.placement.n_gpu_layers
+    assert f"placement: llama-server will start with {n_gpu} layers on CUDA0, {81 - n_gpu} on the CPU, -c 32768" in text
     table = text[text.index("offload ("):]
-    assert "-ngl 31" in table and "-nkvo" in table and "layers on the CPU" in table and "PCIe" in table
+    step = round(81 / 10)  # rows a tenth of the layers either side of what --fit chose
+    assert f"-ngl {n_gpu - step} " in table and f"-ngl {n_gpu + step} " in table and "-nkvo" in table
+    assert "layers on the CPU" in table and "PCIe" in table
     _, obj = run_json(*argv)
     p = obj["placement"]
-    assert p["fit"] == "layers" and p["layers"] == [{"device": "CUDA0", "n_layers": 39}, {"device": "Host", "n_layers": 42}]
+    assert p["fit"] == "layers"
+    assert p["layers"] == [{"device": "CUDA0", "n_layers": n_gpu}, {"device": "Host", "n_layers": 81 - n_gpu}]
     pinned = parse_command_line(shlex.split(p["pinned_command"]))
-    assert pinned.n_gpu_layers == p["pinned"]["n_gpu_layers"] == 39 and not pinned.fit
-    model = read_model(models["70b"])
+    assert pinned.n_gpu_layers == p["pinned"]["n_gpu_layers"] == n_gpu and not pinned.fit
     again = plan_memory(model, pinned, gpu_names=("CUDA0",), device_free={"CUDA0": 24 << 30})
     assert [(d.name, d.total_bytes) for d in again.devices] == [(d["name"], d["total_bytes"]) for d in obj["devices"]]
     assert all(r["lever"] for r in obj["offload"])
@@ -72,7 +82,7 @@ def test_ngl_99_does_not_fit_and_the_offload_rows_that_fit_do(models):
         assert r["command"] in text
 
 
-def test_a_30b_moe_on_16_gib_gets_an_experts_row_for_its_64k(models):
+def test_a_35b_moe_on_16_gib_gets_an_experts_row_for_its_64k(models):
     code, obj = run_json(models["moe"], "--gpus", "CUDA0", "--memory", "16G", "-c", "65536", "-ngl", "99")
     assert code == EXIT_DOES_NOT_FIT
     experts = [r for r in obj["offload"] if r["label"].startswith("-ncmoe ") and r["fits"]]
@@ -81,7 +91,8 @@ def test_a_30b_moe_on_16_gib_gets_an_experts_row_for_its_64k(models):
     assert experts[0]["cpu_expert_layers"] == list(range(n))
     assert run_json("--cmd", experts[0]["command"], "--gpus", "CUDA0", "--memory", "16G")[0] == EXIT_OK
     ot = next(r for r in obj["offload"] if r["label"] == "-ot exps=CPU")
-    assert ot["cpu_expert_layers"] == list(range(48)) and ot["saves_bytes"] > experts[0]["saves_bytes"]
+    n_layer = read_model(models["moe"]).n_layer
+    assert ot["cpu_expert_layers"] == list(range(n_layer)) and ot["saves_bytes"] > experts[0]["saves_bytes"]
 
 
 def test_each_gpu_must_fit_in_its_own_free_memory(models):

@@ -1,5 +1,5 @@
 """Problem-first offload advice (issue 8) on header-only files of real shapes: a 70B that
-does not fit a 24 GiB GPU gets -ngl, a 30B MoE on 16 GiB gets its experts moved, a filling
+does not fit a 24 GiB GPU gets -ngl, a 35B MoE on 16 GiB gets its experts moved, a filling
 slot on a GPU gets context bought with offload; each command planned again from its text."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import shlex
 
 import pytest
+from kvwall.app.demo.realshapes import write_header
 from kvwall.budget.advice import (
     ADVICE_COST,
     POOL_GPU,
@@ -21,7 +22,6 @@ from kvwall.budget.memory import plan_memory
 from kvwall.budget.memory.plan import fits_devices
 from kvwall.budget.report import Forecast, SlotReport
 from kvwall.monitors.gguf import read_model
-from model_shapes import write_llama_70b, write_qwen3_30b_a3b
 
 GIB = 1 << 30
 GPUS = ("CUDA0",)
@@ -29,11 +29,15 @@ GPUS = ("CUDA0",)
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
+    """Llama-3.1-70B and Qwen3.6-35B-A3B at Q4_K_M, header only (removed afterwards: they
+    claim tens of GB, sparse)."""
     root = tmp_path_factory.mktemp("shapes")
-    return {
-        "70b": read_model(str(write_llama_70b(root / "llama-70b.gguf"))),
-        "moe": read_model(str(write_qwen3_30b_a3b(root / "qwen3-30b-a3b.gguf"))),
+    yield {
+        "70b": read_model(str(write_header("llama-3.1-70b", root / "llama-70b.gguf"))),
+        "moe": read_model(str(write_header("qwen3.6-35b-a3b", root / "qwen3.6-35b-a3b.gguf"))),
     }
+    for path in root.glob("*.gguf"):
+        path.unlink()
 
 
 def setup(model, *flags, free=None):
