@@ -154,9 +154,15 @@ def test_two_gpus_get_tensor_split_rows_that_move_layers_between_them(tiny):
     assert splits, [r.label for r in rows]
     by_free = [r for r in splits if r.config.tensor_split == tuple(round(free[g] / GIB, 1) for g in gpus)]
     assert by_free  # the command's -ts 3,1 against free memory split equally
-    for r in splits:
-        layers = dict(r.plan.placement.layers)
-        assert layers.get("Host", 0) == 0 and r.saves_bytes == 0  # they stay on GPUs
+    base = plan_memory(m, config, gpu_names=gpus, device_free=free)
+
+    def gpu_weights(plan):
+        return sum(d.weights_bytes for d in plan.devices if not d.is_host)
+
+    for r in splits:  # the layers stay on GPUs: only which GPU holds them changes
+        assert dict(r.plan.placement.layers).get("Host", 0) == 0
+        assert gpu_weights(r.plan) == gpu_weights(base)
+        assert dict(r.plan.placement.layers) != dict(base.placement.layers)
     check_rows(m, config, rows, budget, free, gpus)
 
 
