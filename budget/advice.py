@@ -11,14 +11,15 @@ that free memory, most bytes first (the what-if options).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
 from kvwall.budget.alerts import Thresholds
 from kvwall.budget.cachetypes import TYPE_SIZES, CacheType, cache_type_changes
 from kvwall.budget.config import ServerConfig
-from kvwall.budget.memory import MemoryPlan, largest_fitting, plan_memory
+from kvwall.budget.memory import KV_PAD, MemoryPlan, largest_fitting, plan_memory
+from kvwall.budget.memory.plan import fits_devices
 from kvwall.budget.report import (
     Advice,
     AdviceAction,
@@ -28,7 +29,15 @@ from kvwall.budget.report import (
     SlotReport,
 )
 from kvwall.budget.units import format_bytes, format_duration
-from kvwall.budget.whatif import Changes, WhatIf, simulate, slot_count_changes
+from kvwall.budget.whatif import (
+    Changes,
+    OffloadKind,
+    WhatIf,
+    offload_for_context,
+    offload_table,
+    simulate,
+    slot_count_changes,
+)
 from kvwall.monitors.gguf import ModelInfo
 from kvwall.monitors.snapshot import DeviceMemory, SlotState
 
@@ -62,10 +71,6 @@ CAVEATS: dict[AdviceAction, str] = {
         "one re-processes its whole prompt."
     ),
     "ubatch": "Prompt processing gets slower (smaller batches per pass); generation is unchanged.",
-    "cpu-moe": (
-        "Expert weights move to host RAM and run on the CPU: generation slows down and host "
-        "RAM must hold them."
-    ),
 }
 
 # Advice must free at least this fraction of what the server holds on its pool.
@@ -179,13 +184,6 @@ def _candidates(
     if plan.n_ubatch > 64:
         ub = max(64, plan.n_ubatch // 2)
         out.append(_Candidate("ubatch", f"smaller micro-batch (-ub {ub})", {"n_ubatch": ub}))
-    if model.n_expert > 0 and pool == POOL_GPU and not config.cpu_moe:
-        out.append(_Candidate("cpu-moe", "all expert weights on the CPU (-cmoe)",
-                              {"cpu_moe": True}))
-        half = model.n_layer // 2
-        if half > 0 and config.n_cpu_moe < half:
-            out.append(_Candidate("cpu-moe", f"expert weights of the first {half} layers on the "
-                                             f"CPU (-ncmoe {half})", {"n_cpu_moe": half}))
     return out
 
 
@@ -202,6 +200,8 @@ def advise(
     host_free_bytes: int | None = None,
     plan_fn: PlanFn = plan_memory,
     simulate_fn: SimulateFn = simulate,
+    device_free: Mapping[str, int] | None = None,
+    offload: Sequence[WhatIf] | None = None,
 ) -> tuple[Advice, ...]:
     """Ranked advice for one server.
 
@@ -216,10 +216,15 @@ def advise(
         slots: ``/slots`` now (for unified-KV advice), None when unknown.
         host_total_bytes, host_free_bytes: host RAM, for ``--cache-ram`` advice.
         plan_fn, simulate_fn: the memory model (injectable for tests).
+        device_free: free bytes per GPU (llama.cpp names), when known: offload fixes
+            must fit each GPU.
+        offload: :func:`kvwall.budget.whatif.offload_table`'s rows, if already computed.
 
     Returns:
         Advice that frees memory on the pool, valid for llama.cpp, most bytes saved
-        first. ``--cache-ram`` advice frees host RAM (its ``saves_bytes`` is the lowered
+        first. On a GPU pool, one offload fix per lever (``-ngl``, ``-ncmoe``/``-ot``,
+        ``-nkvo``, ``-ts``): its row that moves the least off the GPUs and fits.
+        ``--cache-ram`` advice frees host RAM (its ``saves_bytes`` is the lowered
         ceiling, what the cache may hold at most) and ranks last on a discrete GPU.
         Empty when the plan itself is refused.
     """
@@ -239,6 +244,9 @@ def advise(
                                   pool=pool, plan_fn=plan_fn)
         results.append(Advice(cand.action, cand.title, saves, new_ctx, what.command,
                               CAVEATS[cand.action]))
+    if offload is None:
+        offload = _offload_rows(model, config, budget_bytes, gpu_names, pool, device_free)
+    results += _offload_memory_fixes(model, plan, offload, budget_bytes, gpu_names, pool, device_free)
     ram = _cache_ram_advice(model, config, plan, budget_bytes, gpu_names, pool,
                             host_total_bytes, host_free_bytes, plan_fn, simulate_fn)
     if ram is not None:
@@ -249,6 +257,118 @@ def advise(
         results.remove(ram)
         results.append(ram)
     return tuple(results)
+
+
+# ---------------------------------------------------------------------------
+# offload: the rows of whatif.offload_table that solve a problem
+
+# Advice.action of each offload lever
+_OFFLOAD_ACTIONS: dict[OffloadKind, AdviceAction] = {
+    "gpu-layers": "gpu-layers",
+    "cpu-moe": "cpu-moe",
+    "no-kv-offload": "no-kv-offload",
+    "tensor-split": "tensor-split",
+}
+
+
+def _offload_rows(model: ModelInfo, config: ServerConfig, budget_bytes: int, gpu_names: Sequence[str],
+                  pool: MemoryPoolKind, device_free: Mapping[str, int] | None) -> list[WhatIf]:
+    """The offload what-ifs of a server on a discrete GPU pool (none on host memory)."""
+    if pool != POOL_GPU or not gpu_names:
+        return []
+    return offload_table(model, config, memory_bytes=budget_bytes, gpu_names=gpu_names,
+                         device_free=device_free)
+
+
+def _tokens(n_ctx: int) -> str:
+    """``64k`` for 65536, else the number."""
+    return f"{n_ctx // 1024}k" if n_ctx >= 1024 and n_ctx % 1024 == 0 else f"{n_ctx:,}-token"
+
+
+def _offload_words(model: ModelInfo, row: WhatIf) -> str:
+    """What an offload row moves, in words: ``the experts of 6 layers to the CPU``."""
+    p = row.plan.placement
+    if row.offload == "gpu-layers" and p is not None:
+        n_all = model.n_layer_all
+        return f"{min(n_all, n_all + 1 - p.n_gpu_layers)} of {n_all} layers to the CPU"
+    if row.offload == "cpu-moe":
+        n = row.changes.get("n_cpu_moe")
+        return f"the experts of {n} layers to the CPU" if isinstance(n, int) else "every expert to the CPU"
+    if row.offload == "no-kv-offload":
+        return "the KV cache to host RAM"
+    return "layers between the GPUs"
+
+
+def _offload_memory_fixes(model: ModelInfo, plan: MemoryPlan, rows: Sequence[WhatIf], budget_bytes: int,
+                          gpu_names: Sequence[str], pool: MemoryPoolKind,
+                          device_free: Mapping[str, int] | None) -> list[Advice]:
+    """Per lever, its first row (the least moved off the GPUs) that fits the budget and,
+    when the server fits already, frees a worthwhile share of its pool."""
+    current = pool_bytes(plan, pool)
+    plan_fits = fits_devices(plan, budget_bytes, gpu_names, device_free)
+    out: list[Advice] = []
+    seen: set[OffloadKind] = set()
+    for row in rows:
+        if row.refused or row.offload is None or row.offload in seen:
+            continue
+        saves = current - pool_bytes(row.plan, pool)
+        if not fits_devices(row.plan, budget_bytes, gpu_names, device_free):
+            continue
+        if plan_fits and saves < max(1.0, MIN_SAVING_FRACTION * current):
+            continue
+        seen.add(row.offload)
+        title = (f"move {_offload_words(model, row)} ({row.label}): {_tokens(row.plan.n_ctx)} context fits "
+                 f"in {format_bytes(budget_bytes)}")  # fmt: skip
+        out.append(Advice(_OFFLOAD_ACTIONS[row.offload], title, saves, row.max_ctx, row.command, row.caveat,
+                          n_ctx_slot=row.plan.n_ctx_slot))  # fmt: skip
+    return out
+
+
+def _reach(plan: MemoryPlan, model: ModelInfo) -> int:
+    """The context one slot (or the shared pool) can reach, capped by the trained context."""
+    reach = plan.n_ctx if plan.kv_unified else plan.n_ctx_slot
+    return min(reach, model.n_ctx_train) if model.n_ctx_train else reach
+
+
+def _offload_context_target(model: ModelInfo, plan: MemoryPlan) -> int:
+    """The ``-c`` an offload context fix aims for: twice the context each slot has now
+    (moving work to the CPU costs speed: it should buy a lot), at most the trained
+    context per slot; 0 when the slots are at the trained context already."""
+    per_slot_cap = model.n_ctx_train or 2 * plan.n_ctx
+    cap = per_slot_cap if plan.kv_unified else per_slot_cap * plan.n_seq
+    step = KV_PAD * max(1, plan.n_stream)
+    target = min(2 * plan.n_ctx, cap) // step * step
+    return target if _reach_of(target, plan, model) > _reach(plan, model) else 0
+
+
+def _reach_of(n_ctx: int, plan: MemoryPlan, model: ModelInfo) -> int:
+    per = n_ctx if plan.kv_unified else n_ctx // max(1, plan.n_seq)
+    return min(per, model.n_ctx_train) if model.n_ctx_train else per
+
+
+def _offload_context_fixes(model: ModelInfo, config: ServerConfig, plan: MemoryPlan, budget_bytes: int,
+                           gpu_names: Sequence[str], pool: MemoryPoolKind,
+                           device_free: Mapping[str, int] | None) -> list[Advice]:
+    """Per lever (``-ncmoe``/``-ot``, ``-ngl``), the change that moves the least off the
+    GPUs and doubles each slot's context (with the usual headroom). Not ``-nkvo``: its
+    context would fill host RAM, which this budget does not see."""
+    if pool != POOL_GPU or not gpu_names:
+        return []
+    n_ctx = _offload_context_target(model, plan)
+    if not n_ctx:
+        return []
+    current = pool_bytes(plan, pool)
+    out: list[Advice] = []
+    for row in offload_for_context(model, config, n_ctx, memory_bytes=budget_bytes, gpu_names=gpu_names,
+                                   device_free=device_free, headroom=CONTEXT_HEADROOM):  # fmt: skip
+        assert row.offload is not None
+        flags = f"{row.label} -c {n_ctx}"
+        title = (f"move {_offload_words(model, row)} ({flags}): {_tokens(n_ctx)} context fits "
+                 f"in {format_bytes(budget_bytes)}")
+        out.append(Advice(_OFFLOAD_ACTIONS[row.offload], title, current - pool_bytes(row.plan, pool),
+                          row.max_ctx, row.command, row.caveat, solves="context",
+                          n_ctx_slot=row.plan.n_ctx_slot))
+    return out
 
 
 CACHE_RAM_SUGGESTED_MIB = 1024
@@ -300,7 +420,12 @@ ADVICE_COST: dict[AdviceAction, int] = {
     "fewer-slots": 4,
     "kv-unified": 5,
     "cache-q4_0": 6,
+    # offload: speed for memory; moving layers between GPUs costs about nothing, experts
+    # on the CPU cost less speed than whole layers, the KV cache over PCIe the most
+    "tensor-split": 1,
     "cpu-moe": 7,
+    "gpu-layers": 8,
+    "no-kv-offload": 9,
 }
 # A context fix leaves this share of the restart budget free (compute is an estimate).
 CONTEXT_HEADROOM = 0.05
@@ -498,11 +623,14 @@ def _context_changes(model: ModelInfo, config: ServerConfig, plan: MemoryPlan,
 def context_options(model: ModelInfo, config: ServerConfig, plan: MemoryPlan, *,
                     budget_bytes: int, gpu_names: Sequence[str] = (),
                     pool: MemoryPoolKind = POOL_TOTAL, plan_fn: PlanFn = plan_memory,
-                    simulate_fn: SimulateFn = simulate) -> tuple[Advice, ...]:
+                    simulate_fn: SimulateFn = simulate,
+                    device_free: Mapping[str, int] | None = None) -> tuple[Advice, ...]:
     """Changes that give each slot more context, simulated, cheapest for the user first.
 
     A change is kept only when llama.cpp accepts it, it fits ``budget_bytes`` on the
-    server's pool and each slot (or the shared pool) gets more context than now.
+    server's pool and each slot (or the shared pool) gets more context than now. On a GPU
+    pool, offload levers (``-ncmoe``/``-ot``, ``-ngl``) buy context too: per lever, the
+    change that moves the least off the GPUs and doubles each slot's context.
 
     Args:
         model, config, plan: the server's header, configuration and plan.
@@ -510,6 +638,7 @@ def context_options(model: ModelInfo, config: ServerConfig, plan: MemoryPlan, *,
         gpu_names: llama.cpp device names it offloads to.
         pool: where the bytes count (see :func:`pool_bytes`).
         plan_fn, simulate_fn: the memory model (injectable for tests).
+        device_free: free bytes per GPU (llama.cpp names), when known.
     """
     if plan.errors:
         return ()
@@ -527,6 +656,7 @@ def context_options(model: ModelInfo, config: ServerConfig, plan: MemoryPlan, *,
             continue  # the trained context caps it: no slot gets more room
         out.append(_fix(action, title, what, current, pool, budget_bytes, model, gpu_names,
                         plan_fn))
+    out += _offload_context_fixes(model, config, plan, budget_bytes, gpu_names, pool, device_free)
     out.sort(key=lambda a: ADVICE_COST[a.action])
     return tuple(out)
 
@@ -536,20 +666,28 @@ def advice_options(model: ModelInfo, config: ServerConfig, plan: MemoryPlan, *,
                    pool: MemoryPoolKind = POOL_TOTAL, slots: Sequence[SlotState] | None = None,
                    host_total_bytes: int | None = None, host_free_bytes: int | None = None,
                    plan_fn: PlanFn = plan_memory,
-                   simulate_fn: SimulateFn = simulate) -> AdviceOptions:
+                   simulate_fn: SimulateFn = simulate,
+                   device_free: Mapping[str, int] | None = None) -> AdviceOptions:
     """Every fix for one server, simulated and sorted by kind (see :class:`AdviceOptions`).
 
-    Memory fixes are :func:`advise`'s, ranked by cost to the user instead of bytes.
+    Memory fixes are :func:`advise`'s, ranked by cost to the user instead of bytes. The
+    offload rows (GPU pools) are simulated once for both kinds.
     """
+    offload = [] if plan.errors else _offload_rows(model, config, budget_bytes, gpu_names, pool, device_free)
     freeing = advise(model, config, plan, budget_bytes=budget_bytes, gpu_names=gpu_names,
                      pool=pool, slots=slots, host_total_bytes=host_total_bytes,
-                     host_free_bytes=host_free_bytes, plan_fn=plan_fn, simulate_fn=simulate_fn)
-    memory = sorted((a for a in freeing if a.action != "cache-ram"),
+                     host_free_bytes=host_free_bytes, plan_fn=plan_fn, simulate_fn=simulate_fn,
+                     device_free=device_free, offload=offload)
+    current = pool_bytes(plan, pool)
+    # A configuration that does not fit needs a fix that makes it fit, not just one that frees.
+    memory = sorted((a for a in freeing if a.action != "cache-ram"
+                     and (current <= budget_bytes or current - a.saves_bytes <= budget_bytes)),
                     key=lambda a: ADVICE_COST[a.action])
     host = tuple(replace(a, solves="host-ram") for a in freeing if a.action == "cache-ram")
     return AdviceOptions(
         context_options(model, config, plan, budget_bytes=budget_bytes, gpu_names=gpu_names,
-                        pool=pool, plan_fn=plan_fn, simulate_fn=simulate_fn),
+                        pool=pool, plan_fn=plan_fn, simulate_fn=simulate_fn,
+                        device_free=device_free),
         tuple(memory), host)
 
 

@@ -25,7 +25,8 @@ MemoryEventKind = Literal["process_grab"]
 AdviceAction = Literal["cache-q8_0", "cache-q4_0", "flash-attn-on", "fewer-slots",
                        "kv-unified", "cache-ram", "ubatch", "cpu-moe",
                        "larger-context", "cache-q8_0-larger-context",
-                       "fewer-slots-more-context"]
+                       "fewer-slots-more-context", "gpu-layers", "no-kv-offload",
+                       "tensor-split"]
 
 # Advice.solves: the kind of problem a piece of advice solves (JSON ``advice[].solves``).
 AdviceSolves = Literal["context", "memory", "host-ram"]
@@ -94,7 +95,9 @@ class Advice:
 
     Attributes:
         action: stable machine id: ``cache-q8_0``, ``cache-q4_0``, ``flash-attn-on``,
-            ``fewer-slots``, ``kv-unified``, ``cache-ram``, ``ubatch``, ``cpu-moe``.
+            ``fewer-slots``, ``kv-unified``, ``cache-ram``, ``ubatch``, ``cpu-moe``
+            (``-ncmoe``/``-ot``), ``gpu-layers`` (``-ngl``), ``no-kv-offload``
+            (``-nkvo``), ``tensor-split`` (``-ts``), and the context fixes.
         title: one line for people.
         saves_bytes: memory it frees (on the server's memory pool).
         max_ctx: the largest context that fits after it.

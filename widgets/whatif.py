@@ -1,5 +1,6 @@
 """The what-if panel: one click (or a free choice) to see what a configuration change
-would allocate, next to what the server holds now, and copy the command line."""
+would allocate, next to what the server holds now, and copy the command line; for a
+server on GPUs, the offload rows of ``kvwall plan`` (listed off the GUI thread)."""
 
 from __future__ import annotations
 
@@ -19,13 +20,15 @@ from kvwall.widgets.viewmodels.pools import Segment
 from kvwall.widgets.viewmodels.whatif_inputs import (
     QUICK_CHANGES,
     QUICK_LABELS,
+    OffloadRow,
     WhatIfInputs,
     WhatIfResult,
+    offload_rows,
     quick_changes,
     run_what_if,
     with_turns,
 )
-from PySide6.QtCore import QTimer, Signal
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal
 from PySide6.QtGui import QFontDatabase, QGuiApplication
 from PySide6.QtWidgets import (
     QComboBox,
@@ -43,17 +46,61 @@ from PySide6.QtWidgets import (
 )
 
 
-def plan_segments(plan: MemoryPlan) -> tuple[Segment, ...]:
-    """A plan as bar segments (weights, KV, recurrent, compute, output buffer)."""
-    parts = [(pools.WEIGHTS, plan.weights_bytes), (pools.KV, plan.kv_bytes),
-             (pools.RECURRENT, plan.recurrent_bytes),
-             (pools.COMPUTE, plan.compute_bytes + plan.output_bytes)]
+def plan_segments(plan: MemoryPlan, gpu_only: bool = False) -> tuple[Segment, ...]:
+    """A plan as bar segments (weights, KV, recurrent, compute, output buffer); with
+    ``gpu_only``, what its GPU rows hold (what an offload row changes)."""
+    if gpu_only:
+        rows = [d for d in plan.devices if not d.is_host]
+        parts = [(pools.WEIGHTS, sum(d.weights_bytes for d in rows)),
+                 (pools.KV, sum(d.kv_bytes for d in rows)),
+                 (pools.RECURRENT, sum(d.recurrent_bytes for d in rows)),
+                 (pools.COMPUTE, sum(d.compute_bytes for d in rows))]
+    else:
+        parts = [(pools.WEIGHTS, plan.weights_bytes), (pools.KV, plan.kv_bytes),
+                 (pools.RECURRENT, plan.recurrent_bytes),
+                 (pools.COMPUTE, plan.compute_bytes + plan.output_bytes)]
     return tuple(Segment(k, int(b)) for k, b in parts if b > 0)
+
+
+def _plan_bytes(plan: MemoryPlan, gpu_only: bool) -> int:
+    return sum(d.total_bytes for d in plan.devices if not d.is_host) if gpu_only else plan.total_bytes
 
 
 COPY_TEXT = "Copy command"
 COPIED_TEXT = "Copied ✓"
 COPIED_MS = 1500
+
+
+OFFLOAD_PROMPT = "Choose a change that moves work to the CPU…"
+OFFLOAD_LISTING = "Listing the offload changes…"
+
+
+class _OffloadSignals(QObject):
+    done = Signal(object, object)  # the _OffloadJob, its tuple[OffloadRow, ...] (empty on failure)
+
+
+class _OffloadJob(QRunnable):
+    """:func:`offload_rows` on the thread pool (a few hundred plans)."""
+
+    def __init__(self, inputs: WhatIfInputs, server: ServerReport, made_for: tuple[object, ...]) -> None:
+        super().__init__()
+        self.setAutoDelete(False)  # _RUNNING keeps it until its result arrives
+        self.inputs, self.server, self.made_for = inputs, server, made_for
+        self.signals = _OffloadSignals()
+
+    def run(self) -> None:
+        try:
+            rows = offload_rows(self.inputs, self.server)
+        except Exception:  # a bug in the model must not take the window down
+            import logging
+
+            logging.getLogger(__name__).exception("offload what-ifs failed")
+            rows = ()
+        self.signals.done.emit(self, rows)
+
+
+# Jobs running, kept alive here until their result arrives on the GUI thread.
+_RUNNING: set[_OffloadJob] = set()
 
 
 @dataclass(frozen=True)
@@ -70,9 +117,12 @@ class WhatIfPanel(QWidget):
 
     Signals:
         simulated(object): the :class:`WhatIfResult` now shown.
+        offload_listed(object): the server's offload rows (``tuple[OffloadRow, ...]``)
+            are in the offload list.
     """
 
     simulated = Signal(object)
+    offload_listed = Signal(object)
 
     def __init__(self, parent: QWidget | None = None,
                  simulate: Callable[..., WhatIf] | None = None) -> None:
@@ -81,6 +131,8 @@ class WhatIfPanel(QWidget):
         self._inputs: WhatIfInputs | None = None
         self._server: ServerReport | None = None
         self._result: WhatIfResult | None = None
+        self._offload: tuple[OffloadRow, ...] = ()
+        self._offload_for: tuple[object, ...] | None = None  # what the list was made for
 
         self.heading = QLabel("Select a server to try changes")
         self.heading.setWordWrap(True)
@@ -88,6 +140,7 @@ class WhatIfPanel(QWidget):
         lay.setContentsMargins(4, 4, 4, 4)  # every pixel counts in an 800x600 window
         lay.addWidget(self.heading)
         lay.addLayout(self._quick_buttons())
+        lay.addWidget(self._offload_bar())
         # The result right under the buttons that produce it: in view in a small window.
         lay.addWidget(self._result_frame())
         lay.addWidget(self._custom_box())
@@ -106,6 +159,23 @@ class WhatIfPanel(QWidget):
             self.buttons[kind] = b
             grid.addWidget(b, i // 3, i % 3)
         return grid
+
+    def _offload_bar(self) -> QWidget:
+        """The offload list (GPU servers): -ngl, -ncmoe, -ot, -nkvo, -ts rows."""
+        self.offload_box = QComboBox()
+        self.offload_box.setObjectName("whatif_offload")
+        self.offload_box.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.offload_box.setMinimumContentsLength(20)
+        self.offload_box.activated.connect(self.try_offload)
+        bar = QWidget()
+        row = QHBoxLayout(bar)
+        row.setContentsMargins(0, 0, 0, 0)
+        row.addWidget(QLabel("Offload"))
+        row.addWidget(self.offload_box, 1)
+        bar.setVisible(False)
+        self.offload_bar = bar
+        return bar
 
     def _custom_box(self) -> QGroupBox:
         """Cache types, slots, context and flash attention of the user's own choosing."""
@@ -239,6 +309,7 @@ class WhatIfPanel(QWidget):
         else:  # not the previous server's bar under this one's name
             self.current_bar.set_segments(())
         self.result_frame.setVisible(ready)
+        self._sync_offload(state)
         if changed_server or not ready:
             self._clear_result()
         elif self._result is not None and not self._result.what_if.refused:
@@ -247,6 +318,52 @@ class WhatIfPanel(QWidget):
             if fresh != self._result:
                 self._result = fresh
                 self._show_turns(fresh)
+
+    # -- offload -------------------------------------------------------------------
+    def _sync_offload(self, state: _Ready | None) -> None:
+        """List the offload rows of a GPU server once per server and command line."""
+        gpu = state is not None and bool(state.inputs.gpu_names)
+        self.offload_bar.setVisible(gpu)
+        if state is None or not gpu:
+            self._offload, self._offload_for = (), None
+            return
+        wanted = (state.server.key, state.inputs.config.argv, state.inputs.model.path)
+        if wanted == self._offload_for:
+            return
+        self._offload_for, self._offload = wanted, ()
+        self.offload_box.clear()
+        self.offload_box.addItem(OFFLOAD_LISTING)
+        self.offload_box.setEnabled(False)
+        job = _OffloadJob(state.inputs, state.server, wanted)
+        job.signals.done.connect(self._offload_done)
+        _RUNNING.add(job)
+        QThreadPool.globalInstance().start(job)
+
+    def _offload_done(self, job: _OffloadJob, rows: tuple[OffloadRow, ...]) -> None:
+        _RUNNING.discard(job)
+        if job.made_for != self._offload_for:
+            return  # another server (or command line) is shown now
+        self._offload = rows
+        self.offload_box.clear()
+        self.offload_box.addItem(OFFLOAD_PROMPT if rows else "No offload change for this server")
+        for r in rows:
+            self.offload_box.addItem(r.text)
+        self.offload_box.setEnabled(bool(rows))
+        self.offload_listed.emit(rows)
+
+    def offload(self) -> tuple[OffloadRow, ...]:
+        """The offload rows listed for the server shown."""
+        return self._offload
+
+    def try_offload(self, index: int) -> WhatIfResult | None:
+        """Show offload row ``index`` of the list (0 is the prompt: nothing)."""
+        if not 0 < index <= len(self._offload) or self._ready() is None:
+            return None
+        self.offload_box.setCurrentIndex(index)
+        result = with_turns(self._offload[index - 1].result.what_if, self._server)
+        self._show(result)
+        self.simulated.emit(result)
+        return result
 
     def ready(self) -> bool:
         """Whether the server shown can be simulated."""
@@ -259,9 +376,9 @@ class WhatIfPanel(QWidget):
                   self.custom_button):
             w.setEnabled(on)
 
-    def _scale(self, other: MemoryPlan | None = None) -> int:
+    def _scale(self, other: MemoryPlan | None = None, gpu_only: bool = False) -> int:
         plan = self._server.plan if self._server else None
-        totals = [p.total_bytes for p in (plan, other) if p is not None and p.ok]
+        totals = [_plan_bytes(p, gpu_only) for p in (plan, other) if p is not None and p.ok]
         return max(totals, default=1)
 
     # -- actions -----------------------------------------------------------------
@@ -362,17 +479,20 @@ class WhatIfPanel(QWidget):
             self._sync_visibility()
             return
         self.refused_label.setText("")
-        scale = self._scale(wi.plan)
+        gpu_only = wi.offload is not None  # an offload row moves bytes off the GPUs
+        scale = self._scale(wi.plan, gpu_only)
         current = self._server.plan if self._server is not None else None
-        self.current_bar.set_segments(plan_segments(current) if current is not None else (), scale)
-        self.new_bar.set_segments(plan_segments(wi.plan), scale)
+        self.current_bar.set_segments(
+            plan_segments(current, gpu_only) if current is not None else (), scale)
+        self.new_bar.set_segments(plan_segments(wi.plan, gpu_only), scale)
         saved = wi.saves_bytes
         # "Memory saved: 2 MiB", but "Memory: costs 4 MiB more" (never "saved: costs").
         self.saved_label.setText(
             format_bytes(saved) if saved >= 0 else f"costs {format_bytes(-saved)} more")
         row_label = self._facts.labelForField(self.saved_label)
         if isinstance(row_label, QLabel):
-            row_label.setText("Memory saved" if saved >= 0 else "Memory")
+            what = "GPU memory" if gpu_only else "Memory"
+            row_label.setText(f"{what} saved" if saved >= 0 else what)
         self.max_ctx_label.setText(self._largest_context_text(wi))
         self._show_turns(result)
         self.caveat_label.setText(f"<i>{wi.caveat}</i>" if wi.caveat else "")

@@ -44,7 +44,10 @@ Predict what llama-server allocates for MODEL.gguf with these flags: weights, KV
 recurrent state, compute and output buffers per device, the context each slot gets, the
 defaults and guesses behind the numbers, and a what-if table (KV cache types f16, q8_0,
 q4_0 and any you name, crossed with the current slot count and fewer slots) with the bytes
-each change saves, the largest context that fits, and the exact command line.
+each change saves, the largest context that fits, and the exact command line. For a
+server on GPUs: where llama-server's --fit puts the layers, and an offload table (-ngl N,
+-ncmoe N and -ot exps=CPU for a MoE, -nkvo, -ts for several GPUs) with the GPU memory each
+frees, the largest context it allows, its speed cost and its command line.
 
 llama-server flags are read exactly as llama-server reads them (short, long, --x=y and
 underscore spellings; LLAMA_ARG_* variables from your environment or in front of --cmd).
@@ -77,8 +80,9 @@ options:
 exit status: 0 plan printed, it fits the memory budget; 1 llama.cpp would refuse this
 configuration (the reason is printed, no budget); 2 bad path, unreadable GGUF (or a split
 model's later shard, or a big-endian one), or an argument or flag value llama-server
-rejects; 3 plan printed, it does not fit the memory budget (the what-if commands that
-fit are offered). With --json, errors are printed as a JSON object too
+rejects; 3 plan printed, it does not fit the memory budget, in total or on one GPU (the
+what-if commands that fit are offered; a command --fit starts by moving layers to the CPU
+fits). With --json, errors are printed as a JSON object too
 ({"schema_version": 1, "error": "...", "exit_code": 2}).
 """
 
@@ -415,8 +419,25 @@ def _detect_budget(args: _Args) -> _Budget:
 # output
 
 
+def _device_free(budget: _Budget) -> Mapping[str, int] | None:
+    """Free bytes per GPU the plan and the what-ifs are measured against: as detected,
+    else the budget in equal shares (what the memory model assumes), else unknown."""
+    if budget.device_free is not None or not budget.gpu_names or budget.fit_free_bytes is None:
+        return budget.device_free
+    return {g: budget.fit_free_bytes // len(budget.gpu_names) for g in budget.gpu_names}
+
+
+def _fits(plan: MemoryPlan, budget: _Budget) -> bool:
+    """Whether llama-server loads ``plan`` within the budget: in total, and each GPU in
+    its free memory."""
+    from kvwall.budget.memory.plan import fits_devices
+
+    return plan.ok and fits_devices(plan, budget.memory_bytes, budget.gpu_names, _device_free(budget))
+
+
 def _plan_object(model: ModelInfo, config: ServerConfig, plan: MemoryPlan,
-                 rows: Sequence[WhatIf], budget: _Budget) -> JsonObject:
+                 rows: Sequence[WhatIf], budget: _Budget,
+                 offload: Sequence[WhatIf] = ()) -> JsonObject:
     """The documented ``plan`` object (``docs/json-schema.md``)."""
     from kvwall.budget.cmdline.edit import render_command
     from kvwall.budget.cmdline.parse import TRAILING_TEXT_NOTE
@@ -440,6 +461,8 @@ def _plan_object(model: ModelInfo, config: ServerConfig, plan: MemoryPlan,
         "errors": list(plan.errors),
         "warnings": [a for a in plan.assumptions if TRAILING_TEXT_NOTE in a],
         "what_if": [_what_if_json(row, model, budget) for row in rows],
+        "offload": [_offload_json(row, model, budget) for row in offload],
+        "placement": _placement_json(config, plan),
     }
     if plan.ok:
         _add_budget_json(obj, plan, budget)
@@ -461,6 +484,25 @@ def _memory_json(budget: _Budget) -> JsonObject:
         "binary": found.binary if found is not None else None,
         "device_error": found.error if found is not None else None,
         "build_number": found.build_number if found is not None else None,
+    }
+
+
+def _placement_json(config: ServerConfig, plan: MemoryPlan) -> JsonObject | None:
+    """Where llama-server puts the layers after --fit, and the command that pins it."""
+    from kvwall.budget.cmdline.edit import render_command
+
+    p = plan.placement
+    if p is None or not plan.ok:
+        return None
+    pinned = dict(p.pinned)
+    return {
+        "n_gpu_layers": p.n_gpu_layers,
+        "layers": [{"device": name, "n_layers": n} for name, n in p.layers],
+        "cpu_expert_layers": list(p.cpu_expert_layers),
+        "fit": p.fit,
+        "summary": p.summary or None,
+        "pinned": {k: list(v) if isinstance(v, tuple) else v for k, v in pinned.items()},
+        "pinned_command": render_command(config.command_line(**pinned, fit=False)) if pinned else None,
     }
 
 
@@ -502,7 +544,7 @@ def _add_budget_json(obj: JsonObject, plan: MemoryPlan, budget: _Budget) -> None
         "kv_bytes_per_cell": round(plan.kv_bytes_per_cell),
     }
     obj["memory"]["used_bytes"] = used
-    obj["memory"]["fits"] = used <= budget.memory_bytes
+    obj["memory"]["fits"] = _fits(plan, budget)
     obj["memory"]["headroom_bytes"] = budget.memory_bytes - used
     obj["devices"] = [
         {
@@ -520,8 +562,6 @@ def _add_budget_json(obj: JsonObject, plan: MemoryPlan, budget: _Budget) -> None
 
 
 def _what_if_json(row: WhatIf, model: ModelInfo, budget: _Budget) -> JsonObject:
-    from kvwall.budget.memory import budget_total
-
     p = row.plan
     return {
         "label": row.label,
@@ -536,12 +576,23 @@ def _what_if_json(row: WhatIf, model: ModelInfo, budget: _Budget) -> JsonObject:
         "kv_bytes": p.kv_bytes if p.ok else None,
         "total_bytes": p.total_bytes if p.ok else None,
         "saves_bytes": row.saves_bytes if p.ok else None,
-        "fits": p.ok and budget_total(p, budget.gpu_names) <= budget.memory_bytes,
+        "fits": _fits(p, budget),
         "max_ctx": row.max_ctx,
         "max_ctx_slot": _slot_ctx(row.max_ctx, p, model) if p.ok else 0,
         "command": row.command,
         "caveat": row.caveat,
+        "device_saves": [{"name": name, "saves_bytes": b} for name, b in row.device_saves],
     }
+
+
+def _offload_json(row: WhatIf, model: ModelInfo, budget: _Budget) -> JsonObject:
+    """An offload row: a what-if row, its lever and where its layers go."""
+    obj = _what_if_json(row, model, budget)
+    p = row.plan.placement
+    obj["lever"] = row.offload
+    obj["n_gpu_layers"] = p.n_gpu_layers if p is not None else None
+    obj["cpu_expert_layers"] = list(p.cpu_expert_layers) if p is not None else []
+    return obj
 
 
 def _slot_ctx(n_ctx: int, plan: MemoryPlan, model: ModelInfo) -> int:
@@ -619,9 +670,13 @@ def _write_devices(out: TextIO, obj: JsonObject) -> None:
         ceiling = "no limit" if b["cache_ram_bytes"] < 0 else f"up to {format_bytes(b['cache_ram_bytes'])}"
         w(f"  plus the prompt cache (--cache-ram) in host RAM: {ceiling}, as prompts get cached\n")
     mem = obj["memory"]
-    verdict = "fits" if mem["fits"] else "DOES NOT FIT"
+    placement = obj["placement"]
+    moved = placement is not None and placement["fit"] == "layers"
+    verdict = ("fits" + (" as --fit places it" if moved else "")) if mem["fits"] else "DOES NOT FIT"
     w(f"\nbudget: {format_bytes(mem['budget_bytes'])} ({mem['source']}): {verdict}, "
       f"{format_bytes(abs(mem['headroom_bytes']))} {'left' if mem['fits'] else 'short'}\n")
+    if placement is not None and placement["summary"]:
+        w(f"placement: {placement['summary']}\n")
 
 
 def _saves_text(r: JsonObject) -> str:
@@ -634,7 +689,8 @@ def _saves_text(r: JsonObject) -> str:
 
 
 def _write_what_if(out: TextIO, obj: JsonObject) -> None:
-    """The what-if table (rows that fit the budget marked) and the commands to paste."""
+    """The what-if table (rows that fit the budget marked) and the commands to paste,
+    then the offload table (GPU plans)."""
     w = out.write
     w(f"\nwhat if (largest context that fits in {format_bytes(obj['memory']['budget_bytes'])};"
       " * = fits):\n")
@@ -645,27 +701,93 @@ def _write_what_if(out: TextIO, obj: JsonObject) -> None:
             w(f"  {i:>2}   {r['label']:<28}  refused: {r['error']}\n")
             continue
         mark = "*" if r["fits"] else " "
-        best = str(r["max_ctx"]) if r["max_ctx"] else "none fits"
-        per = str(r["max_ctx_slot"]) if r["max_ctx"] else "-"
         w(f"  {i:>2} {mark} {r['label']:<28} {format_bytes(r['kv_bytes']):>11}"
-          f" {format_bytes(r['total_bytes']):>11}  {_saves_text(r):<20} {best:>11}  {per}\n")
+          f" {format_bytes(r['total_bytes']):>11}  {_saves_text(r):<20} {_best_text(r)}\n")
     fits = obj["memory"].get("fits", True)
     rows = [(i, r) for i, r in enumerate(obj["what_if"], 1) if not r["refused"]]
+    first_offload = len(obj["what_if"]) + 1
+    fitting_offload = [r for r in obj["offload"] if r["fits"]]
     if not fits:
         rows = [(i, r) for i, r in rows if r["fits"]]
-        w("\n  commands that fit (context kept as now; a 'largest -c' value uses the room):\n"
-          if rows else "\n  no what-if fits: lower -c (see 'largest -c') or free memory\n")
+        if rows:
+            w("\n  commands that fit (context kept as now; a 'largest -c' value uses the room):\n")
+        elif fitting_offload:
+            w("\n  no cache or slot change fits; the offload rows marked * below do\n")
+        else:
+            w("\n  no what-if fits: lower -c (see 'largest -c') or free memory\n")
     else:
         w("\n  commands (context kept as now; use a 'largest -c' value to use the room):\n")
     if not fits and obj.get("fit_command"):
         w(f"   -  {obj['fit_command']}   (as given, with the largest -c that fits)\n")
     for i, r in rows:
         w(f"  {i:>2}  {r['command']}\n")
+    if not fits and fitting_offload and rows:
+        w(f"   (and the offload rows marked * below, from #{first_offload})\n")
     notes = _trade_offs(obj["what_if"], bool(obj["config"]["kv_unified"]))
     if notes:
         w("\n  trade-offs:\n")
         for key, text in notes.items():
             w(f"    {('fewer slots' if key == 'slots' else key) + ':':<13}{text}\n")
+    if obj["offload"]:
+        _write_offload(out, obj, first_offload)
+
+
+def _best_text(r: JsonObject) -> str:
+    """A row's 'largest -c' and 'per slot' columns."""
+    best = str(r["max_ctx"]) if r["max_ctx"] else "none fits"
+    per = str(r["max_ctx_slot"]) if r["max_ctx"] else "-"
+    return f"{best:>11}  {per}"
+
+
+def _gpu_columns(obj: JsonObject) -> list[str]:
+    """The GPUs the offload table gives a 'freed' column each (all of them, up to three)."""
+    names = list(obj["memory"]["gpu_names"])
+    return names if len(names) <= 3 else []
+
+
+def _freed_cells(r: JsonObject, gpus: Sequence[str]) -> str:
+    """GPU memory freed (per GPU, else in total) and what the Host row takes on in exchange."""
+    saves = {d["name"]: d["saves_bytes"] for d in r["device_saves"]}
+    cells = [_signed(saves.get(g, 0), freed=True) for g in gpus]
+    if not gpus:  # many GPUs: one column, in total
+        cells = [_signed(r["saves_bytes"] or 0, freed=True)]
+    cells.append(_signed(-saves.get("Host", 0), freed=False))
+    return "".join(f" {c:>12}" for c in cells)
+
+
+def _signed(n: int, *, freed: bool) -> str:
+    """``4.59 GiB`` freed or ``-4.59 GiB`` (costs); the Host row as ``+4.59 GiB`` taken on."""
+    if n == 0:
+        return "-"
+    if freed:
+        return format_bytes(n) if n > 0 else f"-{format_bytes(-n)}"
+    return f"+{format_bytes(n)}" if n > 0 else f"-{format_bytes(-n)}"
+
+
+def _write_offload(out: TextIO, obj: JsonObject, first: int) -> None:
+    """The offload rows: GPU memory each frees, the largest context, the command and its
+    speed cost."""
+    w = out.write
+    gpus = _gpu_columns(obj)
+    heads = [f"{g} freed" for g in gpus] or ["GPUs freed"]
+    w(f"\noffload (what moving work to the CPU buys; largest context that fits in "
+      f"{format_bytes(obj['memory']['budget_bytes'])}; * = fits; Host: what the Host row "
+      "above holds more or less):\n")
+    w(f"  {'#':>2}   {'change':<16}" + "".join(f" {h:>12}" for h in [*heads, "Host"])
+      + f" {'largest -c':>11}  per slot\n")
+    for i, r in enumerate(obj["offload"], first):
+        if r["refused"]:
+            w(f"  {i:>2}   {r['label']:<16}  refused: {r['error']}\n")
+            continue
+        mark = "*" if r["fits"] else " "
+        w(f"  {i:>2} {mark} {r['label']:<16}{_freed_cells(r, gpus)} {_best_text(r)}\n")
+    fits = obj["memory"].get("fits", True)
+    shown = [(i, r) for i, r in enumerate(obj["offload"], first)
+             if not r["refused"] and (fits or r["fits"])]
+    if shown:
+        w("\n  commands" + ("" if fits else " that fit") + " and their speed cost:\n")
+    for i, r in shown:
+        w(f"  {i:>2}  {r['command']}\n        {r['caveat']}\n")
 
 
 def _trade_offs(what_if: Sequence[JsonObject], kv_unified: bool) -> dict[str, str]:
@@ -775,18 +897,22 @@ def _plan_and_what_ifs(model: ModelInfo, config: ServerConfig, budget: _Budget,
                        args: _Args) -> tuple[JsonObject, bool]:
     """The plan object (with what-ifs when llama.cpp accepts the plan) and whether it does."""
     from kvwall.budget.memory import plan_memory
-    from kvwall.budget.whatif import what_if_table
+    from kvwall.budget.whatif import offload_table, what_if_table
 
+    device_free = _device_free(budget)
     plan = plan_memory(model, config, gpu_names=budget.gpu_names, free_bytes=budget.fit_free_bytes,
-                       device_free=budget.device_free)
+                       device_free=device_free)  # fmt: skip
     plan = replace(plan, assumptions=_assumptions(plan, config, budget, args.cmd_env))
     rows: list[WhatIf] = []
+    offload: list[WhatIf] = []
     if plan.ok:
         rows = what_if_table(
             model, config, memory_bytes=budget.memory_bytes, gpu_names=budget.gpu_names,
-            extra_cache_types=args.extra_types, device_free=budget.device_free,
+            extra_cache_types=args.extra_types, device_free=device_free,
         )  # fmt: skip
-    obj = _plan_object(model, config, plan, rows, budget)
+        offload = offload_table(model, config, memory_bytes=budget.memory_bytes, gpu_names=budget.gpu_names,
+                                device_free=device_free)  # fmt: skip
+    obj = _plan_object(model, config, plan, rows, budget, offload)
     obj["fit_command"] = None
     if plan.ok and not obj["memory"]["fits"] and rows and rows[0].max_ctx > 0:
         from kvwall.budget.cmdline.edit import render_command
@@ -798,8 +924,10 @@ def _plan_and_what_ifs(model: ModelInfo, config: ServerConfig, budget: _Budget,
         )
         if prefix:
             obj["command"] = f"{prefix} {obj['command']}"
-            for row in obj["what_if"]:
+            for row in (*obj["what_if"], *obj["offload"]):
                 row["command"] = f"{prefix} {row['command']}"
+            if obj["placement"] and obj["placement"]["pinned_command"]:
+                obj["placement"]["pinned_command"] = f"{prefix} {obj['placement']['pinned_command']}"
             if obj["fit_command"]:
                 obj["fit_command"] = f"{prefix} {obj['fit_command']}"
     return obj, plan.ok

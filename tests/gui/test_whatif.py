@@ -171,3 +171,66 @@ def test_costs_more_is_not_memory_saved_and_the_trained_context_cap_is_named(qtb
     assert "trained context" in panel.max_ctx_label.text()
     panel.try_quick("q8_0")
     assert row.text() == "Memory saved"
+
+
+# ---------------------------------------------------------------------------------------
+# offload rows for a server on a GPU (issue 8): the same rows as `kvwall plan`
+
+
+@pytest.fixture(scope="module")
+def tiny_moe(tmp_path_factory):
+    from kvwall.app.demo.tinymodels import write_model
+
+    path = write_model("qwen3moe", tmp_path_factory.mktemp("m") / "moe.gguf", n_layer=8, n_embd=256,
+                       n_expert=16, n_expert_used=2, n_ff_exp=256, n_ctx_train=8192)
+    return read_model(path), str(path)
+
+
+def _gpu_panel(qtbot, tiny_moe):
+    from kvwall.budget.whatif import offload_table
+
+    model, path = tiny_moe
+    # -fitt 0: the tiny model is smaller than --fit's default 1 GiB margin
+    config = parse_command_line(["llama-server", "-m", path, "-c", "8192", "-np", "1", "-fitt", "0"])
+    full = plan_memory(model, config.replace(fit=False), gpu_names=("CUDA0",))
+    free = {"CUDA0": int(sum(d.total_bytes for d in full.devices if not d.is_host) * 0.7)}
+    plan = plan_memory(model, config, gpu_names=("CUDA0",), device_free=free)
+    srv = f.server(slots=[f.slot(0, plan.n_ctx_seq, 3000, per_turn=500.0, turns_left=11)], the_plan=plan,
+                   weights=plan.weights_bytes, kv=plan.kv_bytes, compute=plan.compute_bytes,
+                   measured=plan.total_bytes)
+    inputs = WhatIfInputs(srv.key, model, config, free["CUDA0"], ("CUDA0",), free)
+    table = offload_table(model, config, memory_bytes=free["CUDA0"], gpu_names=("CUDA0",), device_free=free)
+    panel = WhatIfPanel()
+    qtbot.addWidget(panel)
+    panel.resize(480, 640)
+    with qtbot.waitSignal(panel.offload_listed, timeout=20000) as sig:
+        panel.set_server(srv, inputs)
+    return panel, plan, table, sig.args[0]
+
+
+def test_a_gpu_server_lists_the_offload_rows_of_kvwall_plan(qtbot, tiny_moe):
+    panel, plan, table, rows = _gpu_panel(qtbot, tiny_moe)
+    assert panel.offload_bar.isVisibleTo(panel) and panel.offload_box.isEnabled()
+    # the same rows, in the same order, as the CLI's offload table
+    assert [r.result.what_if.command for r in rows] == [w.command for w in table if not w.refused]
+    items = [panel.offload_box.itemText(i) for i in range(1, panel.offload_box.count())]
+    assert items == [r.text for r in rows] and any(t.startswith("-ncmoe ") for t in items)
+    ot = next(i for i, r in enumerate(rows, 1) if r.result.what_if.label == "-ot exps=CPU")
+    with qtbot.waitSignal(panel.simulated, timeout=2000) as sig:
+        panel.offload_box.activated.emit(ot)
+    wi = sig.args[0].what_if
+    assert panel.command_view.toPlainText() == wi.command and wi.command.endswith(
+        "-ot '\\.ffn_(up|down|gate|gate_up)_(ch|)exps=CPU'")
+    assert "experts" in panel.caveat_label.text() and "host memory" in panel.caveat_label.text()
+    # the bars show what the GPU holds: the experts moved off it make the new one shorter
+    gpu_now = sum(d.total_bytes for d in plan.devices if not d.is_host)
+    assert sum(s.bytes for s in panel.current_bar.segments()) == gpu_now - sum(
+        d.output_bytes for d in plan.devices if not d.is_host)
+    assert sum(s.bytes for s in panel.new_bar.segments()) < sum(s.bytes for s in panel.current_bar.segments())
+    assert panel._facts.labelForField(panel.saved_label).text() == "GPU memory saved"
+    assert panel.saved_label.text() == format_bytes(wi.saves_bytes)
+
+
+def test_a_cpu_server_has_no_offload_list(qtbot, tiny):
+    panel, _plan, _ = _panel(qtbot, tiny)
+    assert not panel.offload_bar.isVisibleTo(panel) and panel.offload() == ()

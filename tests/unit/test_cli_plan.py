@@ -67,6 +67,8 @@ def test_every_json_field_is_documented(models):
     plan_doc = plan_doc[: plan_doc.index("\n## ", 10)] if "\n## " in plan_doc[10:] else plan_doc
     documented = set(re.findall(r"`([a-z_]+)`", plan_doc))
     _, obj = run_json(str(models["gemma3"]), "-c", "4096", "--memory", "1G")
+    _, gpu = run_json(str(models["gemma3"]), "-c", "4096", "--gpus", "CUDA0", "--memory", "64M")
+    assert gpu["offload"] and gpu["placement"]["layers"]
 
     def keys(value, seen):
         if isinstance(value, dict):
@@ -79,7 +81,7 @@ def test_every_json_field_is_documented(models):
                 keys(v, seen)
         return seen
 
-    missing = keys(obj, set()) - documented
+    missing = keys([obj, gpu], set()) - documented
     assert not missing, f"fields missing from docs/json-schema.md: {sorted(missing)}"
 
 
@@ -103,6 +105,9 @@ def test_documented_tables_match_the_real_output_exactly(models):
         assert tables[section] == set(obj[section]), section
     assert tables["devices"] == set(obj["devices"][0])
     assert all(tables["what_if"] == set(row) for row in obj["what_if"])
+    assert tables["placement"] == set(obj["placement"])
+    _, gpu = run_json(str(models["gemma3"]), "-c", "4096", "--gpus", "CUDA0", "--memory", "64M")
+    assert gpu["offload"] and all(tables["what_if"] | tables["offload"] == set(r) for r in gpu["offload"])
     for section in ("budget", "devices"):  # byte fields are integers
         rows = obj[section] if isinstance(obj[section], list) else [obj[section]]
         assert all(isinstance(r[k], int) for r in rows for k in r if k.endswith("_bytes"))

@@ -2,13 +2,15 @@
 
 Qt-free. :class:`WhatIfInputs` is built on the poll thread (reading a GGUF header is file
 I/O) and travels to the GUI with the report; :func:`run_what_if` calls
-``kvwall.budget.whatif.simulate`` and the forecast (pure, fast) on the GUI thread.
+``kvwall.budget.whatif.simulate`` and the forecast (pure, fast) on the GUI thread;
+:func:`offload_rows` calls ``kvwall.budget.whatif.offload_table`` (the rows ``kvwall plan``
+prints; a few hundred plans: run it off the GUI thread).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,7 @@ from kvwall.budget.cachetypes import cache_type_changes
 from kvwall.budget.config import ServerConfig
 from kvwall.budget.memory import MemoryPlan
 from kvwall.budget.report import ServerReport, SlotReport
+from kvwall.budget.units import format_bytes
 from kvwall.budget.whatif import WhatIf, slot_count_changes
 from kvwall.monitors.gguf import ModelInfo
 
@@ -42,6 +45,8 @@ class WhatIfInputs:
         memory_bytes: bytes the server could have on a restart (its pool's free memory
             plus what it holds now), the budget for "largest context".
         gpu_names: llama.cpp device names it offloads to (empty: CPU only).
+        device_free: free bytes per GPU (llama.cpp names) when known, for ``--fit`` and
+            the per-GPU fit of the offload rows.
     """
 
     server_key: str
@@ -49,6 +54,7 @@ class WhatIfInputs:
     config: ServerConfig
     memory_bytes: int
     gpu_names: tuple[str, ...] = ()
+    device_free: Mapping[str, int] | None = None
 
 
 def quick_changes(kind: str, plan: MemoryPlan, config: ServerConfig) -> dict[str, Any] | None:
@@ -96,8 +102,48 @@ def run_what_if(
 
         simulate = default_simulate
     wi = simulate(inputs.model, inputs.config, changes, memory_bytes=inputs.memory_bytes,
-                  gpu_names=inputs.gpu_names, label=label)
+                  gpu_names=inputs.gpu_names, label=label, device_free=inputs.device_free)
     return with_turns(wi, server)
+
+
+@dataclass(frozen=True)
+class OffloadRow:
+    """One offload what-if as the panel lists it.
+
+    Attributes:
+        result: the simulated row, with the turns the fullest slot has left.
+        text: one line for its list entry: ``-ngl 31: frees 4.59 GiB of GPU memory,
+            largest -c 82,176``.
+    """
+
+    result: WhatIfResult
+    text: str
+
+
+def offload_rows(
+    inputs: WhatIfInputs,
+    server: ServerReport | None,
+    table: Callable[..., list[WhatIf]] | None = None,
+) -> tuple[OffloadRow, ...]:
+    """The offload what-ifs of a server on GPUs (none for a CPU-only one): the rows of
+    ``kvwall plan``'s offload table (a few hundred plans: call it off the GUI thread)."""
+    if not inputs.gpu_names:
+        return ()
+    if table is None:
+        from kvwall.budget.whatif import offload_table
+
+        table = offload_table
+    rows = table(inputs.model, inputs.config, memory_bytes=inputs.memory_bytes,
+                 gpu_names=inputs.gpu_names, device_free=inputs.device_free)
+    return tuple(OffloadRow(with_turns(r, server), offload_text(r)) for r in rows if not r.refused)
+
+
+def offload_text(wi: WhatIf) -> str:
+    """``-ngl 31: frees 4.59 GiB of GPU memory, largest -c 82,176``."""
+    memory = (f"frees {format_bytes(wi.saves_bytes)}" if wi.saves_bytes >= 0
+              else f"takes {format_bytes(-wi.saves_bytes)} more")
+    best = f"largest -c {wi.max_ctx:,}" if wi.max_ctx else "does not fit"
+    return f"{wi.label}: {memory} of GPU memory, {best}"
 
 
 def with_turns(wi: WhatIf, server: ServerReport | None) -> WhatIfResult:
