@@ -159,7 +159,7 @@ def measure_gpu(root: Path, case: tuple) -> list[GpuRow]:
     names = tuple(f"Vulkan{i}" for i in range(len(devices.split(","))))
     config = parse_command_line(["llama-server", "-m", str(path), *args])
     plan = plan_memory(read_model(str(path)), config, gpu_names=names,
-                       device_free={n: 2048 * MIB for n in names})  # fmt: skip
+                       device_free=dict.fromkeys(names, 2048 * MIB))  # fmt: skip
     logged: dict[str, dict[str, float]] = {}
     kinds = (("model", log.model_buffers_mib), ("kv", log.kv_buffers_mib), ("compute", log.compute_buffers_mib))
     for what, buffers in kinds:

@@ -61,7 +61,7 @@ def _plan(path, args, devices):
     names = _devices(devices)
     config = parse_command_line(["llama-server", "-m", str(path), *args])
     return plan_memory(read_model(str(path)), config, gpu_names=names,
-                       device_free={n: LAVAPIPE_MIB * MiB for n in names})  # fmt: skip
+                       device_free=dict.fromkeys(names, LAVAPIPE_MIB * MiB))  # fmt: skip
 
 
 def _logged(log: LoadLog) -> dict[str, dict[str, float]]:
