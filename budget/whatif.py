@@ -9,7 +9,6 @@ from typing import Literal
 from kvwall.budget.cachetypes import CACHE_TYPES, cache_type_changes
 from kvwall.budget.cmdline.edit import render_command
 from kvwall.budget.config import ServerConfig
-from kvwall.budget.memory.alloc import _FFN_EXPS as LLM_FFN_EXPS_REGEX
 from kvwall.budget.memory.layout import Layout, model_layout
 from kvwall.budget.memory.plan import (
     budget_total,
@@ -19,6 +18,7 @@ from kvwall.budget.memory.plan import (
     plan_laid_out,
 )
 from kvwall.budget.memory.results import MemoryPlan
+from kvwall.budget.memory.tensors import LLM_FFN_EXPS_REGEX
 from kvwall.budget.units import format_bytes
 from kvwall.monitors.gguf import ModelInfo
 
@@ -121,7 +121,8 @@ def simulate(
     new_config = config.replace(**applied)
     plan = plan_laid_out(model, new_config, gpu_names=gpu_names, free_bytes=None, layout=lay, device_free=device_free)
     saves = (budget_total(base, gpu_names) - budget_total(plan, gpu_names)) if plan.ok and base.ok else 0
-    best = max_context(model, new_config, memory_bytes, gpu_names=gpu_names, device_free=device_free) if plan.ok else 0
+    best = max_context(model, new_config, memory_bytes, gpu_names=gpu_names, device_free=device_free,
+                       placed=plan) if plan.ok else 0  # fmt: skip
     command = render_command(config.command_line(**applied))
     return WhatIf(
         label=label or _label(applied, config),

@@ -23,16 +23,16 @@ import re
 import shutil
 import signal
 import stat
-import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO
+from typing import TYPE_CHECKING
 
 from kvwall.monitors.files import read_user_file
-from kvwall.monitors.snapshot import DeviceMemory
+
+if TYPE_CHECKING:
+    from kvwall.monitors.snapshot import DeviceMemory
 
 log = logging.getLogger(__name__)
 
@@ -324,113 +324,6 @@ def runnable(path: str) -> bool:
 
 
 @dataclass(frozen=True)
-class _Run:
-    """One bounded run of the binary."""
-
-    returncode: int | None  # None: killed (timeout or too much output)
-    stdout: bytes
-    stderr: bytes
-    problem: str | None = None  # "did not answer within 20 s", "printed more than ..."
-
-
-class _Reader(threading.Thread):
-    """Reads one pipe to its end, keeping at most ``limit`` bytes; ``over`` is set when
-    there was more."""
-
-    def __init__(self, pipe: IO[bytes] | None, limit: int, over: threading.Event) -> None:
-        super().__init__(daemon=True)
-        self._pipe = pipe
-        self._limit = limit
-        self._over = over
-        self.data = bytearray()
-
-    def run(self) -> None:
-        if self._pipe is None:
-            return
-        # read1: what the pipe holds now, so the limit is checked as output arrives
-        read: Callable[[int], bytes] = getattr(self._pipe, "read1", self._pipe.read)
-        try:
-            while True:
-                chunk = read(65536)
-                if not chunk:
-                    return
-                if len(self.data) + len(chunk) > self._limit:
-                    self._over.set()
-                    return
-                self.data += chunk
-        except (OSError, ValueError):
-            return
-
-
-class _Spawned:
-    """A started binary whose output is being read (so several can run at once)."""
-
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str]) -> None:
-        self.argv = list(argv)
-        self.over = threading.Event()
-        # The user's own llama-server, never through a shell.
-        self.proc = subprocess.Popen(
-            self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, env=dict(env), close_fds=True,
-            start_new_session=os.name == "posix")
-        self.readers = [_Reader(self.proc.stdout, MAX_OUTPUT_BYTES, self.over),
-                        _Reader(self.proc.stderr, MAX_OUTPUT_BYTES, self.over)]
-        for r in self.readers:
-            r.start()
-
-    def finish(self, deadline: float, timeout_s: float) -> _Run:
-        """Wait for the end (or the deadline, or too much output); never leaves it running."""
-        problem = None
-        while self.proc.poll() is None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                problem = f"did not answer within {timeout_s:g} s"
-                break
-            if self.over.wait(min(left, 0.05)):
-                problem = f"printed more than {MAX_OUTPUT_BYTES // 1024} KiB"
-                break
-        if problem is None and self.over.is_set():
-            problem = f"printed more than {MAX_OUTPUT_BYTES // 1024} KiB"
-        if problem is not None:
-            self._kill()
-        self._join_readers()
-        out, err = (bytes(r.data) for r in self.readers)
-        return _Run(None if problem else self.proc.returncode, out, err, problem)
-
-    def _join_readers(self) -> None:
-        """Let the readers reach the end of the pipes; a child the binary left behind
-        holding them open is killed with its process group (closing a pipe a reader is
-        blocked on would wait for that child)."""
-        self._join(PIPE_GRACE_S)
-        if any(r.is_alive() for r in self.readers):
-            self._kill()
-            self._join(PIPE_GRACE_S)
-        if not any(r.is_alive() for r in self.readers):
-            for pipe in (self.proc.stdout, self.proc.stderr):
-                if pipe is not None:
-                    pipe.close()
-
-    def _join(self, timeout_s: float) -> None:
-        end = time.monotonic() + timeout_s
-        for r in self.readers:
-            r.join(timeout=max(0.0, end - time.monotonic()))
-
-    def _kill(self) -> None:
-        """Kill the binary and anything it started (its own process group)."""
-        try:
-            if os.name == "posix":
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            else:
-                self.proc.kill()
-        except (ProcessLookupError, PermissionError, OSError):
-            pass
-        try:
-            self.proc.wait(timeout=5.0)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not exit after SIGKILL", self.argv[0])
-
-
-@dataclass(frozen=True)
 class _Answer:
     """What the binary said: its devices (or why not) and its build."""
 
@@ -445,12 +338,16 @@ def _ask(path: str, subcommand: Sequence[str], env: Mapping[str, str],
     run_env = {k: v for k, v in env.items() if not k.startswith("LLAMA_ARG_")}
     deadline = time.monotonic() + timeout_s
     name = _shown_program(path)
+    from kvwall.monitors.bounded_run import Spawned  # only on a cache miss
+
     try:
-        listing = _Spawned([path, *subcommand, "--list-devices"], run_env)
+        listing = Spawned([path, *subcommand, "--list-devices"], run_env,
+                          max_output_bytes=MAX_OUTPUT_BYTES, pipe_grace_s=PIPE_GRACE_S)
     except OSError as exc:
         return _Answer((), f"{name} could not be run: {exc.strerror or exc}", package_build(path))
     try:
-        version: _Spawned | None = _Spawned([path, *subcommand, "--version"], run_env)
+        version: Spawned | None = Spawned([path, *subcommand, "--version"], run_env,
+                                          max_output_bytes=MAX_OUTPUT_BYTES, pipe_grace_s=PIPE_GRACE_S)
     except OSError:
         version = None
     listed = listing.finish(deadline, timeout_s)
@@ -584,7 +481,7 @@ def _write_cache(file: Path, key: Mapping[str, object], answer: _Answer, now: fl
                      "total_bytes": d.total_bytes, "free_bytes": d.free_bytes}
                     for d in answer.devices],
     }
-    tmp = file.with_name(f".{file.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    tmp = file.with_name(f".{file.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(data), encoding="utf-8")

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import bisect
-import re
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -14,13 +13,8 @@ from kvwall.budget.config import ServerConfig
 from kvwall.budget.memory.compute import GpuOffload, compute_buffers
 from kvwall.budget.memory.layout import Layout, pad
 from kvwall.budget.memory.resolve import Context, Resolved, context
+from kvwall.budget.memory.tensors import INPUT, LLM_FFN_EXPS_REGEX, Group, tensor_groups
 from kvwall.monitors.gguf import ModelInfo
-from kvwall.monitors.gguf.model import TensorInfo
-
-# common/common.h LLM_FFN_EXPS_REGEX (what -cmoe / -ncmoe keep on the CPU)
-_FFN_EXPS = r"\.ffn_(up|down|gate|gate_up)_(ch|)exps"
-_INPUT_TENSORS = ("token_embd.", "token_types.", "position_embd.", "tok_norm.", "token_embd_norm.")
-_BLK = re.compile(r"^blk\.(\d+)\.")
 
 
 @dataclass(frozen=True)
@@ -85,27 +79,46 @@ def _split_points(shares: tuple[float, ...]) -> tuple[float, ...]:
 
 def _shares(rv: Resolved) -> tuple[float, ...]:
     """-ts (or --fit's layer counts), else the free memory of each device, else equal."""
-    if rv.splits and any(rv.splits):
-        return rv.splits
-    if rv.device_free and len(rv.device_free) == len(rv.gpu_names):
-        return tuple(float(f) for f in rv.device_free)
-    return (1.0,) * len(rv.gpu_names)
+    return _shares_of(rv.splits, rv.device_free, len(rv.gpu_names))
+
+
+@lru_cache(maxsize=1024)
+def _shares_of(splits: tuple[float, ...], free: tuple[int, ...], n_gpus: int) -> tuple[float, ...]:
+    if splits and any(splits):
+        return splits
+    if free and len(free) == n_gpus:
+        return tuple(float(f) for f in free)
+    return (1.0,) * n_gpus
 
 
 def layer_device(rv: Resolved, model: ModelInfo, il: int) -> str:
     """llama_model::load_tensors' layer -> device rule (il == n_layer_all is the output)."""
-    if not rv.gpu_names or rv.n_gpu_layers <= 0:
-        return "Host"
+    return layer_devices(rv, model)[il]
+
+
+def layer_devices(rv: Resolved, model: ModelInfo) -> tuple[str, ...]:
+    """The device of every layer, the output layer (index ``n_layer_all``) last."""
     n_all = model.n_layer_all
-    start = max(n_all + 1 - rv.n_gpu_layers, 0)
-    act = min(rv.n_gpu_layers, n_all + 1)
-    if il < start or il - start >= act:
-        return "Host"
-    # std::upper_bound: the first device whose split point exceeds the layer's position
-    pos = _f32((il - start) / act)
-    points = _split_points(_shares(rv))
-    index = bisect.bisect_right(points, pos)
-    return rv.gpu_names[min(index, len(rv.gpu_names) - 1)]
+    if not rv.gpu_names or rv.n_gpu_layers <= 0:
+        return ("Host",) * (n_all + 1)
+    return _layer_devices(rv.gpu_names, rv.n_gpu_layers, _shares(rv), n_all)
+
+
+@lru_cache(maxsize=1024)
+def _layer_devices(gpus: tuple[str, ...], n_gpu_layers: int, shares: tuple[float, ...], n_all: int
+                   ) -> tuple[str, ...]:
+    start = max(n_all + 1 - n_gpu_layers, 0)
+    act = min(n_gpu_layers, n_all + 1)
+    points = _split_points(shares)
+    out = []
+    for il in range(n_all + 1):
+        if il < start or il - start >= act:
+            out.append("Host")
+            continue
+        # std::upper_bound: the first device whose split point exceeds the layer's position
+        index = bisect.bisect_right(points, _f32((il - start) / act))
+        out.append(gpus[min(index, len(gpus) - 1)])
+    return tuple(out)
 
 
 def user_overrides(config: ServerConfig) -> tuple[tuple[str, str], ...]:
@@ -116,18 +129,10 @@ def user_overrides(config: ServerConfig) -> tuple[tuple[str, str], ...]:
         pattern, _, buft = item.partition("=")
         out.append((pattern, buft))
     if config.cpu_moe:
-        out.append((_FFN_EXPS, "CPU"))
+        out.append((LLM_FFN_EXPS_REGEX, "CPU"))
     for i in range(config.n_cpu_moe):
-        out.append((rf"blk\.{i}{_FFN_EXPS}", "CPU"))
+        out.append((rf"blk\.{i}{LLM_FFN_EXPS_REGEX}", "CPU"))
     return tuple(out)
-
-
-@lru_cache(maxsize=4096)
-def _compiled(pattern: str) -> re.Pattern[str] | None:
-    try:
-        return re.compile(pattern)
-    except re.error:
-        return None
 
 
 def _buft_device(buft: str, rv: Resolved) -> str | None:
@@ -140,71 +145,59 @@ def _buft_device(buft: str, rv: Resolved) -> str | None:
     return None
 
 
-def _override_device(name: str, overrides: Sequence[tuple[str, str]], rv: Resolved) -> str | None:
-    """The device of the first override whose pattern matches ``name`` (std::regex_search)."""
-    for pattern, buft in overrides:
-        compiled = _compiled(pattern)
-        if compiled is not None and compiled.search(name):
-            return _buft_device(buft, rv)
-    return None
-
-
-def tensor_devices(model: ModelInfo, config: ServerConfig, rv: Resolved) -> Iterator[tuple[TensorInfo, str]]:
-    """Each tensor llama-server loads and the device that holds it (``Host`` for CPU
-    buffers): its layer's device, unless an override (``-ot``, ``-cmoe``, ``-ncmoe``, or
+def placed_groups(model: ModelInfo, config: ServerConfig, rv: Resolved) -> list[tuple[Group, str]]:
+    """Each group of tensors llama-server loads and the device that holds it (``Host`` for
+    CPU buffers): its layer's device, unless an override (``-ot``, ``-cmoe``, ``-ncmoe``, or
     ``--fit``'s own) sends it elsewhere. ``token_embd`` stays on the host; tensors outside
     the layers go with the output layer."""
     overrides: Sequence[tuple[str, str]] = ()
     if rv.gpu_names:
         overrides = rv.fit_overrides if rv.fit_overrides is not None else user_overrides(config)
     load_mtp = "draft-mtp" in (config.spec_type or "")
-    n_main = model.n_layer
-    output_dev = layer_device(rv, model, model.n_layer_all)
-    layer_devs = [layer_device(rv, model, il) for il in range(model.n_layer_all)]
-    for t in model.tensors:
-        m = _BLK.match(t.name)
-        if m:
-            il = int(m.group(1))
-            if model.n_layer_nextn > 0 and il >= n_main and not load_mtp:
-                continue  # NextN/MTP layers are skipped at load unless MTP is used
-            dev = layer_devs[il] if il < model.n_layer_all else output_dev
-        elif t.name.startswith(_INPUT_TENSORS):
-            dev = "Host"
-        else:
-            dev = output_dev
-        if overrides:
-            dev = _override_device(t.name, overrides, rv) or dev
-        yield t, dev
+    devs = layer_devices(rv, model)
+    out = []
+    for g in tensor_groups(model, overrides, load_mtp).groups:
+        dev = "Host" if g.slot == INPUT else devs[g.slot]
+        if g.target is not None:
+            dev = _buft_device(g.target, rv) or dev
+        out.append((g, dev))
+    return out
+
+
+def cpu_expert_layers(model: ModelInfo, placed: Sequence[tuple[Group, str]], rv: Resolved) -> list[int]:
+    """Layers on a GPU whose expert tensors are on the host."""
+    n_all = model.n_layer_all
+    return sorted({
+        g.slot for g, dev in placed
+        if g.experts and dev == "Host" and 0 <= g.slot < n_all and layer_device(rv, model, g.slot) != "Host"
+    })  # fmt: skip
 
 
 _MMAP_MODES = (None, "auto", "mmap", "mmap+mlock")
 
 
-def _weights(model: ModelInfo, config: ServerConfig, rv: Resolved) -> dict[str, int]:
+def _weights(model: ModelInfo, config: ServerConfig, rv: Resolved,
+             placed: Sequence[tuple[Group, str]]) -> dict[str, int]:
     """Model buffer bytes per device. With mmap (the default) the host's buffer of each
     file is the mapped range from its first to its last host tensor, gaps included
     (llama_model_loader::get_mapping_range), as llama.cpp reports it."""
     out: dict[str, int] = {}
     spans: dict[int, tuple[int, int]] = {}
     mmap = config.load_mode in _MMAP_MODES
-    has_output = False
-    embd_bytes = 0
-    for t, dev in tensor_devices(model, config, rv):
+    for g, dev in placed:
         if dev == "Host" and mmap:
-            first, last = spans.get(t.shard, (t.offset, t.offset + t.n_bytes))
-            spans[t.shard] = (min(first, t.offset), max(last, t.offset + t.n_bytes))
+            for shard, first, end in g.spans:
+                a, b = spans.get(shard, (first, end))
+                spans[shard] = (min(a, first), max(b, end))
         else:
-            out[dev] = out.get(dev, 0) + t.n_bytes
-        if t.name.startswith("token_embd."):
-            embd_bytes += t.n_bytes
-        elif t.name.startswith("output.weight"):
-            has_output = True
+            out[dev] = out.get(dev, 0) + g.n_bytes
     if spans:
-        out["Host"] = out.get("Host", 0) + sum(last - first for first, last in spans.values())
+        out["Host"] = out.get("Host", 0) + sum(end - first for first, end in spans.values())
+    groups = tensor_groups(model, (), "draft-mtp" in (config.spec_type or ""))
     output_dev = layer_device(rv, model, model.n_layer_all)
-    if not has_output and output_dev != "Host" and embd_bytes:
+    if not groups.has_output and output_dev != "Host" and groups.embd_bytes:
         # tied embeddings: llama.cpp duplicates token_embd onto the output device
-        out[output_dev] = out.get(output_dev, 0) + embd_bytes
+        out[output_dev] = out.get(output_dev, 0) + groups.embd_bytes
     return out
 
 
@@ -258,16 +251,13 @@ def _recurrent_state(model: ModelInfo, config: ServerConfig, rv: Resolved, lay: 
     return _RecurrentState(total, by_device)
 
 
-def _gpu_offload(model: ModelInfo, config: ServerConfig, rv: Resolved, host_kv: int) -> GpuOffload:
+def _gpu_offload(model: ModelInfo, config: ServerConfig, rv: Resolved, host_kv: int,
+                 placed: Sequence[tuple[Group, str]]) -> GpuOffload:
     """Which GPUs run layers, the largest host weight the first GPU runs, pipelining."""
     if not rv.gpu_names:
         return GpuOffload(frozenset(), 0, pipeline=False)
-    devices = {layer_device(rv, model, il) for il in range(model.n_layer_all)}  # the output alone computes ~0
-    host_weights = max(
-        (t.n_bytes for t, dev in tensor_devices(model, config, rv)
-         if dev == "Host" and not t.name.startswith(_INPUT_TENSORS) and len(t.shape) > 1),
-        default=0,
-    )  # fmt: skip
+    devices = set(layer_devices(rv, model)[:-1])  # the output alone computes ~0
+    host_weights = max((g.largest for g, dev in placed if dev == "Host" and g.slot != INPUT), default=0)
     overrides = rv.fit_overrides if rv.fit_overrides is not None else user_overrides(config)
     pipeline = (
         len(rv.gpu_names) > 1
@@ -284,7 +274,9 @@ def allocate(model: ModelInfo, config: ServerConfig, rv: Resolved, lay: Layout, 
     ctx = context(model, config, rv, n_ctx_req)
     kv = _kv_cache(model, config, rv, lay, ctx)
     rs = _recurrent_state(model, config, rv, lay)
-    compute = compute_buffers(model, rv, lay, ctx, kv.cells_swa, _gpu_offload(model, config, rv, kv.host_layer))
+    placed = placed_groups(model, config, rv)
+    offload = _gpu_offload(model, config, rv, kv.host_layer, placed)
+    compute = compute_buffers(model, rv, lay, ctx, kv.cells_swa, offload)
     # llama_context::output_reserve(n_seq_max): logits (and embeddings) for n_seq_max rows
     n_out = rv.n_seq
     output = model.n_vocab * n_out * 4
@@ -297,7 +289,7 @@ def allocate(model: ModelInfo, config: ServerConfig, rv: Resolved, lay: Layout, 
         kv_v=kv.v,
         kv_swa=kv.swa,
         recurrent=rs.total,
-        weights=_weights(model, config, rv),
+        weights=_weights(model, config, rv, placed),
         kv=kv.by_device,
         rs=rs.by_device,
         compute=compute,

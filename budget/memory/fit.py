@@ -27,7 +27,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from kvwall.budget.config import ServerConfig
-from kvwall.budget.memory.alloc import Alloc, allocate, layer_device, tensor_devices, user_overrides
+from kvwall.budget.memory.alloc import (
+    Alloc,
+    allocate,
+    cpu_expert_layers,
+    layer_device,
+    placed_groups,
+    user_overrides,
+)
 from kvwall.budget.memory.layout import Layout
 from kvwall.budget.memory.resolve import Resolved
 from kvwall.budget.units import format_whole_mib
@@ -495,12 +502,7 @@ def placement_summary(model: ModelInfo, config: ServerConfig, rv: Resolved, n_ct
     parts = [f"{counts[g]} layers on {g}" for g in rv.gpu_names if counts.get(g)]
     if counts.get("Host"):
         parts.append(f"{counts['Host']} on the CPU")
-    cpu_experts = sorted({
-        int(t.name.split(".")[1])
-        for t, dev in tensor_devices(model, config, rv)
-        if dev == "Host" and "_exps" in t.name and t.name.startswith("blk.")
-        and layer_device(rv, model, int(t.name.split(".")[1])) != "Host"
-    })  # fmt: skip
+    cpu_experts = cpu_expert_layers(model, placed_groups(model, config, rv), rv)
     if cpu_experts:
         parts.append(f"the experts of {_ranges(cpu_experts)} on the CPU")
     return f"{who}: llama-server will start with {', '.join(parts) or 'everything on the CPU'}, -c {n_ctx}"

@@ -7,7 +7,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from kvwall.budget.config import ServerConfig
-from kvwall.budget.memory.alloc import Alloc, allocate, layer_device, tensor_devices
+from kvwall.budget.memory.alloc import (
+    Alloc,
+    allocate,
+    cpu_expert_layers,
+    layer_device,
+    placed_groups,
+)
 from kvwall.budget.memory.fit import FitResult, MiB, fit
 from kvwall.budget.memory.layout import KV_PAD, Layout, model_layout, pad
 from kvwall.budget.memory.refusals import check_config
@@ -288,12 +294,7 @@ def _placement(model: ModelInfo, config: ServerConfig, rv: Resolved, fitted: Fit
         dev = layer_device(rv, model, il)
         counts[dev] = counts.get(dev, 0) + 1
     layers = tuple((g, counts[g]) for g in (*rv.gpu_names, "Host") if counts.get(g))
-    cpu_experts = sorted({
-        int(t.name.split(".")[1])
-        for t, dev in tensor_devices(model, config, rv)
-        if dev == "Host" and "_exps" in t.name and t.name.startswith("blk.")
-        and layer_device(rv, model, int(t.name.split(".")[1])) != "Host"
-    })  # fmt: skip
+    cpu_experts = cpu_expert_layers(model, placed_groups(model, config, rv), rv)
     status = fitted.status if fitted else "off"
     pinned: tuple[tuple[str, object], ...] = ()
     summary = ""
@@ -341,6 +342,7 @@ def max_context(
     *,
     gpu_names: Sequence[str] = (),
     device_free: Mapping[str, int] | None = None,
+    placed: MemoryPlan | None = None,
 ) -> int:
     """The largest ``-c`` (multiple of 256 per stream) whose plan fits in ``memory_bytes``
     (and on each GPU in its ``device_free``, when given); 0 when even the smallest context
@@ -349,23 +351,65 @@ def max_context(
     The placement is the one llama-server would load with now: what ``--fit`` chose is
     kept, so a larger context is not bought by moving more layers to the CPU. The search
     stops at the trained context per slot (``n_ctx_train`` x slots): more cells than that
-    cannot be used by any slot.
+    cannot be used by any slot. ``placed``: the plan of ``config`` when already made (its
+    placement is pinned without planning it again).
     """
     lay = model_layout(model)
-    pinned = _pinned_config(model, config, gpu_names, device_free, lay)
+    pinned = _pinned_config(model, config, gpu_names, device_free, lay, placed)
     rv = resolve(model, pinned, gpu_names, device_free)
     step = KV_PAD * rv.n_stream
     hi_ctx = max(model.n_ctx_train, KV_PAD) * rv.n_seq
     hi = max(1, hi_ctx // step)
 
-    def fits(k: int) -> bool:
+    def slack(k: int) -> int | None:
         plan = plan_laid_out(
             model, pinned.replace(n_ctx=k * step), gpu_names=gpu_names, free_bytes=None, layout=lay,
             quiet=True, device_free=device_free,
         )  # fmt: skip
-        return plan.ok and fits_devices(plan, memory_bytes, gpu_names, device_free)
+        return room_left(plan, memory_bytes, gpu_names, device_free) if plan.ok else None
 
-    return largest_fitting(fits, hi) * step
+    return largest_with_room(slack, hi) * step
+
+
+def room_left(
+    plan: MemoryPlan, memory_bytes: int, gpu_names: Sequence[str], device_free: Mapping[str, int] | None
+) -> int:
+    """The tightest margin of ``plan`` under the budget: in total, and on each GPU in its
+    free memory (negative: it does not fit by that much)."""
+    margins = [memory_bytes - budget_total(plan, gpu_names)]
+    if device_free:
+        margins += [device_free[d.name] - d.total_bytes for d in plan.devices if d.name in device_free]
+    return min(margins)
+
+
+def largest_with_room(slack: Callable[[int], int | None], hi: int) -> int:
+    """The largest ``k`` in ``1..hi`` with ``slack(k) >= 0`` (None: refused), for a slack
+    that falls as ``k`` grows; 0 when ``slack(1) < 0``. Memory grows almost linearly with
+    the context, so each probe aims where the slack reaches 0 between the bounds (false
+    position, halving when that does not narrow them): a few plans instead of log2(hi)."""
+    s_lo = slack(1)
+    if s_lo is None or s_lo < 0:
+        return 0
+    s_hi = slack(hi)
+    if s_hi is not None and s_hi >= 0:
+        return hi
+    lo = 1
+    while hi - lo > 1:
+        guess = lo + (hi - lo) // 2
+        if s_hi is not None and s_lo > s_hi:
+            guess = lo + int((hi - lo) * s_lo / (s_lo - s_hi))
+        mid = min(max(guess, lo + 1), hi - 1)
+        s_mid = slack(mid)
+        if s_mid is not None and s_mid >= 0:
+            lo, s_lo = mid, s_mid
+            if mid + 1 < hi:  # the root is usually just past the guess: check it at once
+                s_next = slack(mid + 1)
+                if s_next is None or s_next < 0:
+                    return mid
+                lo, s_lo = mid + 1, s_next
+        else:
+            hi, s_hi = mid, s_mid
+    return lo
 
 
 def _pinned_config(
@@ -374,12 +418,13 @@ def _pinned_config(
     gpu_names: Sequence[str],
     device_free: Mapping[str, int] | None,
     lay: Layout,
+    placed: MemoryPlan | None = None,
 ) -> ServerConfig:
     """``config`` with ``--fit``'s placement written out and ``--fit`` off."""
     if not config.fit:
         return config
-    plan = plan_laid_out(model, config, gpu_names=gpu_names, free_bytes=None, layout=lay, quiet=True,
-                         device_free=device_free)  # fmt: skip
+    plan = placed or plan_laid_out(model, config, gpu_names=gpu_names, free_bytes=None, layout=lay,
+                                   quiet=True, device_free=device_free)  # fmt: skip
     changes: dict[str, object] = dict(plan.placement.pinned) if plan.placement else {}
     changes["fit"] = False
     return config.replace(**changes)
@@ -389,8 +434,4 @@ def fits_devices(
     plan: MemoryPlan, memory_bytes: int, gpu_names: Sequence[str], device_free: Mapping[str, int] | None
 ) -> bool:
     """Whether ``plan`` fits the budget: in total, and on each GPU in its free memory."""
-    if budget_total(plan, gpu_names) > memory_bytes:
-        return False
-    if device_free:
-        return all(d.total_bytes <= device_free[d.name] for d in plan.devices if d.name in device_free)
-    return True
+    return room_left(plan, memory_bytes, gpu_names, device_free) >= 0
