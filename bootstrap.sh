@@ -20,7 +20,8 @@ case "$mode" in run|test) ;; *) echo "usage: $0 run|test" >&2; exit 2 ;; esac
 app_pkgs=(python3-venv libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-image0
   libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-shape0 libxcb-xinerama0
   libxcb-xkb1 libegl1 libgl1 libfontconfig1 libdbus-1-3)
-test_pkgs=(xvfb trayer x11-utils xdotool g++ make prometheus mesa-vulkan-drivers)
+test_pkgs=(xvfb trayer x11-utils xdotool g++ make cmake prometheus mesa-vulkan-drivers glslc
+  libvulkan-dev)
 
 install_system_packages() {
   command -v apt-get >/dev/null 2>&1 || { echo "bootstrap: not Debian-like; install the Qt xcb libraries yourself" >&2; return 0; }
@@ -61,6 +62,18 @@ fi
 export CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF}"
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 pip install -q -e '.[test]'
+
+# A Vulkan llama-server built for this CPU from the same b11434 source (about 30 minutes
+# the first time; kept in build/): the PyPI one (b10434) needs AVX-512. Without it the
+# Vulkan tests use the PyPI one where it runs, else skip and say why.
+if [ -z "${KVWALL_TEST_VULKAN_SERVER:-}" ] && [ "$(uname -sm)" = "Linux x86_64" ]; then
+  echo "bootstrap: building the Vulkan llama-server for the tests (tools/build_vulkan_server.sh)"
+  if vk_exe=$(tools/build_vulkan_server.sh | tail -1); then
+    export KVWALL_TEST_VULKAN_SERVER="$PWD/$vk_exe"
+  else
+    echo "bootstrap: the Vulkan llama-server did not build; its tests use the PyPI one or skip" >&2
+  fi
+fi
 
 # Lint and the import contracts (ruff), then types (mypy: strict on monitors/ and budget/).
 ruff check .
