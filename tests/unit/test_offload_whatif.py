@@ -7,7 +7,6 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from kvwall.app.demo.realshapes import write_header
 from kvwall.app.demo.tinymodels import write_model
 from kvwall.budget.cmdline.parse import parse_command_line
 from kvwall.budget.memory import plan_memory
@@ -182,19 +181,6 @@ def test_mla_moe_rows_reparse(tiny):
 
 # ---------------------------------------------------------------------------------------
 # real shapes, header only
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    """Llama-3.1-70B and Qwen3.6-35B-A3B at Q4_K_M, header only (removed afterwards: they
-    claim tens of GB, sparse)."""
-    root = tmp_path_factory.mktemp("shapes")
-    yield {
-        "70b": read_model(str(write_header("llama-3.1-70b", root / "llama-70b.gguf"))),
-        "moe": read_model(str(write_header("qwen3.6-35b-a3b", root / "qwen3.6-35b-a3b.gguf"))),
-    }
-    for path in root.glob("*.gguf"):
-        path.unlink()
 
 
 def test_a_70b_on_a_24_gib_gpu_starts_with_fit_and_fewer_layers_buy_context(shapes):
