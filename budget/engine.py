@@ -375,7 +375,7 @@ class Engine:
         unified = planned.plan.kv_unified if planned.plan is not None else (
             _unified_guess(planned.config) if planned.config is not None else False)
         followed = self._follow_slots(key, state, planned.plan, unified)
-        fit = self._fit(key, state, devices, read, planned, memory, ids)
+        fit = self._fit(key, state, devices, read, planned, memory, ids, gpus.start_free)
         errors = state.errors + found.errors + read.errors + planned.errors
         notes = (found.notes + read.notes + planned.notes + memory_notes + followed.notes)
         proc = state.process
@@ -540,7 +540,7 @@ class Engine:
 
     def _fit(self, key: str, state: ServerState, devices: tuple[DeviceMemory, ...],
              read: _ModelRead, planned: _Planned, memory: tuple[Attribution, ...],
-             ids: tuple[str, ...]) -> _Fit:
+             ids: tuple[str, ...], start_free: Mapping[str, int] | None = None) -> _Fit:
         """What fits in the free memory of the server's memory pool: contexts, advice, more."""
         plan, config, model = planned.plan, planned.config, read.model
         if plan is None or model is None or config is None:
@@ -550,8 +550,9 @@ class Engine:
         if where.free_bytes is None:
             return _Fit()
         budget = where.free_bytes + modeled
+        # a restart finds each GPU as the server found it at its start (its own bytes freed)
         cached = self._budgeted(key, _Budgeting(
-            model, read.version, config, plan, ids, where, budget, state.slots))
+            model, read.version, config, plan, ids, where, budget, state.slots, start_free))
         used = _measured_on_pool(memory, state, devices, where.kind)
         per_server = used if used else modeled
         more_servers = max(0, where.free_bytes // per_server) if per_server > 0 else None
@@ -572,7 +573,7 @@ class Engine:
                          else (host_total or 0)))
         inputs = (b.model_version, config.argv, tuple(sorted(config.env.items())),
                   config.n_ctx, config.n_parallel, b.device_ids, b.where.kind, active,
-                  ram_short)
+                  ram_short, tuple(sorted((b.device_free or {}).items())))
         hit = self._cached.get(key)
         if hit is not None and hit.inputs == inputs and (
             abs(hit.budget - b.budget) <= BUDGET_TOLERANCE * max(hit.budget, 1)
@@ -583,7 +584,7 @@ class Engine:
         advice = _LazyOptions(lambda: advice_options(
             b.model, config, b.plan, budget_bytes=b.budget, gpu_names=b.device_ids,
             pool=b.where.kind, slots=b.slots, host_total_bytes=host_total,
-            host_free_bytes=host_free, plan_fn=plan_fn))
+            host_free_bytes=host_free, plan_fn=plan_fn, device_free=b.device_free))
         cached = _Cached(inputs, b.budget, max_ctx, advice)
         self._cached[key] = cached
         return cached
@@ -710,6 +711,7 @@ class _Budgeting:
     where: PoolPlacement
     budget: int
     slots: tuple[SlotState, ...] | None
+    device_free: Mapping[str, int] | None = None  # each GPU's room on a restart
 
 
 @dataclass(frozen=True)
