@@ -130,7 +130,7 @@ class _Solver:
         return _Measured(
             used=tuple(alloc.device_total(g) for g in rv.gpu_names),
             model=tuple(alloc.weights.get(g, 0) for g in rv.gpu_names),
-            host=alloc.device_total("Host") + alloc.output,
+            host=alloc.device_total("Host"),  # the output buffer is outside the breakdown
         )
 
     def placed(self, layers: Sequence[DeviceLayers], overflow_bufts: Sequence[str]) -> Resolved:
