@@ -394,6 +394,7 @@ class Engine:
             advice=advice, errors=_shown(errors), config=planned.config,
             notes=_shown(notes), more_slots_fit=fit.more_slots,
             restart_budget_bytes=fit.restart_budget_bytes, device_ids=ids,
+            device_room=gpus.start_free,
             managed_by=proc.managed_by,
             label=sanitize(_display_label(state, planned.config, name), 200),
             refused_requests=refused,

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:  # annotations only: keeps this module (and budget.forecast) light to import
+    from collections.abc import Mapping
+
     from kvwall.budget.config import ServerConfig
     from kvwall.budget.memory import MemoryPlan
     from kvwall.monitors.snapshot import DeviceMemory, Health
@@ -182,6 +184,7 @@ class ServerReport:
     # Added for the what-if panel: what the engine's own budget and advice used.
     restart_budget_bytes: int | None = None  # free memory on its memory pool + what it holds there
     device_ids: tuple[str, ...] = ()  # llama.cpp device ids it offloads to (CUDA0...)
+    device_room: Mapping[str, int] | None = None  # each GPU's free memory on a restart
     # Added for issue 11: the program that started it (``ollama``, ``llama-swap``), if any.
     managed_by: str | None = None
     # Added for issue 9: requests refused with exceed_context_size_error (None: none seen).

@@ -36,8 +36,9 @@ PAST_STEP_S = 10.0
 def build_what_if_inputs(engine: Engine, report: StatusReport) -> dict[str, WhatIfInputs]:
     """Model + configuration + budget for every server that can be simulated.
 
-    The budget and device ids are the engine's own (``ServerReport.restart_budget_bytes``,
-    ``device_ids``), so the what-if panel agrees with the advice.
+    The budget, device ids and each GPU's room are the engine's own
+    (``ServerReport.restart_budget_bytes``, ``device_ids``, ``device_room``), so the
+    what-if panel agrees with the advice.
     """
     out: dict[str, WhatIfInputs] = {}
     for server in report.servers:
@@ -50,7 +51,8 @@ def build_what_if_inputs(engine: Engine, report: StatusReport) -> dict[str, What
         model, _error = engine.model(server.model_path)
         if model is None:
             continue
-        out[server.key] = WhatIfInputs(server.key, model, config, budget, server.device_ids)
+        out[server.key] = WhatIfInputs(server.key, model, config, budget, server.device_ids,
+                                       device_free=server.device_room)
     return out
 
 
