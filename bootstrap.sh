@@ -63,7 +63,7 @@ export CMAKE_ARGS="${CMAKE_ARGS:--DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=
 export CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}"
 pip install -q -e '.[test]'
 
-# A Vulkan llama-server built for this CPU from the same b11434 source (about 30 minutes
+# A Vulkan llama-server built for this CPU from the same b11434 source (about 15 minutes
 # the first time; kept in build/): the PyPI one (b10434) needs AVX-512. Without it the
 # Vulkan tests use the PyPI one where it runs, else skip and say why.
 if [ -z "${KVWALL_TEST_VULKAN_SERVER:-}" ] && [ "$(uname -sm)" = "Linux x86_64" ]; then

