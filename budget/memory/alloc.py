@@ -122,8 +122,9 @@ def _layer_devices(gpus: tuple[str, ...], n_gpu_layers: int, shares: tuple[float
 
 
 def user_overrides(config: ServerConfig) -> tuple[tuple[str, str], ...]:
-    """The tensor overrides of the command line, in llama.cpp's order: ``-ot`` patterns,
-    then ``-cmoe``, then ``-ncmoe`` (common/arg.cpp appends them in that order)."""
+    """The tensor overrides of the command line: ``-ot`` patterns, then ``-cmoe``, then
+    ``-ncmoe``. common/arg.cpp appends them in command-line order, which the parsed
+    configuration does not keep; that matters only when an ``-ot`` sends experts to a GPU."""
     out: list[tuple[str, str]] = []
     for item in config.override_tensor:
         pattern, _, buft = item.partition("=")

@@ -251,7 +251,7 @@ def _fit_steps(s: _Solver, host_bytes: int | None, n_ctx_auto: bool, notes: list
     _check_layer_fit_allowed(s.config, nd)
     targets = [f - m for f, m in zip(free, margins, strict=True)]
     _fill_layers(s, targets)
-    notes.append(placement_summary(s.model, s.config, s.rv, s.n_ctx, "--fit"))
+    notes.append("--fit: " + placement_summary(s.model, s.config, s.rv, s.n_ctx))
     return "layers"
 
 
@@ -491,8 +491,8 @@ def _one_more_layer(
     return layers, mem, bufts, dense_start
 
 
-def placement_summary(model: ModelInfo, config: ServerConfig, rv: Resolved, n_ctx: int, who: str) -> str:
-    """"--fit: llama-server will start with N layers on Vulkan0, M on the CPU, the experts of
+def placement_summary(model: ModelInfo, config: ServerConfig, rv: Resolved, n_ctx: int) -> str:
+    """"llama-server will start with N layers on Vulkan0, M on the CPU, the experts of
     layers a..b on the CPU, -c X"."""
     n_all = model.n_layer_all
     counts: dict[str, int] = {}
@@ -505,7 +505,7 @@ def placement_summary(model: ModelInfo, config: ServerConfig, rv: Resolved, n_ct
     cpu_experts = cpu_expert_layers(model, placed_groups(model, config, rv), rv)
     if cpu_experts:
         parts.append(f"the experts of {_ranges(cpu_experts)} on the CPU")
-    return f"{who}: llama-server will start with {', '.join(parts) or 'everything on the CPU'}, -c {n_ctx}"
+    return f"llama-server will start with {', '.join(parts) or 'everything on the CPU'}, -c {n_ctx}"
 
 
 def _ranges(layers: Sequence[int]) -> str:

@@ -14,7 +14,7 @@ from kvwall.budget.memory.alloc import (
     layer_device,
     placed_groups,
 )
-from kvwall.budget.memory.fit import FitResult, MiB, fit
+from kvwall.budget.memory.fit import FitResult, MiB, fit, placement_summary
 from kvwall.budget.memory.layout import KV_PAD, Layout, model_layout, pad
 from kvwall.budget.memory.refusals import check_config
 from kvwall.budget.memory.resolve import NGL_DEFAULT_NOTE, Context, Resolved, context, resolve
@@ -284,10 +284,11 @@ def plan_laid_out(
     if slots.note and not quiet:
         notes.append(slots.note)
     plan = _assemble(config, rv, layout, alloc, slots.n_ctx_slot, notes)
-    return dataclasses.replace(plan, placement=_placement(model, config, rv, fitted))
+    return dataclasses.replace(plan, placement=_placement(model, config, rv, fitted, n_ctx_req))
 
 
-def _placement(model: ModelInfo, config: ServerConfig, rv: Resolved, fitted: FitResult | None) -> Placement:
+def _placement(model: ModelInfo, config: ServerConfig, rv: Resolved, fitted: FitResult | None,
+               n_ctx: int) -> Placement:
     """Layers per device, experts kept on the host, and how to pin what --fit chose."""
     counts: dict[str, int] = {}
     for il in range(model.n_layer_all + 1):
@@ -299,7 +300,7 @@ def _placement(model: ModelInfo, config: ServerConfig, rv: Resolved, fitted: Fit
     pinned: tuple[tuple[str, object], ...] = ()
     summary = ""
     if fitted and status == "layers":
-        summary = fitted.notes[-1].split(": ", 1)[1]
+        summary = placement_summary(model, config, rv, n_ctx)
         overrides = tuple(f"{p}={b}" for p, b in (rv.fit_overrides or ()))
         pinned = (("n_gpu_layers", rv.n_gpu_layers),)
         if rv.splits:
