@@ -13,7 +13,13 @@ from kvwall.budget.config import ServerConfig
 from kvwall.budget.memory.compute import GpuOffload, compute_buffers
 from kvwall.budget.memory.layout import Layout, pad
 from kvwall.budget.memory.resolve import Context, Resolved, context
-from kvwall.budget.memory.tensors import INPUT, LLM_FFN_EXPS_REGEX, Group, tensor_groups
+from kvwall.budget.memory.tensors import (
+    INPUT,
+    LLM_FFN_EXPS_REGEX,
+    Group,
+    TensorGroups,
+    tensor_groups,
+)
 from kvwall.monitors.gguf import ModelInfo
 
 
@@ -146,7 +152,7 @@ def _buft_device(buft: str, rv: Resolved) -> str | None:
     return None
 
 
-def placed_groups(model: ModelInfo, config: ServerConfig, rv: Resolved) -> list[tuple[Group, str]]:
+def placed_groups(model: ModelInfo, config: ServerConfig, rv: Resolved) -> tuple[tuple[Group, str], ...]:
     """Each group of tensors llama-server loads and the device that holds it (``Host`` for
     CPU buffers): its layer's device, unless an override (``-ot``, ``-cmoe``, ``-ncmoe``, or
     ``--fit``'s own) sends it elsewhere. ``token_embd`` stays on the host; tensors outside
@@ -156,13 +162,26 @@ def placed_groups(model: ModelInfo, config: ServerConfig, rv: Resolved) -> list[
         overrides = rv.fit_overrides if rv.fit_overrides is not None else user_overrides(config)
     load_mtp = "draft-mtp" in (config.spec_type or "")
     devs = layer_devices(rv, model)
-    out = []
-    for g in tensor_groups(model, overrides, load_mtp).groups:
+    groups = tensor_groups(model, overrides, load_mtp)
+    key = (id(groups), id(devs), rv.gpu_names)
+    hit = _placed.get(key)
+    if hit is not None and hit[0] is groups and hit[1] is devs:
+        return hit[2]  # the same groups on the same layer devices: the context search's probes
+    placed = []
+    for g in groups.groups:
         dev = "Host" if g.slot == INPUT else devs[g.slot]
         if g.target is not None:
             dev = _buft_device(g.target, rv) or dev
-        out.append((g, dev))
+        placed.append((g, dev))
+    out = tuple(placed)
+    if len(_placed) >= _PLACED_CACHE:
+        _placed.clear()
+    _placed[key] = (groups, devs, out)
     return out
+
+
+_PLACED_CACHE = 256
+_placed: dict[tuple[int, int, tuple[str, ...]], tuple[TensorGroups, tuple[str, ...], tuple[tuple[Group, str], ...]]] = {}
 
 
 def cpu_expert_layers(model: ModelInfo, placed: Sequence[tuple[Group, str]], rv: Resolved) -> list[int]:
