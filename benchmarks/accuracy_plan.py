@@ -35,7 +35,7 @@ MIB = 1024 * 1024
 # (one source of truth)
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "integration"))
-from oracles.llamalog import HOST, buffer_device, parse_load_log  # noqa: E402
+from oracles.llamalog import DeviceBuffers, parse_load_log  # noqa: E402
 from test_plan_vs_server import REFUSED, STARTS  # noqa: E402
 from test_plan_vs_vulkan import CASES as GPU_CASES  # noqa: E402
 from vulkan_server import find_vulkan_server  # noqa: E402
@@ -160,20 +160,14 @@ def measure_gpu(root: Path, case: tuple) -> list[GpuRow]:
     config = parse_command_line(["llama-server", "-m", str(path), *args])
     plan = plan_memory(read_model(str(path)), config, gpu_names=names,
                        device_free=dict.fromkeys(names, 2048 * MIB))  # fmt: skip
-    logged: dict[str, dict[str, float]] = {}
-    kinds = (("model", log.model_buffers_mib), ("kv", log.kv_buffers_mib), ("compute", log.compute_buffers_mib))
-    for what, buffers in kinds:
-        for buffer, mib in buffers.items():
-            dev = "Host" if buffer_device(buffer) == HOST else buffer
-            row = logged.setdefault(dev, {"model": 0.0, "kv": 0.0, "compute": 0.0})
-            row[what] = round(row[what] + mib, 2)
+    logged = log.by_device
     layers = plan.placement.n_gpu_layers if plan.placement else 0
     return [
-        GpuRow(name, d.name, logged.get(d.name, {}).get("model", 0.0), round(d.weights_bytes / MIB, 2),
-               logged.get(d.name, {}).get("kv", 0.0), round(d.kv_bytes / MIB, 2),
-               logged.get(d.name, {}).get("compute", 0.0), round(d.compute_bytes / MIB, 2),
+        GpuRow(name, d.name, got.model_mib, round(d.weights_bytes / MIB, 2),
+               got.kv_mib, round(d.kv_bytes / MIB, 2), got.compute_mib, round(d.compute_bytes / MIB, 2),
                log.n_ctx, plan.n_ctx, log.offloaded_layers, layers)
         for d in plan.devices
+        for got in (logged.get(d.name, DeviceBuffers()),)
     ]  # fmt: skip
 
 

@@ -110,6 +110,13 @@ def layer_devices(rv: Resolved, model: ModelInfo) -> tuple[str, ...]:
     return _layer_devices(rv.gpu_names, rv.n_gpu_layers, _shares(rv), n_all)
 
 
+def layers_per_device(rv: Resolved, model: ModelInfo) -> tuple[tuple[str, int], ...]:
+    """(device, layers) for the GPUs in llama.cpp's order, then ``Host``; the output layer
+    counts; devices without a layer are left out."""
+    devs = layer_devices(rv, model)
+    return tuple((d, devs.count(d)) for d in (*rv.gpu_names, "Host") if d in devs)
+
+
 @lru_cache(maxsize=1024)
 def _layer_devices(gpus: tuple[str, ...], n_gpu_layers: int, shares: tuple[float, ...], n_all: int
                    ) -> tuple[str, ...]:

@@ -31,7 +31,7 @@ from kvwall.budget.memory.alloc import (
     Alloc,
     allocate,
     cpu_expert_layers,
-    layer_device,
+    layers_per_device,
     placed_groups,
     user_overrides,
 )
@@ -494,13 +494,9 @@ def _one_more_layer(
 def placement_summary(model: ModelInfo, config: ServerConfig, rv: Resolved, n_ctx: int) -> str:
     """"llama-server will start with N layers on Vulkan0, M on the CPU, the experts of
     layers a..b on the CPU, -c X"."""
-    n_all = model.n_layer_all
-    counts: dict[str, int] = {}
-    for il in range(n_all + 1):
-        dev = layer_device(rv, model, il)
-        counts[dev] = counts.get(dev, 0) + 1
-    parts = [f"{counts[g]} layers on {g}" for g in rv.gpu_names if counts.get(g)]
-    if counts.get("Host"):
+    counts = dict(layers_per_device(rv, model))
+    parts = [f"{n} layers on {dev}" for dev, n in counts.items() if dev != "Host"]
+    if "Host" in counts:
         parts.append(f"{counts['Host']} on the CPU")
     cpu_experts = cpu_expert_layers(model, placed_groups(model, config, rv), rv)
     if cpu_experts:

@@ -11,7 +11,7 @@ from kvwall.budget.memory.alloc import (
     Alloc,
     allocate,
     cpu_expert_layers,
-    layer_device,
+    layers_per_device,
     placed_groups,
 )
 from kvwall.budget.memory.fit import FitResult, MiB, fit, placement_summary
@@ -290,11 +290,7 @@ def plan_laid_out(
 def _placement(model: ModelInfo, config: ServerConfig, rv: Resolved, fitted: FitResult | None,
                n_ctx: int) -> Placement:
     """Layers per device, experts kept on the host, and how to pin what --fit chose."""
-    counts: dict[str, int] = {}
-    for il in range(model.n_layer_all + 1):
-        dev = layer_device(rv, model, il)
-        counts[dev] = counts.get(dev, 0) + 1
-    layers = tuple((g, counts[g]) for g in (*rv.gpu_names, "Host") if counts.get(g))
+    layers = layers_per_device(rv, model)
     cpu_experts = cpu_expert_layers(model, placed_groups(model, config, rv), rv)
     status = fitted.status if fitted else "off"
     pinned: tuple[tuple[str, object], ...] = ()

@@ -17,7 +17,7 @@ import pytest
 from kvwall.budget.cmdline.parse import parse_command_line
 from kvwall.budget.memory import plan_memory
 from kvwall.monitors.gguf import read_model
-from oracles.llamalog import HOST, LoadLog, buffer_device, parse_load_log
+from oracles.llamalog import DeviceBuffers, parse_load_log
 
 MiB = 1 << 20
 LOG_RESOLUTION_MIB = 0.011  # llama.cpp prints MiB with two decimals
@@ -64,19 +64,6 @@ def _plan(path, args, devices):
                        device_free=dict.fromkeys(names, LAVAPIPE_MIB * MiB))  # fmt: skip
 
 
-def _logged(log: LoadLog) -> dict[str, dict[str, float]]:
-    """MiB per device (``Host`` for host buffers) and kind, from every buffer line."""
-    out: dict[str, dict[str, float]] = {}
-    kinds = (("model", log.model_buffers_mib), ("kv", log.kv_buffers_mib), ("rs", log.rs_buffers_mib),
-             ("compute", log.compute_buffers_mib))  # fmt: skip
-    for kind, buffers in kinds:
-        for buffer, mib in buffers.items():
-            device = "Host" if buffer_device(buffer) == HOST else buffer
-            row = out.setdefault(device, {"model": 0.0, "kv": 0.0, "rs": 0.0, "compute": 0.0})
-            row[kind] = round(row[kind] + mib, 2)
-    return out
-
-
 @pytest.mark.parametrize(("kind", "overrides", "devices", "args", "tolerance"),
                          [c[1:] for c in CASES], ids=[c[0] for c in CASES])  # fmt: skip
 def test_plan_matches_the_vulkan_server_per_device(
@@ -87,16 +74,16 @@ def test_plan_matches_the_vulkan_server_per_device(
     plan = _plan(path, args, devices)
     assert plan.ok, plan.errors
     assert log.n_ctx == plan.n_ctx  # the context --fit (or -c) gave, exactly
-    logged = _logged(log)
+    logged = log.by_device  # a device the log never names holds nothing
     for row in plan.devices:
-        got = logged.get(row.name, {"model": 0.0, "kv": 0.0, "rs": 0.0, "compute": 0.0})
-        assert row.weights_bytes / MiB == pytest.approx(got["model"], abs=LOG_RESOLUTION_MIB), row.name
-        assert row.kv_bytes / MiB == pytest.approx(got["kv"], abs=LOG_RESOLUTION_MIB), row.name
-        assert row.recurrent_bytes / MiB == pytest.approx(got["rs"], abs=LOG_RESOLUTION_MIB), row.name
-        if got["compute"] >= 0.5:
-            assert row.compute_bytes / MiB == pytest.approx(got["compute"], rel=tolerance), row.name
+        got = logged.get(row.name, DeviceBuffers())
+        assert row.weights_bytes / MiB == pytest.approx(got.model_mib, abs=LOG_RESOLUTION_MIB), row.name
+        assert row.kv_bytes / MiB == pytest.approx(got.kv_mib, abs=LOG_RESOLUTION_MIB), row.name
+        assert row.recurrent_bytes / MiB == pytest.approx(got.rs_mib, abs=LOG_RESOLUTION_MIB), row.name
+        if got.compute_mib >= 0.5:
+            assert row.compute_bytes / MiB == pytest.approx(got.compute_mib, rel=tolerance), row.name
     planned = {row.name for row in plan.devices if row.weights_bytes >= 0.01 * MiB or row.kv_bytes}
-    assert planned == {name for name, b in logged.items() if b["model"] or b["kv"]}
+    assert planned == {name for name, b in logged.items() if b.model_mib or b.kv_mib}
     if plan.placement and plan.placement.n_gpu_layers is not None and log.offloaded_layers is not None:
         assert plan.placement.n_gpu_layers == log.offloaded_layers
 

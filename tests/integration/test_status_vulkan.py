@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from oracles.llamalog import HOST, buffer_device, parse_load_log
+from oracles.llamalog import parse_load_log
 
 MiB = 1 << 20
 BIG = {"n_layer": 8, "n_embd": 512, "n_ff": 2048, "n_head": 8, "n_head_kv": 4,
@@ -23,15 +23,6 @@ def _status(url: str) -> dict:
                           capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
-
-
-def _logged_by_device(log) -> dict[str, dict[str, float]]:
-    out: dict[str, dict[str, float]] = {}
-    for kind, buffers in (("weights", log.model_buffers_mib), ("kv", log.kv_buffers_mib)):
-        for buffer, mib in buffers.items():
-            device = "Host" if buffer_device(buffer) == HOST else buffer
-            out.setdefault(device, {"weights": 0.0, "kv": 0.0})[kind] += mib
-    return out
 
 
 def test_status_rebuilds_a_partial_fit_per_device(vulkan_server, tiny_model):
@@ -47,9 +38,9 @@ def test_status_rebuilds_a_partial_fit_per_device(vulkan_server, tiny_model):
     assert placement["fit"] == "layers"
     assert placement["n_gpu_layers"] == log.offloaded_layers
     assert f"{log.offloaded_layers} layers on Vulkan0" in placement["summary"]
-    logged = _logged_by_device(log)
+    logged = log.by_device
     rows = {d["name"]: d for d in plan["devices"]}
     assert set(rows) == set(logged)
     for name, got in logged.items():
-        assert rows[name]["weights_bytes"] / MiB == pytest.approx(got["weights"], abs=0.011), name
-        assert rows[name]["kv_bytes"] / MiB == pytest.approx(got["kv"], abs=0.011), name
+        assert rows[name]["weights_bytes"] / MiB == pytest.approx(got.model_mib, abs=0.011), name
+        assert rows[name]["kv_bytes"] / MiB == pytest.approx(got.kv_mib, abs=0.011), name
