@@ -52,6 +52,7 @@ from kvwall.monitors.discovery import CLI_NAMES, SERVER_NAMES, UNIFIED_NAMES, se
 from kvwall.monitors.gguf import ModelInfo
 from kvwall.monitors.llama_devices import (
     FAILURE_RETRY_S,
+    LIVE_BACKENDS,
     LlamaDevices,
     device_environment,
     list_devices,
@@ -637,7 +638,7 @@ def _start_free(live: LlamaDevices, devices: Sequence[DeviceMemory], pid: int | 
         if dev.free_bytes is None:
             return None
         pool = pools.get(dev.name)
-        if pool is None or not dev.name.startswith(("CUDA", "ROCm")):
+        if pool is None or not dev.name.startswith(LIVE_BACKENDS):
             out[dev.name] = dev.free_bytes  # the binary's figure is what --fit reads
             continue
         held = [p.used_bytes for p in pool.processes if p.pid == pid]

@@ -567,7 +567,8 @@ def _result(answer: _Answer, source: str, path: str, checked: float, *, cached: 
 _MONITOR_SOURCE = {"nvidia": "NVML", "amd": "amdgpu sysfs", "apple": "Apple"}
 # Backends whose free memory kvwall's monitors read live (the same driver counters);
 # Vulkan's own figure is kept: it is what llama.cpp's --fit reads on that backend.
-_LIVE_BACKENDS = ("CUDA", "ROCm")
+LIVE_BACKENDS = ("CUDA", "ROCm")
+"""Backends whose free memory kvwall reads live (NVML, sysfs); the others keep the binary's figure."""
 LIVE_TOTAL_TOLERANCE = 0.10
 """A monitor's device whose total differs more than this from llama.cpp's is another one."""
 
@@ -629,12 +630,12 @@ def with_live_free(found: LlamaDevices, memory: Iterable[DeviceMemory],
     """``found`` with the live free memory of its CUDA and ROCm devices from kvwall's
     monitors (the cached figure is as of the time the binary was asked); Vulkan, Metal
     and the rest keep the binary's own figure, which is what ``--fit`` reads there."""
-    if not any(d.name.startswith(_LIVE_BACKENDS) for d in found.devices):
+    if not any(d.name.startswith(LIVE_BACKENDS) for d in found.devices):
         return found
     named = monitor_names(memory, env)
     devices = []
     for dev in found.devices:
-        live = named.get(dev.name) if dev.name.startswith(_LIVE_BACKENDS) else None
+        live = named.get(dev.name) if dev.name.startswith(LIVE_BACKENDS) else None
         if live is not None and live.free_bytes is not None and _same_size(dev, live):
             devices.append(replace(dev, free_bytes=live.free_bytes,
                                    source=_MONITOR_SOURCE[live.kind]))
@@ -689,7 +690,7 @@ def known_devices(
 
 def _live(found: LlamaDevices, memory: Callable[[], Iterable[DeviceMemory]] | None,
           env: Mapping[str, str]) -> LlamaDevices:
-    if memory is None or not any(d.name.startswith(_LIVE_BACKENDS) for d in found.devices):
+    if memory is None or not any(d.name.startswith(LIVE_BACKENDS) for d in found.devices):
         return found
     return with_live_free(found, _read_pools(memory), env)
 
