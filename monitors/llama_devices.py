@@ -568,7 +568,6 @@ _MONITOR_SOURCE = {"nvidia": "NVML", "amd": "amdgpu sysfs", "apple": "Apple"}
 # Backends whose free memory kvwall's monitors read live (the same driver counters);
 # Vulkan's own figure is kept: it is what llama.cpp's --fit reads on that backend.
 LIVE_BACKENDS = ("CUDA", "ROCm")
-"""Backends whose free memory kvwall reads live (NVML, sysfs); the others keep the binary's figure."""
 LIVE_TOTAL_TOLERANCE = 0.10
 """A monitor's device whose total differs more than this from llama.cpp's is another one."""
 
